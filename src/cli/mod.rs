@@ -1,0 +1,28 @@
+//! The command line: thin wrappers that parse flags and call the library.
+
+mod info;
+mod predict;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "yolodistill", version, about = "Train, distill, validate and deploy YOLO detectors in Rust")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Layer table, parameter count and GFLOPs of a model.
+    Info(info::InfoArgs),
+    /// Detect objects in an image or a folder of images.
+    Predict(predict::PredictArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Predict(a) => predict::run(a),
+    }
+}

@@ -1,0 +1,77 @@
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::infer::draw::annotate;
+use crate::infer::nms::NmsConfig;
+use crate::infer::predict::{list_images, load_rgb, predict_image};
+use crate::model;
+
+#[derive(Args)]
+pub struct PredictArgs {
+    /// Built-in YAML name, YAML path, .pt or .safetensors.
+    #[arg(long)]
+    pub model: String,
+    /// An image or a folder of images.
+    #[arg(long)]
+    pub source: PathBuf,
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    /// Confidence threshold.
+    #[arg(long, default_value_t = 0.25)]
+    pub conf: f32,
+    /// IoU threshold for NMS.
+    #[arg(long, default_value_t = 0.7)]
+    pub iou: f32,
+    #[arg(long = "max-det", default_value_t = 300)]
+    pub max_det: usize,
+    /// Folder for annotated images.
+    #[arg(long = "save-dir")]
+    pub save_dir: Option<PathBuf>,
+    /// One JSON line per image on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: PredictArgs) -> Result<()> {
+    let device = crate::default_device();
+    let m = model::load(&a.model, None, &device)?.model;
+    let images = list_images(&a.source)?;
+    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::predict() };
+    if let Some(d) = &a.save_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    for path in images {
+        let mut img = load_rgb(&path)?;
+        let t = std::time::Instant::now();
+        let dets = predict_image(&m, &img, a.imgsz, &cfg, &device);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if a.json {
+            let boxes: Vec<_> = dets
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "xyxy": d.xyxy, "conf": d.conf, "cls": d.cls,
+                        "name": m.names.get(d.cls).cloned().unwrap_or_default(),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::json!({"image": path.display().to_string(), "boxes": boxes}));
+        } else {
+            let mut counts = std::collections::BTreeMap::new();
+            for d in &dets {
+                *counts.entry(m.names.get(d.cls).cloned().unwrap_or_default()).or_insert(0) += 1;
+            }
+            let summary: Vec<_> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
+            eprintln!("{}: {} ({ms:.1} ms)", path.display(), if summary.is_empty() { "no detections".into() } else { summary.join(", ") });
+        }
+        if let Some(d) = &a.save_dir {
+            annotate(&mut img, &dets, &m.names);
+            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let out = d.join(PathBuf::from(name).with_extension("jpg"));
+            img.save(&out).with_context(|| format!("cannot write {}", out.display()))?;
+        }
+    }
+    Ok(())
+}

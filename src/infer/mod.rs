@@ -1,0 +1,6 @@
+//! Inference: letterbox preprocessing, decoding, NMS, drawing.
+
+pub mod draw;
+pub mod letterbox;
+pub mod nms;
+pub mod predict;

@@ -1,0 +1,12 @@
+//! yolodistill: YOLO detection models, Ultralytics checkpoints, inference,
+//! training and teacher → student distillation, in Rust on burn.
+
+pub mod cli;
+pub mod infer;
+pub mod model;
+pub mod weights;
+
+/// The default compute device (burn's pure-Rust CPU backend `flex`).
+pub fn default_device() -> burn::tensor::Device {
+    burn::tensor::Device::flex()
+}

@@ -1,0 +1,58 @@
+//! GFLOPs counted the way Ultralytics reports them (thop): 2 × multiply-adds of
+//! every Conv2d plus 4 operations per BatchNorm output element; activations,
+//! pooling, upsampling and attention matmuls count zero.
+
+use super::graph::{layer_strides, DetectionModel};
+use super::spec::LayerKind;
+use super::walk::{child, Slot};
+
+/// GFLOPs of one forward pass at `imgsz`×`imgsz`.
+pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
+    let spec = model.spec.clone();
+    let strides = layer_strides(&spec);
+    let head_strides = model.head().strides.clone();
+    let mut m = model.clone();
+    let mut ops = 0f64;
+    let res = |s: f64| -> f64 {
+        let n = (imgsz as f64 / s).ceil();
+        n * n
+    };
+    for (i, layer) in m.layers.iter_mut().enumerate() {
+        let l = &spec.layers[i];
+        let out_res = res(strides[i]);
+        let in_res = if l.from[0] == -1 && i == 0 {
+            res(1.0)
+        } else {
+            let j = if l.from[0] < 0 { (i as i64 + l.from[0]) as usize } else { l.from[0] as usize };
+            res(strides[j])
+        };
+        let prefix = child("model.", i);
+        let is_scdown = matches!(l.kind, LayerKind::SCDown { .. });
+        use super::walk::Walk;
+        layer.walk(&prefix, &mut |name, slot: Slot<'_>| {
+            let local = &name[prefix.len()..];
+            // spatial size this tensor's conv runs at
+            let r = if matches!(l.kind, LayerKind::Detect(_)) {
+                // cv2.<lvl>. / cv3.<lvl>. / one2one_cv*.<lvl>.
+                let lvl = local.split('.').nth(1).and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
+                res(head_strides[lvl.min(head_strides.len() - 1)])
+            } else if is_scdown && local.starts_with("cv1.") {
+                in_res
+            } else {
+                out_res
+            };
+            match slot {
+                Slot::P4(p) if !name.ends_with("dfl.conv.weight") => {
+                    let d = p.lazy_shape().to_vec();
+                    let (co, ci, kh, kw) = (d[0], d[1], d[2], d[3]);
+                    ops += r * (co * ci * kh * kw) as f64;
+                }
+                Slot::P1(p) if name.ends_with("bn.weight") => {
+                    ops += 4.0 * r * p.lazy_shape().to_vec()[0] as f64;
+                }
+                _ => {}
+            }
+        });
+    }
+    2.0 * ops / 1e9
+}

@@ -1,0 +1,275 @@
+//! The detection model: layers run by index, outputs of the `save` set kept,
+//! any layer's output handed out on request (distillation taps).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+
+use super::layers::attention::{A2C2f, C2Psa};
+use super::layers::blocks::{Inner, Sppf, C2f, C3};
+use super::layers::conv::{Conv, ConvCfg};
+use super::layers::head::{Detect, HeadOutput};
+use super::layers::v10::{Cib, SCDown};
+use super::spec::{LayerKind, ModelSpec};
+use super::walk::{child, Slot, Visit, Walk};
+
+#[derive(Module, Debug)]
+pub enum Layer {
+    Conv(Conv),
+    /// A Conv row with repeats > 1 (nn.Sequential of Convs).
+    Convs(Vec<Conv>),
+    C2f(C2f),
+    C3(C3),
+    Sppf(Sppf),
+    C2Psa(C2Psa),
+    A2C2f(A2C2f),
+    SCDown(SCDown),
+    Concat(usize),
+    Upsample(usize),
+    Detect(Detect),
+}
+
+impl Walk for Layer {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        match self {
+            Layer::Conv(m) => m.walk(prefix, f),
+            Layer::Convs(m) => m.walk(prefix, f),
+            Layer::C2f(m) => m.walk(prefix, f),
+            Layer::C3(m) => m.walk(prefix, f),
+            Layer::Sppf(m) => m.walk(prefix, f),
+            Layer::C2Psa(m) => m.walk(prefix, f),
+            Layer::A2C2f(m) => m.walk(prefix, f),
+            Layer::SCDown(m) => m.walk(prefix, f),
+            Layer::Detect(m) => m.walk(prefix, f),
+            Layer::Concat(_) | Layer::Upsample(_) => {}
+        }
+    }
+}
+
+/// What one forward pass returns.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub head: HeadOutput,
+    /// Outputs of the requested layer indices, in request order.
+    pub taps: Vec<Tensor<4>>,
+}
+
+#[derive(Module, Debug)]
+pub struct DetectionModel {
+    pub layers: Vec<Layer>,
+    /// Class names by index.
+    pub names: Vec<String>,
+    #[module(skip)]
+    pub spec: Arc<ModelSpec>,
+}
+
+/// Output stride of every layer, derived from the layer arguments.
+pub fn layer_strides(spec: &ModelSpec) -> Vec<f64> {
+    let mut st: Vec<f64> = Vec::new();
+    for l in &spec.layers {
+        let input = |f: i64| -> f64 {
+            if f < 0 {
+                let i = l.index as i64 + f;
+                if i < 0 {
+                    1.0
+                } else {
+                    st[i as usize]
+                }
+            } else {
+                st[f as usize]
+            }
+        };
+        let s_in = input(l.from[0]);
+        let s = match &l.kind {
+            LayerKind::Conv { s, .. } | LayerKind::DWConv { s, .. } | LayerKind::SCDown { s, .. } => {
+                s_in * (*s as f64).powi(l.repeats as i32)
+            }
+            LayerKind::Upsample { scale } => s_in / *scale as f64,
+            _ => s_in,
+        };
+        st.push(s);
+    }
+    st
+}
+
+impl DetectionModel {
+    pub fn new(spec: ModelSpec, names: Vec<String>, device: &Device) -> Result<Self> {
+        let strides = layer_strides(&spec);
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for l in &spec.layers {
+            let layer = match &l.kind {
+                LayerKind::Conv { c1, c2, k, s, p, g, d, act } => {
+                    let cfg = ConvCfg { c1: *c1, c2: *c2, k: *k, s: *s, p: *p, g: *g, d: *d, act: *act };
+                    if l.repeats > 1 {
+                        let mut v = vec![cfg.init(device)];
+                        for _ in 1..l.repeats {
+                            v.push(ConvCfg { c1: *c2, ..cfg }.init(device));
+                        }
+                        Layer::Convs(v)
+                    } else {
+                        Layer::Conv(cfg.init(device))
+                    }
+                }
+                LayerKind::DWConv { c1, c2, k, s, act } => {
+                    let mut cfg = ConvCfg::new(*c1, *c2, *k).s(*s).dw();
+                    cfg.act = *act;
+                    Layer::Conv(cfg.init(device))
+                }
+                LayerKind::C2f { c1, c2, n, shortcut, e } => Layer::C2f(C2f::c2f(*c1, *c2, *n, *shortcut, *e, device)),
+                LayerKind::C3 { c1, c2, n, shortcut, e } => Layer::C3(C3::c3(*c1, *c2, *n, *shortcut, *e, device)),
+                LayerKind::C3k2 { c1, c2, n, c3k, e, attn, shortcut } => {
+                    Layer::C2f(C2f::c3k2(*c1, *c2, *n, *c3k, *e, *attn, *shortcut, device))
+                }
+                LayerKind::C2fCib { c1, c2, n, shortcut, lk, e } => Layer::C2f(C2f::with_inner(*c1, *c2, *n, *e, device, |c| {
+                    Inner::Cib(Cib::new(c, c, *shortcut, 1.0, *lk, device))
+                })),
+                LayerKind::Sppf { c1, c2, k, n, shortcut, act } => {
+                    Layer::Sppf(Sppf::new(*c1, *c2, *k, *n, *shortcut, *act, device))
+                }
+                LayerKind::C2Psa { c1, c2, n, e } => {
+                    if c1 != c2 {
+                        bail!("layer {}: C2PSA needs equal input and output channels ({c1} vs {c2})", l.index);
+                    }
+                    Layer::C2Psa(C2Psa::c2psa(*c1, *n, *e, device))
+                }
+                LayerKind::Psa { c1, c2, e } => {
+                    if c1 != c2 {
+                        bail!("layer {}: PSA needs equal input and output channels ({c1} vs {c2})", l.index);
+                    }
+                    Layer::C2Psa(C2Psa::psa(*c1, *e, device))
+                }
+                LayerKind::A2C2f { c1, c2, n, a2, area, residual, mlp_ratio, e } => {
+                    let c_ = (*c2 as f64 * e) as usize;
+                    if *a2 && c_ % 32 != 0 {
+                        bail!("layer {}: A2C2f hidden width {c_} must be a multiple of 32", l.index);
+                    }
+                    Layer::A2C2f(A2C2f::new(*c1, *c2, *n, *a2, *area, *residual, *mlp_ratio, *e, device))
+                }
+                LayerKind::SCDown { c1, c2, k, s } => Layer::SCDown(SCDown::new(*c1, *c2, *k, *s, device)),
+                LayerKind::Concat { dim } => Layer::Concat(*dim),
+                LayerKind::Upsample { scale } => Layer::Upsample(*scale),
+                LayerKind::Detect(d) => {
+                    let from: Vec<f64> = spec.detect_from().iter().map(|&i| strides[i]).collect();
+                    Layer::Detect(Detect::new(d, from, device))
+                }
+            };
+            layers.push(layer);
+        }
+        let mut names = names;
+        if names.len() != spec.nc {
+            names = (0..spec.nc).map(|i| format!("class{i}")).collect();
+        }
+        Ok(Self { layers, names, spec: Arc::new(spec) })
+    }
+
+    pub fn nc(&self) -> usize {
+        self.spec.nc
+    }
+
+    pub fn head(&self) -> &Detect {
+        match self.layers.last() {
+            Some(Layer::Detect(d)) => d,
+            _ => unreachable!("a model always ends with Detect"),
+        }
+    }
+
+    /// Largest stride of the head (32 for the standard models).
+    pub fn max_stride(&self) -> usize {
+        self.head().strides.iter().cloned().fold(0.0, f64::max) as usize
+    }
+
+    /// Forward pass returning the raw head maps.
+    pub fn forward(&self, x: Tensor<4>) -> HeadOutput {
+        self.forward_taps(x, &[], false).head
+    }
+
+    /// Forward pass that also returns the outputs of `taps` (layer indices).
+    /// `one2one` also runs the end-to-end head branches when the head has them.
+    pub fn forward_taps(&self, x: Tensor<4>, taps: &[usize], one2one: bool) -> Forward {
+        let n = self.layers.len();
+        let mut keep = vec![false; n];
+        for &i in self.spec.save.iter().chain(taps) {
+            if i < n {
+                keep[i] = true;
+            }
+        }
+        let mut outs: Vec<Option<Tensor<4>>> = vec![None; n];
+        let mut x = x;
+        let mut head = None;
+        for (i, (layer, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
+            let get = |f: i64, x: &Tensor<4>| -> Tensor<4> {
+                if f == -1 {
+                    x.clone()
+                } else {
+                    let j = if f < 0 { (i as i64 + f) as usize } else { f as usize };
+                    outs[j].clone().expect("save set holds every referenced layer")
+                }
+            };
+            let y = match layer {
+                Layer::Concat(dim) => Tensor::cat(spec.from.iter().map(|&f| get(f, &x)).collect(), *dim),
+                Layer::Detect(d) => {
+                    let xs = spec.from.iter().map(|&f| get(f, &x)).collect();
+                    head = Some(d.forward(xs, one2one));
+                    break;
+                }
+                other => {
+                    let inp = get(spec.from[0], &x);
+                    match other {
+                        Layer::Conv(m) => m.forward(inp),
+                        Layer::Convs(v) => v.iter().fold(inp, |t, m| m.forward(t)),
+                        Layer::C2f(m) => m.forward(inp),
+                        Layer::C3(m) => m.forward(inp),
+                        Layer::Sppf(m) => m.forward(inp),
+                        Layer::C2Psa(m) => m.forward(inp),
+                        Layer::A2C2f(m) => m.forward(inp),
+                        Layer::SCDown(m) => m.forward(inp),
+                        Layer::Upsample(s) => {
+                            let [_, _, h, w] = inp.dims();
+                            interpolate(inp, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
+                        }
+                        Layer::Concat(_) | Layer::Detect(_) => unreachable!(),
+                    }
+                }
+            };
+            if keep[i] {
+                outs[i] = Some(y.clone());
+            }
+            x = y;
+        }
+        let taps = taps
+            .iter()
+            .map(|&i| outs.get(i).cloned().flatten().unwrap_or_else(|| panic!("layer {i} has no feature-map output")))
+            .collect();
+        Forward { head: head.expect("model ends with Detect"), taps }
+    }
+
+    /// Decoded inference output [B, 4 + nc, A] (xywh pixels + class scores).
+    pub fn predict(&self, x: Tensor<4>) -> Tensor<3> {
+        let out = self.forward(x);
+        self.head().decode(&out)
+    }
+
+    /// Every named tensor, in a stable order.
+    pub fn walk_all(&mut self, f: &mut Visit<'_>) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.walk(&child("model.", i), f);
+        }
+    }
+
+    /// Number of trainable-parameter elements, counted as Ultralytics does
+    /// (DFL weights included, BatchNorm running statistics excluded).
+    pub fn param_count(&self) -> usize {
+        let mut m = self.clone();
+        let mut n = 0;
+        m.walk_all(&mut |_, s: Slot<'_>| {
+            if s.is_param() {
+                n += s.shape().iter().product::<usize>();
+            }
+        });
+        n
+    }
+}

@@ -1,0 +1,246 @@
+//! CSP-style blocks: Bottleneck, C2f, C3/C3k, C3k2, SPPF.
+
+use burn::module::Module;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
+
+use super::attention::PsaBlock;
+use super::conv::{Conv, ConvCfg};
+use crate::model::walk::{child, Visit, Walk};
+
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub add: bool,
+}
+
+impl Bottleneck {
+    /// Bottleneck(c1, c2, shortcut, g, k=(k1, k2), e).
+    pub fn new(c1: usize, c2: usize, shortcut: bool, k: (usize, usize), e: f64, device: &Device) -> Self {
+        let c_ = (c2 as f64 * e) as usize;
+        Self {
+            cv1: ConvCfg::new(c1, c_, k.0).init(device),
+            cv2: ConvCfg::new(c_, c2, k.1).init(device),
+            add: shortcut && c1 == c2,
+        }
+    }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.cv2.forward(self.cv1.forward(x.clone()));
+        if self.add {
+            x + y
+        } else {
+            y
+        }
+    }
+}
+
+impl Walk for Bottleneck {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.cv1.walk(&child(prefix, "cv1"), f);
+        self.cv2.walk(&child(prefix, "cv2"), f);
+    }
+}
+
+/// C3 (and C3k, which only changes the bottleneck kernels).
+#[derive(Module, Debug)]
+pub struct C3 {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub cv3: Conv,
+    pub m: Vec<Bottleneck>,
+}
+
+impl C3 {
+    /// C3(c1, c2, n, shortcut, e): bottleneck kernels (1, 3).
+    pub fn c3(c1: usize, c2: usize, n: usize, shortcut: bool, e: f64, device: &Device) -> Self {
+        Self::with_kernels(c1, c2, n, shortcut, e, (1, 3), device)
+    }
+    /// C3k(c1, c2, n, shortcut, e, k=3): bottleneck kernels (k, k).
+    pub fn c3k(c1: usize, c2: usize, n: usize, shortcut: bool, device: &Device) -> Self {
+        Self::with_kernels(c1, c2, n, shortcut, 0.5, (3, 3), device)
+    }
+    fn with_kernels(c1: usize, c2: usize, n: usize, shortcut: bool, e: f64, k: (usize, usize), device: &Device) -> Self {
+        let c_ = (c2 as f64 * e) as usize;
+        Self {
+            cv1: ConvCfg::new(c1, c_, 1).init(device),
+            cv2: ConvCfg::new(c1, c_, 1).init(device),
+            cv3: ConvCfg::new(2 * c_, c2, 1).init(device),
+            m: (0..n).map(|_| Bottleneck::new(c_, c_, shortcut, k, 1.0, device)).collect(),
+        }
+    }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut a = self.cv1.forward(x.clone());
+        for b in &self.m {
+            a = b.forward(a);
+        }
+        self.cv3.forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
+    }
+}
+
+impl Walk for C3 {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.cv1.walk(&child(prefix, "cv1"), f);
+        self.cv2.walk(&child(prefix, "cv2"), f);
+        self.cv3.walk(&child(prefix, "cv3"), f);
+        self.m.walk(&child(prefix, "m"), f);
+    }
+}
+
+/// The inner block of a C2f-style layer.
+#[derive(Module, Debug)]
+pub enum Inner {
+    Bottleneck(Bottleneck),
+    C3k(C3),
+    /// YOLO26's C3k2 with attention: Sequential(Bottleneck, PSABlock).
+    BottleneckPsa(BottleneckPsa),
+    Cib(super::v10::Cib),
+}
+
+impl Inner {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Inner::Bottleneck(m) => m.forward(x),
+            Inner::C3k(m) => m.forward(x),
+            Inner::BottleneckPsa(m) => m.forward(x),
+            Inner::Cib(m) => m.forward(x),
+        }
+    }
+}
+
+impl Walk for Inner {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        match self {
+            Inner::Bottleneck(m) => m.walk(prefix, f),
+            Inner::C3k(m) => m.walk(prefix, f),
+            Inner::BottleneckPsa(m) => m.walk(prefix, f),
+            Inner::Cib(m) => m.walk(prefix, f),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BottleneckPsa {
+    pub bottleneck: Bottleneck,
+    pub psa: PsaBlock,
+}
+
+impl BottleneckPsa {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.psa.forward(self.bottleneck.forward(x))
+    }
+}
+
+impl Walk for BottleneckPsa {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.bottleneck.walk(&child(prefix, 0), f);
+        self.psa.walk(&child(prefix, 1), f);
+    }
+}
+
+/// C2f and its relatives (C3k2, C2fCIB): split, chain of inner blocks, concat all.
+#[derive(Module, Debug)]
+pub struct C2f {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub m: Vec<Inner>,
+    pub c: usize,
+}
+
+impl C2f {
+    /// Builds the shell; `inner(c)` makes each of the `n` inner blocks of width `c`.
+    pub fn with_inner(c1: usize, c2: usize, n: usize, e: f64, device: &Device, inner: impl Fn(usize) -> Inner) -> Self {
+        let c = (c2 as f64 * e) as usize;
+        Self {
+            cv1: ConvCfg::new(c1, 2 * c, 1).init(device),
+            cv2: ConvCfg::new((2 + n) * c, c2, 1).init(device),
+            m: (0..n).map(|_| inner(c)).collect(),
+            c,
+        }
+    }
+    /// C2f(c1, c2, n, shortcut, e): bottlenecks with e = 1.0.
+    pub fn c2f(c1: usize, c2: usize, n: usize, shortcut: bool, e: f64, device: &Device) -> Self {
+        Self::with_inner(c1, c2, n, e, device, |c| Inner::Bottleneck(Bottleneck::new(c, c, shortcut, (3, 3), 1.0, device)))
+    }
+    /// C3k2(c1, c2, n, c3k, e, attn, shortcut).
+    pub fn c3k2(c1: usize, c2: usize, n: usize, c3k: bool, e: f64, attn: bool, shortcut: bool, device: &Device) -> Self {
+        Self::with_inner(c1, c2, n, e, device, |c| {
+            if attn {
+                Inner::BottleneckPsa(BottleneckPsa {
+                    bottleneck: Bottleneck::new(c, c, shortcut, (3, 3), 0.5, device),
+                    psa: PsaBlock::new(c, 0.5, (c / 64).max(1), true, device),
+                })
+            } else if c3k {
+                Inner::C3k(C3::c3k(c, c, 2, shortcut, device))
+            } else {
+                Inner::Bottleneck(Bottleneck::new(c, c, shortcut, (3, 3), 0.5, device))
+            }
+        })
+    }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.cv1.forward(x);
+        let mut ys = y.chunk(2, 1);
+        for m in &self.m {
+            let last = ys.last().expect("two halves").clone();
+            ys.push(m.forward(last));
+        }
+        self.cv2.forward(Tensor::cat(ys, 1))
+    }
+}
+
+impl Walk for C2f {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.cv1.walk(&child(prefix, "cv1"), f);
+        self.cv2.walk(&child(prefix, "cv2"), f);
+        self.m.walk(&child(prefix, "m"), f);
+    }
+}
+
+/// Spatial pyramid pooling (fast): `n` chained max-pools, concatenated.
+#[derive(Module, Debug)]
+pub struct Sppf {
+    pub cv1: Conv,
+    pub cv2: Conv,
+    pub k: usize,
+    pub n: usize,
+    pub add: bool,
+}
+
+impl Sppf {
+    pub fn new(c1: usize, c2: usize, k: usize, n: usize, shortcut: bool, act: bool, device: &Device) -> Self {
+        let c_ = c1 / 2;
+        let mut cv1 = ConvCfg::new(c1, c_, 1);
+        if !act {
+            cv1 = cv1.no_act();
+        }
+        Self {
+            cv1: cv1.init(device),
+            cv2: ConvCfg::new(c_ * (n + 1), c2, 1).init(device),
+            k,
+            n,
+            add: shortcut && c1 == c2,
+        }
+    }
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let opts = MaxPoolOptions::new([self.k, self.k]).with_stride([1, 1]).with_padding([self.k / 2, self.k / 2]);
+        let mut ys = vec![self.cv1.forward(x.clone())];
+        for _ in 0..self.n {
+            let last = ys.last().expect("one map").clone();
+            ys.push(max_pool2d(last, opts.clone()));
+        }
+        let y = self.cv2.forward(Tensor::cat(ys, 1));
+        if self.add {
+            x + y
+        } else {
+            y
+        }
+    }
+}
+
+impl Walk for Sppf {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.cv1.walk(&child(prefix, "cv1"), f);
+        self.cv2.walk(&child(prefix, "cv2"), f);
+    }
+}

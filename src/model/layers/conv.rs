@@ -1,0 +1,101 @@
+//! Conv = Conv2d (no bias) → BatchNorm (eps 1e-3, momentum 0.03) → SiLU.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use crate::model::walk::{child, Visit, Walk};
+
+/// Convolution options of [`Conv`], Ultralytics' argument order.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvCfg {
+    pub c1: usize,
+    pub c2: usize,
+    pub k: usize,
+    pub s: usize,
+    /// Padding; `None` means "same" (`autopad`).
+    pub p: Option<usize>,
+    pub g: usize,
+    pub d: usize,
+    pub act: bool,
+}
+
+impl ConvCfg {
+    pub fn new(c1: usize, c2: usize, k: usize) -> Self {
+        Self { c1, c2, k, s: 1, p: None, g: 1, d: 1, act: true }
+    }
+    pub fn s(mut self, s: usize) -> Self {
+        self.s = s;
+        self
+    }
+    pub fn g(mut self, g: usize) -> Self {
+        self.g = g;
+        self
+    }
+    pub fn p(mut self, p: usize) -> Self {
+        self.p = Some(p);
+        self
+    }
+    pub fn no_act(mut self) -> Self {
+        self.act = false;
+        self
+    }
+    /// Depthwise-style grouping: `g = gcd(c1, c2)` (Ultralytics' DWConv).
+    pub fn dw(mut self) -> Self {
+        self.g = gcd(self.c1, self.c2);
+        self
+    }
+    pub fn init(self, device: &Device) -> Conv {
+        // autopad: effective kernel d(k-1)+1, padding half of it
+        let p = self.p.unwrap_or((self.d * (self.k - 1) + 1) / 2);
+        let conv = Conv2dConfig::new([self.c1, self.c2], [self.k, self.k])
+            .with_stride([self.s, self.s])
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+            .with_dilation([self.d, self.d])
+            .with_groups(self.g)
+            .with_bias(false)
+            .init(device);
+        let bn = BatchNormConfig::new(self.c2).with_epsilon(1e-3).with_momentum(0.03).init(device);
+        Conv { conv, bn, act: self.act }
+    }
+}
+
+pub fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Conv {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+    pub act: bool,
+}
+
+impl Conv {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.bn.forward(self.conv.forward(x));
+        if self.act {
+            silu(y)
+        } else {
+            y
+        }
+    }
+}
+
+impl Walk for Conv {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.conv.walk(&child(prefix, "conv"), f);
+        self.bn.walk(&child(prefix, "bn"), f);
+    }
+}
+
+/// A plain Conv2d with bias (the last 1×1 of each head branch).
+pub fn conv2d_bias(c1: usize, c2: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([c1, c2], [1, 1]).with_bias(true).init(device)
+}

@@ -1,0 +1,269 @@
+//! The Detect head (v5u/v8/11/12/26, and v10's dual-assignment head) and its decoding.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::conv::{conv2d_bias, Conv, ConvCfg};
+use crate::model::spec::DetectSpec;
+use crate::model::walk::{child, Slot, Visit, Walk};
+
+/// Box branch: two 3×3 Convs and a 1×1 Conv2d to 4·reg_max channels.
+#[derive(Module, Debug)]
+pub struct BoxBranch {
+    pub c0: Conv,
+    pub c1: Conv,
+    pub out: Conv2d,
+}
+
+impl BoxBranch {
+    fn new(ch: usize, c2: usize, reg_max: usize, device: &Device) -> Self {
+        Self {
+            c0: ConvCfg::new(ch, c2, 3).init(device),
+            c1: ConvCfg::new(c2, c2, 3).init(device),
+            out: conv2d_bias(c2, 4 * reg_max, device),
+        }
+    }
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.out.forward(self.c1.forward(self.c0.forward(x)))
+    }
+}
+
+impl Walk for BoxBranch {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.c0.walk(&child(prefix, 0), f);
+        self.c1.walk(&child(prefix, 1), f);
+        self.out.walk(&child(prefix, 2), f);
+    }
+}
+
+/// Class branch. Legacy (v5u/v8): two 3×3 Convs. Otherwise each stage is a
+/// depthwise 3×3 followed by a 1×1 (`a`+`a2`, `b`+`b2`).
+#[derive(Module, Debug)]
+pub struct ClsBranch {
+    pub a: Conv,
+    pub a2: Option<Conv>,
+    pub b: Conv,
+    pub b2: Option<Conv>,
+    pub out: Conv2d,
+}
+
+impl ClsBranch {
+    fn new(ch: usize, c3: usize, nc: usize, legacy: bool, device: &Device) -> Self {
+        if legacy {
+            Self {
+                a: ConvCfg::new(ch, c3, 3).init(device),
+                a2: None,
+                b: ConvCfg::new(c3, c3, 3).init(device),
+                b2: None,
+                out: conv2d_bias(c3, nc, device),
+            }
+        } else {
+            Self {
+                a: ConvCfg::new(ch, ch, 3).dw().init(device),
+                a2: Some(ConvCfg::new(ch, c3, 1).init(device)),
+                b: ConvCfg::new(c3, c3, 3).dw().init(device),
+                b2: Some(ConvCfg::new(c3, c3, 1).init(device)),
+                out: conv2d_bias(c3, nc, device),
+            }
+        }
+    }
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut y = self.a.forward(x);
+        if let Some(c) = &self.a2 {
+            y = c.forward(y);
+        }
+        y = self.b.forward(y);
+        if let Some(c) = &self.b2 {
+            y = c.forward(y);
+        }
+        self.out.forward(y)
+    }
+}
+
+impl Walk for ClsBranch {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        match (&mut self.a2, &mut self.b2) {
+            (Some(a2), Some(b2)) => {
+                self.a.walk(&child(prefix, "0.0"), f);
+                a2.walk(&child(prefix, "0.1"), f);
+                self.b.walk(&child(prefix, "1.0"), f);
+                b2.walk(&child(prefix, "1.1"), f);
+            }
+            _ => {
+                self.a.walk(&child(prefix, 0), f);
+                self.b.walk(&child(prefix, 1), f);
+            }
+        }
+        self.out.walk(&child(prefix, 2), f);
+    }
+}
+
+/// Raw head maps flattened over the levels (P3, P4, P5; row-major).
+#[derive(Debug, Clone)]
+pub struct HeadMaps {
+    /// [B, 4·reg_max, A] box logits (DFL bins, side-major: l, t, r, b).
+    pub boxes: Tensor<3>,
+    /// [B, nc, A] class logits.
+    pub scores: Tensor<3>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeadOutput {
+    /// One-to-many branch (the one NMS decoding and the v8 loss use).
+    pub one2many: HeadMaps,
+    /// One-to-one branch of end-to-end heads, when requested.
+    pub one2one: Option<HeadMaps>,
+    /// (H, W) of each level.
+    pub shapes: Vec<(usize, usize)>,
+}
+
+#[derive(Module, Debug)]
+pub struct Detect {
+    pub cv2: Vec<BoxBranch>,
+    pub cv3: Vec<ClsBranch>,
+    pub one2one_cv2: Vec<BoxBranch>,
+    pub one2one_cv3: Vec<ClsBranch>,
+    /// The fixed DFL projection [0, 1, …, reg_max−1] (kept for Ultralytics' state dict).
+    pub dfl: Option<Param<Tensor<4>>>,
+    pub nc: usize,
+    pub reg_max: usize,
+    pub strides: Vec<f64>,
+}
+
+impl Detect {
+    pub fn new(spec: &DetectSpec, strides: Vec<f64>, device: &Device) -> Self {
+        let (nc, r) = (spec.nc, spec.reg_max);
+        let c2 = 16.max(spec.ch[0] / 4).max(4 * r);
+        let c3 = spec.ch[0].max(nc.min(100));
+        let boxes = || spec.ch.iter().map(|&c| BoxBranch::new(c, c2, r, device)).collect::<Vec<_>>();
+        let classes = || spec.ch.iter().map(|&c| ClsBranch::new(c, c3, nc, spec.legacy, device)).collect::<Vec<_>>();
+        let (o2o_box, o2o_cls) = if spec.end2end { (boxes(), classes()) } else { (Vec::new(), Vec::new()) };
+        let dfl = (r > 1).then(|| {
+            let w: Vec<f32> = (0..r).map(|i| i as f32).collect();
+            Param::from_tensor(Tensor::<4>::from_data(TensorData::new(w, [1, r, 1, 1]), device)).set_require_grad(false)
+        });
+        let mut d = Self {
+            cv2: boxes(),
+            cv3: classes(),
+            one2one_cv2: o2o_box,
+            one2one_cv3: o2o_cls,
+            dfl,
+            nc,
+            reg_max: r,
+            strides,
+        };
+        d.bias_init();
+        d
+    }
+
+    /// Ultralytics 8.4's bias init: box 2.0; class ln(5 / nc / (640 / s)²).
+    fn bias_init(&mut self) {
+        let nc = self.nc as f64;
+        let strides = self.strides.clone();
+        let set = |conv: &mut Conv2d, v: f64| {
+            if let Some(b) = conv.bias.as_mut() {
+                let t = b.val().full_like(v as f32);
+                *b = Param::initialized(b.id, t);
+            }
+        };
+        for (branches, cls) in [(&mut self.cv2, &mut self.cv3), (&mut self.one2one_cv2, &mut self.one2one_cv3)] {
+            for (i, (bb, cb)) in branches.iter_mut().zip(cls.iter_mut()).enumerate() {
+                set(&mut bb.out, 2.0);
+                set(&mut cb.out, (5.0 / nc / (640.0 / strides[i]).powi(2)).ln());
+            }
+        }
+    }
+
+    pub fn has_one2one(&self) -> bool {
+        !self.one2one_cv2.is_empty()
+    }
+
+    /// Runs the branches on the level inputs. `one2one` also runs the
+    /// end-to-end branches (on detached inputs, as Ultralytics trains them).
+    pub fn forward(&self, xs: Vec<Tensor<4>>, one2one: bool) -> HeadOutput {
+        let shapes = xs.iter().map(|x| (x.dims()[2], x.dims()[3])).collect();
+        let run = |bb: &[BoxBranch], cb: &[ClsBranch], detach: bool| {
+            let (mut b, mut s) = (Vec::new(), Vec::new());
+            for (i, x) in xs.iter().enumerate() {
+                let x = if detach { x.clone().detach() } else { x.clone() };
+                b.push(bb[i].forward(x.clone()).flatten::<3>(2, 3));
+                s.push(cb[i].forward(x).flatten::<3>(2, 3));
+            }
+            HeadMaps { boxes: Tensor::cat(b, 2), scores: Tensor::cat(s, 2) }
+        };
+        let one2many = run(&self.cv2, &self.cv3, false);
+        let o2o = (one2one && self.has_one2one()).then(|| run(&self.one2one_cv2, &self.one2one_cv3, true));
+        HeadOutput { one2many, one2one: o2o, shapes }
+    }
+
+    /// Anchor centres (grid units) and strides for the given level shapes: ([1, 2, A], [1, 1, A]).
+    pub fn anchors(&self, shapes: &[(usize, usize)], device: &Device) -> (Tensor<3>, Tensor<3>) {
+        let (pts, st) = anchor_points(shapes, &self.strides);
+        let a = st.len();
+        let mut xy = Vec::with_capacity(2 * a);
+        xy.extend(pts.iter().map(|p| p[0]));
+        xy.extend(pts.iter().map(|p| p[1]));
+        (
+            Tensor::from_data(TensorData::new(xy, [1, 2, a]), device),
+            Tensor::from_data(TensorData::new(st, [1, 1, a]), device),
+        )
+    }
+
+    /// Expected distances (l, t, r, b) in grid units from box logits: [B, 4, A].
+    pub fn distances(&self, boxes: Tensor<3>) -> Tensor<3> {
+        let r = self.reg_max;
+        if r == 1 {
+            return boxes;
+        }
+        let [b, _, a] = boxes.dims();
+        let p = softmax(boxes.reshape([b, 4, r, a]), 2);
+        let proj: Vec<f32> = (0..r).map(|i| i as f32).collect();
+        let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, r, 1]), &p.device());
+        (p * proj).sum_dim(2).reshape([b, 4, a])
+    }
+
+    /// Ultralytics' inference output [B, 4 + nc, A]: xywh in input pixels, sigmoid scores.
+    pub fn decode(&self, out: &HeadOutput) -> Tensor<3> {
+        let maps = &out.one2many;
+        let device = maps.boxes.device();
+        let (anc, st) = self.anchors(&out.shapes, &device);
+        let d = self.distances(maps.boxes.clone());
+        let lt = d.clone().narrow(1, 0, 2);
+        let rb = d.narrow(1, 2, 2);
+        let x1y1 = anc.clone() - lt;
+        let x2y2 = anc + rb;
+        let c = (x1y1.clone() + x2y2.clone()).div_scalar(2.0);
+        let wh = x2y2 - x1y1;
+        let xywh = Tensor::cat(vec![c, wh], 1) * st;
+        Tensor::cat(vec![xywh, sigmoid(maps.scores.clone())], 1)
+    }
+}
+
+/// Anchor centres (x + 0.5, y + 0.5) per level, row-major, with their strides.
+pub fn anchor_points(shapes: &[(usize, usize)], strides: &[f64]) -> (Vec<[f32; 2]>, Vec<f32>) {
+    let mut pts = Vec::new();
+    let mut st = Vec::new();
+    for (&(h, w), &s) in shapes.iter().zip(strides) {
+        for y in 0..h {
+            for x in 0..w {
+                pts.push([x as f32 + 0.5, y as f32 + 0.5]);
+                st.push(s as f32);
+            }
+        }
+    }
+    (pts, st)
+}
+
+impl Walk for Detect {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.cv2.walk(&child(prefix, "cv2"), f);
+        self.cv3.walk(&child(prefix, "cv3"), f);
+        if let Some(d) = self.dfl.as_mut() {
+            f(&format!("{prefix}dfl.conv.weight"), Slot::P4(d));
+        }
+        self.one2one_cv2.walk(&child(prefix, "one2one_cv2"), f);
+        self.one2one_cv3.walk(&child(prefix, "one2one_cv3"), f);
+    }
+}

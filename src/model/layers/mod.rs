@@ -1,0 +1,7 @@
+//! Network building blocks, one file per family of modules.
+
+pub mod attention;
+pub mod blocks;
+pub mod conv;
+pub mod head;
+pub mod v10;

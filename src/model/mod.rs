@@ -1,0 +1,210 @@
+//! YOLO detection models: YAML parsing, layers, the graph, and loading from
+//! built-in names, YAML files, Ultralytics `.pt` checkpoints and our safetensors.
+
+pub mod flops;
+pub mod graph;
+pub mod layers;
+pub mod spec;
+pub mod walk;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use burn::module::Param;
+use burn::module::RunningState;
+use burn::tensor::{Device, Tensor, TensorData};
+
+pub use graph::{DetectionModel, Forward};
+pub use spec::{LayerKind, ModelSpec};
+use walk::Slot;
+
+use crate::weights::{pt, st, HostTensor};
+
+/// Built-in model families (file name → YAML text).
+const BUILTIN: &[(&str, &str)] = &[
+    ("yolov8.yaml", include_str!("cfg/yolov8.yaml")),
+    ("yolov5.yaml", include_str!("cfg/yolov5.yaml")),
+    ("yolo11.yaml", include_str!("cfg/yolo11.yaml")),
+    ("yolo12.yaml", include_str!("cfg/yolo12.yaml")),
+    ("yolo26.yaml", include_str!("cfg/yolo26.yaml")),
+    ("yolov10n.yaml", include_str!("cfg/yolov10n.yaml")),
+    ("yolov10s.yaml", include_str!("cfg/yolov10s.yaml")),
+    ("yolov10m.yaml", include_str!("cfg/yolov10m.yaml")),
+    ("yolov10b.yaml", include_str!("cfg/yolov10b.yaml")),
+    ("yolov10l.yaml", include_str!("cfg/yolov10l.yaml")),
+    ("yolov10x.yaml", include_str!("cfg/yolov10x.yaml")),
+];
+
+/// Names accepted for built-in models, for help texts.
+pub fn builtin_names() -> Vec<String> {
+    let mut v = Vec::new();
+    for fam in ["yolov8", "yolov5", "yolo11", "yolo12", "yolo26"] {
+        for s in ["n", "s", "m", "l", "x"] {
+            let u = if fam == "yolov5" { "u" } else { "" };
+            v.push(format!("{fam}{s}{u}.yaml"));
+        }
+    }
+    for s in ["n", "s", "m", "b", "l", "x"] {
+        v.push(format!("yolov10{s}.yaml"));
+    }
+    v
+}
+
+/// Finds the built-in YAML for a name such as `yolov8n.yaml` or `yolov5nu`.
+/// The scale letter comes from the name; the family file drops it.
+pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
+    let stem = Path::new(name).file_stem()?.to_str()?.to_ascii_lowercase();
+    let scale = spec::guess_scale(&stem);
+    if let Some((_, text)) = BUILTIN.iter().find(|(f, _)| f.trim_end_matches(".yaml") == stem) {
+        return Some((text, scale));
+    }
+    // drop the scale letter after the version digits (and v5's 'u' suffix)
+    let b = stem.as_bytes();
+    let mut i = stem.find("yolo")? + 4;
+    if b.get(i) == Some(&b'v') {
+        i += 1;
+    }
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let rest = stem.get(i + 1..).unwrap_or("");
+    let rest = if rest == "u" { "" } else { rest };
+    let family = format!("{}{}", &stem[..i], rest);
+    BUILTIN.iter().find(|(f, _)| f.trim_end_matches(".yaml") == family).map(|(_, t)| (*t, scale))
+}
+
+/// A model with its provenance, ready to run.
+pub struct Loaded {
+    pub model: DetectionModel,
+    /// True when weights came from a checkpoint (not a fresh YAML build).
+    pub pretrained: bool,
+}
+
+/// Loads `M`: a built-in YAML name, a YAML path, a `.pt` or a `.safetensors` file.
+/// `nc` overrides the class count (only for YAML builds).
+pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
+    let path = Path::new(m);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "pt" | "pth" => {
+            let ck = pt::read_pt(path)?;
+            let scale = ck.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next()).or_else(|| {
+                ck.yaml.get("yaml_file").and_then(|f| f.as_str()).and_then(|f| spec::guess_scale(f))
+            });
+            let spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
+            check_nc(nc, spec.nc, m)?;
+            let mut model = DetectionModel::new(spec, ck.names, device)?;
+            apply_tensors(&mut model, ck.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            Ok(Loaded { model, pretrained: true })
+        }
+        "safetensors" => {
+            let f = st::load(path)?;
+            let scale = f.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next());
+            let spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
+            check_nc(nc, spec.nc, m)?;
+            let mut model = DetectionModel::new(spec, f.names, device)?;
+            apply_tensors(&mut model, f.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            Ok(Loaded { model, pretrained: true })
+        }
+        "yaml" | "yml" | "" => {
+            let (text, scale) = if path.is_file() {
+                let t = std::fs::read_to_string(path).with_context(|| format!("cannot read {m}"))?;
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                (t, spec::guess_scale(stem))
+            } else if let Some((t, s)) = builtin_yaml(m) {
+                (t.to_string(), s)
+            } else if path.components().count() > 1 || ext.is_empty() {
+                bail!("model '{m}' not found (no such file, and not a built-in name such as yolov8n.yaml)");
+            } else {
+                bail!("model '{m}' not found: no such file and no built-in model of that name (try one of: {})", builtin_names().join(", "));
+            };
+            let yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+                let loc = e.location().map(|l| format!(" line {} column {}", l.line(), l.column())).unwrap_or_default();
+                anyhow!("{m}:{loc}: invalid YAML: {e}")
+            })?;
+            let spec = spec::parse(&yaml, scale, nc).with_context(|| format!("{m}: invalid model YAML"))?;
+            let model = DetectionModel::new(spec, Vec::new(), device).with_context(|| format!("{m}: cannot build"))?;
+            Ok(Loaded { model, pretrained: false })
+        }
+        other => bail!("{m}: unsupported model file type '.{other}' (expected .yaml, .pt or .safetensors)"),
+    }
+}
+
+fn check_nc(want: Option<usize>, have: usize, m: &str) -> Result<()> {
+    match want {
+        Some(n) if n != have => bail!("{m} has {have} classes; --nc {n} only applies when building from a YAML"),
+        _ => Ok(()),
+    }
+}
+
+/// Copies named host tensors into the model. Fails on the first missing name,
+/// shape mismatch or unexpected tensor.
+pub fn apply_tensors(model: &mut DetectionModel, tensors: Vec<(String, HostTensor)>, device: &Device) -> Result<()> {
+    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
+    let mut err: Option<anyhow::Error> = None;
+    model.walk_all(&mut |name, slot: Slot<'_>| {
+        if err.is_some() {
+            return;
+        }
+        let Some(t) = by_name.remove(name) else {
+            err = Some(anyhow!("tensor '{name}' (shape {:?}) is missing from the checkpoint", slot.shape()));
+            return;
+        };
+        let want = slot.shape();
+        if t.shape != want {
+            err = Some(anyhow!("tensor '{name}' has shape {:?} in the checkpoint but the model expects {want:?}", t.shape));
+            return;
+        }
+        match slot {
+            Slot::P4(p) => {
+                let v: Tensor<4> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
+                *p = Param::initialized(p.id, v);
+            }
+            Slot::P1(p) => {
+                let v: Tensor<1> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
+                *p = Param::initialized(p.id, v);
+            }
+            Slot::Stat(s) => {
+                *s = RunningState::new(Tensor::from_data(TensorData::new(t.data, t.shape), device));
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if let Some(extra) = by_name.keys().min() {
+        bail!("the checkpoint has tensor '{extra}' that this architecture does not have");
+    }
+    Ok(())
+}
+
+/// Reads every named tensor of the model to the host.
+pub fn collect_tensors(model: &mut DetectionModel) -> Vec<(String, HostTensor)> {
+    let mut out = Vec::new();
+    model.walk_all(&mut |name, slot: Slot<'_>| {
+        let (shape, data) = match slot {
+            Slot::P4(p) => {
+                let t = p.val();
+                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
+            }
+            Slot::P1(p) => {
+                let t = p.val();
+                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
+            }
+            Slot::Stat(s) => {
+                let t = s.value_sync();
+                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
+            }
+        };
+        out.push((name.to_string(), HostTensor::new(shape, data)));
+    });
+    out
+}
+
+/// Saves the model as one safetensors file (weights, YAML, class names).
+pub fn save_safetensors(model: &DetectionModel, path: &Path, extra: HashMap<String, String>) -> Result<()> {
+    let mut m = model.clone();
+    let tensors = collect_tensors(&mut m);
+    st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra })
+}

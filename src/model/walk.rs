@@ -1,0 +1,72 @@
+//! Naming of model tensors with Ultralytics' state-dict keys.
+//!
+//! Every layer implements [`Walk`]: it hands each of its tensors, under its
+//! full Ultralytics name, to a callback that may read or replace it. Loading,
+//! saving and counting parameters are all built on this one traversal.
+
+use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::BatchNorm;
+use burn::tensor::Tensor;
+
+/// A mutable reference to one named tensor of a model.
+pub enum Slot<'a> {
+    /// A 4-d parameter (convolution weights).
+    P4(&'a mut Param<Tensor<4>>),
+    /// A 1-d parameter (biases, BatchNorm affine, layer scale).
+    P1(&'a mut Param<Tensor<1>>),
+    /// A running statistic (BatchNorm mean/variance): not trained by gradients.
+    Stat(&'a mut RunningState<Tensor<1>>),
+}
+
+impl Slot<'_> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            // lazy_shape does not materialise lazily initialised weights
+            Slot::P4(p) => p.lazy_shape().to_vec(),
+            Slot::P1(p) => p.lazy_shape().to_vec(),
+            Slot::Stat(s) => s.value().dims().to_vec(),
+        }
+    }
+    pub fn is_param(&self) -> bool {
+        !matches!(self, Slot::Stat(_))
+    }
+}
+
+pub type Visit<'f> = dyn FnMut(&str, Slot<'_>) + 'f;
+
+pub trait Walk {
+    /// Calls `f` with every tensor of `self`, named `prefix` + Ultralytics' key.
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>);
+}
+
+/// `prefix` + `name` + `.`, the prefix of a child module.
+pub fn child(prefix: &str, name: impl std::fmt::Display) -> String {
+    format!("{prefix}{name}.")
+}
+
+impl Walk for Conv2d {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        f(&format!("{prefix}weight"), Slot::P4(&mut self.weight));
+        if let Some(b) = self.bias.as_mut() {
+            f(&format!("{prefix}bias"), Slot::P1(b));
+        }
+    }
+}
+
+impl Walk for BatchNorm {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        f(&format!("{prefix}weight"), Slot::P1(&mut self.gamma));
+        f(&format!("{prefix}bias"), Slot::P1(&mut self.beta));
+        f(&format!("{prefix}running_mean"), Slot::Stat(&mut self.running_mean));
+        f(&format!("{prefix}running_var"), Slot::Stat(&mut self.running_var));
+    }
+}
+
+impl<T: Walk> Walk for Vec<T> {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        for (i, m) in self.iter_mut().enumerate() {
+            m.walk(&child(prefix, i), f);
+        }
+    }
+}

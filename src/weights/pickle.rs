@@ -1,0 +1,540 @@
+//! A small, safe unpickler for PyTorch checkpoints (pickle protocols 2–5).
+//!
+//! Nothing is ever executed: `GLOBAL` yields an opaque class marker, and calls
+//! (`REDUCE`, `NEWOBJ`) build generic objects, except for the handful of torch
+//! and collections callables that reconstruct tensors and ordered dicts.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use anyhow::{bail, Context, Result};
+
+/// Element type of a torch storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F16,
+    BF16,
+    F32,
+    F64,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    fn from_storage_class(name: &str) -> Option<Self> {
+        Some(match name {
+            "HalfStorage" => Self::F16,
+            "BFloat16Storage" => Self::BF16,
+            "FloatStorage" => Self::F32,
+            "DoubleStorage" => Self::F64,
+            "LongStorage" => Self::I64,
+            "IntStorage" => Self::I32,
+            "ShortStorage" => Self::I16,
+            "CharStorage" => Self::I8,
+            "ByteStorage" => Self::U8,
+            "BoolStorage" => Self::Bool,
+            _ => return None,
+        })
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F16 | Self::BF16 | Self::I16 => 2,
+            Self::F32 | Self::I32 => 4,
+            Self::F64 | Self::I64 => 8,
+            Self::I8 | Self::U8 | Self::Bool => 1,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F16 | Self::BF16 | Self::F32 | Self::F64)
+    }
+}
+
+/// A strided view into a storage file of the checkpoint archive.
+#[derive(Debug, Clone)]
+pub struct TensorRef {
+    pub storage: String,
+    pub dtype: DType,
+    pub offset: usize,
+    pub shape: Vec<usize>,
+    pub strides: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+pub struct Object {
+    pub class: String,
+    pub args: Vec<Value>,
+    pub state: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Rc<RefCell<Vec<Value>>>),
+    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Global(String),
+    Object(Rc<RefCell<Object>>),
+    Storage { key: String, dtype: DType },
+    Tensor(Rc<TensorRef>),
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Looks a string key up in a dict.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        match self {
+            Value::Dict(d) => d
+                .borrow()
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Attribute of a built object (its `__dict__` state), or a dict entry.
+    pub fn attr(&self, key: &str) -> Option<Value> {
+        match self {
+            Value::Object(o) => o.borrow().state.as_ref().and_then(|s| s.get(key)),
+            Value::Dict(_) => self.get(key),
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> Option<String> {
+        match self {
+            Value::Object(o) => Some(o.borrow().class.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn dict_items(&self) -> Vec<(Value, Value)> {
+        match self {
+            Value::Dict(d) => d.borrow().clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn items(&self) -> Vec<Value> {
+        match self {
+            Value::List(l) => l.borrow().clone(),
+            Value::Tuple(t) => t.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        matches!(self, Value::None)
+    }
+}
+
+fn new_dict(items: Vec<(Value, Value)>) -> Value {
+    Value::Dict(Rc::new(RefCell::new(items)))
+}
+
+fn new_list(items: Vec<Value>) -> Value {
+    Value::List(Rc::new(RefCell::new(items)))
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.pos + n > self.data.len() {
+            bail!("pickle stream ends unexpectedly at byte {}", self.pos);
+        }
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into()?))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into()?))
+    }
+    fn i32(&mut self) -> Result<i32> {
+        Ok(i32::from_le_bytes(self.take(4)?.try_into()?))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
+    }
+    fn line(&mut self) -> Result<String> {
+        let start = self.pos;
+        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
+            self.pos += 1;
+        }
+        let s = String::from_utf8_lossy(&self.data[start..self.pos]).into_owned();
+        self.pos += 1;
+        Ok(s)
+    }
+    fn string(&mut self, n: usize) -> Result<String> {
+        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
+    }
+}
+
+/// Unpickles `data`. Returns the value left by STOP.
+pub fn unpickle(data: &[u8]) -> Result<Value> {
+    let mut r = Reader { data, pos: 0 };
+    let mut stack: Vec<Value> = Vec::new();
+    let mut marks: Vec<usize> = Vec::new();
+    let mut memo: HashMap<u32, Value> = HashMap::new();
+
+    macro_rules! pop {
+        () => {
+            stack.pop().context("pickle stack underflow")?
+        };
+    }
+    let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>| -> Result<Vec<Value>> {
+        let m = marks.pop().context("pickle MARK missing")?;
+        Ok(stack.split_off(m))
+    };
+
+    loop {
+        let op = r.u8()?;
+        match op {
+            0x80 => {
+                r.u8()?; // PROTO
+            }
+            0x95 => {
+                r.u64()?; // FRAME
+            }
+            b'.' => return stack.pop().context("empty pickle"),
+            b'(' => marks.push(stack.len()),
+            b'}' => stack.push(new_dict(Vec::new())),
+            b']' => stack.push(new_list(Vec::new())),
+            b')' => stack.push(Value::Tuple(Vec::new())),
+            b'N' => stack.push(Value::None),
+            0x88 => stack.push(Value::Bool(true)),
+            0x89 => stack.push(Value::Bool(false)),
+            b'J' => stack.push(Value::Int(r.i32()? as i64)),
+            b'K' => stack.push(Value::Int(r.u8()? as i64)),
+            b'M' => stack.push(Value::Int(r.u16()? as i64)),
+            0x8a => {
+                // LONG1
+                let n = r.u8()? as usize;
+                let bytes = r.take(n)?;
+                stack.push(Value::Int(long_from_le(bytes)?));
+            }
+            0x8b => {
+                let n = r.i32()? as usize;
+                let bytes = r.take(n)?;
+                stack.push(Value::Int(long_from_le(bytes)?));
+            }
+            b'I' => {
+                let l = r.line()?;
+                stack.push(match l.as_str() {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    s => Value::Int(s.trim().parse().context("bad INT opcode")?),
+                });
+            }
+            b'G' => stack.push(Value::Float(f64::from_be_bytes(r.take(8)?.try_into()?))),
+            b'X' => {
+                let n = r.u32()? as usize;
+                stack.push(Value::Str(r.string(n)?));
+            }
+            0x8c => {
+                let n = r.u8()? as usize;
+                stack.push(Value::Str(r.string(n)?));
+            }
+            0x8d => {
+                let n = r.u64()? as usize;
+                stack.push(Value::Str(r.string(n)?));
+            }
+            b'V' => stack.push(Value::Str(r.line()?)),
+            b'B' => {
+                let n = r.u32()? as usize;
+                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+            }
+            b'C' => {
+                let n = r.u8()? as usize;
+                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+            }
+            0x8e => {
+                let n = r.u64()? as usize;
+                stack.push(Value::Bytes(r.take(n)?.to_vec()));
+            }
+            b'q' => {
+                let k = r.u8()? as u32;
+                memo.insert(k, stack.last().context("memo of empty stack")?.clone());
+            }
+            b'r' => {
+                let k = r.u32()?;
+                memo.insert(k, stack.last().context("memo of empty stack")?.clone());
+            }
+            0x94 => {
+                let k = memo.len() as u32;
+                memo.insert(k, stack.last().context("memo of empty stack")?.clone());
+            }
+            b'h' => {
+                let k = r.u8()? as u32;
+                stack.push(memo.get(&k).context("pickle memo key missing")?.clone());
+            }
+            b'j' => {
+                let k = r.u32()?;
+                stack.push(memo.get(&k).context("pickle memo key missing")?.clone());
+            }
+            b't' => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                stack.push(Value::Tuple(items));
+            }
+            0x85 => {
+                let a = pop!();
+                stack.push(Value::Tuple(vec![a]));
+            }
+            0x86 => {
+                let b = pop!();
+                let a = pop!();
+                stack.push(Value::Tuple(vec![a, b]));
+            }
+            0x87 => {
+                let c = pop!();
+                let b = pop!();
+                let a = pop!();
+                stack.push(Value::Tuple(vec![a, b, c]));
+            }
+            b'l' => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                stack.push(new_list(items));
+            }
+            b'd' => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                stack.push(new_dict(pairs(items)));
+            }
+            b'a' => {
+                let v = pop!();
+                match stack.last() {
+                    Some(Value::List(l)) => l.borrow_mut().push(v),
+                    _ => bail!("APPEND on a non-list"),
+                }
+            }
+            b'e' => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                match stack.last() {
+                    Some(Value::List(l)) => l.borrow_mut().extend(items),
+                    // set.update via APPENDS-like opcodes is not used by torch; ignore others
+                    _ => {}
+                }
+            }
+            b's' => {
+                let v = pop!();
+                let k = pop!();
+                match stack.last() {
+                    Some(Value::Dict(d)) => d.borrow_mut().push((k, v)),
+                    _ => bail!("SETITEM on a non-dict"),
+                }
+            }
+            b'u' => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                match stack.last() {
+                    Some(Value::Dict(d)) => d.borrow_mut().extend(pairs(items)),
+                    _ => bail!("SETITEMS on a non-dict"),
+                }
+            }
+            0x8f => stack.push(new_list(Vec::new())), // EMPTY_SET as a list
+            0x90 => {
+                // ADDITEMS
+                let items = pop_mark(&mut stack, &mut marks)?;
+                if let Some(Value::List(l)) = stack.last() {
+                    l.borrow_mut().extend(items);
+                }
+            }
+            0x91 => {
+                let items = pop_mark(&mut stack, &mut marks)?;
+                stack.push(new_list(items)); // FROZENSET
+            }
+            b'c' => {
+                let module = r.line()?;
+                let name = r.line()?;
+                stack.push(Value::Global(format!("{module}.{name}")));
+            }
+            0x93 => {
+                let name = pop!();
+                let module = pop!();
+                stack.push(Value::Global(format!(
+                    "{}.{}",
+                    module.as_str().unwrap_or("?"),
+                    name.as_str().unwrap_or("?")
+                )));
+            }
+            b'R' => {
+                let args = pop!();
+                let func = pop!();
+                stack.push(call(func, args)?);
+            }
+            0x81 => {
+                let args = pop!();
+                let cls = pop!();
+                stack.push(call(cls, args)?);
+            }
+            0x92 => {
+                let _kwargs = pop!();
+                let args = pop!();
+                let cls = pop!();
+                stack.push(call(cls, args)?);
+            }
+            b'b' => {
+                let state = pop!();
+                match stack.last() {
+                    Some(Value::Object(o)) => o.borrow_mut().state = Some(state),
+                    // BUILD on an OrderedDict or other container: merge dict state if any
+                    Some(Value::Dict(d)) => {
+                        if let Value::Dict(s) = &state {
+                            d.borrow_mut().extend(s.borrow().iter().cloned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            b'Q' => {
+                let pid = pop!();
+                stack.push(persistent(pid)?);
+            }
+            b'0' => {
+                pop!();
+            }
+            b'2' => {
+                let v = stack.last().context("DUP of empty stack")?.clone();
+                stack.push(v);
+            }
+            b'1' => {
+                pop_mark(&mut stack, &mut marks)?;
+            }
+            other => bail!("unsupported pickle opcode 0x{other:02x} at byte {}", r.pos - 1),
+        }
+    }
+}
+
+fn pairs(items: Vec<Value>) -> Vec<(Value, Value)> {
+    let mut out = Vec::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    out
+}
+
+fn long_from_le(bytes: &[u8]) -> Result<i64> {
+    if bytes.is_empty() {
+        return Ok(0);
+    }
+    if bytes.len() > 8 {
+        bail!("integer too large in pickle");
+    }
+    let neg = bytes[bytes.len() - 1] & 0x80 != 0;
+    let mut buf = if neg { [0xffu8; 8] } else { [0u8; 8] };
+    buf[..bytes.len()].copy_from_slice(bytes);
+    Ok(i64::from_le_bytes(buf))
+}
+
+fn persistent(pid: Value) -> Result<Value> {
+    let items = pid.items();
+    // ('storage', <class>, key, location, numel)
+    if items.len() >= 3 && items[0].as_str() == Some("storage") {
+        let class = match &items[1] {
+            Value::Global(g) => g.rsplit('.').next().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        let dtype = DType::from_storage_class(&class)
+            .with_context(|| format!("unsupported storage type {class}"))?;
+        let key = match &items[2] {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            _ => bail!("bad storage key"),
+        };
+        return Ok(Value::Storage { key, dtype });
+    }
+    bail!("unsupported persistent id in pickle")
+}
+
+fn as_usizes(v: &Value) -> Result<Vec<usize>> {
+    v.items()
+        .iter()
+        .map(|x| match x {
+            Value::Int(i) if *i >= 0 => Ok(*i as usize),
+            _ => bail!("bad tensor size/stride"),
+        })
+        .collect()
+}
+
+/// Applies a callable. Only tensor/ordered-dict constructors are interpreted.
+fn call(func: Value, args: Value) -> Result<Value> {
+    let name = match &func {
+        Value::Global(g) => g.clone(),
+        _ => String::from("<object>"),
+    };
+    let a = args.items();
+    match name.as_str() {
+        "torch._utils._rebuild_tensor_v2" | "torch._utils._rebuild_tensor" => {
+            let (key, dtype) = match a.first() {
+                Some(Value::Storage { key, dtype }) => (key.clone(), *dtype),
+                _ => bail!("tensor without storage"),
+            };
+            let offset = match a.get(1) {
+                Some(Value::Int(i)) => *i as usize,
+                _ => 0,
+            };
+            let shape = as_usizes(a.get(2).context("tensor without size")?)?;
+            let strides = as_usizes(a.get(3).context("tensor without stride")?)?;
+            Ok(Value::Tensor(Rc::new(TensorRef { storage: key, dtype, offset, shape, strides })))
+        }
+        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+            Ok(a.into_iter().next().context("parameter without tensor")?)
+        }
+        "collections.OrderedDict" => Ok(new_dict(Vec::new())),
+        "builtins.set" | "__builtin__.set" | "builtins.frozenset" => {
+            Ok(new_list(a.first().map(|v| v.items()).unwrap_or_default()))
+        }
+        _ => Ok(Value::Object(Rc::new(RefCell::new(Object {
+            class: name,
+            args: a,
+            state: None,
+        })))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memoised_dict_sees_later_items() {
+        // {} BINPUT 0, MARK 'a' 1 SETITEMS, then a list holding the memoised dict
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'(', 0x8c, 1, b'a', b'K', 1, b'u', b'0'];
+        p.extend([b'(', b'h', 0, b'l', b'.']);
+        let v = unpickle(&p).unwrap();
+        let items = v.items();
+        assert_eq!(items.len(), 1);
+        assert!(matches!(items[0].get("a"), Some(Value::Int(1))));
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error() {
+        assert!(unpickle(&[0x80, 2, b'X', 5, 0]).is_err());
+    }
+}

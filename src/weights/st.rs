@@ -1,0 +1,91 @@
+//! Our model files: safetensors with Ultralytics' state-dict names, and the
+//! model YAML and class names in the metadata, so one file is a complete model.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use super::{write_atomic, HostTensor};
+
+pub const FORMAT_KEY: &str = "format";
+pub const FORMAT: &str = "yolodistill";
+
+/// A complete model file in memory.
+pub struct StModel {
+    pub yaml: serde_yaml::Value,
+    pub names: Vec<String>,
+    pub tensors: Vec<(String, HostTensor)>,
+    /// Other metadata entries (e.g. training state), kept as strings.
+    pub extra: HashMap<String, String>,
+}
+
+pub fn serialize(model: &StModel) -> Result<Vec<u8>> {
+    let mut meta = model.extra.clone();
+    meta.insert(FORMAT_KEY.into(), FORMAT.into());
+    meta.insert("yaml".into(), serde_yaml::to_string(&model.yaml)?);
+    meta.insert("names".into(), serde_json::to_string(&model.names)?);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = model
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::serialize(views, &Some(meta))?)
+}
+
+pub fn save(path: &Path, model: &StModel) -> Result<()> {
+    write_atomic(path, &serialize(model)?)
+}
+
+/// Reads every tensor of a safetensors file as f32 (in file order), plus its metadata.
+pub fn read_tensors(path: &Path) -> Result<(Vec<(String, HostTensor)>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let mut names: Vec<_> = st.tensors();
+    names.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    for (name, view) in names {
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            Dtype::I64 => view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            d => bail!("{}: tensor {name} has unsupported dtype {d:?}", path.display()),
+        };
+        out.push((name, HostTensor::new(view.shape().to_vec(), data)));
+    }
+    Ok((out, meta))
+}
+
+pub fn load(path: &Path) -> Result<StModel> {
+    let (tensors, mut meta) = read_tensors(path)?;
+    if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+        bail!("{} is a safetensors file but not a yolodistill model (no model description in its metadata)", path.display());
+    }
+    let yaml: serde_yaml::Value = serde_yaml::from_str(meta.get("yaml").map(String::as_str).unwrap_or(""))
+        .with_context(|| format!("{}: bad model YAML in metadata", path.display()))?;
+    let names: Vec<String> = serde_json::from_str(meta.get("names").map(String::as_str).unwrap_or("[]"))
+        .with_context(|| format!("{}: bad class names in metadata", path.display()))?;
+    for k in [FORMAT_KEY, "yaml", "names"] {
+        meta.remove(k);
+    }
+    Ok(StModel { yaml, names, tensors, extra: meta })
+}

@@ -1,0 +1,38 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `../shared` next to the repository, or None (with a notice) when absent.
+/// Under CI=true a missing folder is a failure, not a skip.
+pub fn shared() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if p.join("fixtures").is_dir() {
+        return Some(p);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("../shared is missing under CI=true");
+    }
+    eprintln!("notice: ../shared not found; skipping this test");
+    None
+}
+
+/// A fresh temporary folder for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("yolodistill-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Max |a − b| and max |b| over two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut d = 0f32;
+    let mut m = 0f32;
+    for (x, y) in a.iter().zip(b) {
+        d = d.max((x - y).abs());
+        m = m.max(y.abs());
+    }
+    (d, m)
+}
