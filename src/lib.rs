@@ -2,7 +2,9 @@
 //! training and teacher → student distillation, in Rust on burn.
 
 pub mod cli;
+pub mod eval;
 pub mod infer;
+pub mod loss;
 pub mod model;
 pub mod weights;
 

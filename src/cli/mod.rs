@@ -1,5 +1,6 @@
 //! The command line: thin wrappers that parse flags and call the library.
 
+mod benchmark;
 mod info;
 mod predict;
 
@@ -18,11 +19,14 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Detect objects in an image or a folder of images.
     Predict(predict::PredictArgs),
+    /// Time the model's forward pass on this machine.
+    Benchmark(benchmark::BenchmarkArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Predict(a) => predict::run(a),
+        Command::Benchmark(a) => benchmark::run(a),
     }
 }

@@ -36,7 +36,8 @@ pub struct PredictArgs {
 
 pub fn run(a: PredictArgs) -> Result<()> {
     let device = crate::default_device();
-    let m = model::load(&a.model, None, &device)?.model;
+    let mut m = model::load(&a.model, None, &device)?.model;
+    m.fuse();
     let images = list_images(&a.source)?;
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::predict() };
     if let Some(d) = &a.save_dir {

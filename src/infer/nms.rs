@@ -109,7 +109,7 @@ mod tests {
     fn overlapping_boxes_of_one_class_are_suppressed() {
         let cfg = NmsConfig::predict();
         let out = suppress(
-            vec![det([0., 0., 10., 10.], 0.8, 0), det([1., 1., 11., 11.], 0.9, 0), det([50., 50., 60., 60.], 0.5, 0)],
+            vec![det([0., 0., 10., 10.], 0.8, 0), det([0.5, 0.5, 10.5, 10.5], 0.9, 0), det([50., 50., 60., 60.], 0.5, 0)],
             &cfg,
         );
         assert_eq!(out.len(), 2);

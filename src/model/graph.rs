@@ -63,6 +63,8 @@ pub struct DetectionModel {
     pub layers: Vec<Layer>,
     /// Class names by index.
     pub names: Vec<String>,
+    /// BatchNorms folded into the convolutions (inference only).
+    pub fused: bool,
     #[module(skip)]
     pub spec: Arc<ModelSpec>,
 }
@@ -163,7 +165,7 @@ impl DetectionModel {
         if names.len() != spec.nc {
             names = (0..spec.nc).map(|i| format!("class{i}")).collect();
         }
-        Ok(Self { layers, names, spec: Arc::new(spec) })
+        Ok(Self { layers, names, fused: false, spec: Arc::new(spec) })
     }
 
     pub fn nc(&self) -> usize {
@@ -251,6 +253,16 @@ impl DetectionModel {
     pub fn predict(&self, x: Tensor<4>) -> Tensor<3> {
         let out = self.forward(x);
         self.head().decode(&out)
+    }
+
+    /// Folds every BatchNorm into its convolution, for faster inference and export.
+    pub fn fuse(&mut self) {
+        self.walk_all(&mut |_, s: Slot<'_>| {
+            if let Slot::Conv(c) = s {
+                c.fold_bn();
+            }
+        });
+        self.fused = true;
     }
 
     /// Every named tensor, in a stable order.

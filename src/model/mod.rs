@@ -74,6 +74,9 @@ pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
     BUILTIN.iter().find(|(f, _)| f.trim_end_matches(".yaml") == family).map(|(_, t)| (*t, scale))
 }
 
+/// Metadata key marking a file whose BatchNorms are folded into the convolutions.
+const FUSED_KEY: &str = "fused";
+
 /// A model with its provenance, ready to run.
 pub struct Loaded {
     pub model: DetectionModel,
@@ -104,6 +107,9 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             let spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, f.names, device)?;
+            if f.extra.get(FUSED_KEY).map(String::as_str) == Some("true") {
+                model.fuse();
+            }
             apply_tensors(&mut model, f.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
             Ok(Loaded { model, pretrained: true })
         }
@@ -144,7 +150,7 @@ pub fn apply_tensors(model: &mut DetectionModel, tensors: Vec<(String, HostTenso
     let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
     let mut err: Option<anyhow::Error> = None;
     model.walk_all(&mut |name, slot: Slot<'_>| {
-        if err.is_some() {
+        if err.is_some() || matches!(slot, Slot::Conv(_)) {
             return;
         }
         let Some(t) = by_name.remove(name) else {
@@ -165,6 +171,7 @@ pub fn apply_tensors(model: &mut DetectionModel, tensors: Vec<(String, HostTenso
                 let v: Tensor<1> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
                 *p = Param::initialized(p.id, v);
             }
+            Slot::Conv(_) => {}
             Slot::Stat(s) => {
                 *s = RunningState::new(Tensor::from_data(TensorData::new(t.data, t.shape), device));
             }
@@ -196,6 +203,7 @@ pub fn collect_tensors(model: &mut DetectionModel) -> Vec<(String, HostTensor)> 
                 let t = s.value_sync();
                 (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
             }
+            Slot::Conv(_) => return,
         };
         out.push((name.to_string(), HostTensor::new(shape, data)));
     });
@@ -203,7 +211,10 @@ pub fn collect_tensors(model: &mut DetectionModel) -> Vec<(String, HostTensor)> 
 }
 
 /// Saves the model as one safetensors file (weights, YAML, class names).
-pub fn save_safetensors(model: &DetectionModel, path: &Path, extra: HashMap<String, String>) -> Result<()> {
+pub fn save_safetensors(model: &DetectionModel, path: &Path, mut extra: HashMap<String, String>) -> Result<()> {
+    if model.fused {
+        extra.insert(FUSED_KEY.into(), "true".into());
+    }
     let mut m = model.clone();
     let tensors = collect_tensors(&mut m);
     st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra })

@@ -17,6 +17,9 @@ pub enum Slot<'a> {
     P1(&'a mut Param<Tensor<1>>),
     /// A running statistic (BatchNorm mean/variance): not trained by gradients.
     Stat(&'a mut RunningState<Tensor<1>>),
+    /// A whole Conv+BN block, offered (before its tensors) for structural
+    /// edits such as BatchNorm folding; tensor visitors ignore it.
+    Conv(&'a mut crate::model::layers::conv::Conv),
 }
 
 impl Slot<'_> {
@@ -26,10 +29,11 @@ impl Slot<'_> {
             Slot::P4(p) => p.lazy_shape().to_vec(),
             Slot::P1(p) => p.lazy_shape().to_vec(),
             Slot::Stat(s) => s.value().dims().to_vec(),
+            Slot::Conv(_) => Vec::new(),
         }
     }
     pub fn is_param(&self) -> bool {
-        !matches!(self, Slot::Stat(_))
+        matches!(self, Slot::P4(_) | Slot::P1(_))
     }
 }
 

@@ -1,12 +1,12 @@
 //! Conv = Conv2d (no bias) → BatchNorm (eps 1e-3, momentum 0.03) → SiLU.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
-use crate::model::walk::{child, Visit, Walk};
+use crate::model::walk::{child, Slot, Visit, Walk};
 
 /// Convolution options of [`Conv`], Ultralytics' argument order.
 #[derive(Debug, Clone, Copy)]
@@ -58,7 +58,7 @@ impl ConvCfg {
             .with_bias(false)
             .init(device);
         let bn = BatchNormConfig::new(self.c2).with_epsilon(1e-3).with_momentum(0.03).init(device);
-        Conv { conv, bn, act: self.act }
+        Conv { conv, bn: Some(bn), act: self.act }
     }
 }
 
@@ -73,13 +73,18 @@ pub fn gcd(a: usize, b: usize) -> usize {
 #[derive(Module, Debug)]
 pub struct Conv {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    /// None once folded into `conv` (inference/export).
+    pub bn: Option<BatchNorm>,
     pub act: bool,
 }
 
 impl Conv {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let y = self.conv.forward(x);
+        let y = match &self.bn {
+            Some(bn) => bn.forward(y),
+            None => y,
+        };
         if self.act {
             silu(y)
         } else {
@@ -88,10 +93,27 @@ impl Conv {
     }
 }
 
+impl Conv {
+    /// Folds the BatchNorm (running statistics) into the convolution:
+    /// W' = W·γ/√(var+eps) per output channel, b' = β − γ·mean/√(var+eps).
+    pub fn fold_bn(&mut self) {
+        let Some(bn) = self.bn.take() else { return };
+        let c = bn.gamma.dims()[0];
+        let scale = bn.gamma.val() / bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt();
+        let bias = bn.beta.val() - scale.clone() * bn.running_mean.value_sync();
+        let w = self.conv.weight.val() * scale.reshape([c, 1, 1, 1]);
+        self.conv.weight = Param::initialized(self.conv.weight.id, w);
+        self.conv.bias = Some(Param::from_tensor(bias));
+    }
+}
+
 impl Walk for Conv {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        f(prefix, Slot::Conv(self));
         self.conv.walk(&child(prefix, "conv"), f);
-        self.bn.walk(&child(prefix, "bn"), f);
+        if let Some(bn) = self.bn.as_mut() {
+            bn.walk(&child(prefix, "bn"), f);
+        }
     }
 }
 

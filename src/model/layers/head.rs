@@ -213,15 +213,7 @@ impl Detect {
 
     /// Expected distances (l, t, r, b) in grid units from box logits: [B, 4, A].
     pub fn distances(&self, boxes: Tensor<3>) -> Tensor<3> {
-        let r = self.reg_max;
-        if r == 1 {
-            return boxes;
-        }
-        let [b, _, a] = boxes.dims();
-        let p = softmax(boxes.reshape([b, 4, r, a]), 2);
-        let proj: Vec<f32> = (0..r).map(|i| i as f32).collect();
-        let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, r, 1]), &p.device());
-        (p * proj).sum_dim(2).reshape([b, 4, a])
+        dfl_expectation(boxes, self.reg_max)
     }
 
     /// Ultralytics' inference output [B, 4 + nc, A]: xywh in input pixels, sigmoid scores.
@@ -239,6 +231,20 @@ impl Detect {
         let xywh = Tensor::cat(vec![c, wh], 1) * st;
         Tensor::cat(vec![xywh, sigmoid(maps.scores.clone())], 1)
     }
+}
+
+/// DFL: softmax over the `reg_max` bins of each side, then the expected bin
+/// index. `boxes` is [B, 4·reg_max, A]; the result [B, 4, A]. With reg_max 1
+/// the raw outputs already are the distances.
+pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
+    if reg_max == 1 {
+        return boxes;
+    }
+    let [b, _, a] = boxes.dims();
+    let p = softmax(boxes.reshape([b, 4, reg_max, a]), 2);
+    let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
+    let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &p.device());
+    (p * proj).sum_dim(2).reshape([b, 4, a])
 }
 
 /// Anchor centres (x + 0.5, y + 0.5) per level, row-major, with their strides.

@@ -1,0 +1,63 @@
+use anyhow::Result;
+use burn::tensor::{Distribution, Tensor};
+use clap::Args;
+
+use crate::model;
+
+#[derive(Args)]
+pub struct BenchmarkArgs {
+    /// Built-in YAML name, YAML path, .pt or .safetensors.
+    #[arg(long, default_value = "yolov8n.yaml")]
+    pub model: String,
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed forward passes (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Keep BatchNorm unfolded (default folds it, as Ultralytics' predictor does).
+    #[arg(long)]
+    pub no_fuse: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Times the decoded forward pass (no pre/post-processing) on random input.
+pub fn run(a: BenchmarkArgs) -> Result<()> {
+    let device = crate::default_device();
+    let mut m = model::load(&a.model, None, &device)?.model;
+    if !a.no_fuse {
+        m.fuse();
+    }
+    let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
+    let once = || {
+        let t = std::time::Instant::now();
+        let y = m.predict(x.clone());
+        let _ = y.try_into_vec_as::<f32>(); // wait for the result
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    for _ in 0..a.warmup {
+        once();
+    }
+    let mut ms: Vec<f64> = (0..a.runs.max(1)).map(|_| once()).collect();
+    ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let median = ms[ms.len() / 2];
+    let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "runs": ms.len(),
+                "median_ms": median, "mean_ms": mean, "min_ms": ms[0], "threads": threads, "fused": !a.no_fuse})
+        );
+    } else {
+        println!(
+            "{} forward, batch {} at {}: median {median:.1} ms, mean {mean:.1} ms, min {:.1} ms over {} runs ({threads} threads)",
+            a.model, a.batch, a.imgsz, ms[0], ms.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Detection evaluation: Ultralytics-style validator metrics and a COCOeval reimplementation.
+
+pub mod coco;
+pub mod metrics;

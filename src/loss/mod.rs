@@ -1,0 +1,243 @@
+//! The YOLOv8 detection loss: task-aligned assignment, CIoU box loss, DFL and
+//! BCE classification, with Ultralytics' gains and normalisation.
+//!
+//! Targets are assigned on the host from detached predictions (no gradient
+//! flows through the assignment); the three losses are then computed on
+//! tensors so their gradients reach the head outputs.
+
+pub mod assigner;
+pub mod iou;
+
+use burn::tensor::activation::{log_softmax, sigmoid};
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps};
+use assigner::{assign, AssignerConfig, GtBox};
+use iou::ciou_tensor;
+
+/// Loss gains (Ultralytics' `box`, `cls`, `dfl` hyper-parameters).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Gains {
+    pub boxes: f32,
+    pub cls: f32,
+    pub dfl: f32,
+}
+
+impl Default for Gains {
+    fn default() -> Self {
+        Self { boxes: 7.5, cls: 0.5, dfl: 1.5 }
+    }
+}
+
+/// Ground truth of a batch, Ultralytics' collated layout.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    /// Image index in the batch of each box.
+    pub batch_idx: Vec<usize>,
+    pub cls: Vec<usize>,
+    /// Normalised centre-x, centre-y, width, height.
+    pub bboxes: Vec<[f32; 4]>,
+}
+
+/// What the loss needs to know about the head.
+#[derive(Debug, Clone)]
+pub struct LossConfig {
+    pub nc: usize,
+    pub reg_max: usize,
+    pub strides: Vec<f64>,
+    pub gains: Gains,
+    pub assigner: AssignerConfig,
+}
+
+impl LossConfig {
+    pub fn new(nc: usize, reg_max: usize, strides: Vec<f64>) -> Self {
+        let assigner = AssignerConfig::for_strides(&strides);
+        Self { nc, reg_max, strides, gains: Gains::default(), assigner }
+    }
+}
+
+/// Loss of one batch.
+pub struct LossOutput {
+    /// Σ(box, cls, dfl) × batch size: what backward runs on.
+    pub total: Tensor<1>,
+    /// box, cls, dfl after gains, not multiplied by the batch size (as logged).
+    pub items: [f32; 3],
+    /// The same three terms as tensors (for callers that combine them).
+    pub parts: [Tensor<1>; 3],
+}
+
+/// Host copies of what the assigner and the targets need, per anchor.
+struct Anchors {
+    /// Centres in grid units.
+    pts: Vec<[f32; 2]>,
+    stride: Vec<f32>,
+}
+
+fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().expect("f32 tensor")
+}
+
+/// Targets assigned to one batch (constants for the gradient).
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    /// [B, nc, A] soft class targets.
+    pub target_scores: Vec<f32>,
+    /// max(Σ target_scores, 1): the normaliser of all three terms.
+    pub tss: f32,
+    /// Foreground anchors as flat `b·A + a`.
+    pub fg_index: Vec<i64>,
+    /// [N, 4] target xyxy in grid units.
+    pub fg_target: Vec<f32>,
+    /// [N, 2] anchor centres in grid units.
+    pub fg_anchor: Vec<f32>,
+    pub fg_stride: Vec<f32>,
+    /// Σ over classes of the target scores of each foreground anchor.
+    pub fg_weight: Vec<f32>,
+    /// Input size (h, w) in pixels.
+    pub img_hw: (f32, f32),
+}
+
+/// Detection loss of raw head maps (`boxes` [B, 4·reg_max, A], `scores` [B, nc, A]).
+pub fn detection_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> LossOutput {
+    let assigned = assign_targets(cfg, maps, shapes, targets);
+    loss_from_assigned(cfg, maps, &assigned)
+}
+
+/// Runs the task-aligned assigner on detached predictions.
+pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> Assigned {
+    let [b, nc, a_n] = maps.scores.dims();
+    let r = cfg.reg_max;
+    let (pts, stride) = anchor_points(shapes, &cfg.strides);
+    let anchors = Anchors { pts, stride };
+    let img_h = shapes[0].0 as f32 * cfg.strides[0] as f32;
+    let img_w = shapes[0].1 as f32 * cfg.strides[0] as f32;
+
+    // Ground truth per image, xyxy pixels.
+    let mut gts: Vec<Vec<GtBox>> = vec![Vec::new(); b];
+    for ((&i, &c), bb) in targets.batch_idx.iter().zip(&targets.cls).zip(&targets.bboxes) {
+        let (cx, cy, w, h) = (bb[0] * img_w, bb[1] * img_h, bb[2] * img_w, bb[3] * img_h);
+        let xyxy = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
+        if i < b && xyxy.iter().sum::<f32>() > 0.0 {
+            gts[i].push(GtBox { cls: c, xyxy });
+        }
+    }
+
+    // Detached predictions on the host: sigmoid scores [B][A][nc] and boxes in pixels.
+    let scores_host = to_host(sigmoid(maps.scores.clone().detach()).swap_dims(1, 2));
+    let dist_host = to_host(dfl_expectation(maps.boxes.clone().detach(), r));
+
+    // Assignment and targets.
+    let mut target_scores = vec![0f32; b * nc * a_n];
+    let mut fg_index: Vec<i64> = Vec::new();
+    let mut fg_target: Vec<f32> = Vec::new(); // [N, 4] xyxy in grid units
+    let mut fg_anchor: Vec<f32> = Vec::new(); // [N, 2] grid units
+    let mut fg_stride: Vec<f32> = Vec::new();
+    let mut fg_weight: Vec<f32> = Vec::new();
+    for (bi, image_gts) in gts.iter().enumerate() {
+        let d = &dist_host[bi * 4 * a_n..(bi + 1) * 4 * a_n];
+        let boxes: Vec<[f32; 4]> = (0..a_n)
+            .map(|a| {
+                let [ax, ay] = anchors.pts[a];
+                let s = anchors.stride[a];
+                [(ax - d[a]) * s, (ay - d[a_n + a]) * s, (ax + d[2 * a_n + a]) * s, (ay + d[3 * a_n + a]) * s]
+            })
+            .collect();
+        let px: Vec<[f32; 2]> = (0..a_n).map(|a| [anchors.pts[a][0] * anchors.stride[a], anchors.pts[a][1] * anchors.stride[a]]).collect();
+        let sc = &scores_host[bi * a_n * nc..(bi + 1) * a_n * nc];
+        let asg = assign(&cfg.assigner, sc, nc, &boxes, &px, image_gts);
+        for a in 0..a_n {
+            if !asg.fg[a] {
+                continue;
+            }
+            let g = &image_gts[asg.gt_idx[a]];
+            target_scores[(bi * nc + g.cls) * a_n + a] = asg.score[a];
+            let s = anchors.stride[a];
+            fg_index.push((bi * a_n + a) as i64);
+            fg_target.extend(g.xyxy.map(|v| v / s));
+            fg_anchor.extend(anchors.pts[a]);
+            fg_stride.push(s);
+            fg_weight.push(asg.score[a]);
+        }
+    }
+    let tss: f32 = target_scores.iter().sum::<f32>().max(1.0);
+    Assigned { target_scores, tss, fg_index, fg_target, fg_anchor, fg_stride, fg_weight, img_hw: (img_h, img_w) }
+}
+
+/// The three loss terms for fixed targets.
+pub fn loss_from_assigned(cfg: &LossConfig, maps: &HeadMaps, asg: &Assigned) -> LossOutput {
+    let device = maps.scores.device();
+    let [b, nc, a_n] = maps.scores.dims();
+    let r = cfg.reg_max;
+    let tss = asg.tss;
+    let (img_h, img_w) = asg.img_hw;
+    let (fg_target, fg_anchor, fg_stride, fg_weight) = (&asg.fg_target, &asg.fg_anchor, &asg.fg_stride, &asg.fg_weight);
+
+    // Classification: BCE with logits summed over anchors and classes.
+    let t = Tensor::<3>::from_data(TensorData::new(asg.target_scores.clone(), [b, nc, a_n]), &device);
+    let x = maps.scores.clone();
+    let bce = x.clone().clamp_min(0.0) - x.clone() * t + x.abs().neg().exp().log1p();
+    let loss_cls = bce.sum() / tss;
+
+    // Box and distribution losses on the foreground anchors.
+    let n = asg.fg_index.len();
+    let (loss_box, loss_dfl) = if n == 0 {
+        let zero = maps.boxes.clone().sum() * 0.0;
+        (zero.clone(), zero)
+    } else {
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(asg.fg_index.clone(), [n]), &device);
+        let logits: Tensor<2> = maps.boxes.clone().swap_dims(1, 2).reshape([b * a_n, 4 * r]).select(0, idx);
+        let dist: Tensor<2> = if r > 1 {
+            let p = burn::tensor::activation::softmax(logits.clone().reshape([n, 4, r]), 2);
+            let proj: Vec<f32> = (0..r).map(|i| i as f32).collect();
+            let proj = Tensor::<3>::from_data(TensorData::new(proj, [1, 1, r]), &device);
+            (p * proj).sum_dim(2).reshape([n, 4])
+        } else {
+            logits.clone()
+        };
+        let anc = Tensor::<2>::from_data(TensorData::new(fg_anchor.clone(), [n, 2]), &device);
+        let lt = dist.clone().narrow(1, 0, 2);
+        let rb = dist.clone().narrow(1, 2, 2);
+        let pred = Tensor::cat(vec![anc.clone() - lt, anc + rb], 1);
+        let target = Tensor::<2>::from_data(TensorData::new(fg_target.clone(), [n, 4]), &device);
+        let w = Tensor::<1>::from_data(TensorData::new(fg_weight.clone(), [n]), &device);
+        let loss_box = ((ciou_tensor(pred, target).neg() + 1.0) * w.clone()).sum() / tss;
+
+        // Target distances (l, t, r, b) in grid units.
+        let ltrb: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let [ax, ay] = [fg_anchor[2 * i], fg_anchor[2 * i + 1]];
+                let t = &fg_target[4 * i..4 * i + 4];
+                [ax - t[0], ay - t[1], t[2] - ax, t[3] - ay]
+            })
+            .collect();
+        let loss_dfl = if r > 1 {
+            // CE against the two neighbouring bins, weighted by proximity.
+            let hi = r as f32 - 1.0 - 0.01;
+            let mut wts = vec![0f32; n * 4 * r];
+            for (k, &v) in ltrb.iter().enumerate() {
+                let v = v.clamp(0.0, hi);
+                let tl = v.floor() as usize;
+                let wl = (tl + 1) as f32 - v;
+                wts[k * r + tl] += wl;
+                wts[k * r + tl + 1] += 1.0 - wl;
+            }
+            let wts = Tensor::<3>::from_data(TensorData::new(wts, [n, 4, r]), &device);
+            let ce = (log_softmax(logits.reshape([n, 4, r]), 2) * wts).sum_dim(2).reshape([n, 4]).neg();
+            (ce.mean_dim(1).reshape([n]) * w).sum() / tss
+        } else {
+            // reg_max 1 (YOLO26): L1 on distances normalised by the image size.
+            let norm: Vec<f32> = (0..n * 4).map(|k| fg_stride[k / 4] / if k % 2 == 0 { img_w } else { img_h }).collect();
+            let norm = Tensor::<2>::from_data(TensorData::new(norm, [n, 4]), &device);
+            let tgt = Tensor::<2>::from_data(TensorData::new(ltrb, [n, 4]), &device);
+            let l1 = ((dist - tgt) * norm).abs().mean_dim(1).reshape([n]);
+            (l1 * w).sum() / tss
+        };
+        (loss_box, loss_dfl)
+    };
+
+    let g = cfg.gains;
+    let parts = [loss_box * g.boxes, loss_cls * g.cls, loss_dfl * g.dfl];
+    let items = [0, 1, 2].map(|i| parts[i].clone().into_scalar::<f32>());
+    let total = (parts[0].clone() + parts[1].clone() + parts[2].clone()) * b as f32;
+    LossOutput { total, items, parts }
+}

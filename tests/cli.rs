@@ -1,0 +1,81 @@
+//! The command line end to end: info, predict, and non-zero exits with clear errors.
+
+mod common;
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+}
+
+#[test]
+fn info_json_reports_params_gflops_and_layers() {
+    let out = bin().args(["info", "--model", "yolov8n.yaml", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["params"], 3_157_200);
+    assert!((v["gflops"].as_f64().unwrap() - 8.9).abs() < 0.089);
+    assert_eq!(v["layers"].as_array().unwrap().len(), 23);
+    let out = bin().args(["info", "--model", "yolov8n.yaml", "--imgsz", "320", "--nc", "3"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Detect") && text.contains("summary"), "{text}");
+}
+
+#[test]
+fn predict_on_bccd_prints_boxes_and_writes_an_annotated_image() {
+    let Some(shared) = common::shared() else { return };
+    let img = shared.join("data/bccd/images/val");
+    let first = std::fs::read_dir(&img).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let dir = common::temp_dir("predict");
+    let out = bin()
+        .args(["predict", "--model"])
+        .arg(shared.join("fixtures/teacher_v8s_bccd.pt"))
+        .arg("--source")
+        .arg(&first)
+        .args(["--imgsz", "320", "--json", "--save-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boxes = v["boxes"].as_array().unwrap();
+    assert!(boxes.len() >= 3, "a trained BCCD teacher finds cells: {v}");
+    let names: Vec<&str> = boxes.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert!(names.iter().any(|n| *n == "RBC"), "{names:?}");
+    for b in boxes {
+        let c = b["conf"].as_f64().unwrap();
+        assert!(c >= 0.25 && c <= 1.0);
+        let xy: Vec<f64> = b["xyxy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(xy[0] < xy[2] && xy[1] < xy[3] && xy[2] <= 640.0 && xy[3] <= 480.0, "{xy:?}");
+    }
+    let saved = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(saved, 1);
+    let annotated = image::open(dir.join(first.file_name().unwrap()).with_extension("jpg")).unwrap();
+    assert_eq!((annotated.width(), annotated.height()), (640, 480));
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_with_a_message() {
+    let dir = common::temp_dir("cli-bad");
+    let bad_img = dir.join("broken.jpg");
+    std::fs::write(&bad_img, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["info".into(), "--model".into(), "missing.pt".into()], "missing.pt"),
+        (vec!["info".into(), "--model".into(), "model.onnx".into()], "unsupported model file type"),
+        (
+            vec!["predict".into(), "--model".into(), "yolov8n.yaml".into(), "--source".into(), bad_img.display().to_string()],
+            "broken.jpg",
+        ),
+        (
+            vec!["predict".into(), "--model".into(), "yolov8n.yaml".into(), "--source".into(), "/no/such/dir".into()],
+            "/no/such/dir",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
