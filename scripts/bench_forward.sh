@@ -10,14 +10,14 @@ RUNS=${3:-20}
 cargo build --quiet
 ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
 echo "yolodistill: $ours"
-PY=$(../shared/tools/ref-env.sh)
-theirs=$("$PY" - "$MODEL" "$IMGSZ" "$RUNS" <<'PYEOF'
+PY=$(../shared/tools/ref-env.sh | tail -n 1)
+theirs=$("$PY" - "$MODEL" "$IMGSZ" "$RUNS" <<'PYEOF' | tail -n 1
 import json, os, statistics, sys, time
 import torch
 from ultralytics import YOLO
 name, imgsz, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(os.cpu_count())
-m = YOLO(name).model.fuse().eval()
+m = YOLO(name).model.fuse(verbose=False).eval()
 x = torch.rand(1, 3, imgsz, imgsz)
 with torch.inference_mode():
     for _ in range(3):

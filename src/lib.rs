@@ -2,10 +2,13 @@
 //! training and teacher → student distillation, in Rust on burn.
 
 pub mod cli;
+pub mod data;
 pub mod eval;
 pub mod infer;
 pub mod loss;
 pub mod model;
+pub mod report;
+pub mod train;
 pub mod weights;
 
 /// The default compute device (burn's pure-Rust CPU backend `flex`).

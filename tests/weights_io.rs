@@ -102,6 +102,7 @@ fn weights_of_another_architecture_name_the_first_bad_tensor() {
             names: v8.names.clone(),
             tensors,
             extra: Default::default(),
+            state: Vec::new(),
         },
     )
     .unwrap();

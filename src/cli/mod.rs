@@ -3,6 +3,8 @@
 mod benchmark;
 mod info;
 mod predict;
+mod train;
+mod val;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +21,10 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Detect objects in an image or a folder of images.
     Predict(predict::PredictArgs),
+    /// Train a detector on a YOLO-format dataset.
+    Train(crate::train::TrainArgs),
+    /// Validate a model on a dataset split (mAP50, mAP50-95, COCO AP).
+    Val(val::ValArgs),
     /// Time the model's forward pass on this machine.
     Benchmark(benchmark::BenchmarkArgs),
 }
@@ -28,5 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Benchmark(a) => benchmark::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Val(a) => val::run(a),
     }
 }

@@ -217,5 +217,26 @@ pub fn save_safetensors(model: &DetectionModel, path: &Path, mut extra: HashMap<
     }
     let mut m = model.clone();
     let tensors = collect_tensors(&mut m);
-    st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra })
+    st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra, state: Vec::new() })
+}
+
+/// Copies the tensors of `tensors` whose name and shape match into `model`
+/// (fine-tuning with a different class count); returns how many were copied.
+pub fn transfer_matching(model: &mut DetectionModel, tensors: Vec<(String, HostTensor)>, device: &Device) -> usize {
+    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
+    let mut n = 0;
+    model.walk_all(&mut |name, slot: Slot<'_>| {
+        let Some(t) = by_name.remove(name) else { return };
+        if t.shape != slot.shape() {
+            return;
+        }
+        n += 1;
+        match slot {
+            Slot::P4(p) => *p = Param::initialized(p.id, Tensor::from_data(TensorData::new(t.data, t.shape), device)),
+            Slot::P1(p) => *p = Param::initialized(p.id, Tensor::from_data(TensorData::new(t.data, t.shape), device)),
+            Slot::Stat(s) => *s = RunningState::new(Tensor::from_data(TensorData::new(t.data, t.shape), device)),
+            Slot::Conv(_) => n -= 1,
+        }
+    });
+    n
 }

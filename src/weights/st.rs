@@ -20,7 +20,12 @@ pub struct StModel {
     pub tensors: Vec<(String, HostTensor)>,
     /// Other metadata entries (e.g. training state), kept as strings.
     pub extra: HashMap<String, String>,
+    /// Tensors under the `state.` prefix: training state for resuming (not model weights).
+    pub state: Vec<(String, HostTensor)>,
 }
+
+/// Prefix of tensors that hold training state rather than model weights.
+pub const STATE_PREFIX: &str = "state.";
 
 pub fn serialize(model: &StModel) -> Result<Vec<u8>> {
     let mut meta = model.extra.clone();
@@ -30,6 +35,7 @@ pub fn serialize(model: &StModel) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = model
         .tensors
         .iter()
+        .chain(&model.state)
         .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
         .collect();
     let views = bytes
@@ -76,7 +82,8 @@ pub fn read_tensors(path: &Path) -> Result<(Vec<(String, HostTensor)>, HashMap<S
 }
 
 pub fn load(path: &Path) -> Result<StModel> {
-    let (tensors, mut meta) = read_tensors(path)?;
+    let (all, mut meta) = read_tensors(path)?;
+    let (state, tensors): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| n.starts_with(STATE_PREFIX));
     if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
         bail!("{} is a safetensors file but not a yolodistill model (no model description in its metadata)", path.display());
     }
@@ -87,5 +94,5 @@ pub fn load(path: &Path) -> Result<StModel> {
     for k in [FORMAT_KEY, "yaml", "names"] {
         meta.remove(k);
     }
-    Ok(StModel { yaml, names, tensors, extra: meta })
+    Ok(StModel { yaml, names, tensors, extra: meta, state })
 }

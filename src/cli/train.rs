@@ -1,0 +1,18 @@
+use anyhow::Result;
+
+use crate::train::{train, TrainArgs};
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let s = train(a, None)?;
+    eprintln!(
+        "{} epochs in {:.0}s. Results in {}; best weights {}",
+        s.epochs_done,
+        s.seconds,
+        s.run_dir.display(),
+        s.best.display()
+    );
+    if let Some(v) = s.final_val {
+        eprintln!("final val: mAP50 {:.4}  mAP50-95 {:.4}", v.metrics.map50, v.metrics.map);
+    }
+    Ok(())
+}

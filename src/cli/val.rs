@@ -1,0 +1,99 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+
+use crate::data::dataset::{DataConfig, Dataset};
+use crate::data::loader::ValLoader;
+use crate::eval::validate::{save_coco_json, validate};
+use crate::infer::nms::NmsConfig;
+use crate::model;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Split {
+    Val,
+    Test,
+}
+
+#[derive(Args)]
+pub struct ValArgs {
+    /// .pt, .safetensors (or a YAML, for an untrained baseline).
+    #[arg(long)]
+    pub model: String,
+    /// data.yaml of a YOLO-format dataset.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = Split::Val)]
+    pub split: Split,
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.001)]
+    pub conf: f32,
+    #[arg(long, default_value_t = 0.7)]
+    pub iou: f32,
+    #[arg(long = "max-det", default_value_t = 300)]
+    pub max_det: usize,
+    /// Data-loading threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Write detections in COCO results format to this file.
+    #[arg(long = "save-json")]
+    pub save_json: Option<PathBuf>,
+    /// Print one JSON object with the metrics.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: ValArgs) -> Result<()> {
+    let device = crate::default_device();
+    let data = DataConfig::load(&a.data)?;
+    let m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
+    if m.nc() != data.names.len() {
+        bail!("{} predicts {} classes but {} has {}", a.model, m.nc(), a.data.display(), data.names.len());
+    }
+    let sources = match a.split {
+        Split::Val => data.val.clone(),
+        Split::Test => data.test.clone(),
+    };
+    if sources.is_empty() {
+        bail!("{} has no {} split", a.data.display(), if matches!(a.split, Split::Val) { "val" } else { "test" });
+    }
+    let ds = Arc::new(Dataset::scan(&sources, data.names.len(), None)?);
+    let loader = ValLoader::new(ds, a.imgsz, a.batch, m.max_stride().max(32), a.workers)?;
+    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::val() };
+    let r = validate(&m, &loader, &cfg)?;
+    if let Some(p) = &a.save_json {
+        save_coco_json(&r.coco_dets, p)?;
+        eprintln!("COCO-format detections written to {}", p.display());
+    }
+    let names = &data.names;
+    if a.json {
+        let per_class: serde_json::Map<String, serde_json::Value> = r
+            .metrics
+            .per_class
+            .iter()
+            .map(|c| (names.get(c.class).cloned().unwrap_or_default(), serde_json::json!({"AP50": c.ap50, "AP50-95": c.ap})))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "mAP50": r.metrics.map50, "mAP50-95": r.metrics.map, "precision": r.metrics.precision,
+                "recall": r.metrics.recall, "per_class": per_class, "images": r.images, "instances": r.instances,
+                "coco": {"AP50-95": r.coco.ap, "AP50": r.coco.ap50, "AP75": r.coco.ap75},
+            })
+        );
+    } else {
+        println!("{:>12} {:>7} {:>9} {:>7} {:>7} {:>7} {:>9}", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95");
+        let m = &r.metrics;
+        println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", "all", r.images, r.instances, m.precision, m.recall, m.map50, m.map);
+        for c in &m.per_class {
+            let n = names.get(c.class).cloned().unwrap_or_default();
+            println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", n, r.images, c.n_labels, c.precision, c.recall, c.ap50, c.ap);
+        }
+        println!("COCO: AP50-95 {:.3}  AP50 {:.3}  AP75 {:.3}  ({:.1} ms/image)", r.coco.ap, r.coco.ap50, r.coco.ap75, r.ms_per_image);
+    }
+    Ok(())
+}

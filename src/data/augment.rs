@@ -1,0 +1,868 @@
+//! Training augmentations in Ultralytics' order (mosaic → random perspective → mixup →
+//! HSV → flips) and the validation letterbox, on 8-bit RGB images with pixel boxes.
+
+use std::path::Path;
+
+use anyhow::Result;
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::dataset::Label;
+use crate::infer::letterbox::{letterbox, resize_bilinear, Placement};
+use crate::infer::predict::load_rgb;
+
+/// Gray used for padding and borders, as Ultralytics.
+pub const FILL: u8 = 114;
+
+/// Augmentation hyper-parameters; defaults are Ultralytics' `default.yaml`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AugConfig {
+    /// Hue gain (fraction of the full hue circle).
+    pub hsv_h: f32,
+    /// Saturation gain.
+    pub hsv_s: f32,
+    /// Value (brightness) gain.
+    pub hsv_v: f32,
+    /// Rotation range, ± degrees.
+    pub degrees: f32,
+    /// Translation range, ± fraction of the output size.
+    pub translate: f32,
+    /// Scale range, 1 ± scale.
+    pub scale: f32,
+    /// Shear range, ± degrees.
+    pub shear: f32,
+    /// Perspective range, ± (typically 0..0.001).
+    pub perspective: f32,
+    /// Probability of an up-down flip.
+    pub flipud: f32,
+    /// Probability of a left-right flip.
+    pub fliplr: f32,
+    /// Probability of a 4-image mosaic.
+    pub mosaic: f32,
+    /// Probability of mixing with a second augmented image.
+    pub mixup: f32,
+}
+
+impl Default for AugConfig {
+    fn default() -> Self {
+        AugConfig {
+            hsv_h: 0.015,
+            hsv_s: 0.7,
+            hsv_v: 0.4,
+            degrees: 0.0,
+            translate: 0.1,
+            scale: 0.5,
+            shear: 0.0,
+            perspective: 0.0,
+            flipud: 0.0,
+            fliplr: 0.5,
+            mosaic: 1.0,
+            mixup: 0.0,
+        }
+    }
+}
+
+/// An image with its boxes in pixels (x1, y1, x2, y2) and their classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub img: RgbImage,
+    pub boxes: Vec<[f32; 4]>,
+    pub cls: Vec<usize>,
+}
+
+impl Sample {
+    /// Places normalised labels onto `img`.
+    pub fn new(img: RgbImage, labels: &[Label]) -> Sample {
+        let (w, h) = (img.width() as f32, img.height() as f32);
+        let boxes = labels
+            .iter()
+            .map(|l| {
+                let [x, y, bw, bh] = l.xywhn;
+                [(x - bw / 2.0) * w, (y - bh / 2.0) * h, (x + bw / 2.0) * w, (y + bh / 2.0) * h]
+            })
+            .collect();
+        Sample { img, boxes, cls: labels.iter().map(|l| l.cls).collect() }
+    }
+
+    /// Boxes as normalised centre-x, centre-y, width, height (the Format step).
+    pub fn xywhn(&self) -> Vec<[f32; 4]> {
+        let (w, h) = (self.img.width() as f32, self.img.height() as f32);
+        self.boxes
+            .iter()
+            .map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h])
+            .collect()
+    }
+
+    fn keep(&mut self, keep: impl Fn(&[f32; 4]) -> bool) {
+        let (boxes, cls) = self.boxes.iter().zip(&self.cls).filter(|(b, _)| keep(b)).map(|(b, c)| (*b, *c)).unzip();
+        self.boxes = boxes;
+        self.cls = cls;
+    }
+}
+
+/// Where training samples come from: resized images with pixel boxes, by index.
+/// `len` is the number of images and must be at least 1 (mosaic picks partners by index).
+pub trait ImageSource {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Image `i` resized so its long side is the training size.
+    fn load(&self, i: usize) -> Sample;
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Decodes an image and resizes it so the long side is `imgsz` (see [`resize_long_side`]).
+/// Returns the image and its original (w, h).
+pub fn load_resized(path: &Path, imgsz: u32, augment: bool) -> Result<(RgbImage, (u32, u32))> {
+    let img = load_rgb(path)?;
+    let orig = img.dimensions();
+    Ok((resize_long_side(img, imgsz, augment), orig))
+}
+
+/// Long side to `imgsz`, the short side `ceil`ed (capped at imgsz). Bilinear when
+/// augmenting or enlarging; area averaging when shrinking for validation, which keeps
+/// thin structures that bilinear sampling would skip.
+pub fn resize_long_side(img: RgbImage, imgsz: u32, augment: bool) -> RgbImage {
+    let (w0, h0) = img.dimensions();
+    let r = imgsz as f64 / w0.max(h0) as f64;
+    if r == 1.0 {
+        return img;
+    }
+    let w = ((w0 as f64 * r).ceil() as u32).clamp(1, imgsz);
+    let h = ((h0 as f64 * r).ceil() as u32).clamp(1, imgsz);
+    // 8.4.190 resizes with INTER_LINEAR in every mode (classic used INTER_AREA to shrink for val).
+    let _ = augment;
+    resize_bilinear(&img, w, h)
+}
+
+/// Area-weighted downscale (OpenCV INTER_AREA): each output pixel averages the source
+/// pixels it covers, weighted by overlap.
+pub fn resize_area(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (sw, sh) = img.dimensions();
+    let xs = area_weights(sw, w);
+    let ys = area_weights(sh, h);
+    let src = img.as_raw();
+    // Horizontal pass into f32 rows, then vertical pass.
+    let mut rows = vec![0f32; sh as usize * w as usize * 3];
+    for y in 0..sh as usize {
+        let line = &src[y * sw as usize * 3..(y + 1) * sw as usize * 3];
+        for (x, taps) in xs.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for &(sx, wt) in taps {
+                for c in 0..3 {
+                    acc[c] += line[sx * 3 + c] as f32 * wt;
+                }
+            }
+            rows[(y * w as usize + x) * 3..][..3].copy_from_slice(&acc);
+        }
+    }
+    let mut out = vec![0u8; w as usize * h as usize * 3];
+    for (y, taps) in ys.iter().enumerate() {
+        for x in 0..w as usize * 3 {
+            let v: f32 = taps.iter().map(|&(sy, wt)| rows[sy * w as usize * 3 + x] * wt).sum();
+            out[y * w as usize * 3 + x] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    RgbImage::from_raw(w, h, out).expect("buffer size matches")
+}
+
+/// For each output index, the source indices it covers and their normalised weights.
+fn area_weights(src: u32, dst: u32) -> Vec<Vec<(usize, f32)>> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|i| {
+            let (a, b) = (i as f64 * scale, ((i + 1) as f64 * scale).min(src as f64));
+            let mut taps = Vec::new();
+            let mut s = a.floor() as usize;
+            while (s as f64) < b && s < src as usize {
+                let overlap = (b.min(s as f64 + 1.0) - a.max(s as f64)).max(0.0);
+                if overlap > 1e-9 {
+                    taps.push((s, (overlap / (b - a)) as f32));
+                }
+                s += 1;
+            }
+            if taps.is_empty() {
+                taps.push(((a as usize).min(src as usize - 1), 1.0));
+            }
+            taps
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- pipeline
+
+/// One training sample of size `s`×`s`, Ultralytics' train order. `mosaic_on = false`
+/// is the close_mosaic phase: no mosaic and no mixup.
+pub fn train_sample(
+    src: &dyn ImageSource,
+    index: usize,
+    s: u32,
+    cfg: &AugConfig,
+    mosaic_on: bool,
+    rng: &mut StdRng,
+) -> Sample {
+    let mut out = geometric(src, index, s, cfg, mosaic_on, rng);
+    if mosaic_on && cfg.mixup > 0.0 && rng.random::<f32>() < cfg.mixup {
+        let other = rng.random_range(0..src.len());
+        let second = geometric(src, other, s, cfg, mosaic_on, rng);
+        out = mixup(out, second, rng);
+    }
+    random_hsv(&mut out.img, [cfg.hsv_h, cfg.hsv_s, cfg.hsv_v], rng);
+    if cfg.flipud > 0.0 && rng.random::<f32>() < cfg.flipud {
+        flip_ud(&mut out);
+    }
+    if cfg.fliplr > 0.0 && rng.random::<f32>() < cfg.fliplr {
+        flip_lr(&mut out);
+    }
+    out
+}
+
+/// Mosaic (with probability `cfg.mosaic`) then random perspective into `s`×`s`.
+fn geometric(
+    src: &dyn ImageSource,
+    index: usize,
+    s: u32,
+    cfg: &AugConfig,
+    mosaic_on: bool,
+    rng: &mut StdRng,
+) -> Sample {
+    if mosaic_on && cfg.mosaic > 0.0 && rng.random::<f32>() < cfg.mosaic {
+        let others: [usize; 3] = std::array::from_fn(|_| rng.random_range(0..src.len()));
+        let parts = [src.load(index), src.load(others[0]), src.load(others[1]), src.load(others[2])];
+        random_perspective(mosaic4(parts, s, rng), s, cfg, rng)
+    } else {
+        random_perspective(src.load(index), s, cfg, rng)
+    }
+}
+
+/// 4-image mosaic on a 2s×2s gray canvas around a random centre in [s/2, 3s/2):
+/// parts go top-left, top-right, bottom-left, bottom-right of the centre, cropped to fit.
+/// Boxes are shifted, clipped to the canvas and zero-area ones dropped.
+pub fn mosaic4(parts: [Sample; 4], s: u32, rng: &mut StdRng) -> Sample {
+    let s2 = 2 * s as i64;
+    let half = s as f64 / 2.0;
+    let xc = rng.random_range(half..3.0 * half) as i64;
+    let yc = rng.random_range(half..3.0 * half) as i64;
+    let mut canvas = RgbImage::from_pixel(s2 as u32, s2 as u32, Rgb([FILL; 3]));
+    let mut out = Sample { img: RgbImage::new(0, 0), boxes: Vec::new(), cls: Vec::new() };
+    for (i, part) in parts.into_iter().enumerate() {
+        let (w, h) = (part.img.width() as i64, part.img.height() as i64);
+        // Destination rectangle on the canvas (a) and source rectangle in the part (b).
+        let (ax1, ay1, ax2, ay2) = match i {
+            0 => ((xc - w).max(0), (yc - h).max(0), xc, yc),
+            1 => (xc, (yc - h).max(0), (xc + w).min(s2), yc),
+            2 => ((xc - w).max(0), yc, xc, (yc + h).min(s2)),
+            _ => (xc, yc, (xc + w).min(s2), (yc + h).min(s2)),
+        };
+        let (bx1, by1) = match i {
+            0 => (w - (ax2 - ax1), h - (ay2 - ay1)),
+            1 => (0, h - (ay2 - ay1)),
+            2 => (w - (ax2 - ax1), 0),
+            _ => (0, 0),
+        };
+        copy_rect(&part.img, (bx1, by1), &mut canvas, (ax1, ay1), (ax2 - ax1, ay2 - ay1));
+        let (dx, dy) = ((ax1 - bx1) as f32, (ay1 - by1) as f32);
+        for (b, c) in part.boxes.iter().zip(&part.cls) {
+            out.boxes.push([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy]);
+            out.cls.push(*c);
+        }
+    }
+    out.img = canvas;
+    clip_boxes(&mut out.boxes, s2 as f32, s2 as f32);
+    out.keep(|b| b[2] > b[0] && b[3] > b[1]);
+    out
+}
+
+/// Copies a `size` (w, h) block from `src` at `from` to `dst` at `to`.
+fn copy_rect(src: &RgbImage, from: (i64, i64), dst: &mut RgbImage, to: (i64, i64), size: (i64, i64)) {
+    let (w, h) = size;
+    if w <= 0 || h <= 0 {
+        return;
+    }
+    let (sw, dw) = (src.width() as usize * 3, dst.width() as usize * 3);
+    let (s, d) = (src.as_raw(), &mut **dst);
+    for y in 0..h as usize {
+        let so = (from.1 as usize + y) * sw + from.0 as usize * 3;
+        let dof = (to.1 as usize + y) * dw + to.0 as usize * 3;
+        d[dof..dof + w as usize * 3].copy_from_slice(&s[so..so + w as usize * 3]);
+    }
+}
+
+fn clip_boxes(boxes: &mut [[f32; 4]], w: f32, h: f32) {
+    for b in boxes {
+        b[0] = b[0].clamp(0.0, w);
+        b[2] = b[2].clamp(0.0, w);
+        b[1] = b[1].clamp(0.0, h);
+        b[3] = b[3].clamp(0.0, h);
+    }
+}
+
+type Mat3 = [[f64; 3]; 3];
+
+fn matmul(a: &Mat3, b: &Mat3) -> Mat3 {
+    let mut m = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            m[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    m
+}
+
+const EYE: Mat3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+
+/// The random M = T·S·R·P·C for an input of `(w, h)` and an `s`×`s` output, with the
+/// scale factor drawn for R (needed by the box filter).
+fn perspective_matrix(w: f64, h: f64, s: f64, cfg: &AugConfig, rng: &mut StdRng) -> (Mat3, f64) {
+    let mut u = |r: f32| if r > 0.0 { rng.random_range(-r as f64..r as f64) } else { 0.0 };
+    let mut c = EYE;
+    c[0][2] = -w / 2.0;
+    c[1][2] = -h / 2.0;
+    let mut p = EYE;
+    p[2][0] = u(cfg.perspective);
+    p[2][1] = u(cfg.perspective);
+    let angle = u(cfg.degrees).to_radians();
+    let scale = 1.0 + u(cfg.scale);
+    // OpenCV's getRotationMatrix2D: positive angles turn counter-clockwise on screen.
+    let (a, b) = (scale * angle.cos(), scale * angle.sin());
+    let r = [[a, b, 0.0], [-b, a, 0.0], [0.0, 0.0, 1.0]];
+    let mut sh = EYE;
+    sh[0][1] = u(cfg.shear).to_radians().tan();
+    sh[1][0] = u(cfg.shear).to_radians().tan();
+    let mut t = EYE;
+    t[0][2] = (0.5 + u(cfg.translate)) * s;
+    t[1][2] = (0.5 + u(cfg.translate)) * s;
+    let m = matmul(&t, &matmul(&sh, &matmul(&r, &matmul(&p, &c))));
+    (m, scale)
+}
+
+/// Rotation/scale/shear/translation/perspective into `s`×`s` (gray border). The input is
+/// centred first, so a plain loaded image lands in the middle and a 2s mosaic is cropped
+/// around its centre. Boxes are the hull of their transformed corners, clipped, then
+/// filtered (w, h > 2 px, area kept > 10 %, aspect < 100).
+pub fn random_perspective(sample: Sample, s: u32, cfg: &AugConfig, rng: &mut StdRng) -> Sample {
+    let (w, h) = sample.img.dimensions();
+    let (m, scale) = perspective_matrix(w as f64, h as f64, s as f64, cfg, rng);
+    let projective = cfg.perspective != 0.0;
+    let img = if m == EYE && (w, h) == (s, s) { sample.img } else { warp(&sample.img, &m, s, s, projective) };
+    let mut boxes = Vec::with_capacity(sample.boxes.len());
+    let mut cls = Vec::with_capacity(sample.boxes.len());
+    for (b, c) in sample.boxes.iter().zip(&sample.cls) {
+        let mut nb = transform_box(b, &m, projective);
+        clip_boxes(std::slice::from_mut(&mut nb), s as f32, s as f32);
+        if box_candidate(b, &nb, scale as f32) {
+            boxes.push(nb);
+            cls.push(*c);
+        }
+    }
+    Sample { img, boxes, cls }
+}
+
+/// Hull of the 4 transformed corners.
+fn transform_box(b: &[f32; 4], m: &Mat3, projective: bool) -> [f32; 4] {
+    let corners = [(b[0], b[1]), (b[2], b[3]), (b[0], b[3]), (b[2], b[1])];
+    let (mut x0, mut y0, mut x1, mut y1) = (f64::MAX, f64::MAX, f64::MIN, f64::MIN);
+    for (x, y) in corners {
+        let (x, y) = (x as f64, y as f64);
+        let mut px = m[0][0] * x + m[0][1] * y + m[0][2];
+        let mut py = m[1][0] * x + m[1][1] * y + m[1][2];
+        if projective {
+            let z = m[2][0] * x + m[2][1] * y + m[2][2];
+            px /= z;
+            py /= z;
+        }
+        x0 = x0.min(px);
+        x1 = x1.max(px);
+        y0 = y0.min(py);
+        y1 = y1.max(py);
+    }
+    [x0 as f32, y0 as f32, x1 as f32, y1 as f32]
+}
+
+/// Ultralytics' box_candidates with its defaults (2 px, 0.1 area ratio, aspect 100).
+fn box_candidate(before: &[f32; 4], after: &[f32; 4], scale: f32) -> bool {
+    const EPS: f32 = 1e-16;
+    let (w1, h1) = ((before[2] - before[0]) * scale, (before[3] - before[1]) * scale);
+    let (w2, h2) = (after[2] - after[0], after[3] - after[1]);
+    let ar = (w2 / (h2 + EPS)).max(h2 / (w2 + EPS));
+    w2 > 2.0 && h2 > 2.0 && w2 * h2 / (w1 * h1 + EPS) > 0.1 && ar < 100.0
+}
+
+fn invert(m: &Mat3) -> Option<Mat3> {
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+    if det.abs() < 1e-12 {
+        return None;
+    }
+    let c = |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
+    Some([
+        [c(1, 1, 2, 2) / det, -c(0, 1, 2, 2) / det, c(0, 1, 1, 2) / det],
+        [-c(1, 0, 2, 2) / det, c(0, 0, 2, 2) / det, -c(0, 0, 1, 2) / det],
+        [c(1, 0, 2, 1) / det, -c(0, 0, 2, 1) / det, c(0, 0, 1, 1) / det],
+    ])
+}
+
+/// Inverse-mapped bilinear warp (OpenCV warpAffine/warpPerspective, constant border 114;
+/// neighbours outside the source read as the border).
+pub fn warp(img: &RgbImage, m: &Mat3, out_w: u32, out_h: u32, projective: bool) -> RgbImage {
+    let mut out = RgbImage::from_pixel(out_w, out_h, Rgb([FILL; 3]));
+    let Some(inv) = invert(m) else { return out };
+    let (sw, sh) = (img.width() as i64, img.height() as i64);
+    let src = img.as_raw();
+    let row_len = out_w as usize * 3;
+    for (y, row) in out.chunks_exact_mut(row_len).enumerate() {
+        let fy = y as f64;
+        let (bx, by, bz) = (inv[0][1] * fy + inv[0][2], inv[1][1] * fy + inv[1][2], inv[2][1] * fy + inv[2][2]);
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let fx = x as f64;
+            let (mut sx, mut sy) = (inv[0][0] * fx + bx, inv[1][0] * fx + by);
+            if projective {
+                let z = inv[2][0] * fx + bz;
+                if z.abs() < 1e-12 {
+                    continue;
+                }
+                sx /= z;
+                sy /= z;
+            }
+            if !(sx > -1.0 && sy > -1.0 && sx < sw as f64 && sy < sh as f64) {
+                continue;
+            }
+            // sx, sy > -1 here, so shifting by one makes the integer cast a floor (no libm call).
+            let (x0, y0) = ((sx + 1.0) as i64 - 1, (sy + 1.0) as i64 - 1);
+            let (ax, ay) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
+            let w = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay];
+            if x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh {
+                // All four neighbours inside: the common case, no border checks.
+                let i0 = ((y0 * sw + x0) * 3) as usize;
+                let i1 = i0 + (sw * 3) as usize;
+                let (top, bot) = (&src[i0..i0 + 6], &src[i1..i1 + 6]);
+                for c in 0..3 {
+                    let v = top[c] as f32 * w[0]
+                        + top[3 + c] as f32 * w[1]
+                        + bot[c] as f32 * w[2]
+                        + bot[3 + c] as f32 * w[3];
+                    px[c] = (v + 0.5) as u8;
+                }
+            } else {
+                blend_at_border(src, (sw, sh), (x0, y0), w, px);
+            }
+        }
+    }
+    out
+}
+
+/// Bilinear blend where some of the four neighbours fall outside (they read as 114).
+fn blend_at_border(src: &[u8], (sw, sh): (i64, i64), (x0, y0): (i64, i64), w: [f32; 4], px: &mut [u8]) {
+    let at = |xx: i64, yy: i64, c: usize| -> f32 {
+        if xx < 0 || yy < 0 || xx >= sw || yy >= sh {
+            FILL as f32
+        } else {
+            src[((yy * sw + xx) * 3) as usize + c] as f32
+        }
+    };
+    for (c, p) in px.iter_mut().enumerate() {
+        let v =
+            at(x0, y0, c) * w[0] + at(x0 + 1, y0, c) * w[1] + at(x0, y0 + 1, c) * w[2] + at(x0 + 1, y0 + 1, c) * w[3];
+        *p = (v + 0.5).clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// Blends two same-size samples with r ~ Beta(32, 32); labels of both are kept.
+pub fn mixup(a: Sample, b: Sample, rng: &mut StdRng) -> Sample {
+    let r = sample_beta(rng, 32.0, 32.0) as f32;
+    let mut img = a.img;
+    for (p, q) in img.iter_mut().zip(b.img.iter()) {
+        // Truncation, as numpy's astype(uint8).
+        *p = (*p as f32 * r + *q as f32 * (1.0 - r)) as u8;
+    }
+    let mut boxes = a.boxes;
+    boxes.extend(b.boxes);
+    let mut cls = a.cls;
+    cls.extend(b.cls);
+    Sample { img, boxes, cls }
+}
+
+/// Beta(a, b) from two Gamma draws (Marsaglia–Tsang), avoiding a dependency for one use.
+fn sample_beta(rng: &mut StdRng, a: f64, b: f64) -> f64 {
+    let x = sample_gamma(rng, a);
+    let y = sample_gamma(rng, b);
+    x / (x + y)
+}
+
+fn sample_gamma(rng: &mut StdRng, shape: f64) -> f64 {
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        // Standard normal by Box–Muller.
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        let x = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u: f64 = 1.0 - rng.random::<f64>();
+        if u.ln() < 0.5 * x * x + d * (1.0 - v + v.ln()) {
+            return d * v;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- colour
+
+/// Random HSV gains r = U(-1, 1)·gains applied through OpenCV-style 8-bit HSV lookup
+/// tables. All-zero gains leave the image untouched (and draw nothing).
+pub fn random_hsv(img: &mut RgbImage, gains: [f32; 3], rng: &mut StdRng) {
+    if gains.iter().all(|g| *g == 0.0) {
+        return;
+    }
+    let r: [f64; 3] = std::array::from_fn(|i| rng.random_range(-1.0..1.0) * gains[i] as f64);
+    apply_hsv(img, r);
+}
+
+/// Applies fixed HSV gains `r` (hue as a fraction of the circle).
+pub fn apply_hsv(img: &mut RgbImage, r: [f64; 3]) {
+    let mut lut_h = [0u8; 256];
+    let mut lut_s = [0u8; 256];
+    let mut lut_v = [0u8; 256];
+    for x in 0..256 {
+        let xf = x as f64;
+        lut_h[x] = (xf + r[0] * 180.0).rem_euclid(180.0) as u8;
+        lut_s[x] = (xf * (1.0 + r[1])).clamp(0.0, 255.0) as u8;
+        lut_v[x] = (xf * (1.0 + r[2])).clamp(0.0, 255.0) as u8;
+    }
+    // Gray stays gray: zero saturation must not gain any (Ultralytics 8.3.79+).
+    lut_s[0] = 0;
+    let tables = hsv_tables();
+    for p in img.pixels_mut() {
+        let [h, s, v] = rgb_to_hsv_with(tables, p.0);
+        p.0 = hsv_to_rgb([lut_h[h as usize], lut_s[s as usize], lut_v[v as usize]]);
+    }
+}
+
+const HSV_SHIFT: u32 = 12;
+
+/// OpenCV's rounded reciprocal tables: (255 << 12) / v and (180 << 12) / (6·diff).
+fn hsv_tables() -> &'static ([i32; 256], [i32; 256]) {
+    static TABLES: std::sync::OnceLock<([i32; 256], [i32; 256])> = std::sync::OnceLock::new();
+    TABLES.get_or_init(|| {
+        let (mut sdiv, mut hdiv) = ([0i32; 256], [0i32; 256]);
+        for i in 1..256 {
+            sdiv[i] = ((255 << HSV_SHIFT) as f64 / i as f64).round_ties_even() as i32;
+            hdiv[i] = ((180 << HSV_SHIFT) as f64 / (6.0 * i as f64)).round_ties_even() as i32;
+        }
+        (sdiv, hdiv)
+    })
+}
+
+/// OpenCV's 8-bit RGB → HSV (H in 0..180, S and V in 0..255), integer arithmetic with
+/// its rounded reciprocal tables.
+pub fn rgb_to_hsv(rgb: [u8; 3]) -> [u8; 3] {
+    rgb_to_hsv_with(hsv_tables(), rgb)
+}
+
+fn rgb_to_hsv_with((sdiv, hdiv): &([i32; 256], [i32; 256]), [r, g, b]: [u8; 3]) -> [u8; 3] {
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    let v = r.max(g).max(b);
+    let diff = v - r.min(g).min(b);
+    let round = 1 << (HSV_SHIFT - 1);
+    let s = (diff * sdiv[v as usize] + round) >> HSV_SHIFT;
+    let h = if v == r {
+        g - b
+    } else if v == g {
+        b - r + 2 * diff
+    } else {
+        r - g + 4 * diff
+    };
+    let mut h = (h * hdiv[diff as usize] + round) >> HSV_SHIFT;
+    if h < 0 {
+        h += 180;
+    }
+    [h as u8, s as u8, v as u8]
+}
+
+/// OpenCV's 8-bit HSV → RGB as its vectorised path computes it (which is what whole
+/// images go through): float maths with fused multiply-adds, then truncation to u8.
+pub fn hsv_to_rgb([h, s, v]: [u8; 3]) -> [u8; 3] {
+    let (s, v) = (s as f32 * (1.0 / 255.0), v as f32 * (1.0 / 255.0));
+    let hh = h as f32 * (6.0 / 180.0);
+    let sector = hh as u32; // hh >= 0: the cast truncates without a libm call
+    let f = hh - sector as f32;
+    // a·b + c rounded once, as an FMA (exact product in f64, one rounding to f32).
+    let fma = |a: f32, b: f32, c: f32| (a as f64 * b as f64 + c as f64) as f32;
+    let tab = [v, v * (1.0 - s), v * fma(-s, f, 1.0), v * fma(-s, 1.0 - f, 1.0)];
+    // Per sector, which tab entry is (r, g, b).
+    const SECTORS: [[usize; 3]; 6] = [[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]];
+    let [ri, gi, bi] = SECTORS[sector as usize % 6];
+    let q = |x: f32| (x * 255.0).clamp(0.0, 255.0) as u8;
+    [q(tab[ri]), q(tab[gi]), q(tab[bi])]
+}
+
+// ---------------------------------------------------------------- flips
+
+/// Up-down flip of image and boxes.
+pub fn flip_ud(s: &mut Sample) {
+    image::imageops::flip_vertical_in_place(&mut s.img);
+    let h = s.img.height() as f32;
+    for b in &mut s.boxes {
+        *b = [b[0], h - b[3], b[2], h - b[1]];
+    }
+}
+
+/// Left-right flip of image and boxes.
+pub fn flip_lr(s: &mut Sample) {
+    image::imageops::flip_horizontal_in_place(&mut s.img);
+    let w = s.img.width() as f32;
+    for b in &mut s.boxes {
+        *b = [w - b[2], b[1], w - b[0], b[3]];
+    }
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Validation transform: letterbox (no enlarging, centred, gray) into `shape` (h, w).
+/// The placement is relative to the image given.
+pub fn letterbox_sample(sample: Sample, shape: (u32, u32)) -> (Sample, Placement) {
+    let (img, place) = letterbox(&sample.img, shape, false, false, 32);
+    let (g, (px, py)) = (place.gain, place.pad);
+    let boxes = sample.boxes.iter().map(|b| [b[0] * g + px, b[1] * g + py, b[2] * g + px, b[3] * g + py]).collect();
+    (Sample { img, boxes, cls: sample.cls }, place)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn rng(seed: u64) -> StdRng {
+        StdRng::seed_from_u64(seed)
+    }
+
+    fn pattern(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| Rgb([(x * 3 % 256) as u8, (y * 5 % 256) as u8, ((x + y) % 256) as u8]))
+    }
+
+    /// A source of one-box images of different sizes, long side `s`.
+    struct Synthetic {
+        s: u32,
+    }
+
+    impl ImageSource for Synthetic {
+        fn len(&self) -> usize {
+            5
+        }
+        fn load(&self, i: usize) -> Sample {
+            let (w, h) = if i.is_multiple_of(2) { (self.s, self.s * 3 / 4) } else { (self.s / 2, self.s) };
+            let lbl = Label { cls: i, xywhn: [0.5, 0.5, 0.4, 0.3] };
+            Sample::new(pattern(w, h), &[lbl])
+        }
+    }
+
+    fn assert_inside(s: &Sample) {
+        let (w, h) = (s.img.width() as f32, s.img.height() as f32);
+        for b in &s.boxes {
+            assert!(b[0] >= 0.0 && b[1] >= 0.0 && b[2] <= w && b[3] <= h, "{b:?} outside {w}x{h}");
+            assert!(b[2] - b[0] > 2.0 && b[3] - b[1] > 2.0, "{b:?} too small");
+        }
+        assert_eq!(s.boxes.len(), s.cls.len());
+    }
+
+    #[test]
+    fn defaults_and_serde() {
+        let c: AugConfig = serde_yaml::from_str("mixup: 0.2\nfliplr: 0.0\n").unwrap();
+        assert_eq!(c.mixup, 0.2);
+        assert_eq!(c.fliplr, 0.0);
+        assert_eq!(c.hsv_s, 0.7);
+        assert_eq!(c.scale, 0.5);
+        assert_eq!(AugConfig::default().mosaic, 1.0);
+    }
+
+    #[test]
+    fn resize_long_side_ceil_and_interp() {
+        let img = pattern(640, 479);
+        let r = resize_long_side(img.clone(), 320, true);
+        assert_eq!(r.dimensions(), (320, 240)); // ceil(239.5)
+        let small = resize_long_side(pattern(100, 50), 320, false);
+        assert_eq!(small.dimensions(), (320, 160));
+        let same = resize_long_side(pattern(320, 200), 320, false);
+        assert_eq!(same, pattern(320, 200));
+        // Area averaging of a 2x2 checker gives the mean.
+        let checker = RgbImage::from_fn(4, 4, |x, y| if (x + y) % 2 == 0 { Rgb([0; 3]) } else { Rgb([200; 3]) });
+        let a = resize_area(&checker, 2, 2);
+        assert!(a.pixels().all(|p| p.0 == [100; 3]));
+        let odd = resize_area(&pattern(7, 5), 3, 2);
+        assert_eq!(odd.dimensions(), (3, 2));
+    }
+
+    #[test]
+    fn mosaic_keeps_boxes_inside_and_consistent() {
+        let src = Synthetic { s: 64 };
+        for seed in 0..20 {
+            let mut r = rng(seed);
+            let parts = [src.load(0), src.load(1), src.load(2), src.load(3)];
+            let m = mosaic4(parts, 64, &mut r);
+            assert_eq!(m.img.dimensions(), (128, 128));
+            for b in &m.boxes {
+                assert!(b[0] >= 0.0 && b[2] <= 128.0 && b[2] > b[0] && b[3] > b[1]);
+            }
+            // Each box still covers non-gray pattern pixels at its centre.
+            for b in &m.boxes {
+                let p = m.img.get_pixel(((b[0] + b[2]) / 2.0) as u32, ((b[1] + b[3]) / 2.0) as u32);
+                assert_ne!(p.0, [FILL; 3]);
+            }
+        }
+    }
+
+    #[test]
+    fn mosaic_centre_places_part_zero_top_left() {
+        let mut r = rng(3);
+        let one = |c: u8| Sample {
+            img: RgbImage::from_pixel(32, 32, Rgb([c; 3])),
+            boxes: vec![[0.0, 0.0, 32.0, 32.0]],
+            cls: vec![c as usize],
+        };
+        let m = mosaic4([one(1), one(2), one(3), one(4)], 32, &mut r);
+        // Part 0's box ends at the centre; part 3's starts there.
+        let b0 = m.boxes[m.cls.iter().position(|c| *c == 1).unwrap()];
+        let b3 = m.boxes[m.cls.iter().position(|c| *c == 4).unwrap()];
+        assert_eq!((b0[2], b0[3]), (b3[0], b3[1]));
+        assert_eq!(m.img.get_pixel(b0[2] as u32 - 1, b0[3] as u32 - 1).0, [1; 3]);
+        assert_eq!(m.img.get_pixel(b3[0] as u32, b3[1] as u32).0, [4; 3]);
+    }
+
+    #[test]
+    fn perspective_keeps_single_box_in_bounds() {
+        let cfg = AugConfig { degrees: 30.0, shear: 10.0, perspective: 0.0005, ..Default::default() };
+        let src = Synthetic { s: 96 };
+        let mut kept = 0;
+        for seed in 0..40 {
+            let mut r = rng(seed);
+            let out = random_perspective(src.load(seed as usize % 5), 96, &cfg, &mut r);
+            assert_eq!(out.img.dimensions(), (96, 96));
+            assert_inside(&out);
+            kept += out.boxes.len();
+        }
+        assert!(kept > 20, "most boxes survive mild transforms ({kept})");
+    }
+
+    #[test]
+    fn identity_transform_without_mosaic_centres_the_image() {
+        let cfg = AugConfig { translate: 0.0, scale: 0.0, ..Default::default() };
+        let lbl = Label { cls: 0, xywhn: [0.5, 0.5, 0.5, 0.5] };
+        let out = random_perspective(Sample::new(pattern(64, 32), &[lbl]), 64, &cfg, &mut rng(0));
+        assert_eq!(out.boxes, vec![[16.0, 24.0, 48.0, 40.0]]);
+        assert_eq!(out.img.get_pixel(0, 0).0, [FILL; 3]);
+        assert_eq!(out.img.get_pixel(5, 16 + 3).0, pattern(64, 32).get_pixel(5, 3).0);
+    }
+
+    #[test]
+    fn box_filter_drops_thin_and_cut_boxes() {
+        assert!(box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0], 1.0));
+        assert!(!box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 2.0, 10.0], 1.0));
+        assert!(!box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 1.0));
+        assert!(box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 0.5));
+    }
+
+    #[test]
+    fn train_sample_pipeline_in_bounds_and_reproducible() {
+        let src = Synthetic { s: 64 };
+        let cfg = AugConfig { mixup: 0.5, degrees: 10.0, flipud: 0.5, ..Default::default() };
+        for seed in 0..10 {
+            let a = train_sample(&src, seed as usize % 5, 64, &cfg, true, &mut rng(seed));
+            let b = train_sample(&src, seed as usize % 5, 64, &cfg, true, &mut rng(seed));
+            assert_eq!(a, b);
+            assert_eq!(a.img.dimensions(), (64, 64));
+            assert_inside(&a);
+            let c = train_sample(&src, seed as usize % 5, 64, &cfg, false, &mut rng(seed));
+            assert_inside(&c);
+        }
+    }
+
+    #[test]
+    fn hsv_zero_gain_is_identity() {
+        let img = pattern(33, 17);
+        let mut x = img.clone();
+        random_hsv(&mut x, [0.0; 3], &mut rng(1));
+        assert_eq!(x, img);
+        let mut y = img.clone();
+        random_hsv(&mut y, [0.015, 0.7, 0.4], &mut rng(1));
+        assert_ne!(y, img);
+    }
+
+    #[test]
+    fn opencv_hsv_values() {
+        // Both conversions matched cv2.cvtColor on every 8-bit input (RGB order here).
+        assert_eq!(rgb_to_hsv([255, 0, 0]), [0, 255, 255]);
+        assert_eq!(rgb_to_hsv([0, 255, 0]), [60, 255, 255]);
+        assert_eq!(rgb_to_hsv([0, 0, 255]), [120, 255, 255]);
+        assert_eq!(rgb_to_hsv([128, 128, 128]), [0, 0, 128]);
+        assert_eq!(rgb_to_hsv([255, 0, 1]), [0, 255, 255]); // -0.1 degree rounds to 0, not 180
+        assert_eq!(rgb_to_hsv([10, 20, 30]), [105, 170, 30]);
+        assert_eq!(hsv_to_rgb([0, 255, 255]), [255, 0, 0]);
+        assert_eq!(hsv_to_rgb([0, 0, 77]), [77, 77, 77]);
+        assert_eq!(hsv_to_rgb([105, 170, 30]), [10, 19, 30]); // truncated, as OpenCV
+                                                              // Round trip stays within a few levels (hue has 2-degree steps).
+        for c in [[200u8, 30, 60], [12, 240, 99], [80, 80, 200]] {
+            let back = hsv_to_rgb(rgb_to_hsv(c));
+            for i in 0..3 {
+                assert!((back[i] as i32 - c[i] as i32).abs() <= 4, "{c:?} -> {back:?}");
+            }
+        }
+        // Gray keeps zero saturation even with a saturation gain.
+        let mut gray = RgbImage::from_pixel(2, 2, Rgb([90; 3]));
+        apply_hsv(&mut gray, [0.1, 0.5, 0.0]);
+        assert!(gray.pixels().all(|p| p.0 == [90; 3]));
+    }
+
+    #[test]
+    fn flips_mirror_boxes() {
+        let lbl = Label { cls: 1, xywhn: [0.25, 0.25, 0.1, 0.2] };
+        let mut s = Sample::new(pattern(40, 20), &[lbl]);
+        let before = s.img.clone();
+        flip_lr(&mut s);
+        let n = s.xywhn()[0];
+        assert!((n[0] - 0.75).abs() < 1e-6 && (n[1] - 0.25).abs() < 1e-6 && (n[2] - 0.1).abs() < 1e-6);
+        assert_eq!(s.img.get_pixel(39, 0), before.get_pixel(0, 0));
+        flip_ud(&mut s);
+        let n = s.xywhn()[0];
+        assert!((n[0] - 0.75).abs() < 1e-6 && (n[1] - 0.75).abs() < 1e-6 && (n[3] - 0.2).abs() < 1e-6);
+        assert_eq!(s.img.get_pixel(39, 19), before.get_pixel(0, 0));
+    }
+
+    #[test]
+    fn mixup_blends_and_concatenates() {
+        let a =
+            Sample { img: RgbImage::from_pixel(4, 4, Rgb([200; 3])), boxes: vec![[0.0, 0.0, 2.0, 2.0]], cls: vec![0] };
+        let b =
+            Sample { img: RgbImage::from_pixel(4, 4, Rgb([0; 3])), boxes: vec![[1.0, 1.0, 3.0, 3.0]], cls: vec![1] };
+        let m = mixup(a, b, &mut rng(5));
+        assert_eq!(m.cls, vec![0, 1]);
+        let v = m.img.get_pixel(0, 0).0[0];
+        assert!((70..=130).contains(&v), "Beta(32,32) is near 0.5: {v}");
+    }
+
+    #[test]
+    fn beta_mean_and_spread() {
+        let mut r = rng(9);
+        let xs: Vec<f64> = (0..4000).map(|_| sample_beta(&mut r, 32.0, 32.0)).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+        // Var of Beta(32,32) = 1/260.
+        assert!((var - 1.0 / 260.0).abs() < 0.0008, "{var}");
+    }
+
+    #[test]
+    fn letterbox_sample_moves_boxes() {
+        let lbl = Label { cls: 0, xywhn: [0.5, 0.5, 1.0, 1.0] };
+        let (s, p) = letterbox_sample(Sample::new(pattern(320, 240), &[lbl]), (256, 352));
+        assert_eq!(s.img.dimensions(), (352, 256));
+        assert_eq!(p.pad, (16.0, 8.0));
+        assert_eq!(s.boxes, vec![[16.0, 8.0, 336.0, 248.0]]);
+    }
+}

@@ -1,0 +1,140 @@
+//! Validation: run a model over a validation loader, NMS with validation
+//! defaults, Ultralytics metrics (in letterboxed input space, as 8.4.190 does),
+//! COCO statistics (original pixels), validation losses, COCO-format JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+use burn::tensor::{Tensor, TensorData};
+
+use super::coco::{self, CocoDet, CocoGt, CocoStats};
+use super::metrics::{Det, DetMetrics, ImageEval, MetricsAccumulator};
+use crate::data::loader::{Batch, ValLoader};
+use crate::infer::nms::{nms, NmsConfig};
+use crate::loss::{detection_loss, LossConfig, Targets};
+use crate::model::DetectionModel;
+
+/// Everything one validation pass measures.
+#[derive(Debug, Clone)]
+pub struct ValResult {
+    pub metrics: DetMetrics,
+    pub coco: CocoStats,
+    /// Mean box, cls, dfl loss over the validation batches.
+    pub loss: [f32; 3],
+    pub images: usize,
+    pub instances: usize,
+    /// Milliseconds per image of the forward pass.
+    pub ms_per_image: f64,
+    /// COCO-format detections (original pixels), for `--save-json`.
+    pub coco_dets: Vec<CocoDet>,
+}
+
+/// Ground truth of image `j` of a batch as xyxy in the batch's input pixels.
+fn batch_gt(batch: &Batch, j: usize) -> Vec<([f32; 4], usize)> {
+    let [_, _, h, w] = batch.shape;
+    batch
+        .batch_idx
+        .iter()
+        .zip(&batch.cls)
+        .zip(&batch.bboxes)
+        .filter(|((&i, _), _)| i == j)
+        .map(|((_, &c), b)| {
+            let (cx, cy, bw, bh) = (b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32);
+            ([cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0], c)
+        })
+        .collect()
+}
+
+fn xyxy_to_xywh(b: [f32; 4]) -> [f64; 4] {
+    [b[0] as f64, b[1] as f64, (b[2] - b[0]) as f64, (b[3] - b[1]) as f64]
+}
+
+/// Validates `model` (eval mode) on every batch of `loader`.
+pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig) -> Result<ValResult> {
+    let device = crate::default_device();
+    let nc = model.nc();
+    let head = model.head();
+    let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    let mut acc = MetricsAccumulator::new(nc);
+    let (mut gts, mut dets) = (Vec::new(), Vec::new());
+    let mut loss_sum = [0f64; 3];
+    let (mut n_batches, mut n_images, mut n_inst) = (0usize, 0usize, 0usize);
+    let mut forward_s = 0f64;
+    let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    for batch in loader.batches() {
+        let [b, c, h, w] = batch.shape;
+        let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
+        let t0 = std::time::Instant::now();
+        let out = model.forward(x);
+        let pred = head.decode(&out);
+        let host: Vec<f32> = pred.try_into_vec_as::<f32>().expect("f32 output");
+        forward_s += t0.elapsed().as_secs_f64();
+        let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+        let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
+        for k in 0..3 {
+            loss_sum[k] += l.items[k] as f64;
+        }
+        n_batches += 1;
+        let per = host.len() / b;
+        for j in 0..b {
+            let found = nms(&host[j * per..(j + 1) * per], nc, nms_cfg);
+            let gt = batch_gt(&batch, j);
+            n_inst += gt.len();
+            let image_id = (n_images + j) as u64;
+            let place = &batch.placements[j];
+            for (bx, cls) in &gt {
+                let o = xyxy_to_xywh(place.to_original(*bx));
+                gts.push(CocoGt { image_id, category_id: *cls as u64, bbox: o, area: o[2] * o[3], iscrowd: false });
+            }
+            for d in &found {
+                dets.push(CocoDet {
+                    image_id,
+                    category_id: d.cls as u64,
+                    bbox: xyxy_to_xywh(place.to_original(d.xyxy)),
+                    score: d.conf as f64,
+                });
+            }
+            let img_eval = ImageEval { gt, dets: found.iter().map(|d| Det { xyxy: d.xyxy, conf: d.conf, cls: d.cls }).collect() };
+            acc.add(&img_eval);
+        }
+        paths.extend(batch.paths.iter().cloned());
+        n_images += b;
+    }
+    // COCO image ids are indices in the sorted file list (rect batches reorder images).
+    let mut order: Vec<usize> = (0..paths.len()).collect();
+    order.sort_by(|&i, &j| paths[i].cmp(&paths[j]));
+    let mut remap = vec![0u64; paths.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        remap[i] = rank as u64;
+    }
+    for g in gts.iter_mut() {
+        g.image_id = remap[g.image_id as usize];
+    }
+    for d in dets.iter_mut() {
+        d.image_id = remap[d.image_id as usize];
+    }
+    let image_ids: Vec<u64> = (0..n_images as u64).collect();
+    let coco = coco::evaluate_with_images(&gts, &dets, &image_ids);
+    let nb = n_batches.max(1) as f64;
+    Ok(ValResult {
+        metrics: acc.compute(),
+        coco,
+        loss: loss_sum.map(|v| (v / nb) as f32),
+        images: n_images,
+        instances: n_inst,
+        ms_per_image: forward_s * 1e3 / n_images.max(1) as f64,
+        coco_dets: dets,
+    })
+}
+
+/// Writes detections in COCO results format (image_id = index in the sorted file list).
+pub fn save_coco_json(dets: &[CocoDet], path: &Path) -> Result<()> {
+    let v: Vec<_> = dets
+        .iter()
+        .map(|d| {
+            serde_json::json!({"image_id": d.image_id, "category_id": d.category_id,
+                "bbox": d.bbox.map(|x| (x * 1000.0).round() / 1000.0), "score": (d.score * 1e5).round() / 1e5})
+        })
+        .collect();
+    crate::weights::write_atomic(path, serde_json::to_string(&v)?.as_bytes())
+}

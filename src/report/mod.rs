@@ -1,0 +1,110 @@
+//! Run outputs a person reads: results.csv, results.png, PR curves.
+
+pub mod plot;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use plot::{chart, grid, Series};
+
+/// results.csv: one row per epoch, columns fixed by the first row.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<f64>>,
+}
+
+impl Results {
+    /// Reads an existing results.csv (for resume); an absent file gives an empty table.
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = text.lines();
+        let columns: Vec<String> = lines.next().unwrap_or("").split(',').map(|s| s.trim().to_string()).collect();
+        let rows = lines
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split(',').map(|v| v.trim().parse::<f64>().unwrap_or(f64::NAN)).collect())
+            .collect();
+        Ok(Self { columns, rows })
+    }
+
+    /// Appends a row of (column, value) pairs; the first row fixes the columns.
+    pub fn push(&mut self, row: &[(String, f64)]) {
+        if self.columns.is_empty() {
+            self.columns = row.iter().map(|(k, _)| k.clone()).collect();
+        }
+        let vals = self.columns.iter().map(|c| row.iter().find(|(k, _)| k == c).map(|p| p.1).unwrap_or(f64::NAN)).collect();
+        self.rows.push(vals);
+    }
+
+    /// Keeps only rows whose epoch (first column) is below `epoch` (resume after a crash).
+    pub fn truncate_to_epoch(&mut self, epoch: usize) {
+        self.rows.retain(|r| r.first().is_some_and(|e| (*e as usize) < epoch));
+    }
+
+    pub fn column(&self, name: &str) -> Option<Vec<f64>> {
+        let i = self.columns.iter().position(|c| c == name)?;
+        Some(self.rows.iter().map(|r| r[i]).collect())
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut s = self.columns.join(",");
+        s.push('\n');
+        for r in &self.rows {
+            let vals: Vec<String> = r.iter().map(|v| format!("{v:.6}")).collect();
+            s.push_str(&vals.join(","));
+            s.push('\n');
+        }
+        s
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::weights::write_atomic(path, self.to_csv().as_bytes())
+    }
+
+    /// results.png: one small chart per column (except epoch/time), in a grid.
+    pub fn plot(&self, path: &Path) -> Result<()> {
+        let epochs = self.column("epoch").unwrap_or_default();
+        let charts: Vec<_> = self
+            .columns
+            .iter()
+            .filter(|c| *c != "epoch" && *c != "time")
+            .map(|c| {
+                let ys = self.column(c).unwrap_or_default();
+                let points = epochs.iter().zip(&ys).map(|(&x, &y)| (x, y)).collect();
+                chart(c, &[Series { label: String::new(), points }], 320, 200, None)
+            })
+            .collect();
+        if charts.is_empty() {
+            return Ok(());
+        }
+        let img = grid(&charts, 5);
+        img.save(path).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trip_and_truncate() {
+        let mut r = Results::default();
+        r.push(&[("epoch".into(), 0.0), ("loss".into(), 2.5)]);
+        r.push(&[("epoch".into(), 1.0), ("loss".into(), 2.0)]);
+        let dir = std::env::temp_dir().join(format!("yd-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("results.csv");
+        r.save(&p).unwrap();
+        let mut back = Results::load(&p).unwrap();
+        assert_eq!(back.columns, vec!["epoch", "loss"]);
+        assert_eq!(back.column("loss").unwrap(), vec![2.5, 2.0]);
+        back.truncate_to_epoch(1);
+        assert_eq!(back.rows.len(), 1);
+        r.plot(&dir.join("results.png")).unwrap();
+        assert!(dir.join("results.png").exists());
+    }
+}

@@ -1,0 +1,106 @@
+//! Training arguments, named after Ultralytics' (defaults of 8.4.190 unless noted).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use super::optim::OptimizerKind;
+
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Built-in YAML (from scratch), YAML path, .pt or .safetensors (fine-tune).
+    #[arg(long)]
+    pub model: String,
+    /// data.yaml of a YOLO-format dataset.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Auto)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr0: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub lrf: f64,
+    #[arg(long, default_value_t = 0.937)]
+    pub momentum: f64,
+    #[arg(long = "weight-decay", default_value_t = 0.0005)]
+    pub weight_decay: f64,
+    #[arg(long = "warmup-epochs", default_value_t = 3.0)]
+    pub warmup_epochs: f64,
+    #[arg(long = "warmup-momentum", default_value_t = 0.8)]
+    pub warmup_momentum: f64,
+    #[arg(long = "warmup-bias-lr", default_value_t = 0.1)]
+    pub warmup_bias_lr: f64,
+    /// Cosine learning-rate schedule (default linear).
+    #[arg(long = "cos-lr")]
+    pub cos_lr: bool,
+    /// Turn mosaic off for the last N epochs.
+    #[arg(long = "close-mosaic", default_value_t = 10)]
+    pub close_mosaic: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "runs")]
+    pub project: PathBuf,
+    #[arg(long, default_value = "train")]
+    pub name: String,
+    /// Reuse an existing run folder instead of making name2, name3, …
+    #[arg(long = "exist-ok")]
+    pub exist_ok: bool,
+    /// Continue an interrupted run: its last.safetensors (or the run of --project/--name).
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    pub resume: Option<String>,
+    /// Data-loading threads (Ultralytics defaults to 8; 2 suits small CPUs).
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Stop after this many epochs without a better fitness.
+    #[arg(long, default_value_t = 100)]
+    pub patience: usize,
+    /// Nominal batch size for gradient accumulation and weight-decay scaling.
+    #[arg(long, default_value_t = 64)]
+    pub nbs: usize,
+    #[arg(long = "box", default_value_t = 7.5)]
+    pub box_gain: f32,
+    #[arg(long = "cls", default_value_t = 0.5)]
+    pub cls_gain: f32,
+    #[arg(long = "dfl", default_value_t = 1.5)]
+    pub dfl_gain: f32,
+    #[arg(long = "hsv-h", default_value_t = 0.015)]
+    pub hsv_h: f32,
+    #[arg(long = "hsv-s", default_value_t = 0.7)]
+    pub hsv_s: f32,
+    #[arg(long = "hsv-v", default_value_t = 0.4)]
+    pub hsv_v: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub degrees: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub translate: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub scale: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub shear: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub perspective: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub flipud: f32,
+    #[arg(long, default_value_t = 0.5)]
+    pub fliplr: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub mosaic: f32,
+    #[arg(long, default_value_t = 0.0)]
+    pub mixup: f32,
+    /// Validate every epoch (the final epoch is always validated).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub val: bool,
+    /// Use only this fraction of the training images (quick experiments).
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// Stop after this many optimizer-batch iterations in total (tests and benchmarks).
+    #[arg(long = "max-batches", hide = true)]
+    pub max_batches: Option<usize>,
+}

@@ -1,0 +1,381 @@
+//! Detection training as Ultralytics 8.4.190 does it: warm-up, accumulation to
+//! a nominal batch of 64, gradient clipping, EMA, per-epoch validation on the
+//! EMA, best/last checkpoints, results.csv/png, resume.
+
+pub mod args;
+pub mod checkpoint;
+pub mod ema;
+pub mod optim;
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use args::TrainArgs;
+use ema::Ema;
+use optim::{GradStore, Method, Optimizer, OptimizerKind, StepParams};
+use schedule::{interp, lr_factor, warmup_iters};
+
+use crate::data::augment::AugConfig;
+use crate::data::dataset::{DataConfig, Dataset};
+use crate::data::loader::{Batch, TrainLoader, ValLoader};
+use crate::eval::validate::{validate, ValResult};
+use crate::infer::nms::NmsConfig;
+use crate::loss::{detection_loss, Gains, LossConfig, Targets};
+use crate::model::walk::Slot;
+use crate::model::{self, DetectionModel};
+use crate::report::Results;
+
+/// Extra losses a caller (distillation) adds to each training step.
+pub trait StepHook {
+    /// Layer indices whose outputs the hook needs from the student forward.
+    fn taps(&self) -> Vec<usize>;
+    /// Returns named extra loss terms (already weighted) for this batch.
+    fn extra_loss(&mut self, images: &Tensor<4>, taps: &[Tensor<4>], epoch: usize) -> Vec<(String, Tensor<1>)>;
+}
+
+/// Makes every trainable parameter a gradient-tracking leaf on the autodiff device.
+pub fn make_trainable(model: &mut DetectionModel) {
+    model.walk_all(&mut |name, slot: Slot<'_>| {
+        if !optim::is_trainable(name) {
+            return;
+        }
+        match slot {
+            Slot::P4(p) => *p = Param::initialized(p.id, p.val().inner().autodiff().require_grad()),
+            Slot::P1(p) => *p = Param::initialized(p.id, p.val().inner().autodiff().require_grad()),
+            _ => {}
+        }
+    });
+}
+
+/// A fresh run folder `project/name`, or `name2`, `name3`, … when taken (unless `exist_ok`).
+pub fn run_dir(project: &Path, name: &str, exist_ok: bool) -> PathBuf {
+    let first = project.join(name);
+    if exist_ok || !first.exists() {
+        return first;
+    }
+    (2..).map(|i| project.join(format!("{name}{i}"))).find(|p| !p.exists()).expect("a free name")
+}
+
+/// Summary of a finished run.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub best: PathBuf,
+    pub last: PathBuf,
+    pub final_val: Option<ValResult>,
+    pub epochs_done: usize,
+    pub seconds: f64,
+}
+
+fn aug_config(a: &TrainArgs) -> AugConfig {
+    AugConfig {
+        hsv_h: a.hsv_h,
+        hsv_s: a.hsv_s,
+        hsv_v: a.hsv_v,
+        degrees: a.degrees,
+        translate: a.translate,
+        scale: a.scale,
+        shear: a.shear,
+        perspective: a.perspective,
+        flipud: a.flipud,
+        fliplr: a.fliplr,
+        mosaic: a.mosaic,
+        mixup: a.mixup,
+    }
+}
+
+/// Loads the model to train, adapting a checkpoint to the dataset's classes
+/// (matching tensors are transferred, the class outputs start fresh).
+fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<DetectionModel> {
+    let nc = names.len();
+    let ext = Path::new(&a.model).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let mut m = if ext == "pt" || ext == "pth" || ext == "safetensors" {
+        let loaded = model::load(&a.model, None, device)?.model;
+        if loaded.nc() == nc {
+            loaded
+        } else {
+            let spec = crate::model::spec::parse(&loaded.spec.yaml, loaded.spec.scale.as_deref().and_then(|s| s.chars().next()), Some(nc))?;
+            let mut fresh = DetectionModel::new(spec, names.to_vec(), device)?;
+            let mut src = loaded;
+            let n = model::transfer_matching(&mut fresh, model::collect_tensors(&mut src), device);
+            eprintln!("Transferred {n} matching tensors from {} ({} → {nc} classes)", a.model, src.nc());
+            fresh
+        }
+    } else {
+        model::load(&a.model, Some(nc), device)?.model
+    };
+    m.names = names.to_vec();
+    Ok(m)
+}
+
+/// Trains a model as `a` says. `hook` adds distillation losses.
+pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainSummary> {
+    let t_start = Instant::now();
+    let plain = crate::default_device();
+    let ad = plain.clone().autodiff();
+
+    // Resume: arguments come from the checkpoint.
+    let (a, restored, dir) = match &a.resume {
+        Some(p) => {
+            let last = if p.is_empty() { a.project.join(&a.name).join("weights/last.safetensors") } else { PathBuf::from(p) };
+            let r = checkpoint::load(&last)?;
+            let mut saved: TrainArgs = serde_json::from_value(r.state.args.clone()).context("bad saved arguments")?;
+            saved.resume = None;
+            let dir = last.parent().and_then(|p| p.parent()).map(Path::to_path_buf).context("bad checkpoint path")?;
+            (saved, Some(r), dir)
+        }
+        None => {
+            let dir = run_dir(&a.project, &a.name, a.exist_ok);
+            (a, None, dir)
+        }
+    };
+    let wdir = dir.join("weights");
+    std::fs::create_dir_all(&wdir).with_context(|| format!("cannot create {}", wdir.display()))?;
+    let (last_path, best_path) = (wdir.join("last.safetensors"), wdir.join("best.safetensors"));
+    std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&a)?)?;
+
+    // Data.
+    let data = DataConfig::load(&a.data)?;
+    let nc = data.names.len();
+    let cache_dir = dir.join("cache");
+    let mut train_ds = Dataset::scan(&data.train, nc, Some(&cache_dir)).context("training images")?;
+    if a.fraction < 1.0 {
+        let keep = ((train_ds.items.len() as f64 * a.fraction).round() as usize).max(1);
+        train_ds.items.truncate(keep);
+    }
+    let val_ds = Dataset::scan(&data.val, nc, Some(&cache_dir)).context("validation images")?;
+    let n_train = train_ds.items.len();
+    let train_ds = Arc::new(train_ds);
+    let val_ds = Arc::new(val_ds);
+
+    // Model.
+    let mut model = initial_model(&a, &data.names, &plain)?;
+    let head = model.head();
+    let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    loss_cfg.gains = Gains { boxes: a.box_gain, cls: a.cls_gain, dfl: a.dfl_gain };
+    let stride = model.max_stride().max(32);
+
+    // Optimizer (Ultralytics' `auto` rule; MuSGD of 8.4 is replaced by SGD).
+    let accumulate_nominal = ((a.nbs as f64 / a.batch as f64).round() as usize).max(1);
+    let weight_decay = a.weight_decay * a.batch as f64 * accumulate_nominal as f64 / a.nbs as f64;
+    let nb = n_train.div_ceil(a.batch);
+    let (kind, lr0, momentum, warmup_bias_lr) = match a.optimizer {
+        OptimizerKind::Auto => {
+            let iters = n_train.div_ceil(a.batch.max(a.nbs)) * a.epochs;
+            if iters > 10_000 {
+                (OptimizerKind::Sgd, 0.01, 0.9, 0.0)
+            } else {
+                let lr = (0.002 * 5.0 / (4.0 + nc as f64) * 1e6).round() / 1e6;
+                (OptimizerKind::Adamw, lr, 0.9, 0.0)
+            }
+        }
+        k => (k, a.lr0, a.momentum, a.warmup_bias_lr),
+    };
+    let method = match kind {
+        OptimizerKind::Adamw => Method::AdamW { beta1: momentum, beta2: 0.999, eps: 1e-8 },
+        _ => Method::Sgd { nesterov: true },
+    };
+    let mut opt = Optimizer::new(method, weight_decay);
+    eprintln!("optimizer: {kind:?}(lr={lr0}, momentum={momentum}) with parameter groups: weights (decay={weight_decay:.6}), norm weights and biases (no decay)");
+
+    let mut ema = Ema::new(&model, 0);
+    let mut start_epoch = 0;
+    let mut best_fitness = f64::NEG_INFINITY;
+    let mut results = Results::load(&dir.join("results.csv"))?;
+    if let Some(r) = restored {
+        model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
+        ema = Ema::new(&model, r.state.ema_updates);
+        model::apply_tensors(&mut ema.model, r.ema, &plain).context("resume: EMA weights")?;
+        let to_map = |v: Vec<(String, crate::weights::HostTensor)>| {
+            v.into_iter().map(|(n, t)| (n, Tensor::<1>::from_data(TensorData::new(t.data, t.shape), &plain))).collect()
+        };
+        opt.m = to_map(r.m);
+        opt.v = to_map(r.v);
+        opt.steps = r.state.optimizer_steps;
+        start_epoch = r.state.epoch + 1;
+        best_fitness = r.state.best_fitness;
+        results.truncate_to_epoch(start_epoch);
+        if start_epoch >= a.epochs {
+            bail!("{} already finished all {} epochs", dir.display(), a.epochs);
+        }
+        eprintln!("Resuming {} from epoch {}", dir.display(), start_epoch + 1);
+    }
+    make_trainable(&mut model);
+
+    let train_loader = TrainLoader::new(train_ds.clone(), a.imgsz, a.batch, aug_config(&a), a.workers, a.seed)?;
+    let val_loader = ValLoader::new(val_ds.clone(), a.imgsz, a.batch * 2, stride, a.workers)?;
+    let nw = warmup_iters(a.warmup_epochs, a.epochs, nb);
+    let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
+    let mut grads = GradStore::default();
+    let mut last_opt_step: i64 = -1;
+    let mut final_val = None;
+    let mut epochs_done = start_epoch;
+    let mut stale = 0usize;
+    let mut total_batches = 0usize;
+    let nms_cfg = NmsConfig::val();
+    eprintln!(
+        "Training {} on {} train / {} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
+        a.model,
+        n_train,
+        val_ds.items.len(),
+        a.imgsz,
+        a.epochs,
+        a.batch,
+        nb,
+        dir.display()
+    );
+
+    for epoch in start_epoch..a.epochs {
+        let t_epoch = Instant::now();
+        let mosaic_on = epoch + a.close_mosaic < a.epochs;
+        if !mosaic_on && epoch + a.close_mosaic == a.epochs {
+            eprintln!("Closing dataloader mosaic");
+        }
+        let lf = lr_factor(epoch, a.epochs, a.lrf, a.cos_lr);
+        let bar = ProgressBar::new(nb as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {bar:20} {pos}/{len} [{elapsed}<{eta}, {per_sec}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{:>3}/{}", epoch + 1, a.epochs));
+        let mut mean: Vec<(String, f64)> = Vec::new();
+        let mut lrs = [0f64; 3];
+        for (i, batch) in train_loader.epoch(epoch, mosaic_on).enumerate() {
+            let batch: Batch = batch;
+            let ni = (i + nb * epoch) as i64;
+            // Warm-up: accumulation, learning rates and momentum ramp up.
+            let mut accumulate = accumulate_nominal;
+            let mut mom = momentum;
+            let base = lr0 * lf;
+            lrs = [base; 3];
+            if (ni as usize) <= nw {
+                let x = ni as f64;
+                accumulate = (interp(x, 0.0, nw as f64, 1.0, a.nbs as f64 / a.batch as f64).round() as usize).max(1);
+                lrs = [interp(x, 0.0, nw as f64, 0.0, base), interp(x, 0.0, nw as f64, 0.0, base), interp(x, 0.0, nw as f64, warmup_bias_lr, base)];
+                if matches!(method, Method::Sgd { .. }) {
+                    mom = interp(x, 0.0, nw as f64, a.warmup_momentum, momentum);
+                }
+            }
+            let [b, c, h, w] = batch.shape;
+            let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &ad);
+            let fwd = model.forward_taps(x.clone(), &taps, false);
+            let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+            let out = detection_loss(&loss_cfg, &fwd.head.one2many, &fwd.head.shapes, &targets);
+            let mut total = out.total;
+            let mut items: Vec<(String, f64)> =
+                ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
+            if let Some(h) = hook.as_mut() {
+                for (name, term) in h.extra_loss(&x, &fwd.taps, epoch) {
+                    let v = term.clone().into_scalar::<f32>() as f64;
+                    total = total + term * b as f32;
+                    items.push((name, v));
+                }
+            }
+            let g = total.backward();
+            grads.accumulate(&mut model, &g);
+            if ni - last_opt_step >= accumulate as i64 {
+                grads.clip_global_norm(10.0);
+                opt.step(&mut model, &grads, StepParams { lr: lrs, momentum: mom });
+                grads.clear();
+                ema.update(&mut model);
+                last_opt_step = ni;
+            }
+            // Running means for display and results.csv.
+            if mean.is_empty() {
+                mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+            }
+            for (k, (_, v)) in items.iter().enumerate() {
+                if let Some(m) = mean.get_mut(k) {
+                    m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
+                }
+            }
+            let shown: Vec<String> = mean.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            bar.set_message(format!("{}  inst {}  size {}", shown.join("  "), batch.cls.len(), a.imgsz));
+            bar.inc(1);
+            total_batches += 1;
+            if a.max_batches.is_some_and(|m| total_batches >= m) {
+                break;
+            }
+        }
+        bar.finish();
+        for (n, v) in &mean {
+            if !v.is_finite() {
+                eprintln!("warning: {n} is not finite in epoch {}", epoch + 1);
+            }
+        }
+
+        let last_epoch = epoch + 1 == a.epochs || a.max_batches.is_some_and(|m| total_batches >= m);
+        let val = if a.val || last_epoch { Some(validate(&ema.model, &val_loader, &nms_cfg)?) } else { None };
+        let fitness = val.as_ref().map(|v| v.metrics.fitness).unwrap_or(f64::NEG_INFINITY);
+        let mut row: Vec<(String, f64)> = vec![("epoch".into(), epoch as f64 + 1.0), ("time".into(), t_start.elapsed().as_secs_f64())];
+        row.extend(mean.iter().map(|(n, v)| (format!("train/{n}"), *v)));
+        if let Some(v) = &val {
+            let m = &v.metrics;
+            row.extend([
+                ("metrics/precision(B)".to_string(), m.precision),
+                ("metrics/recall(B)".to_string(), m.recall),
+                ("metrics/mAP50(B)".to_string(), m.map50),
+                ("metrics/mAP50-95(B)".to_string(), m.map),
+                ("val/box_loss".to_string(), v.loss[0] as f64),
+                ("val/cls_loss".to_string(), v.loss[1] as f64),
+                ("val/dfl_loss".to_string(), v.loss[2] as f64),
+            ]);
+            eprintln!(
+                "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}  ({:.1} ms/image)",
+                "val:", v.images, v.instances, m.precision, m.recall, m.map50, m.map, v.ms_per_image
+            );
+        }
+        row.extend((0..3).map(|g| (format!("lr/pg{g}"), lrs[g])));
+        results.push(&row);
+        results.save(&dir.join("results.csv"))?;
+        if let Err(e) = results.plot(&dir.join("results.png")) {
+            eprintln!("warning: could not draw results.png: {e:#}");
+        }
+
+        // Checkpoints: best by fitness, last always (with resume state).
+        let improved = fitness > best_fitness;
+        if improved {
+            best_fitness = fitness;
+            stale = 0;
+        } else {
+            stale += 1;
+        }
+        let state = checkpoint::TrainState {
+            epoch,
+            best_fitness,
+            ema_updates: ema.updates,
+            optimizer_steps: opt.steps,
+            args: serde_json::to_value(&a)?,
+        };
+        let mut plain_model = model.valid();
+        checkpoint::save(&last_path, &ema.model, Some((&mut plain_model, &opt, &state)))?;
+        if improved || !best_path.exists() {
+            checkpoint::save(&best_path, &ema.model, None)?;
+        }
+        eprintln!("epoch {} done in {:.1}s", epoch + 1, t_epoch.elapsed().as_secs_f64());
+        epochs_done = epoch + 1;
+        final_val = val;
+        if last_epoch {
+            break;
+        }
+        if stale >= a.patience {
+            eprintln!("Stopping early: no improvement in {} epochs", a.patience);
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: dir,
+        best: best_path,
+        last: last_path,
+        final_val,
+        epochs_done,
+        seconds: t_start.elapsed().as_secs_f64(),
+    })
+}

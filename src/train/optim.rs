@@ -1,0 +1,202 @@
+//! SGD (Nesterov) and AdamW as Ultralytics configures them: three parameter
+//! groups (decayed weights; norm weights and biases without decay), per-group
+//! learning rates and a momentum that warms up, global-norm gradient clipping.
+//!
+//! Written directly over the model's named tensors because burn's optimizers
+//! fix momentum at construction and clip per tensor.
+
+use std::collections::HashMap;
+
+use burn::module::Param;
+use burn::tensor::Tensor;
+
+use crate::model::walk::Slot;
+use crate::model::DetectionModel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adamw,
+    /// Ultralytics' choice: SGD for long schedules, AdamW with a class-count learning rate otherwise.
+    Auto,
+}
+
+/// Parameter group of a tensor, Ultralytics' order: 0 decayed weights, 1 norm weights, 2 biases.
+pub fn group_of(name: &str) -> usize {
+    if name.ends_with("bias") {
+        2
+    } else if name.ends_with("bn.weight") {
+        1
+    } else {
+        0
+    }
+}
+
+/// Names of the trainable tensors (DFL projection excluded).
+pub fn is_trainable(name: &str) -> bool {
+    !name.ends_with("dfl.conv.weight")
+}
+
+/// Accumulated gradients by tensor name, flattened.
+#[derive(Default)]
+pub struct GradStore {
+    pub grads: HashMap<String, Tensor<1>>,
+}
+
+impl GradStore {
+    /// Adds the gradients of `model`'s parameters from one backward pass.
+    pub fn accumulate(&mut self, model: &mut DetectionModel, grads: &burn::tensor::Gradients) {
+        model.walk_all(&mut |name, slot: Slot<'_>| {
+            if !is_trainable(name) {
+                return;
+            }
+            let g: Option<Tensor<1>> = match slot {
+                Slot::P4(p) => p.val().grad(grads).map(|g| g.flatten(0, 3)),
+                Slot::P1(p) => p.val().grad(grads),
+                _ => None,
+            };
+            if let Some(g) = g {
+                let e = self.grads.entry(name.to_string());
+                match e {
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        let v = o.get().clone() + g;
+                        o.insert(v);
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(g);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
+    pub fn clip_global_norm(&mut self, max_norm: f32) -> f32 {
+        let mut total = 0f64;
+        for g in self.grads.values() {
+            total += g.clone().square().sum().into_scalar::<f32>() as f64;
+        }
+        let norm = total.sqrt() as f32;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in self.grads.values_mut() {
+                *g = g.clone() * coef;
+            }
+        }
+        norm
+    }
+
+    pub fn clear(&mut self) {
+        self.grads.clear();
+    }
+}
+
+/// Optimizer hyper-parameters for one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepParams {
+    /// Learning rate per group (decayed weights, norm weights, biases).
+    pub lr: [f64; 3],
+    /// SGD momentum (Adam's beta1 stays fixed, as in Ultralytics).
+    pub momentum: f64,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub enum Method {
+    Sgd { nesterov: bool },
+    AdamW { beta1: f64, beta2: f64, eps: f64 },
+}
+
+/// Optimizer state: first/second moments by tensor name.
+pub struct Optimizer {
+    pub method: Method,
+    pub weight_decay: f64,
+    pub steps: u64,
+    pub m: HashMap<String, Tensor<1>>,
+    pub v: HashMap<String, Tensor<1>>,
+}
+
+impl Optimizer {
+    pub fn new(method: Method, weight_decay: f64) -> Self {
+        Self { method, weight_decay, steps: 0, m: HashMap::new(), v: HashMap::new() }
+    }
+
+    /// Applies one update from `grads` to the parameters of `model`.
+    pub fn step(&mut self, model: &mut DetectionModel, grads: &GradStore, hp: StepParams) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let (method, weight_decay) = (self.method, self.weight_decay);
+        let (ms, vs) = (&mut self.m, &mut self.v);
+        model.walk_all(&mut |name, slot: Slot<'_>| {
+            let Some(g) = grads.grads.get(name) else { return };
+            let group = group_of(name);
+            let wd = if group == 0 { weight_decay } else { 0.0 };
+            let lr = hp.lr[group];
+            let update = |w: Tensor<1>, m: &mut HashMap<String, Tensor<1>>, v: &mut HashMap<String, Tensor<1>>| -> Tensor<1> {
+                match method {
+                    Method::Sgd { nesterov } => {
+                        // torch SGD: weight decay added to the gradient, dampening 0
+                        let mut d = g.clone();
+                        if wd != 0.0 {
+                            d = d + w.clone() * wd;
+                        }
+                        let buf = match m.get(name) {
+                            Some(b) => b.clone() * hp.momentum + d.clone(),
+                            None => d.clone(),
+                        };
+                        m.insert(name.to_string(), buf.clone());
+                        let step = if nesterov { d + buf * hp.momentum } else { buf };
+                        w - step * lr
+                    }
+                    Method::AdamW { beta1, beta2, eps } => {
+                        // decoupled decay, bias-corrected moments
+                        let w = if wd != 0.0 { w * (1.0 - lr * wd) } else { w };
+                        let mm = match m.get(name) {
+                            Some(x) => x.clone() * beta1 + g.clone() * (1.0 - beta1),
+                            None => g.clone() * (1.0 - beta1),
+                        };
+                        let vv = match v.get(name) {
+                            Some(x) => x.clone() * beta2 + g.clone().square() * (1.0 - beta2),
+                            None => g.clone().square() * (1.0 - beta2),
+                        };
+                        m.insert(name.to_string(), mm.clone());
+                        v.insert(name.to_string(), vv.clone());
+                        let bc1 = 1.0 - beta1.powi(t);
+                        let bc2 = 1.0 - beta2.powi(t);
+                        let denom = (vv / bc2).sqrt() + eps;
+                        w - (mm / bc1) / denom * lr
+                    }
+                }
+            };
+            match slot {
+                Slot::P4(p) => {
+                    let shape = p.val().dims();
+                    let w = p.val().inner().flatten(0, 3);
+                    let nw: Tensor<4> = update(w, ms, vs).reshape(shape);
+                    *p = Param::initialized(p.id, nw.autodiff().require_grad());
+                }
+                Slot::P1(p) => {
+                    let w = p.val().inner();
+                    let nw = update(w, ms, vs);
+                    *p = Param::initialized(p.id, nw.autodiff().require_grad());
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_follow_ultralytics() {
+        assert_eq!(group_of("model.0.conv.weight"), 0);
+        assert_eq!(group_of("model.0.bn.weight"), 1);
+        assert_eq!(group_of("model.0.bn.bias"), 2);
+        assert_eq!(group_of("model.22.cv2.0.2.bias"), 2);
+        assert_eq!(group_of("model.6.gamma"), 0);
+        assert!(!is_trainable("model.22.dfl.conv.weight"));
+    }
+}
