@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod distill;
 pub mod eval;
 pub mod infer;
 pub mod loss;

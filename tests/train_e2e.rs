@@ -17,7 +17,7 @@ fn small_bccd(shared: &Path, dir: &Path, n: usize) -> PathBuf {
     let lines: Vec<String> = files.iter().take(n).map(|p| p.display().to_string()).collect();
     std::fs::write(&list, lines.join("\n")).unwrap();
     let yaml = dir.join("data.yaml");
-    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [Platelets, RBC, WBC]\n", dir.display())).unwrap();
+    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
     yaml
 }
 
@@ -56,20 +56,24 @@ fn short_training_learns_and_resumes() {
     let dir = common::temp_dir("train-e2e");
     let data = small_bccd(&shared, &dir, 16);
     let project = dir.join("runs");
-    let mut a = args("yolov8n.yaml", &data, &project, 12);
+    // 30 epochs of 4 batches, one optimizer step per batch (nbs = batch) so that
+    // BatchNorm statistics and weights move enough for a from-scratch model.
+    let mut a = args("yolov8n.yaml", &data, &project, 30);
     a.name = "short".into();
-    a.lr0 = 0.01;
+    a.batch = 4;
+    a.nbs = 4;
+    a.close_mosaic = 5;
     let s = train(a.clone(), None).unwrap();
     let results = Results::load(&s.run_dir.join("results.csv")).unwrap();
     let cls = results.column("train/cls_loss").unwrap();
     let map = results.column("metrics/mAP50(B)").unwrap();
     eprintln!("cls_loss per epoch: {cls:?}\nmAP50 per epoch: {map:?}");
-    assert!(cls.last().unwrap() < &(cls[0] * 0.7), "classification loss should fall: {cls:?}");
-    assert!(*map.last().unwrap() > 0.05, "mAP50 should rise above 0.05: {map:?}");
+    assert!(cls.last().unwrap() < &(cls[0] * 0.5), "classification loss should fall: {cls:?}");
+    assert!(map[0] < 0.01 && *map.last().unwrap() > 0.15, "mAP50 should rise above 0.15: {map:?}");
     assert!(s.best.exists() && s.last.exists() && s.run_dir.join("results.png").exists());
     // best.safetensors is a complete model
     let m = yolodistill::model::load(s.best.to_str().unwrap(), None, &yolodistill::default_device()).unwrap().model;
-    assert_eq!(m.names, vec!["Platelets", "RBC", "WBC"]);
+    assert_eq!(m.names, vec!["RBC", "WBC", "Platelets"]);
 
     // Kill a run (SIGKILL) once its first checkpoint exists, then resume it to the end.
     let run = project.join("killed");

@@ -40,9 +40,10 @@ impl Results {
         self.rows.push(vals);
     }
 
-    /// Keeps only rows whose epoch (first column) is below `epoch` (resume after a crash).
-    pub fn truncate_to_epoch(&mut self, epoch: usize) {
-        self.rows.retain(|r| r.first().is_some_and(|e| (*e as usize) < epoch));
+    /// Keeps the rows of the first `done` epochs (1-based `epoch` column), dropping
+    /// rows a crashed run wrote after its last checkpoint.
+    pub fn keep_epochs(&mut self, done: usize) {
+        self.rows.retain(|r| r.first().is_some_and(|e| (*e as usize) <= done));
     }
 
     pub fn column(&self, name: &str) -> Option<Vec<f64>> {
@@ -102,7 +103,7 @@ mod tests {
         let mut back = Results::load(&p).unwrap();
         assert_eq!(back.columns, vec!["epoch", "loss"]);
         assert_eq!(back.column("loss").unwrap(), vec![2.5, 2.0]);
-        back.truncate_to_epoch(1);
+        back.keep_epochs(1);
         assert_eq!(back.rows.len(), 1);
         r.plot(&dir.join("results.png")).unwrap();
         assert!(dir.join("results.png").exists());

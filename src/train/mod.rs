@@ -201,7 +201,7 @@ pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainS
         opt.steps = r.state.optimizer_steps;
         start_epoch = r.state.epoch + 1;
         best_fitness = r.state.best_fitness;
-        results.truncate_to_epoch(start_epoch);
+        results.keep_epochs(start_epoch);
         if start_epoch >= a.epochs {
             bail!("{} already finished all {} epochs", dir.display(), a.epochs);
         }

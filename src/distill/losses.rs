@@ -1,0 +1,455 @@
+//! Distillation losses as pure tensor functions (reference:
+//! `../shared/reference/distillation.md`, §2–§6).
+//!
+//! Conventions:
+//! - Feature maps are NCHW `Tensor<4>`, paired level by level (`s[l]` with
+//!   `t[l]`); functions over several levels take slices of equal length.
+//! - Everything is computed in f32 (the device default), whatever precision
+//!   the models run in: softmax/KL overflow in half precision.
+//! - Student inputs carry the gradient; teacher inputs are constants: every
+//!   function `.detach()`es them, so a teacher forward done on an autodiff
+//!   device never receives gradients through a distillation loss.
+//! - Each loss returns a scalar `Tensor<1>` of shape `[1]` and is *not*
+//!   multiplied by any schedule weight; callers apply [`cosine_epoch_weight`]
+//!   and friends.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::PaddingConfig2d;
+use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid, softmax};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+/// Seed default of the MGD loss weight `α_mgd`.
+pub const MGD_ALPHA: f32 = 2e-5;
+/// Seed default of the MGD masking ratio `λ_mgd` (a pixel is dropped with this probability).
+pub const MGD_LAMBDA: f32 = 0.65;
+/// Seed default of the logit-MSE weight `α`.
+pub const LOGIT_MSE_ALPHA: f32 = 0.25;
+/// Ultralytics' default distillation gain `dis` of its native method.
+pub const NATIVE_DIS: f32 = 6.0;
+/// Epsilon of the affine-free BatchNorm of the seed pipeline.
+pub const NORM_EPS: f32 = 1e-5;
+/// Floor of the seed's per-epoch cosine weight (reached at the end of an epoch).
+pub const COSINE_FLOOR: f32 = 0.1;
+
+// ---------------------------------------------------------------------------
+// Level helpers
+
+/// Applies `f(student, detached teacher)` to every paired level and sums.
+fn sum_levels<const D: usize>(
+    s: &[Tensor<D>],
+    t: &[Tensor<D>],
+    f: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<1>,
+) -> Tensor<1> {
+    assert!(!s.is_empty(), "distillation loss needs at least one level");
+    assert_eq!(s.len(), t.len(), "student and teacher have different numbers of levels");
+    s.iter()
+        .zip(t)
+        .map(|(a, b)| f(a.clone(), b.clone().detach()))
+        .reduce(|a, b| a + b)
+        .expect("non-empty")
+}
+
+/// Like [`sum_levels`] but the mean over levels.
+fn mean_levels<const D: usize>(
+    s: &[Tensor<D>],
+    t: &[Tensor<D>],
+    f: impl Fn(Tensor<D>, Tensor<D>) -> Tensor<1>,
+) -> Tensor<1> {
+    let n = s.len() as f32;
+    sum_levels(s, t, f) / n
+}
+
+fn assert_same_shape<const D: usize>(s: &Tensor<D>, t: &Tensor<D>, what: &str) {
+    assert_eq!(s.dims(), t.dims(), "{what}: student and teacher shapes differ (apply the adapter first)");
+}
+
+/// Mean squared error of two equally shaped tensors.
+fn mse<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Tensor<1> {
+    (a - b).square().mean()
+}
+
+/// Rows L2-normalised (norm clamped at 1e-12, as `F.normalize`).
+fn l2_normalise_rows(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// A convolution with the given weight `[out, in, kh, kw]`, bias `[out]`,
+/// stride 1 and symmetric `padding`.
+fn conv_from_weights(weight: Tensor<4>, bias: Tensor<1>, padding: usize) -> Conv2d {
+    let [o, i, kh, kw] = weight.dims();
+    assert_eq!(bias.dims(), [o], "bias length must equal the output channels");
+    let mut conv = Conv2dConfig::new([i, o], [kh, kw])
+        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .init(&weight.device());
+    conv.weight = Param::from_tensor(weight);
+    conv.bias = Some(Param::from_tensor(bias));
+    conv
+}
+
+fn conv_config(c_in: usize, c_out: usize, k: usize) -> Conv2dConfig {
+    let p = k / 2;
+    Conv2dConfig::new([c_in, c_out], [k, k]).with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+}
+
+// ---------------------------------------------------------------------------
+// §1 Seed pipeline: adapter + affine-free BatchNorm
+
+/// Channel adapter of the seed: a 1×1 convolution with bias mapping student
+/// channels to teacher channels. A trainable distiller parameter.
+#[derive(Module, Debug)]
+pub struct Adapter {
+    pub conv: Conv2d,
+}
+
+impl Adapter {
+    /// Randomly initialised adapter `c_student → c_teacher`.
+    pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
+        Self { conv: conv_config(c_student, c_teacher, 1).init(device) }
+    }
+
+    /// Adapter with explicit weight `[Ct, Cs, 1, 1]` and bias `[Ct]`.
+    pub fn from_weights(weight: Tensor<4>, bias: Tensor<1>) -> Self {
+        assert_eq!(&weight.dims()[2..], &[1, 1], "adapter is a 1×1 convolution");
+        Self { conv: conv_from_weights(weight, bias, 0) }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+}
+
+/// Affine-free BatchNorm in training mode: per channel, subtract the batch
+/// mean and divide by `sqrt(var + 1e-5)` with the biased batch variance
+/// (statistics over N, H, W). Differentiable through the statistics, as
+/// PyTorch's training-mode BatchNorm.
+pub fn seed_normalise(x: Tensor<4>) -> Tensor<4> {
+    let stat = |t: Tensor<4>| t.mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+    let centred = x.clone() - stat(x);
+    let var = stat(centred.clone().square());
+    centred / (var + NORM_EPS).sqrt()
+}
+
+/// The seed's feature pipeline for one level: the student map goes through
+/// the adapter (when channels differ) and both maps are normalised
+/// separately with [`seed_normalise`]. Returns `(student, teacher)` ready for
+/// [`mimic`] / [`cwd`]; the teacher output is detached.
+pub fn seed_pipeline(s: Tensor<4>, t: Tensor<4>, adapter: Option<&Adapter>) -> (Tensor<4>, Tensor<4>) {
+    let s = match adapter {
+        Some(a) => a.forward(s),
+        None => s,
+    };
+    assert_same_shape(&s, &t, "seed pipeline");
+    (seed_normalise(s), seed_normalise(t.detach()))
+}
+
+// ---------------------------------------------------------------------------
+// §2 Feature losses (seed)
+
+/// Mimic loss: `Σ_l mean((s_l − t_l)²)`.
+pub fn mimic(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
+    sum_levels(s, t, |s, t| {
+        assert_same_shape(&s, &t, "mimic");
+        mse(s, t)
+    })
+}
+
+/// Channel-wise distillation of one level: per (n, c) row a softmax over the
+/// H·W positions at temperature `tau`,
+/// `τ² · Σ_{n,c} KL(p_t ‖ p_s) / (N·C)`.
+pub fn cwd_level(s: Tensor<4>, t: Tensor<4>, tau: f32) -> Tensor<1> {
+    assert_same_shape(&s, &t, "cwd");
+    let [n, c, h, w] = s.dims();
+    let ls = log_softmax(s.reshape([n * c, h * w]) / tau, 1);
+    let lt = log_softmax(t.detach().reshape([n * c, h * w]) / tau, 1);
+    (lt.clone().exp() * (lt - ls)).sum() * (tau * tau / (n * c) as f32)
+}
+
+/// CWD (Shu et al. 2021) summed over levels; `tau` defaults to 1 in the seed.
+pub fn cwd(s: &[Tensor<4>], t: &[Tensor<4>], tau: f32) -> Tensor<1> {
+    sum_levels(s, t, |s, t| cwd_level(s, t, tau))
+}
+
+/// MGD generation block of one level: `Conv3×3(C→C) → ReLU → Conv3×3(C→C)`,
+/// padding 1, with bias (C = teacher channels). A trainable distiller
+/// parameter (registered, optimised and saved with the distiller, unlike the
+/// seed's plain-list blocks).
+#[derive(Module, Debug)]
+pub struct MgdGenerator {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+}
+
+impl MgdGenerator {
+    /// Randomly initialised block for `channels` channels.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        Self { conv1: conv_config(channels, channels, 3).init(device), conv2: conv_config(channels, channels, 3).init(device) }
+    }
+
+    /// Block with explicit weights `[C, C, 3, 3]` and biases `[C]`.
+    pub fn from_weights(w1: Tensor<4>, b1: Tensor<1>, w2: Tensor<4>, b2: Tensor<1>) -> Self {
+        Self { conv1: conv_from_weights(w1, b1, 1), conv2: conv_from_weights(w2, b2, 1) }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv2.forward(relu(self.conv1.forward(x)))
+    }
+}
+
+/// A random MGD keep mask `[n, 1, h, w]`: each pixel is 1 (kept) with
+/// probability `1 − λ` and 0 otherwise (Bernoulli draw from the device RNG).
+pub fn random_keep_mask(n: usize, h: usize, w: usize, lambda: f32, device: &Device) -> Tensor<4> {
+    assert!((0.0..=1.0).contains(&lambda), "λ_mgd must lie in [0, 1]");
+    Tensor::random([n, 1, h, w], Distribution::Bernoulli(1.0 - lambda as f64), device)
+}
+
+/// Masked generative distillation of one level (Yang et al. 2022):
+/// `α · Σ (G(s ⊙ M) − t)² / N`, the sum over all elements. `keep_mask` is
+/// `[N, 1, H, W]` with 1 where a pixel is kept (see [`random_keep_mask`]);
+/// `s` must already have the teacher's channel count.
+pub fn mgd_level(s: Tensor<4>, t: Tensor<4>, keep_mask: Tensor<4>, gen: &MgdGenerator, alpha: f32) -> Tensor<1> {
+    assert_same_shape(&s, &t, "mgd");
+    let [n, _, h, w] = s.dims();
+    assert_eq!(keep_mask.dims(), [n, 1, h, w], "mgd: keep mask must be [N, 1, H, W]");
+    let generated = gen.forward(s * keep_mask.detach());
+    (generated - t.detach()).square().sum() * (alpha / n as f32)
+}
+
+/// MGD summed over levels, one mask and one generation block per level.
+pub fn mgd(s: &[Tensor<4>], t: &[Tensor<4>], keep_masks: &[Tensor<4>], gens: &[MgdGenerator], alpha: f32) -> Tensor<1> {
+    assert_eq!(keep_masks.len(), s.len(), "mgd: one keep mask per level");
+    assert_eq!(gens.len(), s.len(), "mgd: one generation block per level");
+    assert!(!s.is_empty() && s.len() == t.len(), "mgd: paired, non-empty levels");
+    (0..s.len())
+        .map(|l| mgd_level(s[l].clone(), t[l].clone(), keep_masks[l].clone(), &gens[l], alpha))
+        .reduce(|a, b| a + b)
+        .expect("non-empty")
+}
+
+// ---------------------------------------------------------------------------
+// §3 Response (logit) losses
+
+/// Seed logit MSE over the raw head maps of each level (box-distribution and
+/// class channels together): `α · Σ_l mean((z_s − z_t)²)`, `α` = 0.25 by default.
+/// Needs matching head shapes (same nc and reg_max).
+pub fn logit_mse(s: &[Tensor<4>], t: &[Tensor<4>], alpha: f32) -> Tensor<1> {
+    sum_levels(s, t, |s, t| {
+        assert_same_shape(&s, &t, "logit mse");
+        mse(s, t)
+    }) * alpha
+}
+
+/// Hinton KD on rows of logits `[rows, classes]`: softmax over the last dim,
+/// `T² · mean_rows KL(softmax(z_t/T) ‖ softmax(z_s/T))`.
+///
+/// This is the softmax form; for YOLO's independent-sigmoid class scores it
+/// is applied per anchor on the class logits (rows = anchors), or use
+/// [`kd_binary`].
+pub fn kd_kl(s: Tensor<2>, t: Tensor<2>, temperature: f32) -> Tensor<1> {
+    assert_same_shape(&s, &t, "kd_kl");
+    let rows = s.dims()[0];
+    let ls = log_softmax(s / temperature, 1);
+    let lt = log_softmax(t.detach() / temperature, 1);
+    (lt.clone().exp() * (lt - ls)).sum() * (temperature * temperature / rows as f32)
+}
+
+/// Binary form of KD for independent sigmoid scores (any shape, mean over
+/// all elements): `T² · mean BCE(σ(z_s/T), σ(z_t/T))`
+/// `= −T² · mean[σ(z_t/T)·log σ(z_s/T) + (1 − σ(z_t/T))·log σ(−z_s/T)]`.
+/// As specified this is the cross-entropy, so it is not zero when `s = t`
+/// (it equals the teacher's entropy); its gradient is zero there.
+pub fn kd_binary<const D: usize>(s: Tensor<D>, t: Tensor<D>, temperature: f32) -> Tensor<1> {
+    assert_same_shape(&s, &t, "kd_binary");
+    let s = s / temperature;
+    let pt = sigmoid(t.detach() / temperature);
+    let ce = pt.clone() * log_sigmoid(s.clone()) + (pt.neg() + 1.0) * log_sigmoid(s.neg());
+    ce.mean().neg() * (temperature * temperature)
+}
+
+/// Seed's mixed soft/hard target: `q = α·softmax(z_t/T) + (1 − α)·onehot(y)`,
+/// `loss = −T² · mean_rows Σ q · log softmax(z_s/T)`. `labels[r]` is the class
+/// of row `r` (for detection: the student assigner's target class).
+pub fn kd_mixed(s: Tensor<2>, t: Tensor<2>, labels: &[usize], alpha: f32, temperature: f32) -> Tensor<1> {
+    assert_same_shape(&s, &t, "kd_mixed");
+    let [rows, classes] = s.dims();
+    assert_eq!(labels.len(), rows, "kd_mixed: one label per row");
+    let mut onehot = vec![0f32; rows * classes];
+    for (r, &y) in labels.iter().enumerate() {
+        assert!(y < classes, "kd_mixed: label {y} out of range (classes {classes})");
+        onehot[r * classes + y] = 1.0;
+    }
+    let onehot = Tensor::<2>::from_data(TensorData::new(onehot, [rows, classes]), &s.device());
+    let q = softmax(t.detach() / temperature, 1) * alpha + onehot * (1.0 - alpha);
+    (q * log_softmax(s / temperature, 1)).sum() * (-temperature * temperature / rows as f32)
+}
+
+/// Localisation distillation (LD, Zheng et al. 2022) on DFL box logits
+/// `[N, 4·reg_max, A]` (the layout of the head's box branch: 4 sides × bins).
+///
+/// Per anchor and side, `KL(softmax(t/T) ‖ softmax(s/T))` over the `reg_max`
+/// bins; the 4 sides are averaged; anchors are combined by the weighted mean
+/// with `weights` `[N, A]` (a 0/1 mask of positives from the teacher or the
+/// assigner, or teacher scores): `T² · Σ_a w_a·KL_a / max(Σ w, 1e-9)`
+/// (so all-zero weights give 0). Weights are constants. Not applicable to
+/// reg_max = 1 heads (panics).
+pub fn localisation_kl(
+    s_box_logits: Tensor<3>,
+    t_box_logits: Tensor<3>,
+    reg_max: usize,
+    temperature: f32,
+    weights: Tensor<2>,
+) -> Tensor<1> {
+    assert!(reg_max > 1, "localisation distillation needs a DFL head (reg_max > 1)");
+    assert_same_shape(&s_box_logits, &t_box_logits, "localisation_kl");
+    let [n, ch, a] = s_box_logits.dims();
+    assert_eq!(ch, 4 * reg_max, "localisation_kl: box channels must be 4·reg_max");
+    assert_eq!(weights.dims(), [n, a], "localisation_kl: weights must be [N, A]");
+    let ls = log_softmax(s_box_logits.reshape([n, 4, reg_max, a]) / temperature, 2);
+    let lt = log_softmax(t_box_logits.detach().reshape([n, 4, reg_max, a]) / temperature, 2);
+    let kl = (lt.clone().exp() * (lt - ls)).sum_dim(2).mean_dim(1).reshape([n, a]);
+    let w = weights.detach();
+    (kl * w.clone()).sum() * (temperature * temperature) / w.sum().clamp_min(1e-9)
+}
+
+// ---------------------------------------------------------------------------
+// §4 Other feature and relation losses
+
+/// Spatial attention map of Zagoruyko & Komodakis: `mean_c(x²)` flattened
+/// per sample and L2-normalised, `[N, H·W]`.
+pub fn attention_map(x: Tensor<4>) -> Tensor<2> {
+    let [n, _, h, w] = x.dims();
+    l2_normalise_rows(x.square().mean_dim(1).reshape([n, h * w]))
+}
+
+/// Attention transfer: `mean_l mean((a(s_l) − a(t_l))²)`. Channel counts may differ.
+pub fn attention_transfer(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
+    mean_levels(s, t, |s, t| {
+        let (sd, td) = (s.dims(), t.dims());
+        assert!(sd[0] == td[0] && sd[2..] == td[2..], "attention transfer: N, H, W must match");
+        mse(attention_map(s), attention_map(t))
+    })
+}
+
+/// Gram matrices `X Xᵀ / (H·W)` per sample, `[N, C, C]`.
+pub fn gram_matrix(x: Tensor<4>) -> Tensor<3> {
+    let [n, c, h, w] = x.dims();
+    let m = x.reshape([n, c, h * w]);
+    m.clone().matmul(m.swap_dims(1, 2)) / (h * w) as f32
+}
+
+/// Gram-matrix loss: `mean_l MSE(G(s_l), G(t_l))`. Needs equal channels
+/// (apply after the adapter).
+pub fn gram(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
+    mean_levels(s, t, |s, t| {
+        assert_same_shape(&s, &t, "gram");
+        mse(gram_matrix(s), gram_matrix(t))
+    })
+}
+
+/// Batch similarity matrix: each sample flattened and L2-normalised,
+/// `S = F Fᵀ` `[N, N]` (cosine similarities).
+pub fn batch_similarity(x: Tensor<4>) -> Tensor<2> {
+    let n = x.dims()[0];
+    let f = l2_normalise_rows(x.reshape([n as i32, -1]));
+    f.clone().matmul(f.transpose())
+}
+
+/// Batch relation (similarity-preserving KD): `mean_l MSE(S_s, S_t)`. Any
+/// channel counts and spatial sizes; the batch size must match.
+pub fn batch_relation(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
+    mean_levels(s, t, |s, t| {
+        assert_eq!(s.dims()[0], t.dims()[0], "batch relation: batch sizes differ");
+        mse(batch_similarity(s), batch_similarity(t))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// §6 Ultralytics 8.4 native method
+
+/// Ultralytics' per-level projector: `Conv1×1(Cs→Ct) → ReLU → Conv1×1(Ct→Ct)`
+/// (with biases). Trainable distiller parameter, dropped from the export.
+#[derive(Module, Debug)]
+pub struct Projector {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+}
+
+impl Projector {
+    pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
+        Self { conv1: conv_config(c_student, c_teacher, 1).init(device), conv2: conv_config(c_teacher, c_teacher, 1).init(device) }
+    }
+
+    /// Projector with explicit weights `[Ct, Cs, 1, 1]`, `[Ct]`, `[Ct, Ct, 1, 1]`, `[Ct]`.
+    pub fn from_weights(w1: Tensor<4>, b1: Tensor<1>, w2: Tensor<4>, b2: Tensor<1>) -> Self {
+        Self { conv1: conv_from_weights(w1, b1, 0), conv2: conv_from_weights(w2, b2, 0) }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv2.forward(relu(self.conv1.forward(x)))
+    }
+}
+
+/// Score-weighted L2 of one level: with `w[n, hw] = max_class σ(teacher class
+/// logits)` (`teacher_cls_logits` `[N, nc, H·W]`),
+/// `Σ (P(s) − t)² · w / (Σ w · C + 1e-9)`. `s_projected` is the student map
+/// already through the [`Projector`]; the weights are constants.
+pub fn score_weighted_l2(s_projected: Tensor<4>, t: Tensor<4>, teacher_cls_logits: Tensor<3>) -> Tensor<1> {
+    assert_same_shape(&s_projected, &t, "score-weighted L2");
+    let [n, c, h, w] = s_projected.dims();
+    let [ln, _, la] = teacher_cls_logits.dims();
+    assert!(ln == n && la == h * w, "score-weighted L2: class logits must be [N, nc, H·W]");
+    let weight = sigmoid(teacher_cls_logits.detach()).max_dim(1); // [N, 1, HW]
+    let sq = (s_projected - t.detach()).square().reshape([n, c, h * w]);
+    (sq * weight.clone()).sum() / (weight.sum() * c as f32 + 1e-9)
+}
+
+/// Ultralytics' native distillation over all levels: `dis · Σ_l loss_l`
+/// (each level through its projector). The detection trainer then multiplies
+/// by the batch size, like the detection loss.
+pub fn native_distill(
+    s: &[Tensor<4>],
+    t: &[Tensor<4>],
+    teacher_cls_logits: &[Tensor<3>],
+    projectors: &[Projector],
+    dis: f32,
+) -> Tensor<1> {
+    assert!(!s.is_empty() && s.len() == t.len(), "native distill: paired, non-empty levels");
+    assert!(teacher_cls_logits.len() == s.len() && projectors.len() == s.len(), "native distill: one entry per level");
+    (0..s.len())
+        .map(|l| score_weighted_l2(projectors[l].forward(s[l].clone()), t[l].clone(), teacher_cls_logits[l].clone()))
+        .reduce(|a, b| a + b)
+        .expect("non-empty")
+        * dis
+}
+
+// ---------------------------------------------------------------------------
+// §5 Weight schedules
+
+/// The seed's per-batch cosine weight at batch `i` of an epoch with `n`
+/// batches: `((1 − cos(iπ/n)) / 2) · (0.1 − 1) + 1` — 1 at the start of each
+/// epoch, decaying towards 0.1. `n = 0` gives 1.
+pub fn cosine_epoch_weight(i: usize, n: usize) -> f32 {
+    if n == 0 {
+        return 1.0;
+    }
+    let x = i as f64 * std::f64::consts::PI / n as f64;
+    (((1.0 - x.cos()) / 2.0) * (COSINE_FLOOR as f64 - 1.0) + 1.0) as f32
+}
+
+/// Linear decay over training: `start` at step 0, `end` at `total` (clamped
+/// beyond). `total = 0` gives `start`.
+pub fn linear_weight(step: usize, total: usize, start: f32, end: f32) -> f32 {
+    if total == 0 {
+        return start;
+    }
+    let p = (step as f64 / total as f64).min(1.0);
+    (start as f64 + (end as f64 - start as f64) * p) as f32
+}
+
+/// "Stop distilling when mosaic closes": whether epoch `epoch` (0-based) of
+/// `epochs` still distils when mosaic is switched off for the last
+/// `close_mosaic` epochs.
+pub fn distill_active(epoch: usize, epochs: usize, close_mosaic: usize) -> bool {
+    epoch + close_mosaic < epochs
+}

@@ -1,0 +1,310 @@
+//! Distillation-loss parity with the reference values of
+//! `../shared/fixtures/distill_losses.safetensors`, the schedules, gradient
+//! flow into the trainable distiller parts, and properties of the losses
+//! without a fixture value (LD, binary KD).
+
+mod common;
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use yolodistill::distill::losses::*;
+use yolodistill::weights::st::read_tensors;
+use yolodistill::weights::HostTensor;
+
+const TOL: f32 = 1e-5;
+
+struct Fixture {
+    tensors: Vec<(String, HostTensor)>,
+    device: Device,
+}
+
+impl Fixture {
+    fn load(device: Device) -> Option<Self> {
+        let shared = common::shared()?;
+        let (tensors, _) = read_tensors(&shared.join("fixtures/distill_losses.safetensors")).unwrap();
+        Some(Self { tensors, device })
+    }
+
+    fn host(&self, name: &str) -> &HostTensor {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).unwrap_or_else(|| panic!("fixture lacks {name}"))
+    }
+
+    fn get<const D: usize>(&self, name: &str) -> Tensor<D> {
+        let h = self.host(name);
+        assert_eq!(h.shape.len(), D, "{name}: rank");
+        Tensor::from_data(TensorData::new(h.data.clone(), h.shape.clone()), &self.device)
+    }
+
+    fn levels(&self, prefix: &str, n: usize) -> Vec<Tensor<4>> {
+        (0..n).map(|l| self.get(&format!("{prefix}.{l}"))).collect()
+    }
+
+    fn value(&self, name: &str) -> f32 {
+        let h = self.host(name);
+        assert_eq!(h.data.len(), 1, "{name}: scalar");
+        h.data[0]
+    }
+
+    /// Asserts `got` matches the fixture scalar `name` within 1e-5 relative.
+    fn check(&self, name: &str, got: Tensor<1>) {
+        let got: f32 = got.into_scalar();
+        let want = self.value(name);
+        let rel = (got - want).abs() / want.abs();
+        eprintln!("{name}: ours {got} reference {want} (rel {rel:.2e})");
+        assert!(rel <= TOL, "{name}: {got} vs {want} (rel {rel:.2e})");
+    }
+}
+
+fn plain() -> Device {
+    yolodistill::default_device()
+}
+
+#[test]
+fn mimic_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("mimic", mimic(&fx.levels("feat.s", 3), &fx.levels("feat.t", 3)));
+}
+
+#[test]
+fn cwd_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    let (s, t) = (fx.levels("feat.s", 3), fx.levels("feat.t", 3));
+    fx.check("cwd.t1", cwd(&s, &t, 1.0));
+    fx.check("cwd.t4", cwd(&s, &t, 4.0));
+}
+
+fn fixture_generators(fx: &Fixture) -> Vec<MgdGenerator> {
+    (0..3)
+        .map(|l| {
+            MgdGenerator::from_weights(
+                fx.get(&format!("mgd.w1.{l}")),
+                fx.get(&format!("mgd.b1.{l}")),
+                fx.get(&format!("mgd.w2.{l}")),
+                fx.get(&format!("mgd.b2.{l}")),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn mgd_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    let gens = fixture_generators(&fx);
+    let loss = mgd(&fx.levels("feat.s", 3), &fx.levels("feat.t", 3), &fx.levels("mgd.keep", 3), &gens, MGD_ALPHA);
+    fx.check("mgd", loss);
+}
+
+fn fixture_adapters(fx: &Fixture) -> Vec<Adapter> {
+    (0..3)
+        .map(|l| Adapter::from_weights(fx.get(&format!("pipe.adapter_w.{l}")), fx.get(&format!("pipe.adapter_b.{l}"))))
+        .collect()
+}
+
+fn pipeline(fx: &Fixture, adapters: &[Adapter]) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
+    let s = fx.levels("feat.s", 3);
+    let t = fx.levels("pipe.t", 3);
+    (0..3).map(|l| seed_pipeline(s[l].clone(), t[l].clone(), Some(&adapters[l]))).unzip()
+}
+
+#[test]
+fn seed_pipeline_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    let (s, t) = pipeline(&fx, &fixture_adapters(&fx));
+    fx.check("pipe.mimic", mimic(&s, &t));
+    fx.check("pipe.cwd.t1", cwd(&s, &t, 1.0));
+}
+
+#[test]
+fn seed_normalise_standardises_channels() {
+    let x = Tensor::<4>::random([3, 4, 5, 5], Distribution::Normal(2.0, 3.0), &plain());
+    let y = seed_normalise(x);
+    let m = y.clone().mean_dim(0).mean_dim(2).mean_dim(3).try_into_vec_as::<f32>().unwrap();
+    let v = y.square().mean_dim(0).mean_dim(2).mean_dim(3).try_into_vec_as::<f32>().unwrap();
+    for (m, v) in m.iter().zip(&v) {
+        assert!(m.abs() < 1e-5, "mean {m}");
+        assert!((v - 1.0).abs() < 1e-3, "var {v}");
+    }
+}
+
+#[test]
+fn logit_mse_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("logit_mse", logit_mse(&fx.levels("logit.s", 2), &fx.levels("logit.t", 2), LOGIT_MSE_ALPHA));
+}
+
+#[test]
+fn kd_kl_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("kd_kl.t1", kd_kl(fx.get("kd.s"), fx.get("kd.t"), 1.0));
+    fx.check("kd_kl.t4", kd_kl(fx.get("kd.s"), fx.get("kd.t"), 4.0));
+}
+
+#[test]
+fn kd_mixed_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    let labels: Vec<usize> = fx.host("kd.y").data.iter().map(|&v| v as usize).collect();
+    fx.check("kd_mixed.a0.7.t4", kd_mixed(fx.get("kd.s"), fx.get("kd.t"), &labels, 0.7, 4.0));
+}
+
+#[test]
+fn attention_transfer_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("at", attention_transfer(&fx.levels("feat.s", 3), &fx.levels("feat.t", 3)));
+}
+
+#[test]
+fn gram_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("gram", gram(&fx.levels("feat.s", 3), &fx.levels("feat.t", 3)));
+}
+
+#[test]
+fn batch_relation_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("relation", batch_relation(&fx.levels("rel.s", 2), &fx.levels("rel.t", 2)));
+}
+
+#[test]
+fn score_weighted_l2_matches_reference() {
+    // The fixture's `sl2.s` already has the teacher's channels: it is the
+    // projected student map (no projector weights in the file).
+    let Some(fx) = Fixture::load(plain()) else { return };
+    fx.check("sl2", score_weighted_l2(fx.get("sl2.s"), fx.get("sl2.t"), fx.get("sl2.teacher_cls_logits")));
+}
+
+#[test]
+fn cosine_schedule_matches_reference() {
+    let Some(fx) = Fixture::load(plain()) else { return };
+    let want = &fx.host("sched.cosine.n10").data;
+    assert_eq!(want.len(), 10);
+    for (i, &w) in want.iter().enumerate() {
+        let got = cosine_epoch_weight(i, 10);
+        let rel = (got - w).abs() / w.abs();
+        assert!(rel <= TOL, "cosine weight {i}: {got} vs {w} (rel {rel:.2e})");
+    }
+}
+
+#[test]
+fn schedules_basic() {
+    assert_eq!(cosine_epoch_weight(0, 7), 1.0);
+    assert!((cosine_epoch_weight(7, 7) - COSINE_FLOOR).abs() < 1e-6);
+    assert_eq!(linear_weight(0, 10, 1.0, 0.0), 1.0);
+    assert!((linear_weight(5, 10, 1.0, 0.0) - 0.5).abs() < 1e-6);
+    assert_eq!(linear_weight(20, 10, 1.0, 0.0), 0.0);
+    assert!(distill_active(89, 100, 10));
+    assert!(!distill_active(90, 100, 10));
+}
+
+#[test]
+fn keep_mask_is_bernoulli_with_keep_probability_one_minus_lambda() {
+    let m = random_keep_mask(4, 1, 64 * 64, MGD_LAMBDA, &plain());
+    assert_eq!(m.dims(), [4, 1, 1, 4096]);
+    let v = m.try_into_vec_as::<f32>().unwrap();
+    assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
+    let rate = v.iter().sum::<f32>() / v.len() as f32;
+    assert!((rate - (1.0 - MGD_LAMBDA)).abs() < 0.03, "keep rate {rate}");
+}
+
+fn grad_abs_sum<const D: usize>(t: &Tensor<D>, grads: &burn::tensor::Gradients) -> f32 {
+    t.grad(grads).map(|g| g.abs().sum().into_scalar::<f32>()).unwrap_or(0.0)
+}
+
+#[test]
+fn generators_adapters_and_projector_receive_gradients_teacher_does_not() {
+    let Some(fx) = Fixture::load(Device::flex().autodiff()) else { return };
+    let gens = fixture_generators(&fx);
+    let adapters = fixture_adapters(&fx);
+    let s: Vec<Tensor<4>> = fx.levels("feat.s", 3).into_iter().map(|t| t.require_grad()).collect();
+    let t: Vec<Tensor<4>> = fx.levels("pipe.t", 3).into_iter().map(|t| t.require_grad()).collect();
+    let keep = fx.levels("mgd.keep", 3);
+    // MGD on the adapted student (teacher channels), as the pipeline would run it.
+    let adapted: Vec<Tensor<4>> = (0..3).map(|l| adapters[l].forward(s[l].clone())).collect();
+    let gens_t: Vec<MgdGenerator> = (0..3).map(|l| MgdGenerator::new(t[l].dims()[1], &fx.device)).collect();
+    let loss_mgd = mgd(&adapted, &t, &keep, &gens_t, MGD_ALPHA);
+    let (ps, pt) = (0..3).map(|l| seed_pipeline(s[l].clone(), t[l].clone(), Some(&adapters[l]))).unzip::<_, _, Vec<_>, Vec<_>>();
+    let loss_pipe = mimic(&ps, &pt) + cwd(&ps, &pt, 1.0);
+    // MGD on the fixture's own (equal-channel) features with the fixture generators.
+    let ft = fx.levels("feat.t", 3);
+    let loss_fx = mgd(&s, &ft, &keep, &gens, MGD_ALPHA);
+    let proj = Projector::new(8, 8, &fx.device);
+    let loss_sl2 = score_weighted_l2(proj.forward(fx.get::<4>("sl2.s")), fx.get("sl2.t"), fx.get("sl2.teacher_cls_logits"));
+    let total = loss_mgd + loss_pipe + loss_fx + loss_sl2;
+    assert!(total.clone().into_scalar::<f32>().is_finite());
+    let grads = total.backward();
+    for l in 0..3 {
+        for (what, g) in [
+            ("generator conv1 weight", grad_abs_sum(&gens_t[l].conv1.weight, &grads)),
+            ("generator conv2 weight", grad_abs_sum(&gens_t[l].conv2.weight, &grads)),
+            ("generator conv2 bias", grad_abs_sum(gens_t[l].conv2.bias.as_ref().unwrap(), &grads)),
+            ("fixture generator conv1 weight", grad_abs_sum(&gens[l].conv1.weight, &grads)),
+            ("fixture generator conv1 bias", grad_abs_sum(gens[l].conv1.bias.as_ref().unwrap(), &grads)),
+            ("adapter weight", grad_abs_sum(&adapters[l].conv.weight, &grads)),
+            ("adapter bias", grad_abs_sum(adapters[l].conv.bias.as_ref().unwrap(), &grads)),
+            ("student features", grad_abs_sum(&s[l], &grads)),
+        ] {
+            assert!(g > 0.0 && g.is_finite(), "level {l}: {what} has gradient {g}");
+        }
+        assert!(t[l].grad(&grads).is_none(), "level {l}: the teacher must not receive gradients");
+    }
+    assert!(grad_abs_sum(&proj.conv1.weight, &grads) > 0.0, "projector conv1 has no gradient");
+    assert!(grad_abs_sum(&proj.conv2.weight, &grads) > 0.0, "projector conv2 has no gradient");
+}
+
+#[test]
+fn localisation_kl_properties() {
+    let dev = Device::flex().autodiff();
+    let (n, reg_max, a) = (2, 16, 10);
+    let t = Tensor::<3>::random([n, 4 * reg_max, a], Distribution::Normal(0.0, 2.0), &dev);
+    let s = Tensor::<3>::random([n, 4 * reg_max, a], Distribution::Normal(0.0, 2.0), &dev).require_grad();
+    let mut w = vec![0f32; n * a];
+    for i in [0, 3, 7, 12, 19] {
+        w[i] = 1.0;
+    }
+    let w = Tensor::<2>::from_data(TensorData::new(w, [n, a]), &dev);
+    // Zero when the distributions agree.
+    let same: f32 = localisation_kl(t.clone(), t.clone(), reg_max, 2.0, w.clone()).into_scalar();
+    assert!(same.abs() < 1e-5, "LD of identical logits: {same}");
+    // Positive otherwise, and the gradient reaches the student logits of the weighted anchors only.
+    let loss = localisation_kl(s.clone(), t.clone(), reg_max, 2.0, w.clone());
+    assert!(loss.clone().into_scalar::<f32>() > 0.0);
+    let grads = loss.backward();
+    let g = s.grad(&grads).unwrap();
+    assert!(g.clone().abs().sum().into_scalar::<f32>() > 0.0);
+    let per_anchor = g.abs().sum_dim(1).reshape([n * a]).try_into_vec_as::<f32>().unwrap();
+    for (i, v) in per_anchor.iter().enumerate() {
+        let weighted = [0, 3, 7, 12, 19].contains(&i);
+        assert_eq!(*v > 0.0, weighted, "anchor {i}: gradient {v}");
+    }
+    // All-zero weights give zero, not NaN.
+    let zero: f32 = localisation_kl(s.clone(), t, reg_max, 2.0, w.zeros_like()).into_scalar();
+    assert_eq!(zero, 0.0);
+}
+
+#[test]
+#[should_panic(expected = "reg_max > 1")]
+fn localisation_kl_rejects_reg_max_one() {
+    let dev = plain();
+    let x = Tensor::<3>::zeros([1, 4, 3], &dev);
+    let _ = localisation_kl(x.clone(), x, 1, 1.0, Tensor::<2>::ones([1, 3], &dev));
+}
+
+#[test]
+fn kd_binary_has_zero_gradient_at_the_teacher() {
+    let dev = Device::flex().autodiff();
+    let t = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 2.0), &dev);
+    let s = t.clone().inner().autodiff().require_grad();
+    let loss = kd_binary(s.clone(), t.clone(), 2.0);
+    let grads = loss.backward();
+    let g = s.grad(&grads).unwrap().abs().max().into_scalar::<f32>();
+    assert!(g < 1e-6, "gradient at s = t: {g}");
+    let s2 = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 2.0), &dev).require_grad();
+    let loss2 = kd_binary(s2.clone(), t, 2.0);
+    let g2 = s2.grad(&loss2.backward()).unwrap().abs().sum().into_scalar::<f32>();
+    assert!(g2 > 0.0);
+}
+
+#[test]
+fn kd_kl_is_zero_for_equal_logits() {
+    let t = Tensor::<2>::random([4, 6], Distribution::Normal(0.0, 1.0), &plain());
+    let v: f32 = kd_kl(t.clone(), t, 3.0).into_scalar();
+    assert!(v.abs() < 1e-6);
+}
