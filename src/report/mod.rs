@@ -94,8 +94,8 @@ mod tests {
     #[test]
     fn csv_round_trip_and_truncate() {
         let mut r = Results::default();
-        r.push(&[("epoch".into(), 0.0), ("loss".into(), 2.5)]);
-        r.push(&[("epoch".into(), 1.0), ("loss".into(), 2.0)]);
+        r.push(&[("epoch".into(), 1.0), ("loss".into(), 2.5)]);
+        r.push(&[("epoch".into(), 2.0), ("loss".into(), 2.0)]);
         let dir = std::env::temp_dir().join(format!("yd-results-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("results.csv");
