@@ -5,6 +5,7 @@ pub mod cli;
 pub mod data;
 pub mod distill;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod loss;
 pub mod model;

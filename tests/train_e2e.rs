@@ -71,6 +71,7 @@ fn short_training_learns_and_resumes() {
     assert!(cls.last().unwrap() < &(cls[0] * 0.5), "classification loss should fall: {cls:?}");
     assert!(map[0] < 0.01 && *map.last().unwrap() > 0.15, "mAP50 should rise above 0.15: {map:?}");
     assert!(s.best.exists() && s.last.exists() && s.run_dir.join("results.png").exists());
+    assert!(s.run_dir.join("PR_curve.png").exists());
     // best.safetensors is a complete model
     let m = yolodistill::model::load(s.best.to_str().unwrap(), None, &yolodistill::default_device()).unwrap().model;
     assert_eq!(m.names, vec!["RBC", "WBC", "Platelets"]);

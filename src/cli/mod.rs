@@ -1,6 +1,8 @@
 //! The command line: thin wrappers that parse flags and call the library.
 
+mod bench_train;
 mod benchmark;
+mod export;
 mod info;
 mod predict;
 mod train;
@@ -21,12 +23,17 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Detect objects in an image or a folder of images.
     Predict(predict::PredictArgs),
+    /// Time training iterations and the data pipeline on this machine.
+    #[command(name = "bench-train")]
+    BenchTrain(bench_train::BenchTrainArgs),
     /// Train a detector on a YOLO-format dataset.
     Train(crate::train::TrainArgs),
     /// Validate a model on a dataset split (mAP50, mAP50-95, COCO AP).
     Val(val::ValArgs),
     /// Time the model's forward pass on this machine.
     Benchmark(benchmark::BenchmarkArgs),
+    /// Export a model (fused) to ONNX or safetensors.
+    Export(export::ExportArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -34,7 +41,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Benchmark(a) => benchmark::run(a),
+        Command::Export(a) => export::run(a),
         Command::Train(a) => train::run(a),
+        Command::BenchTrain(a) => bench_train::run(a),
         Command::Val(a) => val::run(a),
     }
 }

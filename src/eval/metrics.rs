@@ -183,6 +183,22 @@ impl MetricsAccumulator {
         }
     }
 
+    /// Precision–recall points (recall, precision) at IoU 0.5 for every class with labels, for plots.
+    pub fn pr_curves(&self) -> Vec<(usize, Vec<(f64, f64)>)> {
+        let mut preds = self.preds.clone();
+        preds.sort_by(|a, b| b.conf.total_cmp(&a.conf));
+        self.n_labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(c, &n_l)| {
+                let mine: Vec<&PredRecord> = preds.iter().filter(|p| p.cls == c).collect();
+                let (r, p) = pr_curve(&mine, 0, n_l);
+                (c, r.into_iter().zip(p).collect())
+            })
+            .collect()
+    }
+
     /// Computes the metrics over everything added so far.
     pub fn compute(&self) -> DetMetrics {
         let mut preds = self.preds.clone();

@@ -27,6 +27,25 @@ pub struct ValResult {
     pub ms_per_image: f64,
     /// COCO-format detections (original pixels), for `--save-json`.
     pub coco_dets: Vec<CocoDet>,
+    /// Per class: (recall, precision) points at IoU 0.5.
+    pub pr_curves: Vec<(usize, Vec<(f64, f64)>)>,
+}
+
+/// Draws the precision–recall curves of a validation (one line per class) to `path`.
+pub fn plot_pr(r: &ValResult, names: &[String], path: &Path) -> Result<()> {
+    use crate::report::plot::{chart, Series};
+    let series: Vec<Series> = r
+        .pr_curves
+        .iter()
+        .map(|(c, pts)| {
+            let ap = r.metrics.per_class.iter().find(|a| a.class == *c).map(|a| a.ap50).unwrap_or(0.0);
+            Series { label: format!("{} {ap:.3}", names.get(*c).cloned().unwrap_or_else(|| c.to_string())), points: pts.clone() }
+        })
+        .collect();
+    let title = format!("PR curve (IoU 0.5), mAP50 {:.3}", r.metrics.map50);
+    chart(&title, &series, 640, 480, Some((0.0, 1.0)))
+        .save(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Ground truth of image `j` of a batch as xyxy in the batch's input pixels.
@@ -118,6 +137,7 @@ pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig)
     let nb = n_batches.max(1) as f64;
     Ok(ValResult {
         metrics: acc.compute(),
+        pr_curves: acc.pr_curves(),
         coco,
         loss: loss_sum.map(|v| (v / nb) as f32),
         images: n_images,

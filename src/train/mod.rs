@@ -115,6 +115,39 @@ fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<Det
     Ok(m)
 }
 
+/// One forward + backward pass of `batch`: detection loss (plus the hook's
+/// terms), gradients added to `grads`. Returns the named loss items.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward<'h>(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: Option<&mut (dyn StepHook + 'h)>,
+    epoch: usize,
+    grads: &mut GradStore,
+) -> Vec<(String, f64)> {
+    let [b, c, h, w] = batch.shape;
+    let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
+    let fwd = model.forward_taps(x.clone(), taps, false);
+    let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+    let out = detection_loss(loss_cfg, &fwd.head.one2many, &fwd.head.shapes, &targets);
+    let mut total = out.total;
+    let mut items: Vec<(String, f64)> =
+        ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
+    if let Some(h) = hook {
+        for (name, term) in h.extra_loss(&x, &fwd.taps, epoch) {
+            let v = term.clone().into_scalar::<f32>() as f64;
+            total = total + term * b as f32;
+            items.push((name, v));
+        }
+    }
+    let g = total.backward();
+    grads.accumulate(model, &g);
+    items
+}
+
 /// Trains a model as `a` says. `hook` adds distillation losses.
 pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainSummary> {
     let t_start = Instant::now();
@@ -263,23 +296,7 @@ pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainS
                     mom = interp(x, 0.0, nw as f64, a.warmup_momentum, momentum);
                 }
             }
-            let [b, c, h, w] = batch.shape;
-            let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &ad);
-            let fwd = model.forward_taps(x.clone(), &taps, false);
-            let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
-            let out = detection_loss(&loss_cfg, &fwd.head.one2many, &fwd.head.shapes, &targets);
-            let mut total = out.total;
-            let mut items: Vec<(String, f64)> =
-                ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
-            if let Some(h) = hook.as_mut() {
-                for (name, term) in h.extra_loss(&x, &fwd.taps, epoch) {
-                    let v = term.clone().into_scalar::<f32>() as f64;
-                    total = total + term * b as f32;
-                    items.push((name, v));
-                }
-            }
-            let g = total.backward();
-            grads.accumulate(&mut model, &g);
+            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), epoch, &mut grads);
             if ni - last_opt_step >= accumulate as i64 {
                 grads.clip_global_norm(10.0);
                 opt.step(&mut model, &grads, StepParams { lr: lrs, momentum: mom });
@@ -368,6 +385,11 @@ pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainS
         if stale >= a.patience {
             eprintln!("Stopping early: no improvement in {} epochs", a.patience);
             break;
+        }
+    }
+    if let Some(v) = &final_val {
+        if let Err(e) = crate::eval::validate::plot_pr(v, &data.names, &dir.join("PR_curve.png")) {
+            eprintln!("warning: {e:#}");
         }
     }
     Ok(TrainSummary {

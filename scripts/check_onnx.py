@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Dev check of the ONNX exporter against the Ultralytics fixtures.
+
+For each ../shared/fixtures/<arch>.pt: export with our CLI at 320, run
+onnx.checker and onnxruntime on the fixture `input`, and compare with our own
+fused forward (written by `cargo test --test export fixtures` under
+YOLODISTILL_DUMP; |Δ| ≤ 1e-4·max(1, |v|)) and with the fixture `output` (Ultralytics'
+decoded output; ≤ 1e-3). A second export with --dynamic runs at batch 2.
+
+Usage (from the repository root, after `cargo build`):
+    PY=$(../shared/tools/ref-env.sh | tail -n1) && "$PY" scripts/check_onnx.py
+"""
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT.parent / "shared" / "fixtures"
+BIN = ROOT / "target" / "debug" / "yolodistill"
+ARCHS = ["yolov8n", "yolo11n", "yolov5nu", "yolov10n", "yolo12n", "yolo26n"]
+# onnxruntime vs our own forward: |Δ| ≤ 1e-4·max(1, |v|). Box coordinates reach
+# ~500 px, where 1e-4 absolute is only a few f32 ulps (summation order differs).
+TOL_OURS = 1e-4
+TOL_REF = 1e-3  # the fixture output itself is within 1e-3 of our forward
+
+
+def export(arch: str, out: Path, *extra: str) -> onnx.ModelProto:
+    subprocess.run([str(BIN), "export", "--model", str(FIX / f"{arch}.pt"), "--format", "onnx",
+                    "--imgsz", "320", "--output", str(out), *extra], check=True, stdout=subprocess.DEVNULL)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(["output0"], {"images": x.astype(np.float32)})[0]
+
+
+def main() -> int:
+    if not BIN.exists():
+        print(f"{BIN} missing: run `cargo build` first")
+        return 2
+    failed = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = dict(os.environ, YOLODISTILL_DUMP=str(tmp))
+        subprocess.run(["cargo", "test", "-q", "--test", "export", "fixtures"], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        for arch in ARCHS:
+            ref = load_file(str(FIX / f"{arch}_ref.safetensors"))
+            x, want = ref["input"], ref["output"]
+            ours = np.fromfile(tmp / f"{arch}_ours.bin", dtype="<f4").reshape(want.shape)
+            model = export(arch, tmp / f"{arch}.onnx")
+            y = run(tmp / f"{arch}.onnx", x)
+            export(arch, tmp / f"{arch}_dyn.onnx", "--dynamic")
+            y2 = run(tmp / f"{arch}_dyn.onnx", np.concatenate([x, x]))
+            if y.shape != want.shape or y2.shape[0] != 2:
+                print(f"{arch}: shapes {y.shape} / {y2.shape}, want {want.shape}")
+                failed.append(arch)
+                continue
+            scale = np.maximum(1.0, np.abs(ours))
+            d_ours = float(np.abs(y - ours).max())
+            r_ours = float((np.abs(y - ours) / scale).max())
+            d_ref = float(np.abs(y - want).max())
+            r_dyn = float(max((np.abs(y2[i] - ours[0]) / scale[0]).max() for i in range(2)))
+            ok = r_ours <= TOL_OURS and r_dyn <= TOL_OURS and d_ref <= TOL_REF
+            meta = {p.key: p.value for p in model.metadata_props}
+            print(f"{arch}: {'ok ' if ok else 'BAD'} vs ours max|Δ| {d_ours:.2e} (rel {r_ours:.1e}), dynamic batch 2 rel {r_dyn:.1e}, "
+                  f"vs fixture {d_ref:.2e}; {len(model.graph.node)} nodes, opset {model.opset_import[0].version}, "
+                  f"stride {meta.get('stride')}, imgsz {meta.get('imgsz')}")
+            if not ok:
+                failed.append(arch)
+    if failed:
+        print("FAILED:", ", ".join(failed))
+        return 1
+    print("all passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

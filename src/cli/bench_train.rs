@@ -1,0 +1,88 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::data::augment::AugConfig;
+use crate::data::dataset::{DataConfig, Dataset};
+use crate::data::loader::{Batch, TrainLoader};
+use crate::loss::LossConfig;
+use crate::model;
+use crate::train::optim::{GradStore, Method, Optimizer, StepParams};
+use crate::train::{forward_backward, make_trainable};
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    #[arg(long, default_value = "yolov8n.yaml")]
+    pub model: String,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 320)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Timed training iterations (forward, loss, backward, optimizer step).
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    /// Timed data-pipeline batches (mosaic on).
+    #[arg(long = "data-batches", default_value_t = 20)]
+    pub data_batches: usize,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Times the data pipeline and training iterations separately, in images/s.
+pub fn run(a: BenchTrainArgs) -> Result<()> {
+    let plain = crate::default_device();
+    let ad = plain.clone().autodiff();
+    let data = DataConfig::load(&a.data)?;
+    let nc = data.names.len();
+    let ds = Arc::new(Dataset::scan(&data.train, nc, Some(&std::env::temp_dir().join("yolodistill-bench-cache")))?);
+    let loader = TrainLoader::new(ds, a.imgsz, a.batch, AugConfig::default(), a.workers, 0)?;
+
+    let t = Instant::now();
+    let batches: Vec<Batch> = loader.epoch(0, true).take(a.data_batches.max(1)).collect();
+    let data_s = t.elapsed().as_secs_f64();
+    let data_ips = batches.iter().map(|b| b.shape[0]).sum::<usize>() as f64 / data_s;
+
+    let mut m = model::load(&a.model, Some(nc), &plain)?.model;
+    let head = m.head();
+    let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    make_trainable(&mut m);
+    let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
+    let mut grads = GradStore::default();
+    let hp = StepParams { lr: [1e-3; 3], momentum: 0.9 };
+    let mut step = |i: usize| {
+        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, 0, &mut grads);
+        grads.clip_global_norm(10.0);
+        opt.step(&mut m, &grads, hp);
+        grads.clear();
+    };
+    step(0); // warm-up
+    let t = Instant::now();
+    for i in 0..a.iters {
+        step(i + 1);
+    }
+    let train_s = t.elapsed().as_secs_f64();
+    let train_ips = (a.iters * a.batch) as f64 / train_s;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "iters": a.iters,
+                "train_images_per_s": train_ips, "data_images_per_s": data_ips, "workers": a.workers})
+        );
+    } else {
+        println!(
+            "{} at {} batch {}: training {train_ips:.2} images/s ({:.2} s/iteration), data pipeline {data_ips:.1} images/s",
+            a.model,
+            a.imgsz,
+            a.batch,
+            train_s / a.iters as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::export;
+use crate::model;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Onnx,
+    Safetensors,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Built-in YAML name, YAML path, .pt or .safetensors.
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: Format,
+    /// Square input size of the exported graph (a multiple of the model stride).
+    #[arg(long, default_value_t = 640)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Symbolic batch dimension (the image size stays fixed).
+    #[arg(long)]
+    pub dynamic: bool,
+    /// FP16 weights (not supported yet).
+    #[arg(long)]
+    pub half: bool,
+    /// Output file (default: the model's name with the format's extension).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+fn default_output(m: &str, format: Format) -> PathBuf {
+    let p = Path::new(m);
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let name = match format {
+        Format::Onnx => format!("{stem}.onnx"),
+        Format::Safetensors => format!("{stem}_fused.safetensors"),
+    };
+    match p.parent() {
+        Some(dir) if p.is_file() => dir.join(name),
+        _ => PathBuf::from(name),
+    }
+}
+
+/// Loads, fuses and writes the model in the requested format.
+pub fn run(a: ExportArgs) -> Result<()> {
+    if a.half {
+        bail!("--half is not supported yet");
+    }
+    let device = crate::default_device();
+    let mut m = model::load(&a.model, None, &device)?.model;
+    m.fuse();
+    let out = a.output.clone().unwrap_or_else(|| default_output(&a.model, a.format));
+    match a.format {
+        Format::Onnx => {
+            let bytes = export::onnx::export_onnx(&m, (a.imgsz, a.imgsz), a.batch, a.dynamic)?;
+            std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            println!("exported {} to {} ({:.1} MB, opset {})", a.model, out.display(), bytes.len() as f64 / 1e6, export::onnx::OPSET);
+        }
+        Format::Safetensors => {
+            export::export_safetensors_fused(&m, &out)?;
+            println!("exported {} to {} (fused safetensors)", a.model, out.display());
+        }
+    }
+    Ok(())
+}

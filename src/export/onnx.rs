@@ -1,0 +1,767 @@
+//! ONNX export (opset 17) of a detection model's decoded inference output,
+//! Ultralytics' convention: input `images` [B, 3, H, W], output `output0`
+//! [B, 4 + nc, A] (xywh in input pixels, sigmoid class scores; anchors of
+//! P3, P4, P5 row-major).
+//!
+//! The image size is fixed at export time (anchors and strides are stored as
+//! initializers); `dynamic` makes only the batch dimension symbolic.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::tensor::Tensor;
+
+use super::onnx_proto::{read_fields, Msg};
+use crate::model::graph::{DetectionModel, Layer};
+use crate::model::layers::attention::{AAttn, ABlock, A2C2f, A2Inner, Attention, C2Psa, Mlp, PsaBlock};
+use crate::model::layers::blocks::{Bottleneck, Inner, Sppf, C2f, C3};
+use crate::model::layers::conv::Conv;
+use crate::model::layers::head::{anchor_points, BoxBranch, ClsBranch, Detect};
+use crate::model::layers::v10::{Cib, CibMid, RepVggDw, SCDown};
+
+pub const OPSET: i64 = 17;
+const IR_VERSION: i64 = 8;
+const FLOAT: i64 = 1;
+const INT64: i64 = 7;
+
+/// An attribute value of a node.
+enum Attr {
+    Int(i64),
+    Float(f32),
+    Ints(Vec<i64>),
+    Str(String),
+}
+
+/// A value in the graph: its name and per-image shape (C, H, W).
+#[derive(Clone)]
+struct V {
+    name: String,
+    c: usize,
+    h: usize,
+    w: usize,
+}
+
+#[derive(Default)]
+struct Builder {
+    nodes: Vec<Msg>,
+    inits: Vec<Msg>,
+    next: usize,
+}
+
+impl Builder {
+    fn fresh(&mut self, hint: &str) -> String {
+        self.next += 1;
+        format!("/{hint}_{}", self.next)
+    }
+
+    /// Adds a node with one output and returns the output's name.
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        self.node_n(op, inputs, 1, attrs).remove(0)
+    }
+
+    fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+        let base = self.fresh(op);
+        let outs: Vec<String> = (0..n_out).map(|i| format!("{base}:{i}")).collect();
+        self.emit(op, inputs, outs, attrs)
+    }
+
+    fn emit(&mut self, op: &str, inputs: &[&str], outs: Vec<String>, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+        let mut m = Msg::new();
+        for i in inputs {
+            m.string(1, i);
+        }
+        for o in &outs {
+            m.string(2, o);
+        }
+        m.string(3, &format!("{op}_{}", self.nodes.len()));
+        m.string(4, op);
+        for (name, a) in attrs {
+            let mut am = Msg::new();
+            am.string(1, name);
+            match a {
+                Attr::Int(v) => am.int(3, v).int(20, 2),
+                Attr::Float(v) => am.float(2, v).int(20, 1),
+                Attr::Str(s) => am.string(4, &s).int(20, 3),
+                Attr::Ints(vs) => am.ints(8, &vs).int(20, 7),
+            };
+            m.msg(5, &am);
+        }
+        self.nodes.push(m);
+        outs
+    }
+
+    fn init_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+        let name = self.fresh(hint);
+        let mut t = Msg::new();
+        t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>()).int(2, FLOAT).string(8, &name);
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.bytes(9, &raw);
+        self.inits.push(t);
+        name
+    }
+
+    fn init_i64(&mut self, hint: &str, data: &[i64]) -> String {
+        let name = self.fresh(hint);
+        let mut t = Msg::new();
+        t.int(1, data.len() as i64).int(2, INT64).string(8, &name);
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.bytes(9, &raw);
+        self.inits.push(t);
+        name
+    }
+
+    fn tensor<const D: usize>(&mut self, hint: &str, t: Tensor<D>) -> String {
+        let dims = t.dims();
+        let data = t.try_into_vec_as::<f32>().expect("f32 weights");
+        self.init_f32(hint, &dims, &data)
+    }
+
+    fn scalar(&mut self, v: f32) -> String {
+        self.init_f32("const", &[], &[v])
+    }
+
+    fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
+        self.node(op, &[a, b], vec![])
+    }
+
+    /// Reshape with a symbolic leading (batch) dimension: `[-1, rest…]`.
+    fn reshape(&mut self, x: &str, rest: &[usize]) -> String {
+        let mut shape = vec![-1i64];
+        shape.extend(rest.iter().map(|&d| d as i64));
+        let s = self.init_i64("shape", &shape);
+        self.node("Reshape", &[x, &s], vec![])
+    }
+
+    fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
+    }
+
+    fn split(&mut self, x: &str, axis: i64, sizes: &[usize]) -> Vec<String> {
+        let s = self.init_i64("split", &sizes.iter().map(|&d| d as i64).collect::<Vec<_>>());
+        self.node_n("Split", &[x, &s], sizes.len(), vec![("axis", Attr::Int(axis))])
+    }
+
+    fn silu(&mut self, x: &str) -> String {
+        let s = self.node("Sigmoid", &[x], vec![]);
+        self.binary("Mul", x, &s)
+    }
+
+    fn add(&mut self, a: &V, b: &V) -> V {
+        V { name: self.binary("Add", &a.name, &b.name), ..a.clone() }
+    }
+
+    fn concat(&mut self, xs: &[V], axis: i64) -> V {
+        let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
+        let name = self.node("Concat", &names, vec![("axis", Attr::Int(axis))]);
+        let mut out = xs[0].clone();
+        out.name = name;
+        if axis == 1 {
+            out.c = xs.iter().map(|v| v.c).sum();
+        }
+        out
+    }
+
+    // ---- modules ----
+
+    fn conv2d(&mut self, x: &V, conv: &Conv2d) -> V {
+        let [co, _, kh, kw] = conv.weight.dims();
+        let (t, l, b, r) = match conv.padding {
+            PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),
+            PaddingConfig2d::Valid => (0, 0, 0, 0),
+            PaddingConfig2d::Same => (kh / 2, kw / 2, kh / 2, kw / 2),
+        };
+        let w = self.tensor("weight", conv.weight.val());
+        let mut inputs = vec![x.name.clone(), w];
+        if let Some(bias) = &conv.bias {
+            inputs.push(self.tensor("bias", bias.val()));
+        }
+        let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let [sh, sw] = conv.stride;
+        let [dh, dw] = conv.dilation;
+        let name = self.node(
+            "Conv",
+            &ins,
+            vec![
+                ("dilations", Attr::Ints(vec![dh as i64, dw as i64])),
+                ("group", Attr::Int(conv.groups as i64)),
+                ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+                ("pads", Attr::Ints(vec![t as i64, l as i64, b as i64, r as i64])),
+                ("strides", Attr::Ints(vec![sh as i64, sw as i64])),
+            ],
+        );
+        let h = (x.h + t + b - dh * (kh - 1) - 1) / sh + 1;
+        let w = (x.w + l + r - dw * (kw - 1) - 1) / sw + 1;
+        V { name, c: co, h, w }
+    }
+
+    fn batch_norm(&mut self, x: &V, bn: &BatchNorm) -> V {
+        let scale = self.tensor("bn_scale", bn.gamma.val());
+        let bias = self.tensor("bn_bias", bn.beta.val());
+        let mean = self.tensor("bn_mean", bn.running_mean.value_sync());
+        let var = self.tensor("bn_var", bn.running_var.value_sync());
+        let name = self.node(
+            "BatchNormalization",
+            &[&x.name, &scale, &bias, &mean, &var],
+            vec![("epsilon", Attr::Float(bn.epsilon as f32))],
+        );
+        V { name, ..x.clone() }
+    }
+
+    fn conv(&mut self, x: &V, m: &Conv) -> V {
+        let mut y = self.conv2d(x, &m.conv);
+        if let Some(bn) = &m.bn {
+            y = self.batch_norm(&y, bn);
+        }
+        if m.act {
+            y.name = self.silu(&y.name);
+        }
+        y
+    }
+
+    fn bottleneck(&mut self, x: &V, m: &Bottleneck) -> V {
+        let a = self.conv(x, &m.cv1);
+        let y = self.conv(&a, &m.cv2);
+        if m.add {
+            self.add(x, &y)
+        } else {
+            y
+        }
+    }
+
+    fn c3(&mut self, x: &V, m: &C3) -> V {
+        let mut a = self.conv(x, &m.cv1);
+        for b in &m.m {
+            a = self.bottleneck(&a, b);
+        }
+        let b = self.conv(x, &m.cv2);
+        let cat = self.concat(&[a, b], 1);
+        self.conv(&cat, &m.cv3)
+    }
+
+    fn inner(&mut self, x: &V, m: &Inner) -> V {
+        match m {
+            Inner::Bottleneck(b) => self.bottleneck(x, b),
+            Inner::C3k(c) => self.c3(x, c),
+            Inner::BottleneckPsa(bp) => {
+                let y = self.bottleneck(x, &bp.bottleneck);
+                self.psa_block(&y, &bp.psa)
+            }
+            Inner::Cib(c) => self.cib(x, c),
+        }
+    }
+
+    fn c2f(&mut self, x: &V, m: &C2f) -> V {
+        let y = self.conv(x, &m.cv1);
+        let half = y.c / 2;
+        let parts = self.split(&y.name, 1, &[half, y.c - half]);
+        let mut ys: Vec<V> = parts.into_iter().map(|name| V { name, c: half, ..y.clone() }).collect();
+        for inner in &m.m {
+            let last = ys.last().expect("two halves").clone();
+            let o = self.inner(&last, inner);
+            ys.push(o);
+        }
+        let cat = self.concat(&ys, 1);
+        self.conv(&cat, &m.cv2)
+    }
+
+    fn sppf(&mut self, x: &V, m: &Sppf) -> V {
+        let (k, p) = (m.k as i64, (m.k / 2) as i64);
+        let mut ys = vec![self.conv(x, &m.cv1)];
+        for _ in 0..m.n {
+            let last = ys.last().expect("one map").clone();
+            let name = self.node(
+                "MaxPool",
+                &[&last.name],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![k, k])),
+                    ("pads", Attr::Ints(vec![p, p, p, p])),
+                    ("strides", Attr::Ints(vec![1, 1])),
+                ],
+            );
+            ys.push(V { name, ..last });
+        }
+        let cat = self.concat(&ys, 1);
+        let y = self.conv(&cat, &m.cv2);
+        if m.add {
+            self.add(x, &y)
+        } else {
+            y
+        }
+    }
+
+    /// softmax(qᵀk · scale) applied to v: returns v·attnᵀ. q, k, v: [*, nh, d, n].
+    fn attend(&mut self, q: &str, k: &str, v: &str, scale: f32) -> String {
+        let qt = self.transpose(q, &[0, 1, 3, 2]);
+        let qk = self.binary("MatMul", &qt, k);
+        let s = self.scalar(scale);
+        let qk = self.binary("Mul", &qk, &s);
+        let attn = self.node("Softmax", &[&qk], vec![("axis", Attr::Int(3))]);
+        let at = self.transpose(&attn, &[0, 1, 3, 2]);
+        self.binary("MatMul", v, &at)
+    }
+
+    fn attention(&mut self, x: &V, m: &Attention) -> V {
+        let n = x.h * x.w;
+        let (nh, kd, hd) = (m.num_heads, m.key_dim, m.head_dim);
+        let qkv = self.conv(x, &m.qkv);
+        let qkv = self.reshape(&qkv.name, &[nh, 2 * kd + hd, n]);
+        let p = self.split(&qkv, 2, &[kd, kd, hd]);
+        let o = self.attend(&p[0], &p[1], &p[2], (kd as f64).powf(-0.5) as f32);
+        let o = V { name: self.reshape(&o, &[x.c, x.h, x.w]), ..x.clone() };
+        let v = V { name: self.reshape(&p[2], &[x.c, x.h, x.w]), ..x.clone() };
+        let pe = self.conv(&v, &m.pe);
+        let sum = self.add(&o, &pe);
+        self.conv(&sum, &m.proj)
+    }
+
+    fn mlp(&mut self, x: &V, m: &Mlp) -> V {
+        let h = self.conv(x, &m.fc1);
+        self.conv(&h, &m.fc2)
+    }
+
+    fn psa_block(&mut self, x: &V, m: &PsaBlock) -> V {
+        let a = self.attention(x, &m.attn);
+        let x = if m.add { self.add(x, &a) } else { a };
+        let f = self.mlp(&x, &m.ffn);
+        if m.add {
+            self.add(&x, &f)
+        } else {
+            f
+        }
+    }
+
+    fn c2psa(&mut self, x: &V, m: &C2Psa) -> V {
+        let y = self.conv(x, &m.cv1);
+        let mut sizes = vec![m.c; y.c / m.c];
+        if y.c % m.c != 0 {
+            sizes.push(y.c % m.c);
+        }
+        let parts = self.split(&y.name, 1, &sizes);
+        let a = V { name: parts[0].clone(), c: sizes[0], ..y.clone() };
+        let mut b = V { name: parts[1].clone(), c: sizes[1], ..y.clone() };
+        for blk in &m.m {
+            b = self.psa_block(&b, blk);
+        }
+        let cat = self.concat(&[a, b], 1);
+        self.conv(&cat, &m.cv2)
+    }
+
+    fn aattn(&mut self, x: &V, m: &AAttn) -> V {
+        let n = x.h * x.w;
+        let (nh, hd, area) = (m.num_heads, m.head_dim, m.area.max(1));
+        let qkv = self.conv(x, &m.qkv);
+        let t = self.reshape(&qkv.name, &[qkv.c, n]);
+        let t = self.transpose(&t, &[0, 2, 1]);
+        let t = self.reshape(&t, &[n / area, nh, 3 * hd]);
+        let t = self.transpose(&t, &[0, 2, 3, 1]);
+        let p = self.split(&t, 2, &[hd, hd, hd]);
+        let o = self.attend(&p[0], &p[1], &p[2], (hd as f64).powf(-0.5) as f32);
+        let c = x.c;
+        let to_map = |b: &mut Self, t: &str| -> V {
+            let t = b.transpose(t, &[0, 3, 1, 2]);
+            let t = b.reshape(&t, &[x.h, x.w, c]);
+            V { name: b.transpose(&t, &[0, 3, 1, 2]), ..x.clone() }
+        };
+        let o = to_map(self, &o);
+        let v = to_map(self, &p[2]);
+        let pe = self.conv(&v, &m.pe);
+        let sum = self.add(&o, &pe);
+        self.conv(&sum, &m.proj)
+    }
+
+    fn ablock(&mut self, x: &V, m: &ABlock) -> V {
+        let a = self.aattn(x, &m.attn);
+        let x = self.add(x, &a);
+        let f = self.mlp(&x, &m.mlp);
+        self.add(&x, &f)
+    }
+
+    fn a2c2f(&mut self, x: &V, m: &A2C2f) -> V {
+        let mut ys = vec![self.conv(x, &m.cv1)];
+        for inner in &m.m {
+            let mut y = ys.last().expect("one map").clone();
+            match inner {
+                A2Inner::Area(blocks) => {
+                    for blk in blocks {
+                        y = self.ablock(&y, blk);
+                    }
+                }
+                A2Inner::C3k(c) => y = self.c3(&y, c),
+            }
+            ys.push(y);
+        }
+        let cat = self.concat(&ys, 1);
+        let y = self.conv(&cat, &m.cv2);
+        match &m.gamma {
+            Some(g) => {
+                let [c] = g.dims();
+                let g = self.tensor("gamma", g.val().reshape([1, c, 1, 1]));
+                let gy = V { name: self.binary("Mul", &g, &y.name), ..y };
+                self.add(x, &gy)
+            }
+            None => y,
+        }
+    }
+
+    fn scdown(&mut self, x: &V, m: &SCDown) -> V {
+        let y = self.conv(x, &m.cv1);
+        self.conv(&y, &m.cv2)
+    }
+
+    fn repvggdw(&mut self, x: &V, m: &RepVggDw) -> V {
+        let a = self.conv(x, &m.conv);
+        let b = self.conv(x, &m.conv1);
+        let s = self.add(&a, &b);
+        V { name: self.silu(&s.name), ..s }
+    }
+
+    fn cib(&mut self, x: &V, m: &Cib) -> V {
+        let y = self.conv(x, &m.c0);
+        let y = self.conv(&y, &m.c1);
+        let y = match &m.mid {
+            CibMid::Conv(c) => self.conv(&y, c),
+            CibMid::Rep(r) => self.repvggdw(&y, r),
+        };
+        let y = self.conv(&y, &m.c3);
+        let y = self.conv(&y, &m.c4);
+        if m.add {
+            self.add(x, &y)
+        } else {
+            y
+        }
+    }
+
+    fn upsample(&mut self, x: &V, s: usize) -> V {
+        let scales = self.init_f32("scales", &[4], &[1.0, 1.0, s as f32, s as f32]);
+        let name = self.node(
+            "Resize",
+            &[&x.name, "", &scales],
+            vec![
+                ("coordinate_transformation_mode", Attr::Str("asymmetric".into())),
+                ("mode", Attr::Str("nearest".into())),
+                ("nearest_mode", Attr::Str("floor".into())),
+            ],
+        );
+        V { name, c: x.c, h: x.h * s, w: x.w * s }
+    }
+
+    fn box_branch(&mut self, x: &V, m: &BoxBranch) -> V {
+        let y = self.conv(x, &m.c0);
+        let y = self.conv(&y, &m.c1);
+        self.conv2d(&y, &m.out)
+    }
+
+    fn cls_branch(&mut self, x: &V, m: &ClsBranch) -> V {
+        let mut y = self.conv(x, &m.a);
+        if let Some(c) = &m.a2 {
+            y = self.conv(&y, c);
+        }
+        y = self.conv(&y, &m.b);
+        if let Some(c) = &m.b2 {
+            y = self.conv(&y, c);
+        }
+        self.conv2d(&y, &m.out)
+    }
+
+    /// The one-to-many branches and their decoding to [B, 4 + nc, A].
+    /// The output is named `output0`; returns the anchor count.
+    fn detect(&mut self, xs: &[V], d: &Detect) -> Result<usize> {
+        if xs.len() != d.cv2.len() {
+            bail!("Detect has {} levels but receives {} inputs", d.cv2.len(), xs.len());
+        }
+        let (mut boxes, mut scores, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, x) in xs.iter().enumerate() {
+            let b = self.box_branch(x, &d.cv2[i]);
+            let s = self.cls_branch(x, &d.cv3[i]);
+            let hw = x.h * x.w;
+            boxes.push(V { name: self.reshape(&b.name, &[b.c, hw]), c: b.c, h: 1, w: hw });
+            scores.push(V { name: self.reshape(&s.name, &[s.c, hw]), c: s.c, h: 1, w: hw });
+            shapes.push((x.h, x.w));
+        }
+        let boxes = self.concat(&boxes, 2).name;
+        let scores = self.concat(&scores, 2).name;
+        let (pts, st) = anchor_points(&shapes, &d.strides);
+        let a = st.len();
+        let r = d.reg_max;
+        let dist = if r > 1 {
+            let p = self.reshape(&boxes, &[4, r, a]);
+            let p = self.node("Softmax", &[&p], vec![("axis", Attr::Int(2))]);
+            let proj: Vec<f32> = (0..r).map(|i| i as f32).collect();
+            let proj = self.init_f32("dfl_proj", &[1, r], &proj);
+            let e = self.binary("MatMul", &proj, &p);
+            self.reshape(&e, &[4, a])
+        } else {
+            boxes
+        };
+        let mut xy = Vec::with_capacity(2 * a);
+        xy.extend(pts.iter().map(|p| p[0]));
+        xy.extend(pts.iter().map(|p| p[1]));
+        let anchors = self.init_f32("anchors", &[1, 2, a], &xy);
+        let strides = self.init_f32("strides", &[1, 1, a], &st);
+        let lt_rb = self.split(&dist, 1, &[2, 2]);
+        let x1y1 = self.binary("Sub", &anchors, &lt_rb[0]);
+        let x2y2 = self.binary("Add", &anchors, &lt_rb[1]);
+        let sum = self.binary("Add", &x1y1, &x2y2);
+        let half = self.scalar(0.5);
+        let c = self.binary("Mul", &sum, &half);
+        let wh = self.binary("Sub", &x2y2, &x1y1);
+        let xywh = self.node("Concat", &[&c, &wh], vec![("axis", Attr::Int(1))]);
+        let xywh = self.binary("Mul", &xywh, &strides);
+        let cls = self.node("Sigmoid", &[&scores], vec![]);
+        self.emit("Concat", &[&xywh, &cls], vec!["output0".into()], vec![("axis", Attr::Int(1))]);
+        Ok(a)
+    }
+}
+
+fn value_info(name: &str, dims: &[Result<usize, &str>]) -> Msg {
+    let mut shape = Msg::new();
+    for d in dims {
+        let mut dm = Msg::new();
+        match d {
+            Ok(v) => dm.int(1, *v as i64),
+            Err(p) => dm.string(2, p),
+        };
+        shape.msg(1, &dm);
+    }
+    let mut tt = Msg::new();
+    tt.int(1, FLOAT).msg(2, &shape);
+    let mut ty = Msg::new();
+    ty.msg(1, &tt);
+    let mut vi = Msg::new();
+    vi.string(1, name).msg(2, &ty);
+    vi
+}
+
+/// Python `repr` of a str (single quotes unless the text holds one and no double quote).
+fn py_str(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::from(q);
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
+}
+
+/// Class names as Python's dict repr: `{0: 'RBC', 1: 'WBC'}`.
+pub fn names_repr(names: &[String]) -> String {
+    let items: Vec<String> = names.iter().enumerate().map(|(i, n)| format!("{i}: {}", py_str(n))).collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// Builds the ONNX model of `model.predict(x)` for inputs of size `imgsz` (H, W).
+/// `model` should be fused (unfused BatchNorms are exported as BatchNormalization).
+pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, dynamic: bool) -> Result<Vec<u8>> {
+    let (h, w) = imgsz;
+    let stride = model.max_stride().max(1);
+    if h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
+        bail!("image size {h}x{w} must be a positive multiple of the model stride {stride}");
+    }
+    if batch == 0 {
+        bail!("batch must be at least 1");
+    }
+    let mut b = Builder::default();
+    let input = V { name: "images".into(), c: 3, h, w };
+    let n = model.layers.len();
+    let mut outs: Vec<Option<V>> = vec![None; n];
+    let mut x = input;
+    let mut result = None;
+    for (i, (layer, spec)) in model.layers.iter().zip(&model.spec.layers).enumerate() {
+        let get = |f: i64, x: &V| -> Result<V> {
+            if f == -1 {
+                return Ok(x.clone());
+            }
+            let j = if f < 0 { i as i64 + f } else { f };
+            usize::try_from(j).ok().and_then(|j| outs.get(j).cloned().flatten()).with_context(|| format!("layer {i}: bad input {f}"))
+        };
+        let y = match layer {
+            Layer::Concat(dim) => {
+                let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
+                b.concat(&xs, *dim as i64)
+            }
+            Layer::Detect(d) => {
+                let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
+                result = Some(b.detect(&xs, d)?);
+                break;
+            }
+            other => {
+                let inp = get(spec.from[0], &x)?;
+                match other {
+                    Layer::Conv(m) => b.conv(&inp, m),
+                    Layer::Convs(v) => v.iter().fold(inp, |t, m| b.conv(&t, m)),
+                    Layer::C2f(m) => b.c2f(&inp, m),
+                    Layer::C3(m) => b.c3(&inp, m),
+                    Layer::Sppf(m) => b.sppf(&inp, m),
+                    Layer::C2Psa(m) => b.c2psa(&inp, m),
+                    Layer::A2C2f(m) => {
+                        let area = m.m.iter().find_map(|a| match a {
+                            A2Inner::Area(blocks) => blocks.first().map(|blk| blk.attn.area.max(1)),
+                            A2Inner::C3k(_) => None,
+                        });
+                        if let Some(area) = area {
+                            if (inp.h * inp.w) % area != 0 {
+                                bail!("layer {i}: area attention needs H·W ({}) divisible by area ({area})", inp.h * inp.w);
+                            }
+                        }
+                        b.a2c2f(&inp, m)
+                    }
+                    Layer::SCDown(m) => b.scdown(&inp, m),
+                    Layer::Upsample(s) => b.upsample(&inp, *s),
+                    Layer::Concat(_) | Layer::Detect(_) => unreachable!(),
+                }
+            }
+        };
+        outs[i] = Some(y.clone());
+        x = y;
+    }
+    let anchors = result.context("the model has no Detect layer")?;
+    let bdim: Result<usize, &str> = if dynamic { Err("batch") } else { Ok(batch) };
+    let mut graph = Msg::new();
+    for nd in &b.nodes {
+        graph.msg(1, nd);
+    }
+    graph.string(2, "main_graph");
+    for t in &b.inits {
+        graph.msg(5, t);
+    }
+    graph.msg(11, &value_info("images", &[bdim, Ok(3), Ok(h), Ok(w)]));
+    graph.msg(12, &value_info("output0", &[bdim, Ok(4 + model.nc()), Ok(anchors)]));
+
+    let stem = model.spec.yaml.get("yaml_file").and_then(|v| v.as_str()).unwrap_or("model");
+    let stem = std::path::Path::new(stem).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let meta: Vec<(&str, String)> = vec![
+        ("description", format!("yolodistill {stem} model")),
+        ("author", "yolodistill".into()),
+        ("version", env!("CARGO_PKG_VERSION").into()),
+        ("stride", stride.to_string()),
+        ("task", "detect".into()),
+        ("batch", batch.to_string()),
+        ("imgsz", format!("[{h}, {w}]")),
+        ("names", names_repr(&model.names)),
+    ];
+    let mut opset = Msg::new();
+    opset.string(1, "").int(2, OPSET);
+    let mut mp = Msg::new();
+    mp.int(1, IR_VERSION).string(2, "yolodistill").string(3, env!("CARGO_PKG_VERSION")).msg(7, &graph).msg(8, &opset);
+    for (k, v) in meta {
+        let mut e = Msg::new();
+        e.string(1, k).string(2, &v);
+        mp.msg(14, &e);
+    }
+    Ok(mp.buf)
+}
+
+/// What an exported file holds, read back from its bytes (for tests and checks).
+#[derive(Debug, Clone, Default)]
+pub struct GraphSummary {
+    pub ir_version: i64,
+    /// (domain, version) pairs.
+    pub opsets: Vec<(String, i64)>,
+    pub node_count: usize,
+    pub op_counts: BTreeMap<String, usize>,
+    pub initializer_count: usize,
+    /// Name and dims; a symbolic dimension reads as its name.
+    pub inputs: Vec<(String, Vec<String>)>,
+    pub outputs: Vec<(String, Vec<String>)>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn read_value_info(b: &[u8]) -> Result<(String, Vec<String>)> {
+    let mut name = String::new();
+    let mut dims = Vec::new();
+    for (f, v) in read_fields(b)? {
+        match f {
+            1 => name = v.as_str()?.to_string(),
+            2 => {
+                for (f, v) in read_fields(v.as_bytes()?)? {
+                    if f != 1 {
+                        continue;
+                    }
+                    for (f, v) in read_fields(v.as_bytes()?)? {
+                        if f != 2 {
+                            continue;
+                        }
+                        for (f, v) in read_fields(v.as_bytes()?)? {
+                            if f != 1 {
+                                continue;
+                            }
+                            for (f, v) in read_fields(v.as_bytes()?)? {
+                                match f {
+                                    1 => dims.push(v.as_int()?.to_string()),
+                                    2 => dims.push(v.as_str()?.to_string()),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((name, dims))
+}
+
+/// Decodes the parts of an ONNX ModelProto that [`GraphSummary`] reports.
+pub fn summarize(bytes: &[u8]) -> Result<GraphSummary> {
+    let mut s = GraphSummary::default();
+    for (f, v) in read_fields(bytes)? {
+        match f {
+            1 => s.ir_version = v.as_int()?,
+            7 => {
+                for (f, v) in read_fields(v.as_bytes()?)? {
+                    match f {
+                        1 => {
+                            s.node_count += 1;
+                            for (f, v) in read_fields(v.as_bytes()?)? {
+                                if f == 4 {
+                                    *s.op_counts.entry(v.as_str()?.to_string()).or_default() += 1;
+                                }
+                            }
+                        }
+                        5 => s.initializer_count += 1,
+                        11 => s.inputs.push(read_value_info(v.as_bytes()?)?),
+                        12 => s.outputs.push(read_value_info(v.as_bytes()?)?),
+                        _ => {}
+                    }
+                }
+            }
+            8 => {
+                let (mut d, mut ver) = (String::new(), 0);
+                for (f, v) in read_fields(v.as_bytes()?)? {
+                    match f {
+                        1 => d = v.as_str()?.to_string(),
+                        2 => ver = v.as_int()?,
+                        _ => {}
+                    }
+                }
+                s.opsets.push((d, ver));
+            }
+            14 => {
+                let (mut k, mut val) = (String::new(), String::new());
+                for (f, v) in read_fields(v.as_bytes()?)? {
+                    match f {
+                        1 => k = v.as_str()?.to_string(),
+                        2 => val = v.as_str()?.to_string(),
+                        _ => {}
+                    }
+                }
+                s.metadata.insert(k, val);
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
+}

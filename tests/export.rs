@@ -1,0 +1,129 @@
+//! ONNX export: the written bytes decode to the expected graph (ops, input,
+//! output, opset, metadata). Numerical checks against onnxruntime live in
+//! scripts/check_onnx.py.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use yolodistill::export::onnx::{export_onnx, names_repr, summarize, GraphSummary, OPSET};
+use yolodistill::export::onnx_proto::{read_fields, Msg, Value};
+use yolodistill::model;
+use yolodistill::weights::st::read_tensors;
+
+fn export(m: &str, imgsz: usize, dynamic: bool) -> (GraphSummary, usize) {
+    let device = yolodistill::default_device();
+    let mut model = model::load(m, None, &device).unwrap_or_else(|e| panic!("{m}: {e:#}")).model;
+    model.fuse();
+    let bytes = export_onnx(&model, (imgsz, imgsz), 1, dynamic).unwrap_or_else(|e| panic!("{m}: {e:#}"));
+    (summarize(&bytes).unwrap(), model.nc())
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn check(m: &str, extra_ops: &[&str]) {
+    let (g, nc) = export(m, 320, false);
+    assert!(g.node_count > 0, "{m}: empty graph");
+    assert_eq!(g.node_count, g.op_counts.values().sum::<usize>());
+    assert!(g.initializer_count > 0);
+    assert_eq!(g.ir_version, 8);
+    assert_eq!(g.opsets, vec![(String::new(), OPSET)]);
+    assert_eq!(OPSET, 17);
+    for op in ["Conv", "Sigmoid", "Mul", "Add", "Sub", "Concat", "Split", "Resize", "Reshape"].iter()
+        .chain(extra_ops)
+    {
+        assert!(g.op_counts.contains_key(*op), "{m}: no {op} node in {:?}", g.op_counts);
+    }
+    let allowed = ["Conv", "Sigmoid", "Mul", "Add", "Sub", "Concat", "Split", "MaxPool", "Resize", "Reshape", "Softmax", "MatMul", "Transpose"];
+    for op in g.op_counts.keys() {
+        assert!(allowed.contains(&op.as_str()), "{m}: unexpected op {op} (fused model)");
+    }
+    assert_eq!(g.inputs, vec![("images".to_string(), s(&["1", "3", "320", "320"]))]);
+    // 40² + 20² + 10² = 2100 anchors
+    assert_eq!(g.outputs, vec![("output0".to_string(), vec!["1".to_string(), (4 + nc).to_string(), "2100".to_string()])]);
+    for k in ["names", "stride", "imgsz", "task", "batch", "description", "author", "version"] {
+        assert!(g.metadata.contains_key(k), "{m}: metadata key {k} missing");
+    }
+    assert_eq!(g.metadata["stride"], "32");
+    assert_eq!(g.metadata["imgsz"], "[320, 320]");
+    assert_eq!(g.metadata["task"], "detect");
+    assert_eq!(g.metadata["batch"], "1");
+    assert!(g.metadata["names"].starts_with("{0: '"), "{}", g.metadata["names"]);
+}
+
+#[test]
+fn yolov8n_yaml() {
+    check("yolov8n.yaml", &["MaxPool", "Softmax", "MatMul"]);
+    let (g, _) = export("yolov8n.yaml", 320, false);
+    assert_eq!(g.outputs[0].1, s(&["1", "84", "2100"]));
+}
+
+#[test]
+fn yolo11n_yaml() {
+    // C2PSA attention adds Transpose
+    check("yolo11n.yaml", &["MaxPool", "Softmax", "MatMul", "Transpose"]);
+}
+
+#[test]
+fn dynamic_batch_is_symbolic() {
+    let (g, _) = export("yolov8n.yaml", 320, true);
+    assert_eq!(g.inputs[0].1, s(&["batch", "3", "320", "320"]));
+    assert_eq!(g.outputs[0].1, s(&["batch", "84", "2100"]));
+}
+
+#[test]
+fn bad_size_is_refused() {
+    let device = yolodistill::default_device();
+    let model = model::load("yolov8n.yaml", None, &device).unwrap().model;
+    assert!(export_onnx(&model, (330, 330), 1, false).is_err());
+}
+
+#[test]
+fn names_as_python_dict() {
+    assert_eq!(names_repr(&["RBC".into(), "WBC".into()]), "{0: 'RBC', 1: 'WBC'}");
+    assert_eq!(names_repr(&["it's".into()]), "{0: \"it's\"}");
+}
+
+#[test]
+fn protobuf_roundtrip() {
+    let mut inner = Msg::new();
+    inner.string(1, "x").int(2, -1);
+    let mut m = Msg::new();
+    m.int(1, 300).msg(7, &inner).ints(8, &[1, 2]).packed_ints(9, &[3, 150]).float(2, 1.5);
+    let f = read_fields(&m.buf).unwrap();
+    assert_eq!(f.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![1, 7, 8, 8, 9, 2]);
+    assert_eq!(f[0].1.as_int().unwrap(), 300);
+    let g = read_fields(f[1].1.as_bytes().unwrap()).unwrap();
+    assert_eq!(g[0].1.as_str().unwrap(), "x");
+    assert_eq!(g[1].1.as_int().unwrap(), -1);
+    assert_eq!(f[2].1.ints().unwrap(), vec![1]);
+    assert_eq!(f[4].1.ints().unwrap(), vec![3, 150]);
+    assert!(matches!(f[5].1, Value::Fixed32(v) if f32::from_bits(v) == 1.5));
+    assert!(read_fields(&[0x0a, 0x05, 0x01]).is_err(), "truncated field accepted");
+}
+
+/// Every fixture checkpoint exports. With YOLODISTILL_DUMP=<dir> it also writes
+/// our decoded output on the fixture input (raw f32 LE, `<arch>_ours.bin`)
+/// for scripts/check_onnx.py to compare with onnxruntime.
+#[test]
+fn fixtures() {
+    let Some(shared) = common::shared() else { return };
+    let dump = std::env::var_os("YOLODISTILL_DUMP").map(std::path::PathBuf::from);
+    for arch in ["yolov8n", "yolo11n", "yolov5nu", "yolov10n", "yolo12n", "yolo26n"] {
+        let fx = shared.join("fixtures");
+        let p = fx.join(format!("{arch}.pt"));
+        check(p.to_str().unwrap(), &[]);
+        if let Some(dir) = &dump {
+            let device = yolodistill::default_device();
+            let mut m = model::load(p.to_str().unwrap(), None, &device).unwrap().model;
+            m.fuse();
+            let (refs, _) = read_tensors(&fx.join(format!("{arch}_ref.safetensors"))).unwrap();
+            let input = refs.iter().find(|(n, _)| n == "input").map(|(_, t)| t.clone()).unwrap();
+            let x: Tensor<4> = Tensor::from_data(TensorData::new(input.data, input.shape), &device);
+            let y = m.predict(x).try_into_vec_as::<f32>().unwrap();
+            let bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("{arch}_ours.bin")), bytes).unwrap();
+        }
+    }
+}
