@@ -35,7 +35,10 @@ fn check(m: &str, extra_ops: &[&str]) {
     {
         assert!(g.op_counts.contains_key(*op), "{m}: no {op} node in {:?}", g.op_counts);
     }
-    let allowed = ["Conv", "Sigmoid", "Mul", "Add", "Sub", "Concat", "Split", "MaxPool", "Resize", "Reshape", "Softmax", "MatMul", "Transpose"];
+    let allowed = [
+        "Conv", "Sigmoid", "Mul", "Add", "Sub", "Div", "Concat", "Split", "MaxPool", "Resize", "Reshape", "Softmax", "MatMul",
+        "Transpose", "Shape", "Gather",
+    ];
     for op in g.op_counts.keys() {
         assert!(allowed.contains(&op.as_str()), "{m}: unexpected op {op} (fused model)");
     }
@@ -66,10 +69,14 @@ fn yolo11n_yaml() {
 }
 
 #[test]
-fn dynamic_batch_is_symbolic() {
-    let (g, _) = export("yolov8n.yaml", 320, true);
-    assert_eq!(g.inputs[0].1, s(&["batch", "3", "320", "320"]));
-    assert_eq!(g.outputs[0].1, s(&["batch", "84", "2100"]));
+fn dynamic_sizes_are_symbolic() {
+    let (g, _) = export("yolo11n.yaml", 320, true);
+    assert_eq!(g.inputs[0].1, s(&["batch", "3", "height", "width"]));
+    assert_eq!(g.outputs[0].1, s(&["batch", "84", "anchors"]));
+    // anchors are computed in the graph
+    for op in ["Shape", "Gather", "Cast", "Range"] {
+        assert!(g.op_counts.contains_key(op), "no {op} in {:?}", g.op_counts);
+    }
 }
 
 #[test]
@@ -126,4 +133,42 @@ fn fixtures() {
             std::fs::write(dir.join(format!("{arch}_ours.bin")), bytes).unwrap();
         }
     }
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill")).args(args).output().unwrap()
+}
+
+#[test]
+fn cli_exports_onnx_and_fused_safetensors() {
+    let dir = common::temp_dir("export-cli");
+    let onnx = dir.join("m.onnx");
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--imgsz", "64", "--batch", "2", "--output", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let g = summarize(&std::fs::read(&onnx).unwrap()).unwrap();
+    assert_eq!(g.inputs[0].1, s(&["2", "3", "64", "64"]));
+    assert_eq!(g.outputs[0].1, s(&["2", "84", "84"]));
+    assert_eq!(g.metadata["batch"], "2");
+
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--half", "--output", onnx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not supported yet"));
+
+    // fused safetensors: loads back fused and predicts what the fused model predicts
+    let st = dir.join("m.safetensors");
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--format", "safetensors", "--output", st.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let device = yolodistill::default_device();
+    assert!(model::load(st.to_str().unwrap(), None, &device).unwrap().model.fused);
+
+    let m = model::load("yolov8n.yaml", None, &device).unwrap().model;
+    yolodistill::export::export_safetensors_fused(&m, &st).unwrap();
+    let back = model::load(st.to_str().unwrap(), None, &device).unwrap().model;
+    assert!(back.fused && !m.fused);
+    let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &device);
+    let a = m.predict(x.clone()).try_into_vec_as::<f32>().unwrap();
+    let b = back.predict(x).try_into_vec_as::<f32>().unwrap();
+    let (d, mx) = common::max_diff(&b, &a);
+    assert!(d <= 1e-4 * mx.max(1.0), "fused safetensors differs: {d} (max {mx})");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -57,9 +57,10 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let mut grads = GradStore::default();
     let hp = StepParams { lr: [1e-3; 3], momentum: 0.9 };
     let mut step = |i: usize| {
-        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, 0, &mut grads);
+        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, (0, i, batches.len()), &mut grads);
         grads.clip_global_norm(10.0);
-        opt.step(&mut m, &grads, hp);
+        opt.tick();
+        opt.apply(&mut m, &grads, hp);
         grads.clear();
     };
     step(0); // warm-up

@@ -24,7 +24,7 @@ pub struct ExportArgs {
     pub imgsz: usize,
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Symbolic batch dimension (the image size stays fixed).
+    /// Symbolic batch, height and width (anchors computed in the graph).
     #[arg(long)]
     pub dynamic: bool,
     /// FP16 weights (not supported yet).

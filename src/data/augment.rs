@@ -118,16 +118,16 @@ pub trait ImageSource {
 
 /// Decodes an image and resizes it so the long side is `imgsz` (see [`resize_long_side`]).
 /// Returns the image and its original (w, h).
-pub fn load_resized(path: &Path, imgsz: u32, augment: bool) -> Result<(RgbImage, (u32, u32))> {
+pub fn load_resized(path: &Path, imgsz: u32) -> Result<(RgbImage, (u32, u32))> {
     let img = load_rgb(path)?;
     let orig = img.dimensions();
-    Ok((resize_long_side(img, imgsz, augment), orig))
+    Ok((resize_long_side(img, imgsz), orig))
 }
 
 /// Long side to `imgsz`, the short side `ceil`ed (capped at imgsz). Bilinear when
 /// augmenting or enlarging; area averaging when shrinking for validation, which keeps
 /// thin structures that bilinear sampling would skip.
-pub fn resize_long_side(img: RgbImage, imgsz: u32, augment: bool) -> RgbImage {
+pub fn resize_long_side(img: RgbImage, imgsz: u32) -> RgbImage {
     let (w0, h0) = img.dimensions();
     let r = imgsz as f64 / w0.max(h0) as f64;
     if r == 1.0 {
@@ -136,63 +136,9 @@ pub fn resize_long_side(img: RgbImage, imgsz: u32, augment: bool) -> RgbImage {
     let w = ((w0 as f64 * r).ceil() as u32).clamp(1, imgsz);
     let h = ((h0 as f64 * r).ceil() as u32).clamp(1, imgsz);
     // 8.4.190 resizes with INTER_LINEAR in every mode (classic used INTER_AREA to shrink for val).
-    let _ = augment;
     resize_bilinear(&img, w, h)
 }
 
-/// Area-weighted downscale (OpenCV INTER_AREA): each output pixel averages the source
-/// pixels it covers, weighted by overlap.
-pub fn resize_area(img: &RgbImage, w: u32, h: u32) -> RgbImage {
-    let (sw, sh) = img.dimensions();
-    let xs = area_weights(sw, w);
-    let ys = area_weights(sh, h);
-    let src = img.as_raw();
-    // Horizontal pass into f32 rows, then vertical pass.
-    let mut rows = vec![0f32; sh as usize * w as usize * 3];
-    for y in 0..sh as usize {
-        let line = &src[y * sw as usize * 3..(y + 1) * sw as usize * 3];
-        for (x, taps) in xs.iter().enumerate() {
-            let mut acc = [0f32; 3];
-            for &(sx, wt) in taps {
-                for c in 0..3 {
-                    acc[c] += line[sx * 3 + c] as f32 * wt;
-                }
-            }
-            rows[(y * w as usize + x) * 3..][..3].copy_from_slice(&acc);
-        }
-    }
-    let mut out = vec![0u8; w as usize * h as usize * 3];
-    for (y, taps) in ys.iter().enumerate() {
-        for x in 0..w as usize * 3 {
-            let v: f32 = taps.iter().map(|&(sy, wt)| rows[sy * w as usize * 3 + x] * wt).sum();
-            out[y * w as usize * 3 + x] = v.round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    RgbImage::from_raw(w, h, out).expect("buffer size matches")
-}
-
-/// For each output index, the source indices it covers and their normalised weights.
-fn area_weights(src: u32, dst: u32) -> Vec<Vec<(usize, f32)>> {
-    let scale = src as f64 / dst as f64;
-    (0..dst)
-        .map(|i| {
-            let (a, b) = (i as f64 * scale, ((i + 1) as f64 * scale).min(src as f64));
-            let mut taps = Vec::new();
-            let mut s = a.floor() as usize;
-            while (s as f64) < b && s < src as usize {
-                let overlap = (b.min(s as f64 + 1.0) - a.max(s as f64)).max(0.0);
-                if overlap > 1e-9 {
-                    taps.push((s, (overlap / (b - a)) as f32));
-                }
-                s += 1;
-            }
-            if taps.is_empty() {
-                taps.push(((a as usize).min(src as usize - 1), 1.0));
-            }
-            taps
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------- pipeline
 
@@ -685,18 +631,12 @@ mod tests {
     #[test]
     fn resize_long_side_ceil_and_interp() {
         let img = pattern(640, 479);
-        let r = resize_long_side(img.clone(), 320, true);
+        let r = resize_long_side(img.clone(), 320);
         assert_eq!(r.dimensions(), (320, 240)); // ceil(239.5)
-        let small = resize_long_side(pattern(100, 50), 320, false);
+        let small = resize_long_side(pattern(100, 50), 320);
         assert_eq!(small.dimensions(), (320, 160));
-        let same = resize_long_side(pattern(320, 200), 320, false);
+        let same = resize_long_side(pattern(320, 200), 320);
         assert_eq!(same, pattern(320, 200));
-        // Area averaging of a 2x2 checker gives the mean.
-        let checker = RgbImage::from_fn(4, 4, |x, y| if (x + y) % 2 == 0 { Rgb([0; 3]) } else { Rgb([200; 3]) });
-        let a = resize_area(&checker, 2, 2);
-        assert!(a.pixels().all(|p| p.0 == [100; 3]));
-        let odd = resize_area(&pattern(7, 5), 3, 2);
-        assert_eq!(odd.dimensions(), (3, 2));
     }
 
     #[test]

@@ -237,7 +237,7 @@ impl ImageSource for TrainSource {
     /// sample with a warning rather than stopping training.
     fn load(&self, i: usize) -> Sample {
         let item = &self.dataset.items[i];
-        let img = self.cache.get_or_load(i, || load_or_warn(&item.image, self.imgsz, true));
+        let img = self.cache.get_or_load(i, || load_or_warn(&item.image, self.imgsz));
         match img {
             Some(img) => Sample::new((*img).clone(), &item.labels),
             None => Sample::new(RgbImage::from_pixel(self.imgsz, self.imgsz, Rgb([FILL; 3])), &[]),
@@ -247,8 +247,8 @@ impl ImageSource for TrainSource {
 
 /// Decodes and resizes; a failure (or a decoder panic) is a warning and `None`, so one
 /// file that broke after the scan cannot stop a run.
-fn load_or_warn(path: &Path, imgsz: u32, augment: bool) -> Option<RgbImage> {
-    match std::panic::catch_unwind(|| load_resized(path, imgsz, augment)) {
+fn load_or_warn(path: &Path, imgsz: u32) -> Option<RgbImage> {
+    match std::panic::catch_unwind(|| load_resized(path, imgsz)) {
         Ok(Ok((img, _))) => Some(img),
         Ok(Err(e)) => {
             eprintln!("warning: {e:#}; using a blank image");
@@ -341,7 +341,7 @@ impl ValLoader {
 /// Loads (area-resized), letterboxes, and records the mapping back to the original.
 fn val_part(dataset: &Dataset, idx: usize, imgsz: u32, shape: (u32, u32), cache: &ImageCache) -> Part {
     let item = &dataset.items[idx];
-    let loaded = cache.get_or_load(idx, || load_or_warn(&item.image, imgsz, false));
+    let loaded = cache.get_or_load(idx, || load_or_warn(&item.image, imgsz));
     let (w0, h0) = item.size;
     let Some(img) = loaded else {
         let blank = Sample::new(RgbImage::from_pixel(shape.1, shape.0, Rgb([FILL; 3])), &[]);

@@ -8,4 +8,6 @@
 //! seed's adapter + normalisation pipeline and the loss-weight schedules.
 //! All are computed in f32; teacher inputs are treated as constants.
 
+pub mod args;
+pub mod distiller;
 pub mod losses;

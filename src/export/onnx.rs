@@ -3,8 +3,9 @@
 //! [B, 4 + nc, A] (xywh in input pixels, sigmoid class scores; anchors of
 //! P3, P4, P5 row-major).
 //!
-//! The image size is fixed at export time (anchors and strides are stored as
-//! initializers); `dynamic` makes only the batch dimension symbolic.
+//! By default every size is fixed (anchors and strides are initializers);
+//! `dynamic` makes batch, height and width symbolic (anchors computed in the
+//! graph from the level maps' shapes), as Ultralytics' `dynamic=True` does.
 
 use std::collections::BTreeMap;
 
@@ -126,12 +127,22 @@ impl Builder {
         self.node(op, &[a, b], vec![])
     }
 
-    /// Reshape with a symbolic leading (batch) dimension: `[-1, rest…]`.
-    fn reshape(&mut self, x: &str, rest: &[usize]) -> String {
-        let mut shape = vec![-1i64];
-        shape.extend(rest.iter().map(|&d| d as i64));
-        let s = self.init_i64("shape", &shape);
+    /// Reshape to a constant target (`0` copies the input's dimension, `-1` is inferred).
+    fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
+        let s = self.init_i64("shape", shape);
         self.node("Reshape", &[x, &s], vec![])
+    }
+
+    /// The shape of `x` as an int64 tensor, or the dims of it at `idx` (Gather).
+    fn shape_of(&mut self, x: &str, idx: Option<&[i64]>) -> String {
+        let shp = self.node("Shape", &[x], vec![]);
+        match idx {
+            Some(idx) => {
+                let i = self.init_i64("idx", idx);
+                self.node("Gather", &[&shp, &i], vec![("axis", Attr::Int(0))])
+            }
+            None => shp,
+        }
     }
 
     fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
@@ -303,14 +314,14 @@ impl Builder {
     }
 
     fn attention(&mut self, x: &V, m: &Attention) -> V {
-        let n = x.h * x.w;
         let (nh, kd, hd) = (m.num_heads, m.key_dim, m.head_dim);
         let qkv = self.conv(x, &m.qkv);
-        let qkv = self.reshape(&qkv.name, &[nh, 2 * kd + hd, n]);
+        let qkv = self.reshape(&qkv.name, &[0, nh as i64, (2 * kd + hd) as i64, -1]);
         let p = self.split(&qkv, 2, &[kd, kd, hd]);
         let o = self.attend(&p[0], &p[1], &p[2], (kd as f64).powf(-0.5) as f32);
-        let o = V { name: self.reshape(&o, &[x.c, x.h, x.w]), ..x.clone() };
-        let v = V { name: self.reshape(&p[2], &[x.c, x.h, x.w]), ..x.clone() };
+        let shp = self.shape_of(&x.name, None);
+        let o = V { name: self.node("Reshape", &[&o, &shp], vec![]), ..x.clone() };
+        let v = V { name: self.node("Reshape", &[&p[2], &shp], vec![]), ..x.clone() };
         let pe = self.conv(&v, &m.pe);
         let sum = self.add(&o, &pe);
         self.conv(&sum, &m.proj)
@@ -349,19 +360,27 @@ impl Builder {
     }
 
     fn aattn(&mut self, x: &V, m: &AAttn) -> V {
-        let n = x.h * x.w;
         let (nh, hd, area) = (m.num_heads, m.head_dim, m.area.max(1));
         let qkv = self.conv(x, &m.qkv);
-        let t = self.reshape(&qkv.name, &[qkv.c, n]);
+        let t = self.reshape(&qkv.name, &[0, qkv.c as i64, -1]);
         let t = self.transpose(&t, &[0, 2, 1]);
-        let t = self.reshape(&t, &[n / area, nh, 3 * hd]);
+        // (B, N, 3C) → (B·area, N/area, nh, 3hd), sizes read from the tensor
+        let bn = self.shape_of(&t, Some(&[0, 1]));
+        let num = self.init_i64("area_num", &[area as i64, 1]);
+        let den = self.init_i64("area_den", &[1, area as i64]);
+        let scaled = self.binary("Mul", &bn, &num);
+        let bana = self.binary("Div", &scaled, &den);
+        let rest = self.init_i64("shape", &[nh as i64, 3 * hd as i64]);
+        let shp = self.node("Concat", &[&bana, &rest], vec![("axis", Attr::Int(0))]);
+        let t = self.node("Reshape", &[&t, &shp], vec![]);
         let t = self.transpose(&t, &[0, 2, 3, 1]);
         let p = self.split(&t, 2, &[hd, hd, hd]);
         let o = self.attend(&p[0], &p[1], &p[2], (hd as f64).powf(-0.5) as f32);
-        let c = x.c;
+        // (B, H, W, C) from the input's shape
+        let bhwc = self.shape_of(&x.name, Some(&[0, 2, 3, 1]));
         let to_map = |b: &mut Self, t: &str| -> V {
             let t = b.transpose(t, &[0, 3, 1, 2]);
-            let t = b.reshape(&t, &[x.h, x.w, c]);
+            let t = b.node("Reshape", &[&t, &bhwc], vec![]);
             V { name: b.transpose(&t, &[0, 3, 1, 2]), ..x.clone() }
         };
         let o = to_map(self, &o);
@@ -465,9 +484,52 @@ impl Builder {
         self.conv2d(&y, &m.out)
     }
 
+    /// Anchor centres [1, 2, A] and strides [1, 1, A] computed from the level
+    /// maps' runtime sizes (Shape → Range), for inputs of any size.
+    fn anchors_in_graph(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
+        let zero = self.scalar(0.0);
+        let one = self.scalar(1.0);
+        let half = self.scalar(0.5);
+        let (mut gx, mut gy, mut gs) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, &s) in xs.iter().zip(strides) {
+            let mut coords = Vec::new();
+            for (axis, shape) in [(2i64, [-1i64, 1]), (3, [1, -1])] {
+                let shp = self.node("Shape", &[&x.name], vec![]);
+                let i = self.init_i64("idx", &[axis]);
+                let n = self.node("Gather", &[&shp, &i], vec![("axis", Attr::Int(0))]);
+                let n = self.node("Cast", &[&n], vec![("to", Attr::Int(FLOAT))]);
+                let n = self.reshape(&n, &[]);
+                let r = self.node("Range", &[&zero, &n, &one], vec![]);
+                let r = self.binary("Add", &r, &half);
+                coords.push(self.reshape(&r, &shape));
+            }
+            let (col, row) = (coords[0].clone(), coords[1].clone());
+            let zc = self.binary("Mul", &col, &zero);
+            let zr = self.binary("Mul", &row, &zero);
+            let gxi = self.binary("Add", &row, &zc);
+            let gyi = self.binary("Add", &col, &zr);
+            let gxi = self.reshape(&gxi, &[1, -1]);
+            let gyi = self.reshape(&gyi, &[1, -1]);
+            let z = self.binary("Mul", &gxi, &zero);
+            let sv = self.scalar(s as f32);
+            gs.push(self.binary("Add", &z, &sv));
+            gx.push(gxi);
+            gy.push(gyi);
+        }
+        let cat = |b: &mut Self, v: &[String]| -> String {
+            let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+            b.node("Concat", &refs, vec![("axis", Attr::Int(1))])
+        };
+        let ax = cat(self, &gx);
+        let ay = cat(self, &gy);
+        let st = cat(self, &gs);
+        let xy = self.node("Concat", &[&ax, &ay], vec![("axis", Attr::Int(0))]);
+        (self.reshape(&xy, &[1, 2, -1]), self.reshape(&st, &[1, 1, -1]))
+    }
+
     /// The one-to-many branches and their decoding to [B, 4 + nc, A].
     /// The output is named `output0`; returns the anchor count.
-    fn detect(&mut self, xs: &[V], d: &Detect) -> Result<usize> {
+    fn detect(&mut self, xs: &[V], d: &Detect, dynamic: bool) -> Result<usize> {
         if xs.len() != d.cv2.len() {
             bail!("Detect has {} levels but receives {} inputs", d.cv2.len(), xs.len());
         }
@@ -476,8 +538,8 @@ impl Builder {
             let b = self.box_branch(x, &d.cv2[i]);
             let s = self.cls_branch(x, &d.cv3[i]);
             let hw = x.h * x.w;
-            boxes.push(V { name: self.reshape(&b.name, &[b.c, hw]), c: b.c, h: 1, w: hw });
-            scores.push(V { name: self.reshape(&s.name, &[s.c, hw]), c: s.c, h: 1, w: hw });
+            boxes.push(V { name: self.reshape(&b.name, &[0, b.c as i64, -1]), c: b.c, h: 1, w: hw });
+            scores.push(V { name: self.reshape(&s.name, &[0, s.c as i64, -1]), c: s.c, h: 1, w: hw });
             shapes.push((x.h, x.w));
         }
         let boxes = self.concat(&boxes, 2).name;
@@ -486,20 +548,23 @@ impl Builder {
         let a = st.len();
         let r = d.reg_max;
         let dist = if r > 1 {
-            let p = self.reshape(&boxes, &[4, r, a]);
+            let p = self.reshape(&boxes, &[0, 4, r as i64, -1]);
             let p = self.node("Softmax", &[&p], vec![("axis", Attr::Int(2))]);
             let proj: Vec<f32> = (0..r).map(|i| i as f32).collect();
             let proj = self.init_f32("dfl_proj", &[1, r], &proj);
             let e = self.binary("MatMul", &proj, &p);
-            self.reshape(&e, &[4, a])
+            self.reshape(&e, &[0, 4, -1])
         } else {
             boxes
         };
-        let mut xy = Vec::with_capacity(2 * a);
-        xy.extend(pts.iter().map(|p| p[0]));
-        xy.extend(pts.iter().map(|p| p[1]));
-        let anchors = self.init_f32("anchors", &[1, 2, a], &xy);
-        let strides = self.init_f32("strides", &[1, 1, a], &st);
+        let (anchors, strides) = if dynamic {
+            self.anchors_in_graph(xs, &d.strides)
+        } else {
+            let mut xy = Vec::with_capacity(2 * a);
+            xy.extend(pts.iter().map(|p| p[0]));
+            xy.extend(pts.iter().map(|p| p[1]));
+            (self.init_f32("anchors", &[1, 2, a], &xy), self.init_f32("strides", &[1, 1, a], &st))
+        };
         let lt_rb = self.split(&dist, 1, &[2, 2]);
         let x1y1 = self.binary("Sub", &anchors, &lt_rb[0]);
         let x2y2 = self.binary("Add", &anchors, &lt_rb[1]);
@@ -593,7 +658,7 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
             }
             Layer::Detect(d) => {
                 let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
-                result = Some(b.detect(&xs, d)?);
+                result = Some(b.detect(&xs, d, dynamic)?);
                 break;
             }
             other => {
@@ -627,7 +692,7 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
         x = y;
     }
     let anchors = result.context("the model has no Detect layer")?;
-    let bdim: Result<usize, &str> = if dynamic { Err("batch") } else { Ok(batch) };
+    let dim = |name: &'static str, v: usize| -> Result<usize, &'static str> { if dynamic { Err(name) } else { Ok(v) } };
     let mut graph = Msg::new();
     for nd in &b.nodes {
         graph.msg(1, nd);
@@ -636,8 +701,8 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
     for t in &b.inits {
         graph.msg(5, t);
     }
-    graph.msg(11, &value_info("images", &[bdim, Ok(3), Ok(h), Ok(w)]));
-    graph.msg(12, &value_info("output0", &[bdim, Ok(4 + model.nc()), Ok(anchors)]));
+    graph.msg(11, &value_info("images", &[dim("batch", batch), Ok(3), dim("height", h), dim("width", w)]));
+    graph.msg(12, &value_info("output0", &[dim("batch", batch), Ok(4 + model.nc()), dim("anchors", anchors)]));
 
     let stem = model.spec.yaml.get("yaml_file").and_then(|v| v.as_str()).unwrap_or("model");
     let stem = std::path::Path::new(stem).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();

@@ -100,6 +100,8 @@ pub struct TrainArgs {
     /// Use only this fraction of the training images (quick experiments).
     #[arg(long, default_value_t = 1.0)]
     pub fraction: f64,
+    #[command(flatten)]
+    pub distill: crate::distill::args::DistillArgs,
     /// Stop after this many optimizer-batch iterations in total (tests and benchmarks).
     #[arg(long = "max-batches", hide = true)]
     pub max_batches: Option<usize>,

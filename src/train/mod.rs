@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use args::TrainArgs;
 use ema::Ema;
-use optim::{GradStore, Method, Optimizer, OptimizerKind, StepParams};
+use optim::{GradStore, Method, Optimizer, OptimizerKind, StepParams, Trainable};
 use schedule::{interp, lr_factor, warmup_iters};
 
 use crate::data::augment::AugConfig;
@@ -36,13 +36,36 @@ use crate::report::Results;
 pub trait StepHook {
     /// Layer indices whose outputs the hook needs from the student forward.
     fn taps(&self) -> Vec<usize>;
-    /// Returns named extra loss terms (already weighted) for this batch.
-    fn extra_loss(&mut self, images: &Tensor<4>, taps: &[Tensor<4>], epoch: usize) -> Vec<(String, Tensor<1>)>;
+    /// Returns named extra loss terms (already weighted) for this batch. `student`
+    /// holds the raw head maps of the student forward.
+    fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss;
+    /// The hook's own trainable tensors (adapters, generators), optimised with the model.
+    fn trainable(&mut self) -> Option<&mut dyn Trainable> {
+        None
+    }
+}
+
+/// Extra loss terms of one step (added to the total, logged) and values only logged.
+#[derive(Default)]
+pub struct HookLoss {
+    pub terms: Vec<(String, Tensor<1>)>,
+    pub logs: Vec<(String, f64)>,
+}
+
+/// What a [`StepHook`] sees of one training step.
+pub struct HookInput<'a> {
+    pub images: &'a Tensor<4>,
+    pub taps: &'a [Tensor<4>],
+    pub student: &'a crate::model::layers::head::HeadOutput,
+    pub epoch: usize,
+    /// Batch index within the epoch and batches per epoch (for per-epoch schedules).
+    pub batch: usize,
+    pub batches: usize,
 }
 
 /// Makes every trainable parameter a gradient-tracking leaf on the autodiff device.
-pub fn make_trainable(model: &mut DetectionModel) {
-    model.walk_all(&mut |name, slot: Slot<'_>| {
+pub fn make_trainable<T: Trainable + ?Sized>(model: &mut T) {
+    model.walk_params(&mut |name, slot: Slot<'_>| {
         if !optim::is_trainable(name) {
             return;
         }
@@ -125,9 +148,10 @@ pub fn forward_backward<'h>(
     ad: &Device,
     taps: &[usize],
     hook: Option<&mut (dyn StepHook + 'h)>,
-    epoch: usize,
+    pos: (usize, usize, usize),
     grads: &mut GradStore,
 ) -> Vec<(String, f64)> {
+    let (epoch, batch_i, batches) = pos;
     let [b, c, h, w] = batch.shape;
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
     let fwd = model.forward_taps(x.clone(), taps, false);
@@ -136,20 +160,27 @@ pub fn forward_backward<'h>(
     let mut total = out.total;
     let mut items: Vec<(String, f64)> =
         ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
-    if let Some(h) = hook {
-        for (name, term) in h.extra_loss(&x, &fwd.taps, epoch) {
+    let mut hook = hook;
+    if let Some(h) = hook.as_deref_mut() {
+        let ctx = HookInput { images: &x, taps: &fwd.taps, student: &fwd.head, epoch, batch: batch_i, batches };
+        let extra = h.extra_loss(&ctx);
+        for (name, term) in extra.terms {
             let v = term.clone().into_scalar::<f32>() as f64;
             total = total + term * b as f32;
             items.push((name, v));
         }
+        items.extend(extra.logs);
     }
     let g = total.backward();
     grads.accumulate(model, &g);
+    if let Some(t) = hook.and_then(|h| h.trainable()) {
+        grads.accumulate(t, &g);
+    }
     items
 }
 
 /// Trains a model as `a` says. `hook` adds distillation losses.
-pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainSummary> {
+pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSummary> {
     let t_start = Instant::now();
     let plain = crate::default_device();
     let ad = plain.clone().autodiff();
@@ -240,6 +271,22 @@ pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainS
         }
         eprintln!("Resuming {} from epoch {}", dir.display(), start_epoch + 1);
     }
+    let mut distiller = match &a.distill.teacher {
+        Some(_) => {
+            let mut d = crate::distill::distiller::Distiller::new(&a.distill, &model, a.imgsz, a.epochs, a.close_mosaic, &plain)?;
+            eprint!("{}", d.report(a.imgsz));
+            make_trainable(&mut d);
+            Some(d)
+        }
+        None => None,
+    };
+    if distiller.is_some() && hook.is_some() {
+        bail!("a distillation teacher and a custom step hook cannot be combined");
+    }
+    let mut hook: Option<&mut dyn StepHook> = match distiller.as_mut() {
+        Some(d) => Some(d as &mut dyn StepHook),
+        None => hook.map(|h| h as &mut dyn StepHook),
+    };
     make_trainable(&mut model);
 
     let train_loader = TrainLoader::new(train_ds.clone(), a.imgsz, a.batch, aug_config(&a), a.workers, a.seed)?;
@@ -296,10 +343,15 @@ pub fn train(a: TrainArgs, mut hook: Option<&mut dyn StepHook>) -> Result<TrainS
                     mom = interp(x, 0.0, nw as f64, a.warmup_momentum, momentum);
                 }
             }
-            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), epoch, &mut grads);
+            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), (epoch, i, nb), &mut grads);
             if ni - last_opt_step >= accumulate as i64 {
                 grads.clip_global_norm(10.0);
-                opt.step(&mut model, &grads, StepParams { lr: lrs, momentum: mom });
+                let hp = StepParams { lr: lrs, momentum: mom };
+                opt.tick();
+                opt.apply(&mut model, &grads, hp);
+                if let Some(t) = hook.as_deref_mut().and_then(|h| h.trainable()) {
+                    opt.apply(t, &grads, hp);
+                }
                 grads.clear();
                 ema.update(&mut model);
                 last_opt_step = ni;

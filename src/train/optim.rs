@@ -10,8 +10,19 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::tensor::Tensor;
 
-use crate::model::walk::Slot;
+use crate::model::walk::{Slot, Visit};
 use crate::model::DetectionModel;
+
+/// Anything with named trainable tensors: the model, and the distiller's adapters.
+pub trait Trainable {
+    fn walk_params(&mut self, f: &mut Visit<'_>);
+}
+
+impl Trainable for DetectionModel {
+    fn walk_params(&mut self, f: &mut Visit<'_>) {
+        self.walk_all(f);
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -46,8 +57,8 @@ pub struct GradStore {
 
 impl GradStore {
     /// Adds the gradients of `model`'s parameters from one backward pass.
-    pub fn accumulate(&mut self, model: &mut DetectionModel, grads: &burn::tensor::Gradients) {
-        model.walk_all(&mut |name, slot: Slot<'_>| {
+    pub fn accumulate<T: Trainable + ?Sized>(&mut self, model: &mut T, grads: &burn::tensor::Gradients) {
+        model.walk_params(&mut |name, slot: Slot<'_>| {
             if !is_trainable(name) {
                 return;
             }
@@ -121,13 +132,17 @@ impl Optimizer {
         Self { method, weight_decay, steps: 0, m: HashMap::new(), v: HashMap::new() }
     }
 
-    /// Applies one update from `grads` to the parameters of `model`.
-    pub fn step(&mut self, model: &mut DetectionModel, grads: &GradStore, hp: StepParams) {
+    /// Starts an optimizer step (Adam's bias correction counts steps, not calls to `apply`).
+    pub fn tick(&mut self) {
         self.steps += 1;
-        let t = self.steps as i32;
+    }
+
+    /// Applies the current step's update from `grads` to the parameters of `model`.
+    pub fn apply<T: Trainable + ?Sized>(&mut self, model: &mut T, grads: &GradStore, hp: StepParams) {
+        let t = self.steps.max(1) as i32;
         let (method, weight_decay) = (self.method, self.weight_decay);
         let (ms, vs) = (&mut self.m, &mut self.v);
-        model.walk_all(&mut |name, slot: Slot<'_>| {
+        model.walk_params(&mut |name, slot: Slot<'_>| {
             let Some(g) = grads.grads.get(name) else { return };
             let group = group_of(name);
             let wd = if group == 0 { weight_decay } else { 0.0 };

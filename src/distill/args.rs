@@ -1,0 +1,44 @@
+//! Distillation options of `train` (all off unless `--teacher` is given).
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DistillArgs {
+    /// Teacher: .pt, .safetensors (offline, frozen) — same classes as the dataset.
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// Feature methods with optional weights, e.g. `cwd`, `cwd:1.0,at:0.5`, `none`.
+    /// Methods: mimic, cwd, mgd, at, gram, relation, sl2.
+    #[arg(long, default_value = "cwd")]
+    pub distill: String,
+    /// Weight of a feature method written without one.
+    #[arg(long = "distill-weight", default_value_t = 1.0)]
+    pub distill_weight: f32,
+    /// Student layers to tap: `auto` (the Detect inputs) or indices like `15,18,21`.
+    #[arg(long = "distill-layers", default_value = "auto")]
+    pub distill_layers: String,
+    /// Teacher layers paired with them (default: the same levels of the teacher's graph).
+    #[arg(long = "teacher-layers")]
+    pub teacher_layers: Option<String>,
+    /// Response method: none, mse (raw head maps), kl (class logits, binary form), ld (DFL sides).
+    #[arg(long, default_value = "none")]
+    pub logit: String,
+    #[arg(long = "logit-weight", default_value_t = 1.0)]
+    pub logit_weight: f32,
+    /// Temperature of kl and ld.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long = "cwd-tau", default_value_t = 1.0)]
+    pub cwd_tau: f32,
+    #[arg(long = "mgd-alpha", default_value_t = 2e-5)]
+    pub mgd_alpha: f32,
+    #[arg(long = "mgd-lambda", default_value_t = 0.65)]
+    pub mgd_lambda: f32,
+    /// Weight over time: constant, cosine-epoch (the seed's per-epoch cosine), linear (to 0.1).
+    #[arg(long = "distill-schedule", default_value = "constant")]
+    pub distill_schedule: String,
+    /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes.
+    #[arg(long = "distill-stop-epoch")]
+    pub distill_stop_epoch: Option<usize>,
+}

@@ -1,0 +1,417 @@
+//! The distiller: a frozen teacher, paired feature taps with adapters, and the
+//! chosen feature/response losses, plugged into the trainer as a [`StepHook`].
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor};
+
+use super::args::DistillArgs;
+use super::losses::{
+    attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, linear_weight, localisation_kl, logit_mse, mgd,
+    mimic, random_keep_mask, score_weighted_l2, seed_normalise, Adapter, MgdGenerator, Projector,
+};
+use crate::model::walk::{child, Visit, Walk};
+use crate::model::{self, DetectionModel};
+use crate::train::optim::Trainable;
+use crate::train::{HookInput, HookLoss, StepHook};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    Mimic,
+    Cwd,
+    Mgd,
+    At,
+    Gram,
+    Relation,
+    Sl2,
+}
+
+impl Feature {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "mimic" => Self::Mimic,
+            "cwd" => Self::Cwd,
+            "mgd" => Self::Mgd,
+            "at" => Self::At,
+            "gram" => Self::Gram,
+            "relation" => Self::Relation,
+            "sl2" => Self::Sl2,
+            o => bail!("unknown distillation method '{o}' (mimic, cwd, mgd, at, gram, relation, sl2, none)"),
+        })
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mimic => "mimic",
+            Self::Cwd => "cwd",
+            Self::Mgd => "mgd",
+            Self::At => "at",
+            Self::Gram => "gram",
+            Self::Relation => "relation",
+            Self::Sl2 => "sl2",
+        }
+    }
+    /// Methods comparing maps channel by channel need the student adapted to the teacher's channels.
+    fn needs_adapter(self) -> bool {
+        matches!(self, Self::Mimic | Self::Cwd | Self::Mgd | Self::Gram)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response {
+    None,
+    Mse,
+    Kl,
+    Ld,
+}
+
+/// Parses `cwd:1.0,at:0.5` into methods with weights.
+pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f32)>> {
+    let spec = spec.trim();
+    if spec.is_empty() || spec == "none" {
+        return Ok(Vec::new());
+    }
+    spec.split(',')
+        .map(|part| {
+            let mut it = part.trim().splitn(2, ':');
+            let m = Feature::parse(it.next().unwrap_or("").trim())?;
+            let w = match it.next() {
+                Some(w) => w.trim().parse::<f32>().with_context(|| format!("bad weight in '{part}'"))?,
+                None => default_weight,
+            };
+            Ok((m, w))
+        })
+        .collect()
+}
+
+fn parse_layers(s: &str) -> Result<Vec<usize>> {
+    s.split(',').map(|x| x.trim().parse::<usize>().with_context(|| format!("bad layer index '{x}'"))).collect()
+}
+
+/// One student/teacher tap pair.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub student_layer: usize,
+    pub teacher_layer: usize,
+    /// [C, H, W] at the planning image size.
+    pub student_shape: [usize; 3],
+    pub teacher_shape: [usize; 3],
+    /// The student map is resized to the teacher's spatial size.
+    pub resize: bool,
+}
+
+/// Pairs taps and measures their shapes with one dry forward at `imgsz`.
+pub fn plan_pairs(student: &DetectionModel, teacher: &DetectionModel, args: &DistillArgs, imgsz: usize) -> Result<Vec<Pair>> {
+    let s_layers = if args.distill_layers == "auto" { student.spec.detect_from() } else { parse_layers(&args.distill_layers)? };
+    let t_layers = match &args.teacher_layers {
+        Some(t) => parse_layers(t)?,
+        None if args.distill_layers == "auto" => teacher.spec.detect_from(),
+        // same levels of the teacher's graph: the k-th student tap ↔ the k-th teacher Detect input
+        None => {
+            let t_from = teacher.spec.detect_from();
+            if s_layers.len() != t_from.len() {
+                bail!("--teacher-layers is needed: {} student taps but the teacher head has {} levels", s_layers.len(), t_from.len());
+            }
+            t_from
+        }
+    };
+    if s_layers.len() != t_layers.len() {
+        bail!("{} student layers but {} teacher layers", s_layers.len(), t_layers.len());
+    }
+    for (&l, who, m) in s_layers.iter().map(|l| (l, "student", student)).chain(t_layers.iter().map(|l| (l, "teacher", teacher))) {
+        if l + 1 >= m.layers.len() {
+            bail!("{who} layer {l} is not a feature layer (the model has layers 0..{} before its head)", m.layers.len() - 1);
+        }
+    }
+    let device = crate::default_device();
+    let x = Tensor::<4>::zeros([1, 3, imgsz, imgsz], &device);
+    let shape3 = |t: &Tensor<4>| {
+        let d = t.dims();
+        [d[1], d[2], d[3]]
+    };
+    let s_out = student.forward_taps(x.clone(), &s_layers, false).taps;
+    let t_out = teacher.forward_taps(x, &t_layers, false).taps;
+    Ok(s_layers
+        .iter()
+        .zip(&t_layers)
+        .zip(s_out.iter().zip(&t_out))
+        .map(|((&sl, &tl), (so, to))| {
+            let (ss, ts) = (shape3(so), shape3(to));
+            Pair { student_layer: sl, teacher_layer: tl, student_shape: ss, teacher_shape: ts, resize: ss[1..] != ts[1..] }
+        })
+        .collect())
+}
+
+pub struct Distiller {
+    pub teacher: DetectionModel,
+    pub pairs: Vec<Pair>,
+    pub methods: Vec<(Feature, f32)>,
+    pub response: Response,
+    pub args: DistillArgs,
+    /// One adapter per pair whose channels differ (for the methods that need it).
+    pub adapters: Vec<Option<Adapter>>,
+    pub generators: Vec<MgdGenerator>,
+    pub projectors: Vec<Projector>,
+    /// Last epoch (0-based, exclusive bound) with distillation.
+    pub stop_epoch: usize,
+    pub epochs: usize,
+    /// Per-method sums over an epoch, to warn when a term stays zero.
+    zero_steps: usize,
+}
+
+impl Distiller {
+    pub fn new(args: &DistillArgs, student: &DetectionModel, imgsz: usize, epochs: usize, close_mosaic: usize, device: &Device) -> Result<Self> {
+        let path = args.teacher.as_deref().context("no --teacher")?;
+        // A YAML teacher (random init, e.g. for pairing checks) gets the student's class count.
+        let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+        let teacher = model::load(path, is_yaml.then(|| student.nc()), device)?.model;
+        if teacher.nc() != student.nc() {
+            bail!("the teacher {path} has {} classes but the student has {}: they must agree", teacher.nc(), student.nc());
+        }
+        let methods = parse_methods(&args.distill, args.distill_weight)?;
+        let response = match args.logit.as_str() {
+            "none" => Response::None,
+            "mse" => Response::Mse,
+            "kl" => Response::Kl,
+            "ld" => Response::Ld,
+            "mixed" => bail!("--logit mixed is not implemented yet (use kl or ld)"),
+            o => bail!("unknown --logit '{o}' (none, mse, kl, ld)"),
+        };
+        if response == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
+            bail!("--logit ld needs DFL heads with the same reg_max on both sides");
+        }
+        let pairs = plan_pairs(student, &teacher, args, imgsz)?;
+        let need_adapter = methods.iter().any(|(m, _)| m.needs_adapter());
+        let adapters = pairs
+            .iter()
+            .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| Adapter::new(p.student_shape[0], p.teacher_shape[0], device)))
+            .collect();
+        let has = |f: Feature| methods.iter().any(|(m, _)| *m == f);
+        let generators = if has(Feature::Mgd) { pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], device)).collect() } else { Vec::new() };
+        let projectors =
+            if has(Feature::Sl2) { pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], device)).collect() } else { Vec::new() };
+        let stop_epoch = args.distill_stop_epoch.unwrap_or(epochs.saturating_sub(close_mosaic)).min(epochs);
+        Ok(Self {
+            teacher,
+            pairs,
+            methods,
+            response,
+            args: args.clone(),
+            adapters,
+            generators,
+            projectors,
+            stop_epoch,
+            epochs,
+            zero_steps: 0,
+        })
+    }
+
+    /// Trainable parameters of the distiller (adapters, generators, projectors).
+    pub fn param_count(&mut self) -> usize {
+        let mut n = 0;
+        self.walk_params(&mut |_, s| {
+            if s.is_param() {
+                n += s.shape().iter().product::<usize>();
+            }
+        });
+        n
+    }
+
+    /// The pairing report printed by `distill-plan` and at the start of training.
+    pub fn report(&mut self, imgsz: usize) -> String {
+        let mut s = String::from("distillation pairs (student layer → teacher layer):\n");
+        for (i, p) in self.pairs.iter().enumerate() {
+            let adapter = match &self.adapters[i] {
+                Some(_) => format!("adapter 1×1 {}→{}", p.student_shape[0], p.teacher_shape[0]),
+                None => "no adapter".into(),
+            };
+            s.push_str(&format!(
+                "  level {i}: {:>3} {:?} → {:>3} {:?}  {adapter}{}\n",
+                p.student_layer,
+                p.student_shape,
+                p.teacher_layer,
+                p.teacher_shape,
+                if p.resize { ", student map resized to the teacher's size" } else { "" }
+            ));
+        }
+        let methods: Vec<String> = self.methods.iter().map(|(m, w)| format!("{}:{w}", m.name())).collect();
+        s.push_str(&format!(
+            "methods: {} | response: {:?} | schedule: {} until epoch {}\n",
+            if methods.is_empty() { "none".into() } else { methods.join(",") },
+            self.response,
+            self.args.distill_schedule,
+            self.stop_epoch
+        ));
+        s.push_str(&format!(
+            "distiller parameters: {} | teacher extra cost: {:.2} GFLOPs per image at {imgsz}\n",
+            self.param_count(),
+            crate::model::flops::gflops(&self.teacher, imgsz)
+        ));
+        s
+    }
+
+    fn weight(&self, ctx: &HookInput<'_>) -> f32 {
+        match self.args.distill_schedule.as_str() {
+            "cosine-epoch" => cosine_epoch_weight(ctx.batch, ctx.batches),
+            "linear" => {
+                let total = self.stop_epoch.max(1) * ctx.batches.max(1);
+                linear_weight(ctx.epoch * ctx.batches + ctx.batch, total, 1.0, 0.1)
+            }
+            _ => 1.0,
+        }
+    }
+}
+
+fn resize_to(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+    let d = x.dims();
+    if d[2] == h && d[3] == w {
+        return x;
+    }
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h, w]))
+}
+
+/// Per-level slices [B, C, H, W] of flattened head maps [B, C, A].
+fn level_maps(flat: &Tensor<3>, shapes: &[(usize, usize)]) -> Vec<Tensor<4>> {
+    let [b, c, _] = flat.dims();
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|&(h, w)| {
+            let m = flat.clone().narrow(2, start, h * w).reshape([b, c, h, w]);
+            start += h * w;
+            m
+        })
+        .collect()
+}
+
+impl StepHook for Distiller {
+    fn taps(&self) -> Vec<usize> {
+        self.pairs.iter().map(|p| p.student_layer).collect()
+    }
+
+    fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
+        let mut out = HookLoss::default();
+        if ctx.epoch >= self.stop_epoch {
+            return out;
+        }
+        let w = self.weight(ctx);
+        // Frozen teacher: eval mode, plain tensors (no gradient), one forward per batch.
+        let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
+        let images = ctx.images.clone().inner();
+        let t_fwd = self.teacher.forward_taps(images, &t_layers, false);
+        let device = ctx.images.device();
+        let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| Tensor::from_inner(t.clone())).collect();
+        let student_maps: Vec<Tensor<4>> = ctx
+            .taps
+            .iter()
+            .zip(&teacher_maps)
+            .map(|(s, t)| {
+                let d = t.dims();
+                resize_to(s.clone(), d[2], d[3])
+            })
+            .collect();
+        let adapted: Vec<Tensor<4>> =
+            student_maps.iter().zip(&self.adapters).map(|(s, a)| a.as_ref().map(|a| a.forward(s.clone())).unwrap_or_else(|| s.clone())).collect();
+        for &(method, mw) in &self.methods {
+            let term: Tensor<1> = match method {
+                Feature::Mimic | Feature::Cwd => {
+                    let s: Vec<_> = adapted.iter().map(|x| seed_normalise(x.clone())).collect();
+                    let t: Vec<_> = teacher_maps.iter().map(|x| seed_normalise(x.clone())).collect();
+                    if method == Feature::Mimic {
+                        mimic(&s, &t)
+                    } else {
+                        cwd(&s, &t, self.args.cwd_tau)
+                    }
+                }
+                Feature::Mgd => {
+                    let masks: Vec<_> = adapted
+                        .iter()
+                        .map(|s| {
+                            let d = s.dims();
+                            random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, &device)
+                        })
+                        .collect();
+                    mgd(&adapted, &teacher_maps, &masks, &self.generators, self.args.mgd_alpha)
+                }
+                Feature::At => attention_transfer(&student_maps, &teacher_maps),
+                Feature::Gram => gram(&adapted, &teacher_maps),
+                Feature::Relation => batch_relation(&student_maps, &teacher_maps),
+                Feature::Sl2 => {
+                    let t_scores = level_maps(&Tensor::from_inner(t_fwd.head.one2many.scores.clone()), &t_fwd.head.shapes);
+                    (0..student_maps.len())
+                        .map(|l| {
+                            let [n, c, h, ww] = t_scores[l].dims();
+                            let logits: Tensor<3> = t_scores[l].clone().reshape([n, c, h * ww]);
+                            let t = &teacher_maps[l];
+                            let td = t.dims();
+                            let logits = if h * ww == td[2] * td[3] { logits } else { resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]]) };
+                            score_weighted_l2(self.projectors[l].forward(student_maps[l].clone()), t.clone(), logits)
+                        })
+                        .reduce(|a, b| a + b)
+                        .expect("levels")
+                }
+            };
+            out.terms.push((format!("d_{}", method.name()), term * (mw * w)));
+        }
+        let s_head = &ctx.student.one2many;
+        let t_head = &t_fwd.head.one2many;
+        let resp: Option<(&str, Tensor<1>)> = match self.response {
+            Response::None => None,
+            Response::Mse => {
+                if s_head.scores.dims() != t_head.scores.dims() || s_head.boxes.dims() != t_head.boxes.dims() {
+                    None
+                } else {
+                    let cat = |h: &crate::model::layers::head::HeadMaps| Tensor::cat(vec![h.boxes.clone(), h.scores.clone()], 1);
+                    let s = level_maps(&cat(s_head), &ctx.student.shapes);
+                    let t = level_maps(&Tensor::from_inner(cat(t_head)), &t_fwd.head.shapes);
+                    Some(("l_mse", logit_mse(&s, &t, 1.0)))
+                }
+            }
+            Response::Kl => Some(("l_kl", kd_binary(s_head.scores.clone(), Tensor::from_inner(t_head.scores.clone()), self.args.temperature))),
+            Response::Ld => {
+                let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
+                let [n, _, a] = t_scores.dims();
+                let wts: Tensor<2> = Tensor::from_inner(t_scores.reshape([n, a]));
+                Some((
+                    "l_ld",
+                    localisation_kl(s_head.boxes.clone(), Tensor::from_inner(t_head.boxes.clone()), self.teacher.head().reg_max, self.args.temperature, wts),
+                ))
+            }
+        };
+        if let Some((name, term)) = resp {
+            out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
+        } else if self.response == Response::Mse {
+            out.logs.push(("l_mse_skipped".into(), 1.0));
+        }
+        let all_zero = out.terms.iter().all(|(_, t)| t.clone().into_scalar::<f32>() == 0.0);
+        self.zero_steps = if all_zero && !out.terms.is_empty() { self.zero_steps + 1 } else { 0 };
+        if self.zero_steps == ctx.batches.max(1) {
+            eprintln!("warning: every distillation term was zero for a whole epoch");
+        }
+        out
+    }
+
+    fn trainable(&mut self) -> Option<&mut dyn Trainable> {
+        Some(self)
+    }
+}
+
+impl Trainable for Distiller {
+    fn walk_params(&mut self, f: &mut Visit<'_>) {
+        for (i, a) in self.adapters.iter_mut().enumerate() {
+            if let Some(a) = a {
+                a.conv.walk(&child(&child("distill.adapter.", i), "conv"), f);
+            }
+        }
+        for (i, g) in self.generators.iter_mut().enumerate() {
+            let p = child("distill.mgd.", i);
+            g.conv1.walk(&child(&p, "conv1"), f);
+            g.conv2.walk(&child(&p, "conv2"), f);
+        }
+        for (i, g) in self.projectors.iter_mut().enumerate() {
+            let p = child("distill.projector.", i);
+            g.conv1.walk(&child(&p, "conv1"), f);
+            g.conv2.walk(&child(&p, "conv2"), f);
+        }
+    }
+}
