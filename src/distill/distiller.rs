@@ -190,7 +190,9 @@ impl Distiller {
         let generators = if has(Feature::Mgd) { pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], device)).collect() } else { Vec::new() };
         let projectors =
             if has(Feature::Sl2) { pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], device)).collect() } else { Vec::new() };
-        let stop_epoch = args.distill_stop_epoch.unwrap_or(epochs.saturating_sub(close_mosaic)).min(epochs);
+        // Default: distil while mosaic is on (the whole run when mosaic never opens).
+        let mosaic_epochs = if epochs > close_mosaic { epochs - close_mosaic } else { epochs };
+        let stop_epoch = args.distill_stop_epoch.unwrap_or(mosaic_epochs).min(epochs);
         Ok(Self {
             teacher,
             pairs,

@@ -252,7 +252,8 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut ema = Ema::new(&model, 0);
     let mut start_epoch = 0;
     let mut best_fitness = f64::NEG_INFINITY;
-    let mut results = Results::load(&dir.join("results.csv"))?;
+    // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
+    let mut results = if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() };
     if let Some(r) = restored {
         model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
         ema = Ema::new(&model, r.state.ema_updates);

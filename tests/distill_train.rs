@@ -1,0 +1,129 @@
+//! Distillation wired into training: distiller parameters train, the frozen
+//! teacher does not, cross-family pairs run, checkpoints hold the student only.
+
+mod common;
+
+use std::collections::HashMap;
+
+use burn::module::Module;
+use yolodistill::data::loader::Batch;
+use yolodistill::distill::args::DistillArgs;
+use yolodistill::distill::distiller::Distiller;
+use yolodistill::loss::LossConfig;
+use yolodistill::model::walk::Slot;
+use yolodistill::model::{self, DetectionModel};
+use yolodistill::train::optim::{GradStore, Method, Optimizer, StepParams, Trainable};
+use yolodistill::train::{forward_backward, make_trainable, StepHook};
+
+fn snapshot<T: Trainable + ?Sized>(t: &mut T) -> HashMap<String, Vec<f32>> {
+    let mut out = HashMap::new();
+    t.walk_params(&mut |name, slot: Slot<'_>| {
+        let v = match slot {
+            Slot::P4(p) => p.val().inner().try_into_vec_as::<f32>().unwrap(),
+            Slot::P1(p) => p.val().inner().try_into_vec_as::<f32>().unwrap(),
+            _ => return,
+        };
+        out.insert(name.to_string(), v);
+    });
+    out
+}
+
+fn toy_batch(b: usize, s: usize) -> Batch {
+    let images: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    Batch {
+        images,
+        shape: [b, 3, s, s],
+        batch_idx: (0..b).collect(),
+        cls: (0..b).map(|i| i % 3).collect(),
+        bboxes: (0..b).map(|i| [0.3 + 0.1 * i as f32, 0.5, 0.3, 0.4]).collect(),
+        paths: Vec::new(),
+        ori_sizes: Vec::new(),
+        placements: Vec::new(),
+    }
+}
+
+fn args(teacher: &str, methods: &str, logit: &str) -> DistillArgs {
+    DistillArgs {
+        teacher: Some(teacher.into()),
+        distill: methods.into(),
+        distill_weight: 1.0,
+        distill_layers: "auto".into(),
+        teacher_layers: None,
+        logit: logit.into(),
+        logit_weight: 1.0,
+        temperature: 2.0,
+        cwd_tau: 1.0,
+        mgd_alpha: 2e-5,
+        mgd_lambda: 0.65,
+        distill_schedule: "constant".into(),
+        distill_stop_epoch: None,
+    }
+}
+
+type Params = HashMap<String, Vec<f32>>;
+
+/// One optimizer step of `student` distilled from `teacher`; returns the distiller, the
+/// student, and the distiller's and teacher's tensors before the step.
+fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: usize) -> (Distiller, DetectionModel, Params, Params) {
+    let plain = yolodistill::default_device();
+    let ad = plain.clone().autodiff();
+    let mut student = model::load(student_yaml, Some(3), &plain).unwrap().model;
+    let mut d = Distiller::new(&args(teacher, methods, logit), &student, imgsz, 10, 2, &plain).unwrap();
+    make_trainable(&mut d);
+    make_trainable(&mut student);
+    let before = snapshot(&mut d);
+    let teacher_before = snapshot(&mut d.teacher);
+    let head = student.head();
+    let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+    let taps = d.taps();
+    let mut grads = GradStore::default();
+    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), (0, 0, 1), &mut grads);
+    assert!(items.iter().all(|(_, v)| v.is_finite()), "{items:?}");
+    assert!(items.len() > 3, "distillation terms are logged: {items:?}");
+    let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
+    let hp = StepParams { lr: [1e-2; 3], momentum: 0.9 };
+    opt.tick();
+    opt.apply(&mut student, &grads, hp);
+    opt.apply(&mut d, &grads, hp);
+    (d, student, before, teacher_before)
+}
+
+#[test]
+fn distiller_parameters_train_and_the_teacher_stays_frozen() {
+    let (mut d, mut student, before, teacher_before) = step("yolov8n.yaml", "yolov8s.yaml", "cwd,mgd,sl2", "ld", 64);
+    let after = snapshot(&mut d);
+    for prefix in ["distill.adapter.", "distill.mgd.", "distill.projector."] {
+        let names: Vec<&String> = before.keys().filter(|k| k.starts_with(prefix)).collect();
+        assert!(!names.is_empty(), "no {prefix} tensors");
+        assert!(names.iter().any(|k| before[*k] != after[*k]), "{prefix} tensors did not change after a step");
+    }
+    assert_eq!(snapshot(&mut d.teacher), teacher_before, "the offline teacher must not change");
+    // The student checkpoint holds the student alone.
+    let dir = common::temp_dir("distill-ckpt");
+    let file = dir.join("s.safetensors");
+    model::save_safetensors(&student.valid(), &file, Default::default()).unwrap();
+    let (tensors, _) = yolodistill::weights::st::read_tensors(&file).unwrap();
+    assert!(tensors.iter().all(|(n, _)| n.starts_with("model.")), "distiller tensors leaked into the student file");
+    assert!(model::load(file.to_str().unwrap(), None, &yolodistill::default_device()).is_ok());
+}
+
+#[test]
+fn cross_family_pairs_train() {
+    // v8s teacher → yolo11n student, v8n → yolo12n (area attention needs H·W/4 at P4: imgsz 128)
+    for (student, teacher) in [("yolo11n.yaml", "yolov8s.yaml"), ("yolo12n.yaml", "yolov8n.yaml")] {
+        let (mut d, _, _, _) = step(student, teacher, "cwd,at,relation", "mse", 128);
+        let report = d.report(128);
+        assert!(report.contains("level 2"), "{report}");
+        eprintln!("{student} ← {teacher}:\n{report}");
+    }
+}
+
+#[test]
+fn mismatched_classes_are_a_clear_error() {
+    let Some(shared) = common::shared() else { return };
+    let plain = yolodistill::default_device();
+    let student = model::load("yolov8n.yaml", Some(5), &plain).unwrap().model;
+    let t = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let err = Distiller::new(&args(t.to_str().unwrap(), "cwd", "none"), &student, 64, 10, 2, &plain).err().unwrap();
+    assert!(format!("{err:#}").contains("3 classes"), "{err:#}");
+}
