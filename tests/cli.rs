@@ -79,3 +79,16 @@ fn bad_inputs_exit_non_zero_with_a_message() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+#[test]
+fn distill_plan_reports_pairs_adapters_and_cost() {
+    let out = bin()
+        .args(["distill-plan", "--model", "yolo11n.yaml", "--teacher", "yolov8s.yaml", "--imgsz", "128", "--distill", "cwd,mgd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["level 0:  16 [64, 16, 16] →  15 [128, 16, 16]", "adapter 1×1 256→512", "distiller parameters", "GFLOPs per image"] {
+        assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
+    }
+}

@@ -2,6 +2,7 @@
 
 mod bench_train;
 mod benchmark;
+mod distill_plan;
 mod export;
 mod info;
 mod predict;
@@ -26,7 +27,10 @@ pub enum Command {
     /// Time training iterations and the data pipeline on this machine.
     #[command(name = "bench-train")]
     BenchTrain(bench_train::BenchTrainArgs),
-    /// Train a detector on a YOLO-format dataset.
+    /// Show how a student would be paired with a teacher for distillation, without training.
+    #[command(name = "distill-plan")]
+    DistillPlan(distill_plan::DistillPlanArgs),
+    /// Train a detector on a YOLO-format dataset (with `--teacher`: distil it).
     Train(crate::train::TrainArgs),
     /// Validate a model on a dataset split (mAP50, mAP50-95, COCO AP).
     Val(val::ValArgs),
@@ -43,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Benchmark(a) => benchmark::run(a),
         Command::Export(a) => export::run(a),
         Command::Train(a) => train::run(a),
+        Command::DistillPlan(a) => distill_plan::run(a),
         Command::BenchTrain(a) => bench_train::run(a),
         Command::Val(a) => val::run(a),
     }
