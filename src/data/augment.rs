@@ -139,7 +139,6 @@ pub fn resize_long_side(img: RgbImage, imgsz: u32) -> RgbImage {
     resize_bilinear(&img, w, h)
 }
 
-
 // ---------------------------------------------------------------- pipeline
 
 /// One training sample of size `s`×`s`, Ultralytics' train order. `mosaic_on = false`
