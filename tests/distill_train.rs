@@ -80,6 +80,13 @@ fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: us
     let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), (0, 0, 1), &mut grads);
     assert!(items.iter().all(|(_, v)| v.is_finite()), "{items:?}");
     assert!(items.len() > 3, "distillation terms are logged: {items:?}");
+    // each method's term is logged per level too, and the levels add up to it
+    for (name, v) in items.iter().filter(|(n, _)| n.starts_with("d_") && !n.contains('.')) {
+        let levels: Vec<f64> = items.iter().filter(|(n, _)| n.starts_with(&format!("{name}.l"))).map(|p| p.1).collect();
+        assert_eq!(levels.len(), 3, "{name}: {items:?}");
+        let sum: f64 = levels.iter().sum();
+        assert!((sum - v).abs() <= 1e-4 * v.abs().max(1e-6), "{name}: levels {levels:?} vs {v}");
+    }
     let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
     let hp = StepParams { lr: [1e-2; 3], momentum: 0.9 };
     opt.tick();
@@ -90,7 +97,7 @@ fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: us
 
 #[test]
 fn distiller_parameters_train_and_the_teacher_stays_frozen() {
-    let (mut d, mut student, before, teacher_before) = step("yolov8n.yaml", "yolov8s.yaml", "cwd,mgd,sl2", "ld", 64);
+    let (mut d, student, before, teacher_before) = step("yolov8n.yaml", "yolov8s.yaml", "cwd,mgd,sl2", "ld", 64);
     let after = snapshot(&mut d);
     for prefix in ["distill.adapter.", "distill.mgd.", "distill.projector."] {
         let names: Vec<&String> = before.keys().filter(|k| k.starts_with(prefix)).collect();
@@ -126,4 +133,40 @@ fn mismatched_classes_are_a_clear_error() {
     let t = shared.join("fixtures/teacher_v8s_bccd.pt");
     let err = Distiller::new(&args(t.to_str().unwrap(), "cwd", "none"), &student, 64, 10, 2, &plain).err().unwrap();
     assert!(format!("{err:#}").contains("3 classes"), "{err:#}");
+}
+
+#[test]
+fn distilled_run_resumes_with_its_adapters() {
+    use clap::Parser;
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("distill-resume");
+    let imgs = shared.join("data/bccd/images/train");
+    let mut files: Vec<_> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    std::fs::write(dir.join("subset.txt"), files[..8].join("\n")).unwrap();
+    std::fs::write(dir.join("data.yaml"), format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: yolodistill::train::TrainArgs,
+    }
+    let data = dir.join("data.yaml");
+    let project = dir.join("runs");
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let mut a = Wrap::parse_from([
+        "x", "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
+        "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", teacher.to_str().unwrap(), "--distill", "cwd,mgd",
+    ])
+    .a;
+    a.max_batches = Some(2); // stop after the first epoch, as an interruption would
+    let first = yolodistill::train::train(a.clone(), None).unwrap();
+    let f = yolodistill::weights::st::load(&first.last).unwrap();
+    assert!(f.state.iter().any(|(n, _)| n.starts_with("state.hook.distill.adapter.")), "adapters are saved for resume");
+    let mut b = a.clone();
+    b.max_batches = None;
+    b.resume = Some(first.last.display().to_string());
+    let second = yolodistill::train::train(b, None).unwrap();
+    assert_eq!(second.epochs_done, 2);
+    let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
+    assert!(r.column("train/d_cwd").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
 }

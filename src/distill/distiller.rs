@@ -314,46 +314,56 @@ impl StepHook for Distiller {
             .collect();
         let adapted: Vec<Tensor<4>> =
             student_maps.iter().zip(&self.adapters).map(|(s, a)| a.as_ref().map(|a| a.forward(s.clone())).unwrap_or_else(|| s.clone())).collect();
+        let levels = student_maps.len();
+        let t_scores = if self.methods.iter().any(|(m, _)| *m == Feature::Sl2) {
+            level_maps(&Tensor::from_inner(t_fwd.head.one2many.scores.clone()), &t_fwd.head.shapes)
+        } else {
+            Vec::new()
+        };
         for &(method, mw) in &self.methods {
-            let term: Tensor<1> = match method {
-                Feature::Mimic | Feature::Cwd => {
-                    let s: Vec<_> = adapted.iter().map(|x| seed_normalise(x.clone())).collect();
-                    let t: Vec<_> = teacher_maps.iter().map(|x| seed_normalise(x.clone())).collect();
-                    if method == Feature::Mimic {
-                        mimic(&s, &t)
-                    } else {
-                        cwd(&s, &t, self.args.cwd_tau)
-                    }
-                }
-                Feature::Mgd => {
-                    let masks: Vec<_> = adapted
-                        .iter()
-                        .map(|s| {
-                            let d = s.dims();
-                            random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, &device)
-                        })
-                        .collect();
-                    mgd(&adapted, &teacher_maps, &masks, &self.generators, self.args.mgd_alpha)
-                }
-                Feature::At => attention_transfer(&student_maps, &teacher_maps),
-                Feature::Gram => gram(&adapted, &teacher_maps),
-                Feature::Relation => batch_relation(&student_maps, &teacher_maps),
-                Feature::Sl2 => {
-                    let t_scores = level_maps(&Tensor::from_inner(t_fwd.head.one2many.scores.clone()), &t_fwd.head.shapes);
-                    (0..student_maps.len())
-                        .map(|l| {
+            // One term per level; the spec sums levels for mimic/cwd/mgd/sl2 and averages them
+            // for at/gram/relation.
+            let per_level: Vec<Tensor<1>> = (0..levels)
+                .map(|l| {
+                    let (s, a, t) = (&student_maps[l..=l], &adapted[l..=l], &teacher_maps[l..=l]);
+                    match method {
+                        Feature::Mimic | Feature::Cwd => {
+                            let sn = [seed_normalise(a[0].clone())];
+                            let tn = [seed_normalise(t[0].clone())];
+                            if method == Feature::Mimic {
+                                mimic(&sn, &tn)
+                            } else {
+                                cwd(&sn, &tn, self.args.cwd_tau)
+                            }
+                        }
+                        Feature::Mgd => {
+                            let d = a[0].dims();
+                            let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, &device)];
+                            mgd(a, t, &mask, &self.generators[l..=l], self.args.mgd_alpha)
+                        }
+                        Feature::At => attention_transfer(s, t),
+                        Feature::Gram => gram(a, t),
+                        Feature::Relation => batch_relation(s, t),
+                        Feature::Sl2 => {
                             let [n, c, h, ww] = t_scores[l].dims();
-                            let logits: Tensor<3> = t_scores[l].clone().reshape([n, c, h * ww]);
-                            let t = &teacher_maps[l];
-                            let td = t.dims();
-                            let logits = if h * ww == td[2] * td[3] { logits } else { resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]]) };
-                            score_weighted_l2(self.projectors[l].forward(student_maps[l].clone()), t.clone(), logits)
-                        })
-                        .reduce(|a, b| a + b)
-                        .expect("levels")
-                }
-            };
-            out.terms.push((format!("d_{}", method.name()), term * (mw * w)));
+                            let td = t[0].dims();
+                            let logits: Tensor<3> = if h * ww == td[2] * td[3] {
+                                t_scores[l].clone().reshape([n, c, h * ww])
+                            } else {
+                                resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]])
+                            };
+                            score_weighted_l2(self.projectors[l].forward(s[0].clone()), t[0].clone(), logits)
+                        }
+                    }
+                })
+                .collect();
+            let averaged = matches!(method, Feature::At | Feature::Gram | Feature::Relation);
+            let scale = mw * w / if averaged { levels as f32 } else { 1.0 };
+            for (l, v) in per_level.iter().enumerate() {
+                out.logs.push((format!("d_{}.l{l}", method.name()), (v.clone().into_scalar::<f32>() * scale) as f64));
+            }
+            let term = per_level.into_iter().reduce(|x, y| x + y).expect("levels") * scale;
+            out.terms.push((format!("d_{}", method.name()), term));
         }
         let s_head = &ctx.student.one2many;
         let t_head = &t_fwd.head.one2many;

@@ -8,7 +8,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::optim::Optimizer;
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+
+use super::optim::{Optimizer, Trainable};
+use crate::model::walk::Slot;
 use crate::model::{collect_tensors, DetectionModel};
 use crate::weights::st::{self, StModel, STATE_PREFIX};
 use crate::weights::HostTensor;
@@ -32,17 +36,32 @@ fn flat(t: burn::tensor::Tensor<1>) -> HostTensor {
     HostTensor::new(vec![v.len()], v)
 }
 
+/// The training state that `--resume` needs besides the EMA weights.
+pub struct ResumeState<'a> {
+    pub model: &'a mut DetectionModel,
+    pub optimizer: &'a Optimizer,
+    pub state: &'a TrainState,
+    /// A step hook's trainable tensors (distillation adapters), if any.
+    pub hook: Option<&'a mut dyn Trainable>,
+}
+
 /// Writes `path` with the EMA model as the model and, when `resume` is given,
-/// the training model and optimizer moments as `state.` tensors.
-pub fn save(path: &Path, ema: &DetectionModel, resume: Option<(&mut DetectionModel, &Optimizer, &TrainState)>) -> Result<()> {
+/// the training model, the hook's tensors and the optimizer moments as `state.` tensors.
+pub fn save(path: &Path, ema: &DetectionModel, resume: Option<ResumeState<'_>>) -> Result<()> {
     let mut e = ema.clone();
     let tensors = collect_tensors(&mut e);
     let mut extra = HashMap::new();
     let mut state = Vec::new();
-    if let Some((model, opt, ts)) = resume {
-        extra.insert(STATE_KEY.to_string(), serde_json::to_string(ts)?);
-        for (n, t) in collect_tensors(model) {
+    if let Some(r) = resume {
+        let opt = r.optimizer;
+        extra.insert(STATE_KEY.to_string(), serde_json::to_string(r.state)?);
+        for (n, t) in collect_tensors(r.model) {
             state.push((format!("{STATE_PREFIX}model.{n}"), t));
+        }
+        if let Some(h) = r.hook {
+            for (n, t) in trainable_tensors(h) {
+                state.push((format!("{STATE_PREFIX}hook.{n}"), t));
+            }
         }
         for (n, t) in &opt.m {
             state.push((format!("{STATE_PREFIX}m.{n}"), flat(t.clone())));
@@ -63,6 +82,46 @@ pub struct Restored {
     pub ema: Vec<(String, HostTensor)>,
     pub m: Vec<(String, HostTensor)>,
     pub v: Vec<(String, HostTensor)>,
+    /// The step hook's tensors (distillation adapters), by name.
+    pub hook: Vec<(String, HostTensor)>,
+}
+
+/// Parameters of a trainable (e.g. the distiller) on the host, by name.
+pub fn trainable_tensors(t: &mut dyn Trainable) -> Vec<(String, HostTensor)> {
+    let mut out = Vec::new();
+    t.walk_params(&mut |name, slot: Slot<'_>| {
+        let (shape, v): (Vec<usize>, Vec<f32>) = match slot {
+            Slot::P4(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
+            Slot::P1(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
+            _ => return,
+        };
+        out.push((name.to_string(), HostTensor::new(shape, v)));
+    });
+    out
+}
+
+/// Restores a trainable's parameters saved by [`trainable_tensors`] (as trainable leaves).
+pub fn restore_trainable(t: &mut dyn Trainable, tensors: Vec<(String, HostTensor)>) -> Result<()> {
+    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
+    let device = crate::default_device().autodiff();
+    let mut missing = None;
+    t.walk_params(&mut |name, slot: Slot<'_>| {
+        let Some(h) = by_name.remove(name) else {
+            if slot.is_param() && missing.is_none() {
+                missing = Some(name.to_string());
+            }
+            return;
+        };
+        match slot {
+            Slot::P4(p) => *p = Param::initialized(p.id, Tensor::<4>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
+            Slot::P1(p) => *p = Param::initialized(p.id, Tensor::<1>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
+            _ => {}
+        }
+    });
+    match missing {
+        Some(n) => bail!("resume: the checkpoint has no '{n}' (different distillation settings?)"),
+        None => Ok(()),
+    }
 }
 
 pub fn load(path: &Path) -> Result<Restored> {
@@ -71,7 +130,7 @@ pub fn load(path: &Path) -> Result<Restored> {
         bail!("{} holds no training state (was it written by `train`? best.safetensors cannot resume)", path.display());
     };
     let state: TrainState = serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))?;
-    let (mut model, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut model, mut m, mut v, mut hook) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, t) in f.state {
         let rest = &n[STATE_PREFIX.len()..];
         if let Some(k) = rest.strip_prefix("model.") {
@@ -80,7 +139,9 @@ pub fn load(path: &Path) -> Result<Restored> {
             m.push((k.to_string(), t));
         } else if let Some(k) = rest.strip_prefix("v.") {
             v.push((k.to_string(), t));
+        } else if let Some(k) = rest.strip_prefix("hook.") {
+            hook.push((k.to_string(), t));
         }
     }
-    Ok(Restored { state, model, ema: f.tensors, m, v })
+    Ok(Restored { state, model, ema: f.tensors, m, v, hook })
 }

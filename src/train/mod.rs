@@ -254,7 +254,9 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut best_fitness = f64::NEG_INFINITY;
     // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
     let mut results = if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() };
+    let mut restored_hook = Vec::new();
     if let Some(r) = restored {
+        restored_hook = r.hook;
         model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
         ema = Ema::new(&model, r.state.ema_updates);
         model::apply_tensors(&mut ema.model, r.ema, &plain).context("resume: EMA weights")?;
@@ -277,6 +279,9 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             let mut d = crate::distill::distiller::Distiller::new(&a.distill, &model, a.imgsz, a.epochs, a.close_mosaic, &plain)?;
             eprint!("{}", d.report(a.imgsz));
             make_trainable(&mut d);
+            if !restored_hook.is_empty() {
+                checkpoint::restore_trainable(&mut d, std::mem::take(&mut restored_hook))?;
+            }
             Some(d)
         }
         None => None,
@@ -425,7 +430,9 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             args: serde_json::to_value(&a)?,
         };
         let mut plain_model = model.valid();
-        checkpoint::save(&last_path, &ema.model, Some((&mut plain_model, &opt, &state)))?;
+        let hook_params = hook.as_deref_mut().and_then(|h| h.trainable());
+        let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &opt, state: &state, hook: hook_params };
+        checkpoint::save(&last_path, &ema.model, Some(resume))?;
         if improved || !best_path.exists() {
             checkpoint::save(&best_path, &ema.model, None)?;
         }
