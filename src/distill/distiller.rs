@@ -154,8 +154,7 @@ pub struct Distiller {
     pub projectors: Vec<Projector>,
     /// Last epoch (0-based, exclusive bound) with distillation.
     pub stop_epoch: usize,
-    pub epochs: usize,
-    /// Per-method sums over an epoch, to warn when a term stays zero.
+    /// Consecutive steps whose terms were all zero (a warning after a whole epoch).
     zero_steps: usize,
 }
 
@@ -203,7 +202,6 @@ impl Distiller {
             generators,
             projectors,
             stop_epoch,
-            epochs,
             zero_steps: 0,
         })
     }

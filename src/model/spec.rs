@@ -9,9 +9,9 @@ use serde_yaml::Value;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
     pub index: usize,
-    /// Input layer indices as written (-1 = previous layer), resolved to absolute below.
+    /// Input layer indices as written (-1 = previous layer; other negatives count back).
     pub from: Vec<i64>,
-    /// Absolute input indices (-1 stays -1 for "previous").
+    /// Copies of the module (Sequential) after depth scaling; 1 for repeat modules.
     pub repeats: usize,
     pub kind: LayerKind,
     /// The module name as written in the YAML (for tables).
