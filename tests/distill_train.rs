@@ -13,7 +13,7 @@ use yolodistill::loss::LossConfig;
 use yolodistill::model::walk::Slot;
 use yolodistill::model::{self, DetectionModel};
 use yolodistill::train::optim::{GradStore, Method, Optimizer, StepParams, Trainable};
-use yolodistill::train::{forward_backward, make_trainable, StepHook};
+use yolodistill::train::{forward_backward, make_trainable, StepHook, StepPos};
 
 fn snapshot<T: Trainable + ?Sized>(t: &mut T) -> HashMap<String, Vec<f32>> {
     let mut out = HashMap::new();
@@ -43,21 +43,7 @@ fn toy_batch(b: usize, s: usize) -> Batch {
 }
 
 fn args(teacher: &str, methods: &str, logit: &str) -> DistillArgs {
-    DistillArgs {
-        teacher: Some(teacher.into()),
-        distill: methods.into(),
-        distill_weight: 1.0,
-        distill_layers: "auto".into(),
-        teacher_layers: None,
-        logit: logit.into(),
-        logit_weight: 1.0,
-        temperature: 2.0,
-        cwd_tau: 1.0,
-        mgd_alpha: 2e-5,
-        mgd_lambda: 0.65,
-        distill_schedule: "constant".into(),
-        distill_stop_epoch: None,
-    }
+    DistillArgs { teacher: Some(teacher.into()), distill: methods.into(), logit: logit.into(), temperature: 2.0, ..Default::default() }
 }
 
 type Params = HashMap<String, Vec<f32>>;
@@ -65,10 +51,15 @@ type Params = HashMap<String, Vec<f32>>;
 /// One optimizer step of `student` distilled from `teacher`; returns the distiller, the
 /// student, and the distiller's and teacher's tensors before the step.
 fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: usize) -> (Distiller, DetectionModel, Params, Params) {
+    step_with(student_yaml, &args(teacher, methods, logit), imgsz).0
+}
+
+/// As [`step`] with full distillation arguments; also returns the logged items.
+fn step_with(student_yaml: &str, a: &DistillArgs, imgsz: usize) -> ((Distiller, DetectionModel, Params, Params), Vec<(String, f64)>) {
     let plain = yolodistill::default_device();
     let ad = plain.clone().autodiff();
     let mut student = model::load(student_yaml, Some(3), &plain).unwrap().model;
-    let mut d = Distiller::new(&args(teacher, methods, logit), &student, imgsz, 10, 2, &plain).unwrap();
+    let mut d = Distiller::new(a, &student, imgsz, 10, 2, &plain).unwrap();
     make_trainable(&mut d);
     make_trainable(&mut student);
     let before = snapshot(&mut d);
@@ -77,7 +68,7 @@ fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: us
     let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
     let taps = d.taps();
     let mut grads = GradStore::default();
-    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), (0, 0, 1), &mut grads);
+    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 }, &mut grads);
     assert!(items.iter().all(|(_, v)| v.is_finite()), "{items:?}");
     assert!(items.len() > 3, "distillation terms are logged: {items:?}");
     // each method's term is logged per level too, and the levels add up to it
@@ -92,7 +83,7 @@ fn step(student_yaml: &str, teacher: &str, methods: &str, logit: &str, imgsz: us
     opt.tick();
     opt.apply(&mut student, &grads, hp);
     opt.apply(&mut d, &grads, hp);
-    (d, student, before, teacher_before)
+    ((d, student, before, teacher_before), items)
 }
 
 #[test]
@@ -112,6 +103,59 @@ fn distiller_parameters_train_and_the_teacher_stays_frozen() {
     let (tensors, _) = yolodistill::weights::st::read_tensors(&file).unwrap();
     assert!(tensors.iter().all(|(n, _)| n.starts_with("model.")), "distiller tensors leaked into the student file");
     assert!(model::load(file.to_str().unwrap(), None, &yolodistill::default_device()).is_ok());
+}
+
+#[test]
+fn online_teacher_trains_with_its_own_loss() {
+    let a = DistillArgs { online: true, ..args("yolov8s.yaml", "cwd", "kl") };
+    let ((mut d, _, before, teacher_before), items) = step_with("yolov8n.yaml", &a, 64);
+    let t_det = items.iter().find(|(n, _)| n == "t_det").map(|p| p.1);
+    assert!(t_det.is_some_and(|v| v > 0.0), "the teacher's detection loss is a term: {items:?}");
+    assert!(items.iter().any(|(n, _)| n == "t_cls"), "{items:?}");
+    // its parameters are in the distiller's trainable set and move with the step
+    assert!(before.keys().any(|k| k.starts_with("distill.teacher.model.")), "teacher tensors are not trainable");
+    let teacher_after = snapshot(&mut d.teacher);
+    let changed = teacher_before.iter().filter(|(k, v)| teacher_after[*k] != **v).count();
+    assert!(changed > teacher_before.len() / 2, "only {changed} of {} teacher tensors changed", teacher_before.len());
+    assert!(d.report(64).contains("online"));
+}
+
+#[test]
+fn mixed_soft_hard_logits_train() {
+    let a = DistillArgs { soft_alpha: 0.7, ..args("yolov8s.yaml", "none", "mixed") };
+    let (_, items) = step_with("yolov8n.yaml", &a, 64);
+    let v = items.iter().find(|(n, _)| n == "l_mixed").map(|p| p.1);
+    assert!(v.is_some_and(|v| v > 0.0 && v.is_finite()), "{items:?}");
+}
+
+#[test]
+fn end_to_end_heads_train_both_branches() {
+    // v10 and 26 heads: one-to-many and one-to-one losses; the one-to-one branch gets
+    // gradients (from detached features), so its tensors move with a step.
+    for yaml in ["yolov10n.yaml", "yolo26n.yaml"] {
+        let plain = yolodistill::default_device();
+        let ad = plain.clone().autodiff();
+        let mut m = model::load(yaml, Some(3), &plain).unwrap().model;
+        make_trainable(&mut m);
+        let before = snapshot(&mut m);
+        let head = m.head();
+        let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+        let mut grads = GradStore::default();
+        let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 1 };
+        let items = forward_backward(&mut m, &loss_cfg, &toy_batch(2, 64), &ad, &[], None, pos, &mut grads);
+        assert!(items.iter().all(|(_, v)| v.is_finite() && *v >= 0.0), "{yaml}: {items:?}");
+        let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
+        opt.tick();
+        opt.apply(&mut m, &grads, StepParams { lr: [1e-2; 3], momentum: 0.9 });
+        let after = snapshot(&mut m);
+        let head_prefix = format!("model.{}.", m.layers.len() - 1);
+        for branch in ["one2one_cv2.", "one2one_cv3.", "cv2.", "cv3."] {
+            let prefix = format!("{head_prefix}{branch}");
+            let names: Vec<&String> = before.keys().filter(|k| k.starts_with(&prefix)).collect();
+            assert!(!names.is_empty(), "{yaml}: no {branch} tensors");
+            assert!(names.iter().any(|k| before[*k] != after[*k]), "{yaml}: {branch} did not train");
+        }
+    }
 }
 
 #[test]

@@ -4,15 +4,14 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor, TensorData};
-use yolodistill::loss::{assign_targets, detection_loss, loss_from_assigned, LossConfig, Targets};
+use yolodistill::loss::{assign_targets, detection_loss, e2e_one2many_weight, loss_from_assigned, LossConfig, Targets};
 use yolodistill::model::layers::head::HeadMaps;
 use yolodistill::weights::st::read_tensors;
 
 const SHAPES: [(usize, usize); 3] = [(40, 40), (20, 20), (10, 10)];
 
-#[test]
-fn yolov8n_loss_items_match_ultralytics() {
-    let Some(shared) = common::shared() else { return };
+/// The fixture's head maps and targets.
+fn fixture(shared: &std::path::Path) -> (HeadMaps, Targets, Vec<(String, yolodistill::weights::HostTensor)>) {
     let (fx, _) = read_tensors(&shared.join("fixtures/yolov8n_loss.safetensors")).unwrap();
     let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap();
     let device = yolodistill::default_device();
@@ -30,6 +29,14 @@ fn yolov8n_loss_items_match_ultralytics() {
         cls: cls.data.iter().map(|&v| v as usize).collect(),
         bboxes: bb.data.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
     };
+    (maps, targets, fx)
+}
+
+#[test]
+fn yolov8n_loss_items_match_ultralytics() {
+    let Some(shared) = common::shared() else { return };
+    let (maps, targets, fx) = fixture(&shared);
+    let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap();
     let cfg = LossConfig::new(80, 16, vec![8.0, 16.0, 32.0]);
     let out = detection_loss(&cfg, &maps, &SHAPES, &targets);
     let want = get("loss_items").data;
@@ -41,6 +48,35 @@ fn yolov8n_loss_items_match_ultralytics() {
     let total: f32 = out.total.into_scalar();
     let want_total: f32 = get("loss_total").data.iter().sum();
     assert!((total - want_total).abs() / want_total <= 1e-4);
+}
+
+#[test]
+fn one_to_one_loss_items_match_ultralytics() {
+    // The one-to-one branch of 8.4's E2ELoss assigns with topk 7 / topk2 1. Reference
+    // numbers: Ultralytics 8.4.190 v8DetectionLoss(tal_topk=7, tal_topk2=1) on the same
+    // fixture maps, printed by scripts/e2e_loss_ref.py.
+    let Some(shared) = common::shared() else { return };
+    let (maps, targets, _) = fixture(&shared);
+    let mut cfg = LossConfig::new(80, 16, vec![8.0, 16.0, 32.0]);
+    cfg.assigner.topk = 7;
+    cfg.assigner.topk2 = 1;
+    let out = detection_loss(&cfg, &maps, &SHAPES, &targets);
+    let want = [5.5764479637146f32, 6.166893005371094, 4.4639201164245605];
+    for (i, name) in ["box", "cls", "dfl"].iter().enumerate() {
+        let rel = (out.items[i] - want[i]).abs() / want[i];
+        eprintln!("one2one {name}: ours {} ultralytics {} (rel {rel:.2e})", out.items[i], want[i]);
+        assert!(rel <= 1e-4, "{name}: {} vs {} (rel {rel})", out.items[i], want[i]);
+    }
+}
+
+#[test]
+fn end_to_end_weights_decay_as_ultralytics() {
+    // E2ELoss.decay: o2m 0.8 at the first epoch, 0.1 from the last one on.
+    assert!((e2e_one2many_weight(0, 40) - 0.8).abs() < 1e-6);
+    assert!((e2e_one2many_weight(39, 40) - 0.1).abs() < 1e-6);
+    let mid = e2e_one2many_weight(13, 40);
+    assert!((mid - ((1.0 - 13.0 / 39.0) * 0.7 + 0.1)).abs() < 1e-6);
+    assert!((e2e_one2many_weight(0, 1) - 0.8).abs() < 1e-6);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::data::loader::{Batch, TrainLoader};
 use crate::loss::LossConfig;
 use crate::model;
 use crate::train::optim::{GradStore, Method, Optimizer, StepParams};
-use crate::train::{forward_backward, make_trainable};
+use crate::train::{forward_backward, make_trainable, StepPos};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -57,7 +57,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let mut grads = GradStore::default();
     let hp = StepParams { lr: [1e-3; 3], momentum: 0.9 };
     let mut step = |i: usize| {
-        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, (0, i, batches.len()), &mut grads);
+        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() }, &mut grads);
         grads.clip_global_norm(10.0);
         opt.tick();
         opt.apply(&mut m, &grads, hp);

@@ -3,11 +3,17 @@
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-#[derive(Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct DistillArgs {
-    /// Teacher: .pt, .safetensors (offline, frozen) — same classes as the dataset.
+    /// Teacher: .pt or .safetensors (offline: frozen), or a model YAML with --online
+    /// (trained from scratch with the student). Same classes as the dataset.
     #[arg(long)]
     pub teacher: Option<String>,
+    /// Online distillation: the teacher trains jointly (train mode, its own detection
+    /// loss added to the total, its parameters in the optimizer).
+    #[arg(long)]
+    #[serde(default)]
+    pub online: bool,
     /// Feature methods with optional weights, e.g. `cwd`, `cwd:1.0,at:0.5`, `none`.
     /// Methods: mimic, cwd, mgd, at, gram, relation, sl2.
     #[arg(long, default_value = "cwd")]
@@ -21,14 +27,19 @@ pub struct DistillArgs {
     /// Teacher layers paired with them (default: the same levels of the teacher's graph).
     #[arg(long = "teacher-layers")]
     pub teacher_layers: Option<String>,
-    /// Response method: none, mse (raw head maps), kl (class logits, binary form), ld (DFL sides).
+    /// Response method: none, mse (raw head maps), kl (class logits, binary form),
+    /// mixed (soft teacher + hard assigned labels on foreground anchors), ld (DFL sides).
     #[arg(long, default_value = "none")]
     pub logit: String,
     #[arg(long = "logit-weight", default_value_t = 1.0)]
     pub logit_weight: f32,
-    /// Temperature of kl and ld.
+    /// Temperature of kl, mixed and ld.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Share of the teacher's soft targets in `--logit mixed` (the rest: hard labels).
+    #[arg(long = "soft-alpha", default_value_t = 0.5)]
+    #[serde(default = "half")]
+    pub soft_alpha: f32,
     #[arg(long = "cwd-tau", default_value_t = 1.0)]
     pub cwd_tau: f32,
     #[arg(long = "mgd-alpha", default_value_t = 2e-5)]
@@ -41,4 +52,31 @@ pub struct DistillArgs {
     /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes.
     #[arg(long = "distill-stop-epoch")]
     pub distill_stop_epoch: Option<usize>,
+}
+
+fn half() -> f32 {
+    0.5
+}
+
+/// The command-line defaults.
+impl Default for DistillArgs {
+    fn default() -> Self {
+        Self {
+            teacher: None,
+            online: false,
+            distill: "cwd".into(),
+            distill_weight: 1.0,
+            distill_layers: "auto".into(),
+            teacher_layers: None,
+            logit: "none".into(),
+            logit_weight: 1.0,
+            temperature: 1.0,
+            soft_alpha: 0.5,
+            cwd_tau: 1.0,
+            mgd_alpha: 2e-5,
+            mgd_lambda: 0.65,
+            distill_schedule: "constant".into(),
+            distill_stop_epoch: None,
+        }
+    }
 }

@@ -4,13 +4,15 @@
 use anyhow::{bail, Context, Result};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::args::DistillArgs;
 use super::losses::{
-    attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, linear_weight, localisation_kl, logit_mse, mgd,
+    attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, kd_mixed, linear_weight, localisation_kl, logit_mse, mgd,
     mimic, random_keep_mask, score_weighted_l2, seed_normalise, Adapter, MgdGenerator, Projector,
 };
+use crate::loss::{model_loss, LossConfig};
+use crate::model::layers::head::HeadMaps;
 use crate::model::walk::{child, Visit, Walk};
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
@@ -62,6 +64,7 @@ pub enum Response {
     None,
     Mse,
     Kl,
+    Mixed,
     Ld,
 }
 
@@ -154,8 +157,21 @@ pub struct Distiller {
     pub projectors: Vec<Projector>,
     /// Last epoch (0-based, exclusive bound) with distillation.
     pub stop_epoch: usize,
+    /// Online mode: the teacher's own loss settings (copied from the student's).
+    pub teacher_loss: Option<LossConfig>,
     /// Consecutive steps whose terms were all zero (a warning after a whole epoch).
     zero_steps: usize,
+}
+
+/// A teacher tensor as a constant for the distillation terms: offline teachers
+/// run on the plain device, online ones are detached (the teacher learns from
+/// its own detection loss only, as in the seed).
+fn constant<const D: usize>(t: &Tensor<D>, online: bool) -> Tensor<D> {
+    if online {
+        t.clone().detach()
+    } else {
+        Tensor::from_inner(t.clone())
+    }
 }
 
 impl Distiller {
@@ -173,8 +189,8 @@ impl Distiller {
             "mse" => Response::Mse,
             "kl" => Response::Kl,
             "ld" => Response::Ld,
-            "mixed" => bail!("--logit mixed is not implemented yet (use kl or ld)"),
-            o => bail!("unknown --logit '{o}' (none, mse, kl, ld)"),
+            "mixed" => Response::Mixed,
+            o => bail!("unknown --logit '{o}' (none, mse, kl, mixed, ld)"),
         };
         if response == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
             bail!("--logit ld needs DFL heads with the same reg_max on both sides");
@@ -202,6 +218,7 @@ impl Distiller {
             generators,
             projectors,
             stop_epoch,
+            teacher_loss: None,
             zero_steps: 0,
         })
     }
@@ -219,7 +236,8 @@ impl Distiller {
 
     /// The pairing report printed by `distill-plan` and at the start of training.
     pub fn report(&mut self, imgsz: usize) -> String {
-        let mut s = String::from("distillation pairs (student layer → teacher layer):\n");
+        let mode = if self.args.online { "online (trained jointly with its own detection loss)" } else { "offline (frozen, eval mode)" };
+        let mut s = format!("teacher: {mode}\ndistillation pairs (student layer → teacher layer):\n");
         for (i, p) in self.pairs.iter().enumerate() {
             let adapter = match &self.adapters[i] {
                 Some(_) => format!("adapter 1×1 {}→{}", p.student_shape[0], p.teacher_shape[0]),
@@ -295,12 +313,33 @@ impl StepHook for Distiller {
             return out;
         }
         let w = self.weight(ctx);
-        // Frozen teacher: eval mode, plain tensors (no gradient), one forward per batch.
+        let online = self.args.online;
         let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
-        let images = ctx.images.clone().inner();
-        let t_fwd = self.teacher.forward_taps(images, &t_layers, false);
+        let t_fwd = if online {
+            // Online: train mode (batch statistics), gradients flow into the teacher.
+            let e2e = self.teacher.head().has_one2one();
+            self.teacher.forward_taps(ctx.images.clone(), &t_layers, e2e)
+        } else {
+            // Offline: eval mode, plain tensors (no gradient), one forward per batch.
+            self.teacher.forward_taps(ctx.images.clone().inner(), &t_layers, false)
+        };
+        if online {
+            let cfg = self.teacher_loss.get_or_insert_with(|| {
+                let h = self.teacher.head();
+                let mut c = LossConfig::new(h.nc, h.reg_max, h.strides.clone());
+                c.gains = ctx.loss_cfg.gains;
+                c
+            });
+            let (tl, _) = model_loss(cfg, &t_fwd.head, ctx.targets, ctx.epoch, ctx.epochs);
+            let b = ctx.images.dims()[0] as f32;
+            out.terms.push(("t_det".into(), tl.total / b));
+            for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
+                out.logs.push((n.to_string(), v as f64));
+            }
+        }
         let device = ctx.images.device();
-        let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| Tensor::from_inner(t.clone())).collect();
+        let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| constant(t, online)).collect();
+        let t_head = HeadMaps { boxes: constant(&t_fwd.head.one2many.boxes, online), scores: constant(&t_fwd.head.one2many.scores, online) };
         let student_maps: Vec<Tensor<4>> = ctx
             .taps
             .iter()
@@ -314,7 +353,7 @@ impl StepHook for Distiller {
             student_maps.iter().zip(&self.adapters).map(|(s, a)| a.as_ref().map(|a| a.forward(s.clone())).unwrap_or_else(|| s.clone())).collect();
         let levels = student_maps.len();
         let t_scores = if self.methods.iter().any(|(m, _)| *m == Feature::Sl2) {
-            level_maps(&Tensor::from_inner(t_fwd.head.one2many.scores.clone()), &t_fwd.head.shapes)
+            level_maps(&t_head.scores, &t_fwd.head.shapes)
         } else {
             Vec::new()
         };
@@ -364,7 +403,7 @@ impl StepHook for Distiller {
             out.terms.push((format!("d_{}", method.name()), term));
         }
         let s_head = &ctx.student.one2many;
-        let t_head = &t_fwd.head.one2many;
+        let t_head = &t_head;
         let resp: Option<(&str, Tensor<1>)> = match self.response {
             Response::None => None,
             Response::Mse => {
@@ -373,18 +412,32 @@ impl StepHook for Distiller {
                 } else {
                     let cat = |h: &crate::model::layers::head::HeadMaps| Tensor::cat(vec![h.boxes.clone(), h.scores.clone()], 1);
                     let s = level_maps(&cat(s_head), &ctx.student.shapes);
-                    let t = level_maps(&Tensor::from_inner(cat(t_head)), &t_fwd.head.shapes);
+                    let t = level_maps(&cat(t_head), &t_fwd.head.shapes);
                     Some(("l_mse", logit_mse(&s, &t, 1.0)))
                 }
             }
-            Response::Kl => Some(("l_kl", kd_binary(s_head.scores.clone(), Tensor::from_inner(t_head.scores.clone()), self.args.temperature))),
+            Response::Kl => Some(("l_kl", kd_binary(s_head.scores.clone(), t_head.scores.clone(), self.args.temperature))),
+            Response::Mixed => {
+                // Rows: the student's foreground anchors; hard labels: their assigned classes.
+                let asg = ctx.assigned;
+                let n = asg.fg_index.len();
+                if n == 0 {
+                    Some(("l_mixed", s_head.scores.clone().sum() * 0.0))
+                } else {
+                    let [b, nc, a] = s_head.scores.dims();
+                    let idx = Tensor::<1, Int>::from_data(TensorData::new(asg.fg_index.clone(), [n]), &device);
+                    let rows = |m: &Tensor<3>| -> Tensor<2> { m.clone().swap_dims(1, 2).reshape([b * a, nc]).select(0, idx.clone()) };
+                    let (s, t) = (rows(&s_head.scores), rows(&t_head.scores));
+                    Some(("l_mixed", kd_mixed(s, t, &asg.fg_class, self.args.soft_alpha, self.args.temperature)))
+                }
+            }
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
                 let [n, _, a] = t_scores.dims();
-                let wts: Tensor<2> = Tensor::from_inner(t_scores.reshape([n, a]));
+                let wts: Tensor<2> = t_scores.reshape([n, a]);
                 Some((
                     "l_ld",
-                    localisation_kl(s_head.boxes.clone(), Tensor::from_inner(t_head.boxes.clone()), self.teacher.head().reg_max, self.args.temperature, wts),
+                    localisation_kl(s_head.boxes.clone(), t_head.boxes.clone(), self.teacher.head().reg_max, self.args.temperature, wts),
                 ))
             }
         };
@@ -422,6 +475,10 @@ impl Trainable for Distiller {
             let p = child("distill.projector.", i);
             g.conv1.walk(&child(&p, "conv1"), f);
             g.conv2.walk(&child(&p, "conv2"), f);
+        }
+        // An online teacher trains with the student (same parameter-group rules by name).
+        if self.args.online {
+            self.teacher.walk_all(&mut |name, slot| f(&format!("distill.teacher.{name}"), slot));
         }
     }
 }

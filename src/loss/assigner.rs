@@ -11,6 +11,9 @@ use super::iou::ciou;
 #[derive(Debug, Clone, Copy)]
 pub struct AssignerConfig {
     pub topk: usize,
+    /// End-to-end (one-to-one) heads keep only this many of each box's positives
+    /// (Ultralytics 8.4 `topk2`); equal to `topk` otherwise.
+    pub topk2: usize,
     pub alpha: f32,
     pub beta: f32,
     pub eps: f32,
@@ -22,7 +25,7 @@ impl AssignerConfig {
     /// Ultralytics' defaults for a head with the given strides.
     pub fn for_strides(strides: &[f64]) -> Self {
         let mid = if strides.len() > 1 { strides[1] } else { strides[0] };
-        Self { topk: 10, alpha: 0.5, beta: 6.0, eps: 1e-9, min_side: mid as f32 }
+        Self { topk: 10, topk2: 10, alpha: 0.5, beta: 6.0, eps: 1e-9, min_side: mid as f32 }
     }
 }
 
@@ -109,6 +112,16 @@ pub fn assign(cfg: &AssignerConfig, scores: &[f32], nc: usize, boxes: &[[f32; 4]
             }
         }
     }
+    // One-to-one heads: each box keeps its `topk2` best-aligned positives.
+    if cfg.topk2 < cfg.topk {
+        for g in 0..g_n {
+            let mut cand: Vec<usize> = (0..a_n).filter(|&a| pos[g * a_n + a]).collect();
+            cand.sort_by(|&i, &j| align[g * a_n + j].total_cmp(&align[g * a_n + i]).then(i.cmp(&j)));
+            for &a in cand.iter().skip(cfg.topk2) {
+                pos[g * a_n + a] = false;
+            }
+        }
+    }
     // Normalisation: per box, alignment scaled so its best anchor gets the box's best IoU.
     let mut norm = vec![0f32; a_n];
     for g in 0..g_n {
@@ -159,6 +172,23 @@ mod tests {
         let best = fg.iter().map(|&i| a.score[i]).fold(0.0, f32::max);
         let best_iou = fg.iter().map(|&i| ciou(&gt.xyxy, &boxes[i]).max(0.0)).fold(0.0, f32::max);
         assert!((best - best_iou).abs() < 1e-6);
+    }
+
+    #[test]
+    fn topk2_keeps_the_best_aligned_anchor_per_box() {
+        let anchors: Vec<[f32; 2]> = (0..64).map(|i| [(i % 8) as f32 * 8.0 + 4.0, (i / 8) as f32 * 8.0 + 4.0]).collect();
+        let boxes: Vec<[f32; 4]> = anchors.iter().map(|p| [p[0] - 10.0, p[1] - 10.0, p[0] + 10.0, p[1] + 10.0]).collect();
+        let scores: Vec<f32> = (0..64).map(|i| 0.1 + i as f32 / 100.0).collect();
+        let gt = GtBox { cls: 0, xyxy: [16.0, 16.0, 40.0, 40.0] };
+        let base = AssignerConfig { topk: 7, ..AssignerConfig::for_strides(&[8.0, 16.0, 32.0]) };
+        let many = assign(&base, &scores, 1, &boxes, &anchors, &[gt]);
+        let one = assign(&AssignerConfig { topk2: 1, ..base }, &scores, 1, &boxes, &anchors, &[gt]);
+        let fg: Vec<usize> = (0..64).filter(|&i| one.fg[i]).collect();
+        assert_eq!(fg.len(), 1);
+        // the survivor is the best-aligned of the seven
+        let align = |i: usize| scores[i].powf(0.5) * ciou(&gt.xyxy, &boxes[i]).max(0.0).powf(6.0);
+        let best = (0..64).filter(|&i| many.fg[i]).max_by(|&i, &j| align(i).total_cmp(&align(j))).unwrap();
+        assert_eq!(fg[0], best);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod iou;
 use burn::tensor::activation::{log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps};
+use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps, HeadOutput};
 use assigner::{assign, AssignerConfig, GtBox};
 use iou::ciou_tensor;
 
@@ -93,6 +93,8 @@ pub struct Assigned {
     pub fg_stride: Vec<f32>,
     /// Σ over classes of the target scores of each foreground anchor.
     pub fg_weight: Vec<f32>,
+    /// Class of the box assigned to each foreground anchor.
+    pub fg_class: Vec<usize>,
     /// Input size (h, w) in pixels.
     pub img_hw: (f32, f32),
 }
@@ -101,6 +103,33 @@ pub struct Assigned {
 pub fn detection_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> LossOutput {
     let assigned = assign_targets(cfg, maps, shapes, targets);
     loss_from_assigned(cfg, maps, &assigned)
+}
+
+/// Weight of the one-to-many term of the end-to-end loss during `epoch`
+/// (0-based): Ultralytics 8.4 decays it from 0.8 to 0.1 over the run; the
+/// one-to-one term gets the rest.
+pub fn e2e_one2many_weight(epoch: usize, epochs: usize) -> f32 {
+    let x = epoch as f32 / (epochs.max(2) - 1) as f32;
+    (1.0 - x).max(0.0) * (0.8 - 0.1) + 0.1
+}
+
+/// The training loss of a model's head output: the v8 loss, or for heads with
+/// one-to-one branches Ultralytics 8.4's end-to-end loss (one-to-many with
+/// topk 10 plus one-to-one with topk 7 / topk2 1, weighted by
+/// [`e2e_one2many_weight`]; the logged items are the one-to-one branch's, as
+/// Ultralytics logs them). Also returns the one-to-many assignment.
+pub fn model_loss(cfg: &LossConfig, head: &HeadOutput, targets: &Targets, epoch: usize, epochs: usize) -> (LossOutput, Assigned) {
+    let asg = assign_targets(cfg, &head.one2many, &head.shapes, targets);
+    let o2m = loss_from_assigned(cfg, &head.one2many, &asg);
+    let Some(one2one) = &head.one2one else { return (o2m, asg) };
+    let mut cfg2 = cfg.clone();
+    cfg2.assigner.topk = 7;
+    cfg2.assigner.topk2 = 1;
+    let o2o = detection_loss(&cfg2, one2one, &head.shapes, targets);
+    let w = e2e_one2many_weight(epoch, epochs);
+    let parts = [0, 1, 2].map(|i| o2m.parts[i].clone() * w + o2o.parts[i].clone() * (1.0 - w));
+    let out = LossOutput { total: o2m.total * w + o2o.total * (1.0 - w), items: o2o.items, parts };
+    (out, asg)
 }
 
 /// Runs the task-aligned assigner on detached predictions.
@@ -133,6 +162,7 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let mut fg_anchor: Vec<f32> = Vec::new(); // [N, 2] grid units
     let mut fg_stride: Vec<f32> = Vec::new();
     let mut fg_weight: Vec<f32> = Vec::new();
+    let mut fg_class: Vec<usize> = Vec::new();
     for (bi, image_gts) in gts.iter().enumerate() {
         let d = &dist_host[bi * 4 * a_n..(bi + 1) * 4 * a_n];
         let boxes: Vec<[f32; 4]> = (0..a_n)
@@ -157,10 +187,11 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
             fg_anchor.extend(anchors.pts[a]);
             fg_stride.push(s);
             fg_weight.push(asg.score[a]);
+            fg_class.push(g.cls);
         }
     }
     let tss: f32 = target_scores.iter().sum::<f32>().max(1.0);
-    Assigned { target_scores, tss, fg_index, fg_target, fg_anchor, fg_stride, fg_weight, img_hw: (img_h, img_w) }
+    Assigned { target_scores, tss, fg_index, fg_target, fg_anchor, fg_stride, fg_weight, fg_class, img_hw: (img_h, img_w) }
 }
 
 /// The three loss terms for fixed targets.

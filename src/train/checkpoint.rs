@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use burn::module::Param;
+use burn::module::{Param, RunningState};
 use burn::tensor::{Tensor, TensorData};
 
 use super::optim::{Optimizer, Trainable};
@@ -93,6 +93,10 @@ pub fn trainable_tensors(t: &mut dyn Trainable) -> Vec<(String, HostTensor)> {
         let (shape, v): (Vec<usize>, Vec<f32>) = match slot {
             Slot::P4(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
             Slot::P1(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
+            Slot::Stat(rs) => {
+                let t = rs.value_sync();
+                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32"))
+            }
             _ => return,
         };
         out.push((name.to_string(), HostTensor::new(shape, v)));
@@ -115,6 +119,7 @@ pub fn restore_trainable(t: &mut dyn Trainable, tensors: Vec<(String, HostTensor
         match slot {
             Slot::P4(p) => *p = Param::initialized(p.id, Tensor::<4>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
             Slot::P1(p) => *p = Param::initialized(p.id, Tensor::<1>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
+            Slot::Stat(rs) => *rs = RunningState::new(Tensor::<1>::from_data(TensorData::new(h.data, h.shape), &crate::default_device())),
             _ => {}
         }
     });

@@ -27,7 +27,7 @@ use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate, ValResult};
 use crate::infer::nms::NmsConfig;
-use crate::loss::{detection_loss, Gains, LossConfig, Targets};
+use crate::loss::{model_loss, Assigned, Gains, LossConfig, Targets};
 use crate::model::walk::Slot;
 use crate::model::{self, DetectionModel};
 use crate::report::Results;
@@ -57,8 +57,23 @@ pub struct HookInput<'a> {
     pub images: &'a Tensor<4>,
     pub taps: &'a [Tensor<4>],
     pub student: &'a crate::model::layers::head::HeadOutput,
+    /// The batch's ground truth and the student's (one-to-many) assignment.
+    pub targets: &'a Targets,
+    pub assigned: &'a Assigned,
+    /// The student's loss settings (an online teacher copies them).
+    pub loss_cfg: &'a LossConfig,
     pub epoch: usize,
+    pub epochs: usize,
     /// Batch index within the epoch and batches per epoch (for per-epoch schedules).
+    pub batch: usize,
+    pub batches: usize,
+}
+
+/// Where a training step is: epoch (0-based) of `epochs`, batch of `batches`.
+#[derive(Debug, Clone, Copy)]
+pub struct StepPos {
+    pub epoch: usize,
+    pub epochs: usize,
     pub batch: usize,
     pub batches: usize,
 }
@@ -148,21 +163,32 @@ pub fn forward_backward<'h>(
     ad: &Device,
     taps: &[usize],
     hook: Option<&mut (dyn StepHook + 'h)>,
-    pos: (usize, usize, usize),
+    pos: StepPos,
     grads: &mut GradStore,
 ) -> Vec<(String, f64)> {
-    let (epoch, batch_i, batches) = pos;
     let [b, c, h, w] = batch.shape;
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
-    let fwd = model.forward_taps(x.clone(), taps, false);
+    let e2e = model.head().has_one2one();
+    let fwd = model.forward_taps(x.clone(), taps, e2e);
     let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
-    let out = detection_loss(loss_cfg, &fwd.head.one2many, &fwd.head.shapes, &targets);
+    let (out, assigned) = model_loss(loss_cfg, &fwd.head, &targets, pos.epoch, pos.epochs);
     let mut total = out.total;
     let mut items: Vec<(String, f64)> =
         ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
     let mut hook = hook;
     if let Some(h) = hook.as_deref_mut() {
-        let ctx = HookInput { images: &x, taps: &fwd.taps, student: &fwd.head, epoch, batch: batch_i, batches };
+        let ctx = HookInput {
+            images: &x,
+            taps: &fwd.taps,
+            student: &fwd.head,
+            targets: &targets,
+            assigned: &assigned,
+            loss_cfg,
+            epoch: pos.epoch,
+            epochs: pos.epochs,
+            batch: pos.batch,
+            batches: pos.batches,
+        };
         let extra = h.extra_loss(&ctx);
         for (name, term) in extra.terms {
             let v = term.clone().into_scalar::<f32>() as f64;
@@ -349,7 +375,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
                     mom = interp(x, 0.0, nw as f64, a.warmup_momentum, momentum);
                 }
             }
-            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), (epoch, i, nb), &mut grads);
+            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), StepPos { epoch, epochs: a.epochs, batch: i, batches: nb }, &mut grads);
             if ni - last_opt_step >= accumulate as i64 {
                 grads.clip_global_norm(10.0);
                 let hp = StepParams { lr: lrs, momentum: mom };
