@@ -5,7 +5,7 @@
 mod common;
 
 use burn::tensor::{Tensor, TensorData};
-use yolodistill::export::onnx::{export_onnx, names_repr, summarize, GraphSummary, OPSET};
+use yolodistill::export::onnx::{export_onnx, export_onnx_with, names_repr, summarize, GraphSummary, OPSET};
 use yolodistill::export::onnx_proto::{read_fields, Msg, Value};
 use yolodistill::model;
 use yolodistill::weights::st::read_tensors;
@@ -80,6 +80,24 @@ fn dynamic_sizes_are_symbolic() {
 }
 
 #[test]
+fn half_graph_is_float16_throughout() {
+    let mut model = model::load("yolov8n.yaml", Some(3), &yolodistill::default_device()).unwrap().model;
+    model.fuse();
+    let full = summarize(&export_onnx(&model, (64, 64), 1, true).unwrap()).unwrap();
+    let bytes = export_onnx_with(&model, (64, 64), 1, true, true).unwrap();
+    let half = summarize(&bytes).unwrap();
+    assert_eq!(full.io_types, vec![1, 1]);
+    assert_eq!(half.io_types, vec![10, 10], "input and output are float16");
+    assert_eq!(half.node_count, full.node_count);
+    // every float initializer is float16 except Resize's scales (float by the standard)
+    let resizes = half.op_counts.get("Resize").copied().unwrap_or(0);
+    assert_eq!(half.initializer_types.get(&1).copied().unwrap_or(0), resizes, "{:?}", half.initializer_types);
+    assert!(half.initializer_types[&10] > 100);
+    let weights_full: usize = full.initializer_types[&1];
+    assert_eq!(half.initializer_types[&10] + resizes, weights_full);
+}
+
+#[test]
 fn bad_size_is_refused() {
     let device = yolodistill::default_device();
     let model = model::load("yolov8n.yaml", None, &device).unwrap().model;
@@ -150,9 +168,12 @@ fn cli_exports_onnx_and_fused_safetensors() {
     assert_eq!(g.outputs[0].1, s(&["2", "84", "84"]));
     assert_eq!(g.metadata["batch"], "2");
 
-    let o = cli(&["export", "--model", "yolov8n.yaml", "--half", "--output", onnx.to_str().unwrap()]);
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--imgsz", "64", "--half", "--output", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(summarize(&std::fs::read(&onnx).unwrap()).unwrap().io_types, vec![10, 10]);
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--half", "--format", "safetensors", "--output", onnx.to_str().unwrap()]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not supported yet"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--half applies to --format onnx"));
 
     // fused safetensors: loads back fused and predicts what the fused model predicts
     let st = dir.join("m.safetensors");

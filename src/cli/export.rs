@@ -27,7 +27,8 @@ pub struct ExportArgs {
     /// Symbolic batch, height and width (anchors computed in the graph).
     #[arg(long)]
     pub dynamic: bool,
-    /// FP16 weights (not supported yet).
+    /// FP16 ONNX graph (weights, activations, input and output in float16), as
+    /// Ultralytics' half export; for GPU runtimes (TensorRT, ONNX Runtime CUDA).
     #[arg(long)]
     pub half: bool,
     /// Output file (default: the model's name with the format's extension).
@@ -50,8 +51,8 @@ fn default_output(m: &str, format: Format) -> PathBuf {
 
 /// Loads, fuses and writes the model in the requested format.
 pub fn run(a: ExportArgs) -> Result<()> {
-    if a.half {
-        bail!("--half is not supported yet");
+    if a.half && a.format != Format::Onnx {
+        bail!("--half applies to --format onnx");
     }
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
@@ -59,9 +60,16 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let out = a.output.clone().unwrap_or_else(|| default_output(&a.model, a.format));
     match a.format {
         Format::Onnx => {
-            let bytes = export::onnx::export_onnx(&m, (a.imgsz, a.imgsz), a.batch, a.dynamic)?;
+            let bytes = export::onnx::export_onnx_with(&m, (a.imgsz, a.imgsz), a.batch, a.dynamic, a.half)?;
             std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-            println!("exported {} to {} ({:.1} MB, opset {})", a.model, out.display(), bytes.len() as f64 / 1e6, export::onnx::OPSET);
+            println!(
+                "exported {} to {} ({:.1} MB, opset {}{})",
+                a.model,
+                out.display(),
+                bytes.len() as f64 / 1e6,
+                export::onnx::OPSET,
+                if a.half { ", float16" } else { "" }
+            );
         }
         Format::Safetensors => {
             export::export_safetensors_fused(&m, &out)?;

@@ -2,6 +2,8 @@
 
 mod bench_train;
 mod benchmark;
+mod compare;
+mod demo;
 mod distill_plan;
 mod export;
 mod info;
@@ -20,6 +22,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Teacher → student distillation end to end on a synthetic dataset it makes itself.
+    Demo(demo::DemoArgs),
+    /// A/B harness: plain vs distilled students over several seeds, mean gain ± 95% CI.
+    Compare(compare::CompareArgs),
     /// Layer table, parameter count and GFLOPs of a model.
     Info(info::InfoArgs),
     /// Detect objects in an image or a folder of images.
@@ -42,6 +48,8 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Info(a) => info::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Benchmark(a) => benchmark::run(a),

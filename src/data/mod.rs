@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod loader;
+pub mod synthetic;
 
 pub use augment::{AugConfig, Sample};
 pub use dataset::{DataConfig, Dataset, Item, Label, ScanStats};

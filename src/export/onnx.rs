@@ -26,6 +26,7 @@ pub const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
 const FLOAT: i64 = 1;
 const INT64: i64 = 7;
+const FLOAT16: i64 = 10;
 
 /// An attribute value of a node.
 enum Attr {
@@ -49,9 +50,20 @@ struct Builder {
     nodes: Vec<Msg>,
     inits: Vec<Msg>,
     next: usize,
+    /// FP16 graph: weights, constants, activations and I/O in float16.
+    half: bool,
 }
 
 impl Builder {
+    /// Element type of the graph's float values.
+    fn elem(&self) -> i64 {
+        if self.half {
+            FLOAT16
+        } else {
+            FLOAT
+        }
+    }
+
     fn fresh(&mut self, hint: &str) -> String {
         self.next += 1;
         format!("/{hint}_{}", self.next)
@@ -93,11 +105,26 @@ impl Builder {
         outs
     }
 
+    /// A float initializer in the graph's element type (float16 with `half`).
     fn init_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+        if self.half {
+            let raw: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+            self.init_raw(hint, dims, FLOAT16, raw)
+        } else {
+            self.init_exact_f32(hint, dims, data)
+        }
+    }
+
+    /// A float32 initializer whatever the graph's type (e.g. Resize scales).
+    fn init_exact_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init_raw(hint, dims, FLOAT, raw)
+    }
+
+    fn init_raw(&mut self, hint: &str, dims: &[usize], dtype: i64, raw: Vec<u8>) -> String {
         let name = self.fresh(hint);
         let mut t = Msg::new();
-        t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>()).int(2, FLOAT).string(8, &name);
-        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>()).int(2, dtype).string(8, &name);
         t.bytes(9, &raw);
         self.inits.push(t);
         name
@@ -453,7 +480,7 @@ impl Builder {
     }
 
     fn upsample(&mut self, x: &V, s: usize) -> V {
-        let scales = self.init_f32("scales", &[4], &[1.0, 1.0, s as f32, s as f32]);
+        let scales = self.init_exact_f32("scales", &[4], &[1.0, 1.0, s as f32, s as f32]);
         let name = self.node(
             "Resize",
             &[&x.name, "", &scales],
@@ -497,7 +524,7 @@ impl Builder {
                 let shp = self.node("Shape", &[&x.name], vec![]);
                 let i = self.init_i64("idx", &[axis]);
                 let n = self.node("Gather", &[&shp, &i], vec![("axis", Attr::Int(0))]);
-                let n = self.node("Cast", &[&n], vec![("to", Attr::Int(FLOAT))]);
+                let n = self.node("Cast", &[&n], vec![("to", Attr::Int(self.elem()))]);
                 let n = self.reshape(&n, &[]);
                 let r = self.node("Range", &[&zero, &n, &one], vec![]);
                 let r = self.binary("Add", &r, &half);
@@ -580,7 +607,7 @@ impl Builder {
     }
 }
 
-fn value_info(name: &str, dims: &[Result<usize, &str>]) -> Msg {
+fn value_info(name: &str, dims: &[Result<usize, &str>], elem: i64) -> Msg {
     let mut shape = Msg::new();
     for d in dims {
         let mut dm = Msg::new();
@@ -591,7 +618,7 @@ fn value_info(name: &str, dims: &[Result<usize, &str>]) -> Msg {
         shape.msg(1, &dm);
     }
     let mut tt = Msg::new();
-    tt.int(1, FLOAT).msg(2, &shape);
+    tt.int(1, elem).msg(2, &shape);
     let mut ty = Msg::new();
     ty.msg(1, &tt);
     let mut vi = Msg::new();
@@ -629,6 +656,12 @@ pub fn names_repr(names: &[String]) -> String {
 /// Builds the ONNX model of `model.predict(x)` for inputs of size `imgsz` (H, W).
 /// `model` should be fused (unfused BatchNorms are exported as BatchNormalization).
 pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, dynamic: bool) -> Result<Vec<u8>> {
+    export_onnx_with(model, imgsz, batch, dynamic, false)
+}
+
+/// As [`export_onnx`]; `half` makes the whole graph float16 (weights, activations,
+/// input `images` and output `output0`), as Ultralytics' `half=True` export does.
+pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: usize, dynamic: bool, half: bool) -> Result<Vec<u8>> {
     let (h, w) = imgsz;
     let stride = model.max_stride().max(1);
     if h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
@@ -637,7 +670,7 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
     if batch == 0 {
         bail!("batch must be at least 1");
     }
-    let mut b = Builder::default();
+    let mut b = Builder { half, ..Default::default() };
     let input = V { name: "images".into(), c: 3, h, w };
     let n = model.layers.len();
     let mut outs: Vec<Option<V>> = vec![None; n];
@@ -701,8 +734,9 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
     for t in &b.inits {
         graph.msg(5, t);
     }
-    graph.msg(11, &value_info("images", &[dim("batch", batch), Ok(3), dim("height", h), dim("width", w)]));
-    graph.msg(12, &value_info("output0", &[dim("batch", batch), Ok(4 + model.nc()), dim("anchors", anchors)]));
+    let elem = b.elem();
+    graph.msg(11, &value_info("images", &[dim("batch", batch), Ok(3), dim("height", h), dim("width", w)], elem));
+    graph.msg(12, &value_info("output0", &[dim("batch", batch), Ok(4 + model.nc()), dim("anchors", anchors)], elem));
 
     let stem = model.spec.yaml.get("yaml_file").and_then(|v| v.as_str()).unwrap_or("model");
     let stem = std::path::Path::new(stem).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
@@ -737,15 +771,21 @@ pub struct GraphSummary {
     pub node_count: usize,
     pub op_counts: BTreeMap<String, usize>,
     pub initializer_count: usize,
+    /// Initializers by ONNX element type (1 float, 7 int64, 10 float16).
+    pub initializer_types: BTreeMap<i64, usize>,
+    /// Element type of each graph input and output, in order.
+    pub io_types: Vec<i64>,
     /// Name and dims; a symbolic dimension reads as its name.
     pub inputs: Vec<(String, Vec<String>)>,
     pub outputs: Vec<(String, Vec<String>)>,
     pub metadata: BTreeMap<String, String>,
 }
 
-fn read_value_info(b: &[u8]) -> Result<(String, Vec<String>)> {
+/// Name, dims and element type of a ValueInfoProto.
+fn read_value_info(b: &[u8]) -> Result<((String, Vec<String>), i64)> {
     let mut name = String::new();
     let mut dims = Vec::new();
+    let mut elem = 0;
     for (f, v) in read_fields(b)? {
         match f {
             1 => name = v.as_str()?.to_string(),
@@ -755,6 +795,9 @@ fn read_value_info(b: &[u8]) -> Result<(String, Vec<String>)> {
                         continue;
                     }
                     for (f, v) in read_fields(v.as_bytes()?)? {
+                        if f == 1 {
+                            elem = v.as_int()?;
+                        }
                         if f != 2 {
                             continue;
                         }
@@ -776,7 +819,7 @@ fn read_value_info(b: &[u8]) -> Result<(String, Vec<String>)> {
             _ => {}
         }
     }
-    Ok((name, dims))
+    Ok(((name, dims), elem))
 }
 
 /// Decodes the parts of an ONNX ModelProto that [`GraphSummary`] reports.
@@ -796,9 +839,20 @@ pub fn summarize(bytes: &[u8]) -> Result<GraphSummary> {
                                 }
                             }
                         }
-                        5 => s.initializer_count += 1,
-                        11 => s.inputs.push(read_value_info(v.as_bytes()?)?),
-                        12 => s.outputs.push(read_value_info(v.as_bytes()?)?),
+                        5 => {
+                            s.initializer_count += 1;
+                            let dtype = read_fields(v.as_bytes()?)?.iter().find(|(f, _)| *f == 2).map(|(_, v)| v.as_int()).transpose()?.unwrap_or(0);
+                            *s.initializer_types.entry(dtype).or_default() += 1;
+                        }
+                        11 | 12 => {
+                            let (vi, elem) = read_value_info(v.as_bytes()?)?;
+                            s.io_types.push(elem);
+                            if f == 11 {
+                                s.inputs.push(vi);
+                            } else {
+                                s.outputs.push(vi);
+                            }
+                        }
                         _ => {}
                     }
                 }

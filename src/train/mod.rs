@@ -108,6 +108,8 @@ pub struct TrainSummary {
     pub best: PathBuf,
     pub last: PathBuf,
     pub final_val: Option<ValResult>,
+    /// (mAP50, mAP50-95) of the best epoch (the one saved as best).
+    pub best_map: Option<(f64, f64)>,
     pub epochs_done: usize,
     pub seconds: f64,
 }
@@ -278,6 +280,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut ema = Ema::new(&model, 0);
     let mut start_epoch = 0;
     let mut best_fitness = f64::NEG_INFINITY;
+    let mut best_map = None;
     // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
     let mut results = if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() };
     let mut restored_hook = Vec::new();
@@ -444,6 +447,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         let improved = fitness > best_fitness;
         if improved {
             best_fitness = fitness;
+            best_map = val.as_ref().map(|v| (v.metrics.map50, v.metrics.map));
             stale = 0;
         } else {
             stale += 1;
@@ -483,6 +487,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         best: best_path,
         last: last_path,
         final_val,
+        best_map,
         epochs_done,
         seconds: t_start.elapsed().as_secs_f64(),
     })
