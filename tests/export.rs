@@ -88,13 +88,15 @@ fn half_graph_is_float16_throughout() {
     let half = summarize(&bytes).unwrap();
     assert_eq!(full.io_types, vec![1, 1]);
     assert_eq!(half.io_types, vec![10, 10], "input and output are float16");
-    assert_eq!(half.node_count, full.node_count);
-    // every float initializer is float16 except Resize's scales (float by the standard)
+    // the in-graph anchors are computed in float32 (Range has no float16) and cast once
+    assert_eq!(half.node_count, full.node_count + 2);
+    // every other float initializer is float16; Resize's scales are float by the standard
     let resizes = half.op_counts.get("Resize").copied().unwrap_or(0);
-    assert_eq!(half.initializer_types.get(&1).copied().unwrap_or(0), resizes, "{:?}", half.initializer_types);
+    let anchor_consts = 3 + 3; // 0, 1, 0.5 and one stride per level
+    assert_eq!(half.initializer_types.get(&1).copied().unwrap_or(0), resizes + anchor_consts, "{:?}", half.initializer_types);
     assert!(half.initializer_types[&10] > 100);
     let weights_full: usize = full.initializer_types[&1];
-    assert_eq!(half.initializer_types[&10] + resizes, weights_full);
+    assert_eq!(half.initializer_types[&10] + resizes + anchor_consts, weights_full);
 }
 
 #[test]

@@ -1,12 +1,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::ValLoader;
-use crate::eval::validate::{save_coco_json, validate};
+use crate::eval::validate::{save_coco_json, validate_with, Exchange};
 use crate::infer::nms::NmsConfig;
 use crate::model;
 
@@ -45,6 +45,13 @@ pub struct ValArgs {
     /// Print one JSON object with the metrics.
     #[arg(long)]
     pub json: bool,
+    /// Dev check of exported models: write each batch's input to DIR/input_<k>.npy.
+    #[arg(long = "dump-inputs", hide = true)]
+    pub dump_inputs: Option<PathBuf>,
+    /// Dev check of exported models: take each batch's decoded output from
+    /// DIR/output_<k>.npy instead of running the model.
+    #[arg(long = "outputs-from", hide = true)]
+    pub outputs_from: Option<PathBuf>,
 }
 
 pub fn run(a: ValArgs) -> Result<()> {
@@ -64,7 +71,15 @@ pub fn run(a: ValArgs) -> Result<()> {
     let ds = Arc::new(Dataset::scan(&sources, data.names.len(), None)?);
     let loader = ValLoader::new(ds, a.imgsz, a.batch, m.max_stride().max(32), a.workers)?;
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::val() };
-    let r = validate(&m, &loader, &cfg)?;
+    let exchange = match (&a.dump_inputs, &a.outputs_from) {
+        (Some(d), _) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            Some(Exchange::DumpInputs(d.clone()))
+        }
+        (None, Some(d)) => Some(Exchange::ReadOutputs(d.clone())),
+        _ => None,
+    };
+    let r = validate_with(&m, &loader, &cfg, exchange.as_ref())?;
     if let Some(p) = &a.save_json {
         save_coco_json(&r.coco_dets, p)?;
         eprintln!("COCO-format detections written to {}", p.display());

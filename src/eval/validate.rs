@@ -68,8 +68,24 @@ fn xyxy_to_xywh(b: [f32; 4]) -> [f64; 4] {
     [b[0] as f64, b[1] as f64, (b[2] - b[0]) as f64, (b[3] - b[1]) as f64]
 }
 
+/// Where a validation's network outputs come from, for checking an exported
+/// model with the same preprocessing, NMS and metrics.
+#[derive(Debug, Clone)]
+pub enum Exchange {
+    /// Run the model and also write each batch's input as `<dir>/input_<k>.npy`.
+    DumpInputs(std::path::PathBuf),
+    /// Read each batch's decoded output [B, 4+nc, A] from `<dir>/output_<k>.npy`
+    /// instead of running the model (validation losses are then 0).
+    ReadOutputs(std::path::PathBuf),
+}
+
 /// Validates `model` (eval mode) on every batch of `loader`.
 pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig) -> Result<ValResult> {
+    validate_with(model, loader, nms_cfg, None)
+}
+
+/// As [`validate`], with network inputs dumped or outputs read from files.
+pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig, exchange: Option<&Exchange>) -> Result<ValResult> {
     let device = crate::default_device();
     let nc = model.nc();
     let head = model.head();
@@ -84,15 +100,28 @@ pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig)
         let [b, c, h, w] = batch.shape;
         let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
         let t0 = std::time::Instant::now();
-        let out = model.forward(x);
-        let pred = head.decode(&out);
-        let host: Vec<f32> = pred.try_into_vec_as::<f32>().expect("f32 output");
+        let host: Vec<f32> = if let Some(Exchange::ReadOutputs(dir)) = exchange {
+            let p = dir.join(format!("output_{n_batches}.npy"));
+            let (shape, data) = crate::weights::npy::read_f32(&p)?;
+            if shape.len() != 3 || shape[0] != b || shape[1] != 4 + nc {
+                anyhow::bail!("{}: shape {shape:?}, expected [{b}, {}, A]", p.display(), 4 + nc);
+            }
+            data
+        } else {
+            if let Some(Exchange::DumpInputs(dir)) = exchange {
+                crate::weights::npy::write_f32(&dir.join(format!("input_{n_batches}.npy")), &[b, c, h, w], &batch.images)?;
+            }
+            let out = model.forward(x);
+            let pred = head.decode(&out);
+            let host = pred.try_into_vec_as::<f32>().expect("f32 output");
+            let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+            let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
+            for k in 0..3 {
+                loss_sum[k] += l.items[k] as f64;
+            }
+            host
+        };
         forward_s += t0.elapsed().as_secs_f64();
-        let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
-        let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
-        for k in 0..3 {
-            loss_sum[k] += l.items[k] as f64;
-        }
         n_batches += 1;
         let per = host.len() / b;
         for j in 0..b {

@@ -514,6 +514,20 @@ impl Builder {
     /// Anchor centres [1, 2, A] and strides [1, 1, A] computed from the level
     /// maps' runtime sizes (Shape → Range), for inputs of any size.
     fn anchors_in_graph(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
+        // Computed in float32 (Range has no float16 kernel), cast at the end for half graphs.
+        let half_graph = std::mem::replace(&mut self.half, false);
+        let (xy, st) = self.anchors_f32(xs, strides);
+        self.half = half_graph;
+        if !half_graph {
+            return (xy, st);
+        }
+        let to = vec![("to", Attr::Int(FLOAT16))];
+        let xy = self.node("Cast", &[&xy], to);
+        let st = self.node("Cast", &[&st], vec![("to", Attr::Int(FLOAT16))]);
+        (xy, st)
+    }
+
+    fn anchors_f32(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
         let zero = self.scalar(0.0);
         let one = self.scalar(1.0);
         let half = self.scalar(0.5);

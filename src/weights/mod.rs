@@ -2,6 +2,7 @@
 
 pub mod pickle;
 pub mod pt;
+pub mod npy;
 pub mod st;
 
 /// A dense f32 tensor in host memory, row-major.

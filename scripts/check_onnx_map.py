@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Dev check: an exported ONNX model, run by onnxruntime, gives the val mAP of our `val`.
+
+1. `yolodistill val` on the model, writing each (rectangular, letterboxed) batch input;
+2. the model exported with `--dynamic` runs in onnxruntime on those inputs;
+3. `yolodistill val --outputs-from` applies the same NMS and metrics to onnxruntime's outputs.
+The two mAPs must agree to 1e-3.
+
+Usage (from the repository root, after `cargo build`):
+    PY=$(../shared/tools/ref-env.sh | tail -n1)
+    "$PY" scripts/check_onnx_map.py MODEL DATA_YAML [IMGSZ] [--half]
+"""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "debug" / "yolodistill"
+
+
+def val(model, data, imgsz, *extra):
+    out = subprocess.run([str(BIN), "val", "--model", model, "--data", data, "--imgsz", str(imgsz), "--json", *extra],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    half = "--half" in sys.argv
+    model, data = args[0], args[1]
+    imgsz = int(args[2]) if len(args) > 2 else 640
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ours = val(model, data, imgsz, "--dump-inputs", str(tmp))
+        onnx_path = tmp / "model.onnx"
+        subprocess.run([str(BIN), "export", "--model", model, "--dynamic", "--imgsz", str(imgsz), "--output", str(onnx_path),
+                        *(["--half"] if half else [])], check=True, stdout=subprocess.DEVNULL)
+        onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        dtype = np.float16 if half else np.float32
+        k, t = 0, 0.0
+        while (tmp / f"input_{k}.npy").exists():
+            x = np.load(tmp / f"input_{k}.npy").astype(dtype)
+            t0 = time.perf_counter()
+            y = sess.run(["output0"], {"images": x})[0]
+            t += time.perf_counter() - t0
+            np.save(tmp / f"output_{k}.npy", y.astype(np.float32))
+            k += 1
+        theirs = val(model, data, imgsz, "--outputs-from", str(tmp))
+    d50 = abs(ours["mAP50"] - theirs["mAP50"])
+    d = abs(ours["mAP50-95"] - theirs["mAP50-95"])
+    ok = d50 <= 1e-3 and d <= 1e-3
+    print(f"{model} at {imgsz}{' (--half)' if half else ''}, {k} rect batches, {ours['images']} images")
+    print(f"  yolodistill val:     mAP50 {ours['mAP50']:.5f}  mAP50-95 {ours['mAP50-95']:.5f}")
+    print(f"  onnxruntime + NMS:   mAP50 {theirs['mAP50']:.5f}  mAP50-95 {theirs['mAP50-95']:.5f}  "
+          f"({t * 1e3 / ours['images']:.1f} ms/image in onnxruntime)")
+    print(f"  |Δ| mAP50 {d50:.1e}, mAP50-95 {d:.1e}: {'ok' if ok else 'BAD'} (bound 1e-3)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
