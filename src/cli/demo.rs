@@ -56,7 +56,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
     let dir = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join("yolodistill-demo"));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cfg = SyntheticConfig { size: a.imgsz as u32, train: a.train_images, val: a.val_images, seed: a.seed, ..Default::default() };
+    // Large objects on small images keep the runs short on a CPU.
+    let cfg = SyntheticConfig {
+        size: a.imgsz as u32,
+        train: a.train_images,
+        val: a.val_images,
+        objects: (1, 4),
+        scale: (0.15, 0.45),
+        seed: a.seed,
+    };
     let data = generate(&dir.join("shapes"), &cfg)?;
     eprintln!("demo: synthetic dataset ({} train / {} val images, {}×{}) in {}", cfg.train, cfg.val, cfg.size, cfg.size, data.parent().unwrap_or(&dir).display());
     let student_yaml = write_student_yaml(&dir)?;
@@ -86,7 +94,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
 
     eprintln!("\ndemo 3/3: distilled student yolov8p ← teacher, --distill {} --logit {}", a.distill, a.logit);
     let mut flags = common(&student, "student-distilled", a.student_epochs);
-    flags.extend(["--teacher", &teacher_weights, "--distill", &a.distill, "--logit", &a.logit].map(String::from));
+    // Distil for the whole (short) run rather than stopping when mosaic closes.
+    let stop = a.student_epochs.to_string();
+    flags.extend(["--teacher", &teacher_weights, "--distill", &a.distill, "--logit", &a.logit, "--distill-stop-epoch", &stop].map(String::from));
     let distilled = train(TrainArgs::from_flags(&flags)?, None)?;
     rows.push(Row { name: "student (distilled)", model: "yolov8p".into(), params: params(&student)?, summary: distilled });
 

@@ -161,6 +161,8 @@ pub struct Distiller {
     pub teacher_loss: Option<LossConfig>,
     /// Consecutive steps whose terms were all zero (a warning after a whole epoch).
     zero_steps: usize,
+    /// Names of the logged terms, reported as 0 once distillation has stopped.
+    logged: Vec<String>,
 }
 
 /// A teacher tensor as a constant for the distillation terms: offline teachers
@@ -220,6 +222,7 @@ impl Distiller {
             stop_epoch,
             teacher_loss: None,
             zero_steps: 0,
+            logged: Vec::new(),
         })
     }
 
@@ -310,6 +313,8 @@ impl StepHook for Distiller {
     fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
         let mut out = HookLoss::default();
         if ctx.epoch >= self.stop_epoch {
+            // Distillation is over: its columns read 0 in the logs from here on.
+            out.logs = self.logged.iter().map(|n| (n.clone(), 0.0)).collect();
             return out;
         }
         let w = self.weight(ctx);
@@ -445,6 +450,9 @@ impl StepHook for Distiller {
             out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
         } else if self.response == Response::Mse {
             out.logs.push(("l_mse_skipped".into(), 1.0));
+        }
+        if self.logged.is_empty() {
+            self.logged = out.terms.iter().map(|(n, _)| n.clone()).chain(out.logs.iter().map(|(n, _)| n.clone())).collect();
         }
         let all_zero = out.terms.iter().all(|(_, t)| t.clone().into_scalar::<f32>() == 0.0);
         self.zero_steps = if all_zero && !out.terms.is_empty() { self.zero_steps + 1 } else { 0 };
