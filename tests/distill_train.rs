@@ -214,3 +214,38 @@ fn distilled_run_resumes_with_its_adapters() {
     let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
     assert!(r.column("train/d_cwd").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
 }
+
+#[test]
+fn online_run_saves_and_resumes_its_teacher() {
+    use clap::Parser;
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("distill-online-resume");
+    let imgs = shared.join("data/bccd/images/train");
+    let mut files: Vec<_> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    std::fs::write(dir.join("subset.txt"), files[..4].join("\n")).unwrap();
+    std::fs::write(dir.join("data.yaml"), format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: yolodistill::train::TrainArgs,
+    }
+    let (data, project) = (dir.join("data.yaml"), dir.join("runs"));
+    let mut a = Wrap::parse_from([
+        "x", "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
+        "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", "yolov8n.yaml", "--online", "--distill", "at",
+    ])
+    .a;
+    a.max_batches = Some(1);
+    let first = yolodistill::train::train(a.clone(), None).unwrap();
+    let f = yolodistill::weights::st::load(&first.last).unwrap();
+    let saved = |suffix: &str| f.state.iter().any(|(n, _)| n.starts_with("state.hook.distill.teacher.model.") && n.ends_with(suffix));
+    assert!(saved("conv.weight") && saved("running_mean"), "the online teacher (weights and BatchNorm statistics) is saved for resume");
+    let mut b = a.clone();
+    b.max_batches = None;
+    b.resume = Some(first.last.display().to_string());
+    let second = yolodistill::train::train(b, None).unwrap();
+    assert_eq!(second.epochs_done, 2);
+    let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
+    assert!(r.column("train/t_det").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
+}
