@@ -92,3 +92,45 @@ fn distill_plan_reports_pairs_adapters_and_cost() {
         assert!(text.contains(needle), "missing '{needle}' in:\n{text}");
     }
 }
+
+#[test]
+fn demo_runs_teacher_plain_and_distilled_and_prints_the_table() {
+    // The README's main command at toy size (the real one takes minutes).
+    let dir = common::temp_dir("demo");
+    let out = bin()
+        .args(["demo", "--dir", dir.to_str().unwrap(), "--imgsz", "64", "--train-images", "8", "--val-images", "4"])
+        .args(["--teacher-epochs", "1", "--student-epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in ["| teacher | yolov8n |", "| student (plain) | yolov8p |", "| student (distilled) | yolov8p |", "distillation gain"] {
+        assert!(table.contains(row), "{row} missing from:\n{table}");
+    }
+    assert!(dir.join("shapes/data.yaml").exists() && dir.join("demo_results.md").exists());
+    for run in ["teacher", "student-plain", "student-distilled"] {
+        assert!(dir.join("runs").join(run).join("weights/best.safetensors").exists(), "{run}");
+    }
+    // the distilled run really had a teacher
+    let csv = std::fs::read_to_string(dir.join("runs/student-distilled/results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("train/d_cwd"), "{csv}");
+
+    // compare on the same data: one seed, paired plain/distilled runs, a CI line
+    let teacher = dir.join("runs/teacher/weights/best.safetensors");
+    let project = dir.join("cmp");
+    let data = dir.join("shapes/data.yaml");
+    let args = [
+        "compare", "--seeds", "0", "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(),
+        "--teacher", teacher.to_str().unwrap(), "--imgsz", "64", "--epochs", "1", "--batch", "4", "--project",
+        project.to_str().unwrap(), "--name", "ab",
+    ];
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("mean gain over 1 seeds") && text.contains("| 0 |"), "{text}");
+    assert!(project.join("ab/plain-s0/weights/best.safetensors").exists());
+    assert!(project.join("ab/distilled-s0/weights/best.safetensors").exists());
+    // a second call reuses the finished runs
+    let out = bin().args(args).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reusing the finished run"));
+}
