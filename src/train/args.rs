@@ -102,6 +102,10 @@ pub struct TrainArgs {
     pub fraction: f64,
     #[command(flatten)]
     pub distill: crate::distill::args::DistillArgs,
+    /// No progress bar: one line per epoch prefixed with the run name (runs sharing a terminal).
+    #[arg(long, hide = true)]
+    #[serde(default)]
+    pub quiet: bool,
     /// Stop after this many optimizer-batch iterations in total (tests and benchmarks).
     #[arg(long = "max-batches", hide = true)]
     pub max_batches: Option<usize>,

@@ -275,7 +275,12 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         _ => Method::Sgd { nesterov: true },
     };
     let mut opt = Optimizer::new(method, weight_decay);
-    eprintln!("optimizer: {kind:?}(lr={lr0}, momentum={momentum}) with parameter groups: weights (decay={weight_decay:.6}), norm weights and biases (no decay)");
+    let say = |msg: String| {
+        if !a.quiet {
+            eprintln!("{msg}");
+        }
+    };
+    say(format!("optimizer: {kind:?}(lr={lr0}, momentum={momentum}) with parameter groups: weights (decay={weight_decay:.6}), norm weights and biases (no decay)"));
 
     let mut ema = Ema::new(&model, 0);
     let mut start_epoch = 0;
@@ -306,7 +311,8 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut distiller = match &a.distill.teacher {
         Some(_) => {
             let mut d = crate::distill::distiller::Distiller::new(&a.distill, &model, a.imgsz, a.epochs, a.close_mosaic, &plain)?;
-            eprint!("{}", d.report(a.imgsz));
+            let report = d.report(a.imgsz);
+            say(report.trim_end().to_string());
             make_trainable(&mut d);
             if !restored_hook.is_empty() {
                 checkpoint::restore_trainable(&mut d, std::mem::take(&mut restored_hook))?;
@@ -335,7 +341,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut stale = 0usize;
     let mut total_batches = 0usize;
     let nms_cfg = NmsConfig::val();
-    eprintln!(
+    say(format!(
         "Training {} on {} train / {} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
         a.model,
         n_train,
@@ -345,16 +351,16 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         a.batch,
         nb,
         dir.display()
-    );
+    ));
 
     for epoch in start_epoch..a.epochs {
         let t_epoch = Instant::now();
         let mosaic_on = epoch + a.close_mosaic < a.epochs;
         if !mosaic_on && epoch + a.close_mosaic == a.epochs {
-            eprintln!("Closing dataloader mosaic");
+            say("Closing dataloader mosaic".into());
         }
         let lf = lr_factor(epoch, a.epochs, a.lrf, a.cos_lr);
-        let bar = ProgressBar::new(nb as u64);
+        let bar = if a.quiet { ProgressBar::hidden() } else { ProgressBar::new(nb as u64) };
         bar.set_style(
             ProgressStyle::with_template("{prefix} {bar:20} {pos}/{len} [{elapsed}<{eta}, {per_sec}] {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -431,10 +437,10 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
                 ("val/cls_loss".to_string(), v.loss[1] as f64),
                 ("val/dfl_loss".to_string(), v.loss[2] as f64),
             ]);
-            eprintln!(
+            say(format!(
                 "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}  ({:.1} ms/image)",
                 "val:", v.images, v.instances, m.precision, m.recall, m.map50, m.map, v.ms_per_image
-            );
+            ));
         }
         row.extend((0..3).map(|g| (format!("lr/pg{g}"), lrs[g])));
         results.push(&row);
@@ -466,7 +472,13 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         if improved || !best_path.exists() {
             checkpoint::save(&best_path, &ema.model, None)?;
         }
-        eprintln!("epoch {} done in {:.1}s", epoch + 1, t_epoch.elapsed().as_secs_f64());
+        if a.quiet {
+            // one line per epoch, prefixed with the run name (runs may share a terminal)
+            let m = val.as_ref().map(|v| format!("mAP50 {:.3}  mAP50-95 {:.3}", v.metrics.map50, v.metrics.map)).unwrap_or_default();
+            eprintln!("[{}] epoch {}/{} {m} ({:.1}s)", a.name, epoch + 1, a.epochs, t_epoch.elapsed().as_secs_f64());
+        } else {
+            eprintln!("epoch {} done in {:.1}s", epoch + 1, t_epoch.elapsed().as_secs_f64());
+        }
         epochs_done = epoch + 1;
         final_val = val;
         if last_epoch {
