@@ -57,7 +57,9 @@ pub struct ValArgs {
 pub fn run(a: ValArgs) -> Result<()> {
     let device = crate::default_device();
     let data = DataConfig::load(&a.data)?;
-    let m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
+    let mut m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
+    // BatchNorm folded into the convolutions, as Ultralytics' standalone validator runs it.
+    m.fuse();
     if m.nc() != data.names.len() {
         bail!("{} predicts {} classes but {} has {}", a.model, m.nc(), a.data.display(), data.names.len());
     }

@@ -72,7 +72,8 @@ fn xyxy_to_xywh(b: [f32; 4]) -> [f64; 4] {
 /// model with the same preprocessing, NMS and metrics.
 #[derive(Debug, Clone)]
 pub enum Exchange {
-    /// Run the model and also write each batch's input as `<dir>/input_<k>.npy`.
+    /// Run the model and also write each batch's input as `<dir>/input_<k>.npy`
+    /// and its decoded output as `<dir>/ours_<k>.npy`.
     DumpInputs(std::path::PathBuf),
     /// Read each batch's decoded output [B, 4+nc, A] from `<dir>/output_<k>.npy`
     /// instead of running the model (validation losses are then 0).
@@ -114,6 +115,10 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
             let out = model.forward(x);
             let pred = head.decode(&out);
             let host = pred.try_into_vec_as::<f32>().expect("f32 output");
+            if let Some(Exchange::DumpInputs(dir)) = exchange {
+                let a = host.len() / (b * (4 + nc));
+                crate::weights::npy::write_f32(&dir.join(format!("ours_{n_batches}.npy")), &[b, 4 + nc, a], &host)?;
+            }
             let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
             let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
             for k in 0..3 {
