@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Distillation method ranking on BCCD (bench of the distillation issue): yolov8n student,
+# teacher_v8s_bccd.pt, same seed and schedule for every method, plus the plain baseline.
+# Prints best mAP50 / mAP50-95 and seconds per epoch of each run.
+# Usage: scripts/rank_methods.sh [EPOCHS=15] [IMGSZ=320] [METHODS="none cwd mgd mimic sl2 ld at relation"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPOCHS=${1:-15}
+IMGSZ=${2:-320}
+METHODS=${3:-"none cwd mgd mimic sl2 ld at relation"}
+DATA=../shared/data/bccd/data.yaml
+TEACHER=../shared/fixtures/teacher_v8s_bccd.pt
+PROJECT=runs/rank-e${EPOCHS}-i${IMGSZ}
+cargo build --quiet
+for m in $METHODS; do
+  case $m in
+    none) extra=() ;;
+    ld) extra=(--teacher "$TEACHER" --distill none --logit ld) ;;
+    sl2) extra=(--teacher "$TEACHER" --distill sl2:6) ;;   # Ultralytics' native weight dis = 6
+    *) extra=(--teacher "$TEACHER" --distill "$m") ;;
+  esac
+  if [ -f "$PROJECT/$m/weights/best.safetensors" ] && [ "$(($(wc -l < "$PROJECT/$m/results.csv") - 1))" -ge "$EPOCHS" ]; then
+    echo "reusing $PROJECT/$m"
+  else
+    target/debug/yolodistill train --model yolov8n.yaml --data "$DATA" --imgsz "$IMGSZ" --epochs "$EPOCHS" \
+      --batch 16 --seed 0 --project "$PROJECT" --name "$m" --exist-ok "${extra[@]}"
+  fi
+done
+python3 - "$PROJECT" $METHODS <<'PYEOF'
+import csv, sys
+project, methods = sys.argv[1], sys.argv[2:]
+rows = []
+for m in methods:
+    r = list(csv.DictReader(open(f"{project}/{m}/results.csv")))
+    best = max(r, key=lambda x: float(x["metrics/mAP50-95(B)"]))
+    secs = float(r[-1]["time"]) / len(r)
+    rows.append((float(best["metrics/mAP50-95(B)"]), float(best["metrics/mAP50(B)"]), m, secs))
+base = next((x[0] for x in rows if x[2] == "none"), None)
+print("| rank | method | best mAP50 | best mAP50-95 | gain vs plain | s/epoch |\n|---:|---|---:|---:|---:|---:|")
+for i, (m95, m50, m, s) in enumerate(sorted(rows, reverse=True), 1):
+    gain = f"{m95 - base:+.4f}" if base is not None else ""
+    print(f"| {i} | {m} | {m50:.4f} | {m95:.4f} | {gain} | {s:.0f} |")
+PYEOF
