@@ -69,10 +69,12 @@ pub fn run(a: DemoArgs) -> Result<()> {
     eprintln!("demo: synthetic dataset ({} train / {} val images, {}×{}) in {}", cfg.train, cfg.val, cfg.size, cfg.size, data.parent().unwrap_or(&dir).display());
     let student_yaml = write_student_yaml(&dir)?;
     let runs = dir.join("runs");
+    // Short runs: a nominal batch equal to the batch and no warm-up give the most optimizer
+    // steps early (with 8 batches per epoch a warm-up would take several epochs).
     let common = |model: &str, name: &str, epochs: usize| -> Vec<String> {
         [
             "--model", model, "--data", &data.to_string_lossy(), "--imgsz", &a.imgsz.to_string(), "--epochs", &epochs.to_string(),
-            "--batch", "16", "--nbs", "16", "--close-mosaic", &(epochs / 5).to_string(), "--seed", &a.seed.to_string(),
+            "--batch", "16", "--nbs", "16", "--warmup-epochs", "0", "--close-mosaic", &(epochs / 5).to_string(), "--seed", &a.seed.to_string(),
             "--project", &runs.to_string_lossy(), "--name", name, "--exist-ok",
         ]
         .iter()
