@@ -179,29 +179,30 @@ fn mismatched_classes_are_a_clear_error() {
     assert!(format!("{err:#}").contains("3 classes"), "{err:#}");
 }
 
-#[test]
-fn distilled_run_resumes_with_its_adapters() {
-    use clap::Parser;
-    let Some(shared) = common::shared() else { return };
-    let dir = common::temp_dir("distill-resume");
+/// A data.yaml over the first `n` BCCD training images (train = val), in `dir`.
+fn bccd_subset(shared: &std::path::Path, dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     let imgs = shared.join("data/bccd/images/train");
     let mut files: Vec<_> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
     files.sort();
-    std::fs::write(dir.join("subset.txt"), files[..8].join("\n")).unwrap();
-    std::fs::write(dir.join("data.yaml"), format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        a: yolodistill::train::TrainArgs,
-    }
+    std::fs::write(dir.join("subset.txt"), files[..n].join("\n")).unwrap();
+    let yaml = dir.join("data.yaml");
+    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
+    yaml
+}
+
+#[test]
+fn distilled_run_resumes_with_its_adapters() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("distill-resume");
+    bccd_subset(&shared, &dir, 8);
     let data = dir.join("data.yaml");
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
-    let mut a = Wrap::parse_from([
-        "x", "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
+    let mut a = yolodistill::train::TrainArgs::from_flags(&[
+        "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
         "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", teacher.to_str().unwrap(), "--distill", "cwd,mgd",
     ])
-    .a;
+    .unwrap();
     a.max_batches = Some(2); // stop after the first epoch, as an interruption would
     let first = yolodistill::train::train(a.clone(), None).unwrap();
     let f = yolodistill::weights::st::load(&first.last).unwrap();
@@ -217,25 +218,15 @@ fn distilled_run_resumes_with_its_adapters() {
 
 #[test]
 fn online_run_saves_and_resumes_its_teacher() {
-    use clap::Parser;
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("distill-online-resume");
-    let imgs = shared.join("data/bccd/images/train");
-    let mut files: Vec<_> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
-    files.sort();
-    std::fs::write(dir.join("subset.txt"), files[..4].join("\n")).unwrap();
-    std::fs::write(dir.join("data.yaml"), format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        a: yolodistill::train::TrainArgs,
-    }
+    bccd_subset(&shared, &dir, 4);
     let (data, project) = (dir.join("data.yaml"), dir.join("runs"));
-    let mut a = Wrap::parse_from([
-        "x", "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
+    let mut a = yolodistill::train::TrainArgs::from_flags(&[
+        "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
         "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", "yolov8n.yaml", "--online", "--distill", "at",
     ])
-    .a;
+    .unwrap();
     a.max_batches = Some(1);
     let first = yolodistill::train::train(a.clone(), None).unwrap();
     let f = yolodistill::weights::st::load(&first.last).unwrap();
