@@ -13,7 +13,6 @@ pub mod report;
 pub mod train;
 pub mod weights;
 
-/// The default compute device (burn's pure-Rust CPU backend `flex`).
-pub fn default_device() -> burn::tensor::Device {
-    burn::tensor::Device::flex()
-}
+pub use device::{default_device, select_device};
+
+mod device;

@@ -16,6 +16,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "yolodistill", version, about = "Train, distill, validate and deploy YOLO detectors in Rust")]
 pub struct Cli {
+    /// Compute device: cpu (default), or wgpu / vulkan / cuda[:N] in a build with that cargo
+    /// feature. The environment variable YOLODISTILL_DEVICE does the same.
+    #[arg(long, global = true)]
+    pub device: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,6 +51,9 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(name) = &cli.device {
+        crate::select_device(name)?;
+    }
     match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Compare(a) => compare::run(a),

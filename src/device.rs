@@ -1,0 +1,101 @@
+//! Which compute device every command uses: burn's pure-Rust CPU backend `flex` unless
+//! `--device` (or `YOLODISTILL_DEVICE`) names a GPU backend compiled in with its cargo feature.
+
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+
+static SELECTED: OnceLock<Device> = OnceLock::new();
+
+/// Names accepted by `--device`, with the cargo feature each needs.
+const KNOWN: &str = "cpu (flex, always), wgpu (feature wgpu), vulkan (feature vulkan), cuda[:N] (feature cuda)";
+
+/// The device chosen by `select_device`, else the one `YOLODISTILL_DEVICE` names, else flex.
+pub fn default_device() -> Device {
+    SELECTED
+        .get_or_init(|| match std::env::var("YOLODISTILL_DEVICE") {
+            Ok(name) if !name.is_empty() => parse(&name).unwrap_or_else(|e| {
+                eprintln!("warning: YOLODISTILL_DEVICE: {e}; using the CPU (flex)");
+                Device::flex()
+            }),
+            _ => Device::flex(),
+        })
+        .clone()
+}
+
+/// Sets the device for the whole process; call before any tensor is made.
+pub fn select_device(name: &str) -> anyhow::Result<()> {
+    let device = parse(name)?;
+    if SELECTED.set(device).is_err() {
+        anyhow::bail!("the device was already chosen before --device {name}");
+    }
+    Ok(())
+}
+
+fn parse(name: &str) -> anyhow::Result<Device> {
+    let (kind, index) = match name.split_once(':') {
+        Some((k, i)) => (k, Some(i.parse::<usize>().map_err(|_| anyhow::anyhow!("bad device index in {name:?}"))?)),
+        None => (name, None),
+    };
+    match kind {
+        "cpu" | "flex" => Ok(Device::flex()),
+        "wgpu" => wgpu(index),
+        "vulkan" => vulkan(index),
+        "cuda" => cuda(index),
+        _ => anyhow::bail!("unknown device {name:?}; known: {KNOWN}"),
+    }
+}
+
+/// The error of a GPU name this build has no backend for.
+#[allow(dead_code)]
+fn not_built(kind: &str) -> anyhow::Result<Device> {
+    anyhow::bail!("device {kind:?} needs the cargo feature `{kind}` (cargo build --features {kind}); this build has the CPU only")
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu(index: Option<usize>) -> anyhow::Result<Device> {
+    Ok(Device::wgpu(gpu_kind(index)))
+}
+#[cfg(not(feature = "wgpu"))]
+fn wgpu(_: Option<usize>) -> anyhow::Result<Device> {
+    not_built("wgpu")
+}
+
+#[cfg(feature = "vulkan")]
+fn vulkan(index: Option<usize>) -> anyhow::Result<Device> {
+    Ok(Device::vulkan(gpu_kind(index)))
+}
+#[cfg(not(feature = "vulkan"))]
+fn vulkan(_: Option<usize>) -> anyhow::Result<Device> {
+    not_built("vulkan")
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(index: Option<usize>) -> anyhow::Result<Device> {
+    Ok(Device::cuda(index.unwrap_or(0)))
+}
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: Option<usize>) -> anyhow::Result<Device> {
+    not_built("cuda")
+}
+
+/// `wgpu:N` is the N-th discrete GPU; plain `wgpu` lets wgpu pick the best adapter.
+#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+fn gpu_kind(index: Option<usize>) -> burn::tensor::DeviceKind {
+    index.map(burn::tensor::DeviceKind::DiscreteGpu).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_names_parse_and_unknown_names_are_refused() {
+        assert!(parse("cpu").is_ok() && parse("flex").is_ok());
+        let e = parse("tpu").unwrap_err().to_string();
+        assert!(e.contains("unknown device") && e.contains("cpu"), "{e}");
+        assert!(parse("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+    }
+}
