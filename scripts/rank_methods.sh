@@ -2,7 +2,10 @@
 # Distillation method ranking on BCCD (bench of the distillation issue): yolov8n student,
 # teacher_v8s_bccd.pt, same seed and schedule for every method, plus the plain baseline.
 # Prints best mAP50 / mAP50-95 and seconds per epoch of each run.
+# Each method distils over the whole run (--distill-stop-epoch EPOCHS): with the default stop at
+# mosaic close, a 15-epoch run would distil for 5 epochs only.
 # Usage: scripts/rank_methods.sh [EPOCHS=15] [IMGSZ=320] [METHODS="none cwd mgd mimic sl2 ld at relation"]
+# On a GPU: FEATURES=vulkan YOLODISTILL_DEVICE=vulkan scripts/rank_methods.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-15}
@@ -11,7 +14,7 @@ METHODS=${3:-"none cwd mgd mimic sl2 ld at relation"}
 DATA=../shared/data/bccd/data.yaml
 TEACHER=../shared/fixtures/teacher_v8s_bccd.pt
 PROJECT=runs/rank-e${EPOCHS}-i${IMGSZ}
-cargo build --quiet
+cargo build --quiet ${FEATURES:+--features "$FEATURES"}
 for m in $METHODS; do
   case $m in
     none) extra=() ;;
@@ -19,6 +22,7 @@ for m in $METHODS; do
     sl2) extra=(--teacher "$TEACHER" --distill sl2:6) ;;   # Ultralytics' native weight dis = 6
     *) extra=(--teacher "$TEACHER" --distill "$m") ;;
   esac
+  [ "$m" = none ] || extra+=(--distill-stop-epoch "$EPOCHS")
   if [ -f "$PROJECT/$m/weights/best.safetensors" ] && [ "$(($(wc -l < "$PROJECT/$m/results.csv") - 1))" -ge "$EPOCHS" ]; then
     echo "reusing $PROJECT/$m"
   else
