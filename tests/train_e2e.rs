@@ -22,32 +22,12 @@ fn small_bccd(shared: &Path, dir: &Path, n: usize) -> PathBuf {
 }
 
 fn args(model: &str, data: &Path, project: &Path, epochs: usize) -> TrainArgs {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        a: TrainArgs,
-    }
-    let w = Wrap::parse_from([
-        "x",
-        "--model",
-        model,
-        "--data",
-        data.to_str().unwrap(),
-        "--project",
-        project.to_str().unwrap(),
-        "--epochs",
-        &epochs.to_string(),
-        "--imgsz",
-        "160",
-        "--batch",
-        "8",
-        "--close-mosaic",
-        "2",
-        "--workers",
-        "2",
-    ]);
-    w.a
+    let (data, project, epochs) = (data.to_str().unwrap(), project.to_str().unwrap(), epochs.to_string());
+    TrainArgs::from_flags(&[
+        "--model", model, "--data", data, "--project", project, "--epochs", &epochs,
+        "--imgsz", "160", "--batch", "8", "--close-mosaic", "2", "--workers", "2",
+    ])
+    .unwrap()
 }
 
 #[test]
