@@ -6,6 +6,9 @@
 # mosaic close, a 15-epoch run would distil for 5 epochs only.
 # Usage: scripts/rank_methods.sh [EPOCHS=15] [IMGSZ=320] [METHODS="none cwd mgd mimic sl2 ld at relation"]
 # On a GPU: FEATURES=vulkan YOLODISTILL_DEVICE=vulkan scripts/rank_methods.sh
+# YD=path/to/yolodistill uses that binary instead of building one. A finished run is reused and an
+# interrupted one resumed, so the ranking can be spread over several sittings (or split between
+# processes: METHODS in each, then once more with all of them for the table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:-15}
@@ -14,7 +17,10 @@ METHODS=${3:-"none cwd mgd mimic sl2 ld at relation"}
 DATA=../shared/data/bccd/data.yaml
 TEACHER=../shared/fixtures/teacher_v8s_bccd.pt
 PROJECT=runs/rank-e${EPOCHS}-i${IMGSZ}
-cargo build --quiet ${FEATURES:+--features "$FEATURES"}
+if [ -z "${YD:-}" ]; then
+  cargo build --quiet ${FEATURES:+--features "$FEATURES"}
+  YD=target/debug/yolodistill
+fi
 for m in $METHODS; do
   case $m in
     none) extra=() ;;
@@ -23,10 +29,14 @@ for m in $METHODS; do
     *) extra=(--teacher "$TEACHER" --distill "$m") ;;
   esac
   [ "$m" = none ] || extra+=(--distill-stop-epoch "$EPOCHS")
-  if [ -f "$PROJECT/$m/weights/best.safetensors" ] && [ "$(($(wc -l < "$PROJECT/$m/results.csv") - 1))" -ge "$EPOCHS" ]; then
+  done_epochs=0
+  [ -f "$PROJECT/$m/results.csv" ] && done_epochs=$(($(wc -l < "$PROJECT/$m/results.csv") - 1))
+  if [ "$done_epochs" -ge "$EPOCHS" ]; then
     echo "reusing $PROJECT/$m"
+  elif [ "$done_epochs" -gt 0 ] && [ -f "$PROJECT/$m/weights/last.safetensors" ]; then
+    "$YD" train --resume "$PROJECT/$m/weights/last.safetensors"
   else
-    target/debug/yolodistill train --model yolov8n.yaml --data "$DATA" --imgsz "$IMGSZ" --epochs "$EPOCHS" \
+    "$YD" train --model yolov8n.yaml --data "$DATA" --imgsz "$IMGSZ" --epochs "$EPOCHS" \
       --batch 16 --seed 0 --project "$PROJECT" --name "$m" --exist-ok "${extra[@]}"
   fi
 done

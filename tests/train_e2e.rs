@@ -78,11 +78,16 @@ fn short_training_learns_and_resumes() {
     child.wait().unwrap();
     // the checkpoint left behind is complete and loadable
     yolodistill::model::load(last.to_str().unwrap(), None, &yolodistill::default_device()).unwrap();
-    let mut c = args("yolov8n.yaml", &data, &project, 3);
-    c.resume = Some(last.display().to_string());
-    let resumed = train(c, None).unwrap();
-    assert_eq!(resumed.run_dir, run);
-    assert_eq!(resumed.epochs_done, 3);
+    // `train --resume LAST` needs nothing else: model, data and options come from the checkpoint.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["train", "--resume"])
+        .arg(&last)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("(resumed) in") && stderr.contains("-3 (resumed)"), "{stderr}");
+    assert!(stderr.contains(&format!("Results in {}", run.display())), "{stderr}");
     let r = Results::load(&run.join("results.csv")).unwrap();
     assert_eq!(r.column("epoch").unwrap(), vec![1.0, 2.0, 3.0]);
 }

@@ -4,9 +4,9 @@ use crate::train::{train, TrainArgs};
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let s = train(a, None)?;
+    let span = if s.first_epoch > 1 { format!("epochs {}-{} (resumed)", s.first_epoch, s.epochs_done) } else { format!("{} epochs", s.epochs_done) };
     eprintln!(
-        "{} epochs in {:.0}s. Results in {}; best weights {}",
-        s.epochs_done,
+        "{span} in {:.0}s. Results in {}; best weights {}",
         s.seconds,
         s.run_dir.display(),
         s.best.display()

@@ -10,11 +10,12 @@ use super::optim::OptimizerKind;
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct TrainArgs {
     /// Built-in YAML (from scratch), YAML path, .pt or .safetensors (fine-tune).
-    #[arg(long)]
-    pub model: String,
-    /// data.yaml of a YOLO-format dataset.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Not needed with --resume (the checkpoint remembers it).
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<String>,
+    /// data.yaml of a YOLO-format dataset (not needed with --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
     #[arg(long, default_value_t = 640)]
@@ -112,6 +113,17 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The model to train (clap makes it present unless resuming, and a resumed
+    /// run takes it from its checkpoint).
+    pub fn model_source(&self) -> anyhow::Result<&str> {
+        self.model.as_deref().ok_or_else(|| anyhow::anyhow!("train needs --model (or --resume)"))
+    }
+
+    /// The dataset's data.yaml (same rule as [`Self::model_source`]).
+    pub fn data_yaml(&self) -> anyhow::Result<&std::path::Path> {
+        self.data.as_deref().ok_or_else(|| anyhow::anyhow!("train needs --data (or --resume)"))
+    }
+
     /// Arguments from command-line flags (e.g. `["--model", "yolov8n.yaml", …]`),
     /// with every other option at its default.
     pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> anyhow::Result<Self> {
@@ -123,5 +135,29 @@ impl TrainArgs {
         }
         let argv = std::iter::once("train").chain(flags.iter().map(|s| s.as_ref()));
         Ok(Wrap::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?.a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TrainArgs;
+
+    #[test]
+    fn resume_needs_no_model_or_data() {
+        let a = TrainArgs::from_flags(&["--resume", "runs/train/weights/last.safetensors"]).unwrap();
+        assert_eq!(a.resume.as_deref(), Some("runs/train/weights/last.safetensors"));
+        let a = TrainArgs::from_flags(&["--resume"]).unwrap();
+        assert_eq!(a.resume.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn a_new_run_needs_model_and_data() {
+        let e = TrainArgs::from_flags::<&str>(&[]).unwrap_err().to_string();
+        assert!(e.contains("--model") && e.contains("--data"), "{e}");
+        let e = TrainArgs::from_flags(&["--model", "yolov8n.yaml"]).unwrap_err().to_string();
+        let missing = e.split("Usage:").next().unwrap();
+        assert!(missing.contains("--data") && !missing.contains("--model"), "{e}");
+        let a = TrainArgs::from_flags(&["--model", "yolov8n.yaml", "--data", "d.yaml"]).unwrap();
+        assert_eq!((a.model_source().unwrap(), a.data_yaml().unwrap().to_str().unwrap()), ("yolov8n.yaml", "d.yaml"));
     }
 }

@@ -111,6 +111,9 @@ pub struct TrainSummary {
     /// (mAP50, mAP50-95) of the best epoch (the one saved as best).
     pub best_map: Option<(f64, f64)>,
     pub epochs_done: usize,
+    /// First epoch (1-based) this call trained: 1, or where a resumed run went on.
+    pub first_epoch: usize,
+    /// Wall time of this call (a resumed run: since it resumed).
     pub seconds: f64,
 }
 
@@ -135,9 +138,10 @@ fn aug_config(a: &TrainArgs) -> AugConfig {
 /// (matching tensors are transferred, the class outputs start fresh).
 fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<DetectionModel> {
     let nc = names.len();
-    let ext = Path::new(&a.model).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let source = a.model_source()?;
+    let ext = Path::new(source).extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let mut m = if ext == "pt" || ext == "pth" || ext == "safetensors" {
-        let loaded = model::load(&a.model, None, device)?.model;
+        let loaded = model::load(source, None, device)?.model;
         if loaded.nc() == nc {
             loaded
         } else {
@@ -145,11 +149,11 @@ fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<Det
             let mut fresh = DetectionModel::new(spec, names.to_vec(), device)?;
             let mut src = loaded;
             let n = model::transfer_matching(&mut fresh, model::collect_tensors(&mut src), device);
-            eprintln!("Transferred {n} matching tensors from {} ({} → {nc} classes)", a.model, src.nc());
+            eprintln!("Transferred {n} matching tensors from {source} ({} → {nc} classes)", src.nc());
             fresh
         }
     } else {
-        model::load(&a.model, Some(nc), device)?.model
+        model::load(source, Some(nc), device)?.model
     };
     m.names = names.to_vec();
     Ok(m)
@@ -234,7 +238,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&a)?)?;
 
     // Data.
-    let data = DataConfig::load(&a.data)?;
+    let data = DataConfig::load(a.data_yaml()?)?;
     let nc = data.names.len();
     let cache_dir = dir.join("cache");
     let mut train_ds = Dataset::scan(&data.train, nc, Some(&cache_dir)).context("training images")?;
@@ -343,7 +347,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let nms_cfg = NmsConfig::val();
     say(format!(
         "Training {} on {} train / {} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
-        a.model,
+        a.model_source()?,
         n_train,
         val_ds.items.len(),
         a.imgsz,
@@ -501,6 +505,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         final_val,
         best_map,
         epochs_done,
+        first_epoch: start_epoch + 1,
         seconds: t_start.elapsed().as_secs_f64(),
     })
 }
