@@ -41,17 +41,24 @@ for m in $METHODS; do
   fi
 done
 python3 - "$PROJECT" $METHODS <<'PYEOF'
-import csv, sys
+import csv, statistics, sys
 project, methods = sys.argv[1], sys.argv[2:]
 rows = []
 for m in methods:
-    r = list(csv.DictReader(open(f"{project}/{m}/results.csv")))
+    try:
+        r = list(csv.DictReader(open(f"{project}/{m}/results.csv")))
+    except FileNotFoundError:
+        r = []
+    if not r:
+        print(f"{m}: not run yet")
+        continue
     best = max(r, key=lambda x: float(x["metrics/mAP50-95(B)"]))
-    secs = float(r[-1]["time"]) / len(r)
-    rows.append((float(best["metrics/mAP50-95(B)"]), float(best["metrics/mAP50(B)"]), m, secs))
+    t = [0.0] + [float(x["time"]) for x in r]
+    secs = statistics.median(b - a for a, b in zip(t, t[1:]))  # a paused or shared epoch is an outlier
+    rows.append((float(best["metrics/mAP50-95(B)"]), float(best["metrics/mAP50(B)"]), m, secs, len(r)))
 base = next((x[0] for x in rows if x[2] == "none"), None)
-print("| rank | method | best mAP50 | best mAP50-95 | gain vs plain | s/epoch |\n|---:|---|---:|---:|---:|---:|")
-for i, (m95, m50, m, s) in enumerate(sorted(rows, reverse=True), 1):
+print("| rank | method | best mAP50 | best mAP50-95 | gain vs plain | median s/epoch | epochs |\n|---:|---|---:|---:|---:|---:|---:|")
+for i, (m95, m50, m, s, n) in enumerate(sorted(rows, reverse=True), 1):
     gain = f"{m95 - base:+.4f}" if base is not None else ""
-    print(f"| {i} | {m} | {m50:.4f} | {m95:.4f} | {gain} | {s:.0f} |")
+    print(f"| {i} | {m} | {m50:.4f} | {m95:.4f} | {gain} | {s:.0f} | {n} |")
 PYEOF
