@@ -252,6 +252,9 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let val_ds = Arc::new(val_ds);
 
     // Model.
+    // --seed fixes the initial weights (and the distiller's adapters and MGD masks) as well as
+    // the data order, so two runs that differ in one setting start from the same model.
+    plain.seed(a.seed);
     let mut model = initial_model(&a, &data.names, &plain)?;
     let head = model.head();
     let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
