@@ -211,6 +211,9 @@ pub fn forward_backward<'h>(
     items
 }
 
+/// Held from seeding the backend's generator until the model and distiller are initialised.
+static INIT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Trains a model as `a` says. `hook` adds distillation losses.
 pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSummary> {
     let t_start = Instant::now();
@@ -253,7 +256,10 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
 
     // Model.
     // --seed fixes the initial weights (and the distiller's adapters and MGD masks) as well as
-    // the data order, so two runs that differ in one setting start from the same model.
+    // the data order, so two runs that differ in one setting start from the same model. The
+    // backend's generator is process-wide: trainings started together in one process (threads,
+    // tests) take turns from seeding to the last initialised tensor.
+    let init_turn = INIT_TURN.lock().unwrap_or_else(|e| e.into_inner());
     plain.seed(a.seed);
     let mut model = initial_model(&a, &data.names, &plain)?;
     let head = model.head();
@@ -328,6 +334,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         }
         None => None,
     };
+    drop(init_turn);
     if distiller.is_some() && hook.is_some() {
         bail!("a distillation teacher and a custom step hook cannot be combined");
     }
