@@ -196,12 +196,17 @@ fn schedules_basic() {
 
 #[test]
 fn keep_mask_is_bernoulli_with_keep_probability_one_minus_lambda() {
-    let m = random_keep_mask(4, 1, 64 * 64, MGD_LAMBDA, &plain());
+    let mask = |key| random_keep_mask(4, 1, 64 * 64, MGD_LAMBDA, key, &plain()).try_into_vec_as::<f32>().unwrap();
+    let m = random_keep_mask(4, 1, 64 * 64, MGD_LAMBDA, [0, 0, 0, 0], &plain());
     assert_eq!(m.dims(), [4, 1, 1, 4096]);
     let v = m.try_into_vec_as::<f32>().unwrap();
     assert!(v.iter().all(|&x| x == 0.0 || x == 1.0));
     let rate = v.iter().sum::<f32>() / v.len() as f32;
     assert!((rate - (1.0 - MGD_LAMBDA)).abs() < 0.03, "keep rate {rate}");
+    // The same key gives the same mask; another step (or seed) another one.
+    assert_eq!(v, mask([0, 0, 0, 0]));
+    assert_ne!(v, mask([0, 0, 1, 0]));
+    assert_ne!(v, mask([1, 0, 0, 0]));
 }
 
 fn grad_abs_sum<const D: usize>(t: &Tensor<D>, grads: &burn::tensor::Gradients) -> f32 {

@@ -216,6 +216,40 @@ fn distilled_run_resumes_with_its_adapters() {
     assert!(r.column("train/d_cwd").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
 }
 
+/// A distilled run stopped after its first epoch and resumed trains its second epoch exactly as
+/// the uninterrupted run does: weights, optimizer state, adapters, MGD generators and masks
+/// all carry over. Separate processes, because the backend's generator (initial weights) is
+/// process-wide and the other tests of this file draw from it concurrently.
+#[test]
+fn resumed_distillation_matches_the_uninterrupted_run() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("distill-resume-exact");
+    let data = bccd_subset(&shared, &dir, 8);
+    let project = dir.join("runs");
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"));
+        cmd.arg("train").args(extra).arg("--project").arg(&project).arg("--quiet");
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (data, teacher) = (data.to_str().unwrap(), teacher.to_str().unwrap());
+    let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
+    let distil = ["--teacher", teacher, "--distill", "cwd,mgd", "--workers", "1"];
+    run(&[&common[..], &distil, &["--name", "whole"]].concat());
+    // --max-batches 2 = the first epoch: the run stops there, as an interruption would.
+    run(&[&common[..], &distil, &["--name", "cut", "--max-batches", "2"]].concat());
+    let last = project.join("cut/weights/last.safetensors");
+    run(&["--resume", last.to_str().unwrap()]);
+    let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
+    let (cut, whole) = (load("cut"), load("whole"));
+    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd"] {
+        let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
+        assert_eq!(c1.len(), 2, "{c}: {c1:?}");
+        assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{c}: resumed {c1:?} vs uninterrupted {w1:?}");
+    }
+}
+
 #[test]
 fn online_run_saves_and_resumes_its_teacher() {
     let Some(shared) = common::shared() else { return };

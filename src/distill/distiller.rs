@@ -159,6 +159,9 @@ pub struct Distiller {
     pub stop_epoch: usize,
     /// Online mode: the teacher's own loss settings (copied from the student's).
     pub teacher_loss: Option<LossConfig>,
+    /// MGD masks are a function of this seed and the step (see [`random_keep_mask`]), so a
+    /// resumed run masks as the uninterrupted one would have (`train` sets `--seed`).
+    pub mask_seed: u64,
     /// Consecutive steps whose terms were all zero (a warning after a whole epoch).
     zero_steps: usize,
     /// Names of the logged terms, reported as 0 once distillation has stopped.
@@ -221,6 +224,7 @@ impl Distiller {
             projectors,
             stop_epoch,
             teacher_loss: None,
+            mask_seed: 0,
             zero_steps: 0,
             logged: Vec::new(),
         })
@@ -380,7 +384,8 @@ impl StepHook for Distiller {
                         }
                         Feature::Mgd => {
                             let d = a[0].dims();
-                            let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, &device)];
+                            let key = [self.mask_seed, ctx.epoch as u64, ctx.batch as u64, l as u64];
+                            let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, key, &device)];
                             mgd(a, t, &mask, &self.generators[l..=l], self.args.mgd_alpha)
                         }
                         Feature::At => attention_transfer(s, t),

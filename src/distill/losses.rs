@@ -17,7 +17,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid, softmax};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// Seed default of the MGD loss weight `α_mgd`.
 pub const MGD_ALPHA: f32 = 2e-5;
@@ -198,10 +198,17 @@ impl MgdGenerator {
 }
 
 /// A random MGD keep mask `[n, 1, h, w]`: each pixel is 1 (kept) with
-/// probability `1 − λ` and 0 otherwise (Bernoulli draw from the device RNG).
-pub fn random_keep_mask(n: usize, h: usize, w: usize, lambda: f32, device: &Device) -> Tensor<4> {
+/// probability `1 − λ` and 0 otherwise. The draw is a function of `key` (the
+/// distiller uses seed, epoch, batch and level), not of the backend's shared
+/// generator, so a resumed run and concurrent runs mask reproducibly.
+pub fn random_keep_mask(n: usize, h: usize, w: usize, lambda: f32, key: [u64; 4], device: &Device) -> Tensor<4> {
+    use rand::{Rng, SeedableRng};
     assert!((0.0..=1.0).contains(&lambda), "λ_mgd must lie in [0, 1]");
-    Tensor::random([n, 1, h, w], Distribution::Bernoulli(1.0 - lambda as f64), device)
+    let seed = key.iter().fold(0x6D67_645F_6D61_736Bu64, |h, &k| (h ^ k).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(29));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let keep = 1.0 - lambda as f64;
+    let v: Vec<f32> = (0..n * h * w).map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 }).collect();
+    Tensor::from_data(TensorData::new(v, [n, 1, h, w]), device)
 }
 
 /// Masked generative distillation of one level (Yang et al. 2022):

@@ -211,6 +211,33 @@ pub fn forward_backward<'h>(
     items
 }
 
+/// Options given next to `--resume` that the resumed run does not use (it keeps the
+/// checkpoint's): every option whose value differs from its default, by argument name.
+fn ignored_on_resume(a: &TrainArgs, by_run_name: bool) -> Result<Vec<String>> {
+    let flat = |v: serde_json::Value| -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                match v {
+                    serde_json::Value::Object(inner) => out.extend(inner.into_iter()),
+                    v => out.push((k, v)),
+                }
+            }
+        }
+        out
+    };
+    let defaults: std::collections::HashMap<_, _> = flat(serde_json::to_value(TrainArgs::from_flags(&["--resume"])?)?).into_iter().collect();
+    // --project/--name find the run when --resume has no path; --quiet applies to this call.
+    let used: &[&str] = if by_run_name { &["resume", "quiet", "project", "name", "exist_ok"] } else { &["resume", "quiet"] };
+    let mut ignored: Vec<String> = flat(serde_json::to_value(a)?)
+        .into_iter()
+        .filter(|(k, v)| !used.contains(&k.as_str()) && defaults.get(k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    ignored.sort();
+    Ok(ignored)
+}
+
 /// Held from seeding the backend's generator until the model and distiller are initialised.
 static INIT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -227,6 +254,15 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             let r = checkpoint::load(&last)?;
             let mut saved: TrainArgs = serde_json::from_value(r.state.args.clone()).context("bad saved arguments")?;
             saved.resume = None;
+            saved.quiet |= a.quiet;
+            let ignored = ignored_on_resume(&a, p.is_empty())?;
+            if !ignored.is_empty() {
+                eprintln!(
+                    "warning: --resume continues {} with its own settings; ignored: {}",
+                    last.display(),
+                    ignored.join(", ")
+                );
+            }
             let dir = last.parent().and_then(|p| p.parent()).map(Path::to_path_buf).context("bad checkpoint path")?;
             (saved, Some(r), dir)
         }
@@ -324,6 +360,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut distiller = match &a.distill.teacher {
         Some(_) => {
             let mut d = crate::distill::distiller::Distiller::new(&a.distill, &model, a.imgsz, a.epochs, a.close_mosaic, &plain)?;
+            d.mask_seed = a.seed;
             let report = d.report(a.imgsz);
             say(report.trim_end().to_string());
             make_trainable(&mut d);
@@ -518,4 +555,19 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         first_epoch: start_epoch + 1,
         seconds: t_start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ignored_on_resume, TrainArgs};
+
+    #[test]
+    fn options_next_to_resume_are_named_as_ignored() {
+        let a = TrainArgs::from_flags(&["--resume", "r/w/last.safetensors", "--epochs", "50", "--model", "m.yaml", "--teacher", "t.pt", "--quiet"]).unwrap();
+        assert_eq!(ignored_on_resume(&a, false).unwrap(), ["epochs", "model", "teacher"]);
+        // --project/--name locate the run when --resume has no path.
+        let a = TrainArgs::from_flags(&["--resume", "--project", "p", "--name", "n"]).unwrap();
+        assert!(ignored_on_resume(&a, true).unwrap().is_empty());
+        assert_eq!(ignored_on_resume(&a, false).unwrap(), ["name", "project"]);
+    }
 }
