@@ -179,22 +179,11 @@ fn mismatched_classes_are_a_clear_error() {
     assert!(format!("{err:#}").contains("3 classes"), "{err:#}");
 }
 
-/// A data.yaml over the first `n` BCCD training images (train = val), in `dir`.
-fn bccd_subset(shared: &std::path::Path, dir: &std::path::Path, n: usize) -> std::path::PathBuf {
-    let imgs = shared.join("data/bccd/images/train");
-    let mut files: Vec<_> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
-    files.sort();
-    std::fs::write(dir.join("subset.txt"), files[..n].join("\n")).unwrap();
-    let yaml = dir.join("data.yaml");
-    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
-    yaml
-}
-
 #[test]
 fn distilled_run_resumes_with_its_adapters() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("distill-resume");
-    bccd_subset(&shared, &dir, 8);
+    common::bccd_subset(&shared, &dir, 8);
     let data = dir.join("data.yaml");
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
@@ -224,7 +213,7 @@ fn distilled_run_resumes_with_its_adapters() {
 fn resumed_distillation_matches_the_uninterrupted_run() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("distill-resume-exact");
-    let data = bccd_subset(&shared, &dir, 8);
+    let data = common::bccd_subset(&shared, &dir, 8);
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
     let run = |extra: &[&str]| {
@@ -254,7 +243,7 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
 fn online_run_saves_and_resumes_its_teacher() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("distill-online-resume");
-    bccd_subset(&shared, &dir, 4);
+    common::bccd_subset(&shared, &dir, 4);
     let (data, project) = (dir.join("data.yaml"), dir.join("runs"));
     let mut a = yolodistill::train::TrainArgs::from_flags(&[
         "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),

@@ -3,23 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use yolodistill::report::Results;
 use yolodistill::train::{train, TrainArgs};
-
-/// A data.yaml over the first `n` BCCD training images (used for train and val).
-fn small_bccd(shared: &Path, dir: &Path, n: usize) -> PathBuf {
-    let imgs = shared.join("data/bccd/images/train");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let list = dir.join("subset.txt");
-    let lines: Vec<String> = files.iter().take(n).map(|p| p.display().to_string()).collect();
-    std::fs::write(&list, lines.join("\n")).unwrap();
-    let yaml = dir.join("data.yaml");
-    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
-    yaml
-}
 
 fn args(model: &str, data: &Path, project: &Path, epochs: usize) -> TrainArgs {
     let (data, project, epochs) = (data.to_str().unwrap(), project.to_str().unwrap(), epochs.to_string());
@@ -34,7 +21,7 @@ fn args(model: &str, data: &Path, project: &Path, epochs: usize) -> TrainArgs {
 fn short_training_learns_and_resumes() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("train-e2e");
-    let data = small_bccd(&shared, &dir, 16);
+    let data = common::bccd_subset(&shared, &dir, 16);
     let project = dir.join("runs");
     // 30 epochs of 4 batches, one optimizer step per batch (nbs = batch) so that
     // BatchNorm statistics and weights move enough for a from-scratch model.
@@ -98,7 +85,7 @@ fn short_training_learns_and_resumes() {
 fn same_seed_same_run() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("train-seed");
-    let data = small_bccd(&shared, &dir, 8);
+    let data = common::bccd_subset(&shared, &dir, 8);
     let project = dir.join("runs");
     let run = |name: &str, seed: u64| -> Vec<f64> {
         let mut a = args("yolov8n.yaml", &data, &project, 1);

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `../shared` next to the repository, or None (with a notice) when absent.
 /// Under CI=true a missing folder is a failure, not a skip.
@@ -35,4 +35,16 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
         m = m.max(y.abs());
     }
     (d, m)
+}
+
+/// A data.yaml in `dir` over the first `n` BCCD training images (sorted by name), used for
+/// both train and val: small real-data runs.
+pub fn bccd_subset(shared: &Path, dir: &Path, n: usize) -> PathBuf {
+    let imgs = shared.join("data/bccd/images/train");
+    let mut files: Vec<String> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    std::fs::write(dir.join("subset.txt"), files[..n].join("\n")).unwrap();
+    let yaml = dir.join("data.yaml");
+    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
+    yaml
 }
