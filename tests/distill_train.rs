@@ -183,8 +183,7 @@ fn mismatched_classes_are_a_clear_error() {
 fn distilled_run_resumes_with_its_adapters() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("distill-resume");
-    common::bccd_subset(&shared, &dir, 8);
-    let data = dir.join("data.yaml");
+    let data = common::bccd_subset(&shared, &dir, 8);
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
     let mut a = yolodistill::train::TrainArgs::from_flags(&[

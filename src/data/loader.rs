@@ -123,8 +123,8 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One seed from several numbers (seed, epoch, position, stream).
-fn derive_seed(parts: &[u64]) -> u64 {
+/// One seed from several numbers (seed, epoch, position, stream); also keys the MGD masks.
+pub(crate) fn derive_seed(parts: &[u64]) -> u64 {
     parts.iter().fold(0x5eed_u64, |h, p| splitmix(h ^ splitmix(*p)))
 }
 

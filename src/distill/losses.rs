@@ -204,8 +204,7 @@ impl MgdGenerator {
 pub fn random_keep_mask(n: usize, h: usize, w: usize, lambda: f32, key: [u64; 4], device: &Device) -> Tensor<4> {
     use rand::{Rng, SeedableRng};
     assert!((0.0..=1.0).contains(&lambda), "λ_mgd must lie in [0, 1]");
-    let seed = key.iter().fold(0x6D67_645F_6D61_736Bu64, |h, &k| (h ^ k).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(29));
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crate::data::loader::derive_seed(&key));
     let keep = 1.0 - lambda as f64;
     let v: Vec<f32> = (0..n * h * w).map(|_| if rng.random_bool(keep) { 1.0 } else { 0.0 }).collect();
     Tensor::from_data(TensorData::new(v, [n, 1, h, w]), device)
