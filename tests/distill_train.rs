@@ -13,7 +13,7 @@ use yolodistill::loss::LossConfig;
 use yolodistill::model::walk::Slot;
 use yolodistill::model::{self, DetectionModel};
 use yolodistill::train::optim::{GradStore, Method, Optimizer, StepParams, Trainable};
-use yolodistill::train::{forward_backward, make_trainable, StepHook, StepPos};
+use yolodistill::train::{forward_backward, gradient_norms, make_trainable, StepHook, StepPos};
 
 fn snapshot<T: Trainable + ?Sized>(t: &mut T) -> HashMap<String, Vec<f32>> {
     let mut out = HashMap::new();
@@ -159,6 +159,35 @@ fn end_to_end_heads_train_both_branches() {
 }
 
 #[test]
+fn calibration_sets_each_terms_gradient_to_the_asked_share_of_the_detection_gradient() {
+    let plain = yolodistill::default_device();
+    let ad = plain.clone().autodiff();
+    let mut student = model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
+    let a = DistillArgs { distill_calibrate: Some(0.25), logit_weight: 0.5, ..args("yolov8s.yaml", "cwd,at:2", "ld") };
+    let mut d = Distiller::new(&a, &student, 64, 10, 2, &plain).unwrap();
+    make_trainable(&mut d);
+    make_trainable(&mut student);
+    let head = student.head();
+    let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+    let taps = d.taps();
+    let batch = toy_batch(2, 64);
+    let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
+    assert_eq!(d.calibration_pending(), Some(0.25));
+    let (det, before) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, pos);
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["d_cwd", "d_at", "l_ld"]);
+    let scales = d.calibrate(det, &before);
+    assert_eq!(d.calibration_pending(), None, "calibration runs once");
+    assert!(scales.iter().all(|(_, s)| s.is_finite() && *s > 0.0 && (s - 1.0).abs() > 1e-3), "{scales:?}");
+    let (det_again, after) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, pos);
+    assert!((det_again - det).abs() <= 1e-5 * det, "nothing trained: {det} vs {det_again}");
+    for ((name, norm), written) in after.iter().zip([1.0, 2.0, 0.5]) {
+        let want = 0.25 * written * det;
+        assert!((norm - want).abs() <= 1e-3 * want, "{name}: gradient {norm} vs {want} (before {before:?}, scales {scales:?})");
+    }
+}
+
+#[test]
 fn cross_family_pairs_train() {
     // v8s teacher → yolo11n student, v8n → yolo12n (area attention needs H·W/4 at P4: imgsz 128)
     for (student, teacher) in [("yolo11n.yaml", "yolov8s.yaml"), ("yolo12n.yaml", "yolov8n.yaml")] {
@@ -223,7 +252,8 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     };
     let (data, teacher) = (data.to_str().unwrap(), teacher.to_str().unwrap());
     let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
-    let distil = ["--teacher", teacher, "--distill", "cwd,mgd", "--workers", "1"];
+    // Calibrated weights: a resumed run must keep the first batch's, not measure new ones.
+    let distil = ["--teacher", teacher, "--distill", "cwd,mgd", "--distill-calibrate", "0.3", "--workers", "1"];
     run(&[&common[..], &distil, &["--name", "whole"]].concat());
     // --max-batches 2 = the first epoch: the run stops there, as an interruption would.
     run(&[&common[..], &distil, &["--name", "cut", "--max-batches", "2"]].concat());
@@ -231,6 +261,8 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     run(&["--resume", last.to_str().unwrap()]);
     let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
     let (cut, whole) = (load("cut"), load("whole"));
+    let saved = std::fs::read_to_string(project.join("cut/args.yaml")).unwrap();
+    assert!(saved.contains("calibrated:") && saved.contains("d_mgd"), "{saved}");
     for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd"] {
         let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
         assert_eq!(c1.len(), 2, "{c}: {c1:?}");

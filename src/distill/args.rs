@@ -52,6 +52,16 @@ pub struct DistillArgs {
     /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes.
     #[arg(long = "distill-stop-epoch")]
     pub distill_stop_epoch: Option<usize>,
+    /// Calibrate the weights on the first batch instead of trusting magic numbers: each term's
+    /// gradient on the student becomes this fraction of the detection loss's gradient (L2 norms),
+    /// times the term's written weight (`cwd:2` → twice the fraction). Off by default.
+    #[arg(long = "distill-calibrate")]
+    #[serde(default)]
+    pub distill_calibrate: Option<f32>,
+    /// Multipliers found by the calibration, by term; saved so a resumed run keeps them.
+    #[arg(skip)]
+    #[serde(default)]
+    pub calibrated: Vec<(String, f32)>,
 }
 
 fn half() -> f32 {
@@ -77,6 +87,8 @@ impl Default for DistillArgs {
             mgd_lambda: 0.65,
             distill_schedule: "constant".into(),
             distill_stop_epoch: None,
+            distill_calibrate: None,
+            calibrated: Vec::new(),
         }
     }
 }

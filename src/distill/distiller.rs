@@ -166,6 +166,12 @@ pub struct Distiller {
     zero_steps: usize,
     /// Names of the logged terms, reported as 0 once distillation has stopped.
     logged: Vec<String>,
+    /// Calibrated multipliers by term name (`--distill-calibrate`; empty: none).
+    scales: Vec<(String, f32)>,
+    /// Schedule weight of the last step (calibration divides it out).
+    last_weight: f32,
+    /// Calibration has run (or its result was restored).
+    calibrated: bool,
 }
 
 /// A teacher tensor as a constant for the distillation terms: offline teachers
@@ -213,6 +219,11 @@ impl Distiller {
         // Default: distil while mosaic is on (the whole run when mosaic never opens).
         let mosaic_epochs = if epochs > close_mosaic { epochs - close_mosaic } else { epochs };
         let stop_epoch = args.distill_stop_epoch.unwrap_or(mosaic_epochs).min(epochs);
+        if let Some(f) = args.distill_calibrate {
+            if !(f.is_finite() && f > 0.0) {
+                bail!("--distill-calibrate must be a positive fraction, got {f}");
+            }
+        }
         Ok(Self {
             teacher,
             pairs,
@@ -227,6 +238,9 @@ impl Distiller {
             mask_seed: 0,
             zero_steps: 0,
             logged: Vec::new(),
+            scales: args.calibrated.clone(),
+            last_weight: 1.0,
+            calibrated: !args.calibrated.is_empty(),
         })
     }
 
@@ -322,6 +336,7 @@ impl StepHook for Distiller {
             return out;
         }
         let w = self.weight(ctx);
+        self.last_weight = w;
         let online = self.args.online;
         let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
         let t_fwd = if online {
@@ -456,6 +471,20 @@ impl StepHook for Distiller {
         } else if self.response == Response::Mse {
             out.logs.push(("l_mse_skipped".into(), 1.0));
         }
+        // Calibrated multipliers apply to a term and to its per-level values.
+        for (name, scale) in &self.scales {
+            for (n, t) in out.terms.iter_mut() {
+                if n == name {
+                    *t = t.clone() * *scale;
+                }
+            }
+            let level = format!("{name}.");
+            for (n, v) in out.logs.iter_mut() {
+                if n.starts_with(&level) {
+                    *v *= *scale as f64;
+                }
+            }
+        }
         if self.logged.is_empty() {
             self.logged = out.terms.iter().map(|(n, _)| n.clone()).chain(out.logs.iter().map(|(n, _)| n.clone())).collect();
         }
@@ -465,6 +494,35 @@ impl StepHook for Distiller {
             eprintln!("warning: every distillation term was zero for a whole epoch");
         }
         out
+    }
+
+    fn calibration_pending(&self) -> Option<f32> {
+        self.args.distill_calibrate.filter(|_| !self.calibrated)
+    }
+
+    fn calibrate(&mut self, det_norm: f32, term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
+        let Some(fraction) = self.args.distill_calibrate else { return Vec::new() };
+        self.calibrated = true;
+        self.scales = term_norms
+            .iter()
+            .map(|(name, norm)| {
+                // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
+                let written = match name.strip_prefix("d_") {
+                    Some(m) => self.methods.iter().find(|(f, _)| f.name() == m).map(|p| p.1),
+                    None if name.starts_with("l_") => Some(self.args.logit_weight),
+                    None => None, // the online teacher's own loss: not a distillation term
+                };
+                let scale = match written {
+                    Some(mw) if *norm > 0.0 && mw != 0.0 && self.last_weight > 0.0 => {
+                        // norm = mw · w · raw; aim: scale · mw · raw = fraction · mw · det.
+                        fraction * det_norm * mw * self.last_weight / norm
+                    }
+                    _ => 1.0,
+                };
+                (name.clone(), scale)
+            })
+            .collect();
+        self.scales.clone()
     }
 
     fn trainable(&mut self) -> Option<&mut dyn Trainable> {

@@ -43,6 +43,16 @@ pub trait StepHook {
     fn trainable(&mut self) -> Option<&mut dyn Trainable> {
         None
     }
+    /// While the hook wants its term weights calibrated: the asked fraction of the detection
+    /// loss's gradient norm.
+    fn calibration_pending(&self) -> Option<f32> {
+        None
+    }
+    /// Sets the term weights from the gradient norms measured on one batch (detection loss,
+    /// then each term as currently weighted); returns the multipliers, to be saved with the run.
+    fn calibrate(&mut self, _det_norm: f32, _term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
+        Vec::new()
+    }
 }
 
 /// Extra loss terms of one step (added to the total, logged) and values only logged.
@@ -159,30 +169,29 @@ fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<Det
     Ok(m)
 }
 
-/// One forward + backward pass of `batch`: detection loss (plus the hook's
-/// terms), gradients added to `grads`. Returns the named loss items.
+/// The losses of one forward pass of `batch`: the detection loss (Ultralytics' scale: the
+/// batch mean times the batch size), the hook's terms (per image, as the hook weighted them)
+/// and the named loss items.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_backward<'h>(
+fn step_losses(
     model: &mut DetectionModel,
     loss_cfg: &LossConfig,
     batch: &Batch,
     ad: &Device,
     taps: &[usize],
-    hook: Option<&mut (dyn StepHook + 'h)>,
+    hook: Option<&mut dyn StepHook>,
     pos: StepPos,
-    grads: &mut GradStore,
-) -> Vec<(String, f64)> {
+) -> (Tensor<1>, Vec<(String, Tensor<1>)>, Vec<(String, f64)>) {
     let [b, c, h, w] = batch.shape;
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
     let e2e = model.head().has_one2one();
     let fwd = model.forward_taps(x.clone(), taps, e2e);
     let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
     let (out, assigned) = model_loss(loss_cfg, &fwd.head, &targets, pos.epoch, pos.epochs);
-    let mut total = out.total;
     let mut items: Vec<(String, f64)> =
         ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
-    let mut hook = hook;
-    if let Some(h) = hook.as_deref_mut() {
+    let mut terms = Vec::new();
+    if let Some(h) = hook {
         let ctx = HookInput {
             images: &x,
             taps: &fwd.taps,
@@ -197,18 +206,70 @@ pub fn forward_backward<'h>(
         };
         let extra = h.extra_loss(&ctx);
         for (name, term) in extra.terms {
-            let v = term.clone().into_scalar::<f32>() as f64;
-            total = total + term * b as f32;
-            items.push((name, v));
+            items.push((name.clone(), term.clone().into_scalar::<f32>() as f64));
+            terms.push((name, term));
         }
         items.extend(extra.logs);
     }
+    (out.total, terms, items)
+}
+
+/// One forward + backward pass of `batch`: detection loss (plus the hook's
+/// terms), gradients added to `grads`. Returns the named loss items.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward<'h>(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: Option<&mut (dyn StepHook + 'h)>,
+    pos: StepPos,
+    grads: &mut GradStore,
+) -> Vec<(String, f64)> {
+    let b = batch.shape[0] as f32;
+    let mut hook = hook;
+    let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), pos);
+    // The terms are per image: scaled by the batch size like the detection loss.
+    let total = terms.into_iter().fold(det, |t, (_, term)| t + term * b);
     let g = total.backward();
     grads.accumulate(model, &g);
     if let Some(t) = hook.and_then(|h| h.trainable()) {
         grads.accumulate(t, &g);
     }
     items
+}
+
+/// L2 norms of the gradients on the student's parameters of the detection loss and of each of
+/// the hook's terms (as the trainer adds it) on one batch. One forward and backward per term;
+/// nothing is accumulated and no parameter changes.
+#[allow(clippy::too_many_arguments)]
+pub fn gradient_norms(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: &mut dyn StepHook,
+    pos: StepPos,
+) -> (f32, Vec<(String, f32)>) {
+    let b = batch.shape[0] as f32;
+    let norm_of = |loss: Tensor<1>, model: &mut DetectionModel| {
+        let mut g = GradStore::default();
+        g.accumulate(model, &loss.backward());
+        g.norm()
+    };
+    let (det, terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+    let names: Vec<String> = terms.into_iter().map(|(n, _)| n).collect();
+    let det_norm = norm_of(det, model);
+    let mut out = Vec::new();
+    for (k, name) in names.into_iter().enumerate() {
+        // A fresh forward per term: a backward pass consumes its graph.
+        let (_, mut terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+        let term = terms.swap_remove(k).1;
+        out.push((name, norm_of(term * b, model)));
+    }
+    (det_norm, out)
 }
 
 /// Options given next to `--resume` that the resumed run does not use (it keeps the
@@ -385,6 +446,8 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let val_loader = ValLoader::new(val_ds.clone(), a.imgsz, a.batch * 2, stride, a.workers)?;
     let nw = warmup_iters(a.warmup_epochs, a.epochs, nb);
     let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
+    // The arguments saved with each checkpoint (plus what calibration finds).
+    let mut saved_args = serde_json::to_value(&a)?;
     let mut grads = GradStore::default();
     let mut last_opt_step: i64 = -1;
     let mut final_val = None;
@@ -435,7 +498,25 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
                     mom = interp(x, 0.0, nw as f64, a.warmup_momentum, momentum);
                 }
             }
-            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), StepPos { epoch, epochs: a.epochs, batch: i, batches: nb }, &mut grads);
+            let pos = StepPos { epoch, epochs: a.epochs, batch: i, batches: nb };
+            if let Some(h) = hook.as_deref_mut() {
+                if let Some(fraction) = h.calibration_pending() {
+                    let (det, terms) = gradient_norms(&mut model, &loss_cfg, &batch, &ad, &taps, h, pos);
+                    let scales = h.calibrate(det, &terms);
+                    let shown: Vec<String> = terms
+                        .iter()
+                        .zip(&scales)
+                        .map(|((n, g), (_, s))| format!("{n} ×{s:.4} (gradient {g:.3e})"))
+                        .collect();
+                    eprintln!(
+                        "calibrated distillation weights to {fraction} of the detection gradient ({det:.3e}) on the first batch: {}",
+                        shown.join(", ")
+                    );
+                    saved_args["distill"]["calibrated"] = serde_json::to_value(&scales)?;
+                    std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&saved_args)?)?;
+                }
+            }
+            let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), pos, &mut grads);
             if ni - last_opt_step >= accumulate as i64 {
                 grads.clip_global_norm(10.0);
                 let hp = StepParams { lr: lrs, momentum: mom };
@@ -514,7 +595,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             best_fitness,
             ema_updates: ema.updates,
             optimizer_steps: opt.steps,
-            args: serde_json::to_value(&a)?,
+            args: saved_args.clone(),
         };
         let mut plain_model = model.valid();
         let hook_params = hook.as_deref_mut().and_then(|h| h.trainable());

@@ -84,11 +84,7 @@ impl GradStore {
 
     /// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
     pub fn clip_global_norm(&mut self, max_norm: f32) -> f32 {
-        let mut total = 0f64;
-        for g in self.grads.values() {
-            total += g.clone().square().sum().into_scalar::<f32>() as f64;
-        }
-        let norm = total.sqrt() as f32;
+        let norm = self.norm();
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
             for g in self.grads.values_mut() {
@@ -96,6 +92,12 @@ impl GradStore {
             }
         }
         norm
+    }
+
+    /// Global L2 norm of the gradients.
+    pub fn norm(&self) -> f32 {
+        let total: f64 = self.grads.values().map(|g| g.clone().square().sum().into_scalar::<f32>() as f64).sum();
+        total.sqrt() as f32
     }
 
     pub fn clear(&mut self) {
