@@ -77,6 +77,10 @@ fn short_training_learns_and_resumes() {
     assert!(stderr.contains(&format!("Results in {}", run.display())), "{stderr}");
     let r = Results::load(&run.join("results.csv")).unwrap();
     assert_eq!(r.column("epoch").unwrap(), vec![1.0, 2.0, 3.0]);
+    // The time column is the run's training time: the resumed epochs add to the first one's
+    // (a resumed run that restarted its clock would put epoch 2 near epoch 1's time).
+    let t = r.column("time").unwrap();
+    assert!(t[1] - t[0] >= 0.5 * (t[2] - t[1]) && t[2] > t[1], "time should continue across the resume: {t:?}");
 }
 
 /// `--seed` decides the run: the same seed gives the same losses (initial weights and data

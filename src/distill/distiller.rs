@@ -166,12 +166,10 @@ pub struct Distiller {
     zero_steps: usize,
     /// Names of the logged terms, reported as 0 once distillation has stopped.
     logged: Vec<String>,
-    /// Calibrated multipliers by term name (`--distill-calibrate`; empty: none).
-    scales: Vec<(String, f32)>,
+    /// Calibrated multipliers by term name (`--distill-calibrate`), once measured or restored.
+    scales: Option<Vec<(String, f32)>>,
     /// Schedule weight of the last step (calibration divides it out).
     last_weight: f32,
-    /// Calibration has run (or its result was restored).
-    calibrated: bool,
 }
 
 /// A teacher tensor as a constant for the distillation terms: offline teachers
@@ -238,9 +236,8 @@ impl Distiller {
             mask_seed: 0,
             zero_steps: 0,
             logged: Vec::new(),
-            scales: args.calibrated.clone(),
+            scales: Some(args.calibrated.clone()).filter(|s| !s.is_empty()),
             last_weight: 1.0,
-            calibrated: !args.calibrated.is_empty(),
         })
     }
 
@@ -472,7 +469,7 @@ impl StepHook for Distiller {
             out.logs.push(("l_mse_skipped".into(), 1.0));
         }
         // Calibrated multipliers apply to a term and to its per-level values.
-        for (name, scale) in &self.scales {
+        for (name, scale) in self.scales.iter().flatten() {
             for (n, t) in out.terms.iter_mut() {
                 if n == name {
                     *t = t.clone() * *scale;
@@ -497,13 +494,12 @@ impl StepHook for Distiller {
     }
 
     fn calibration_pending(&self) -> Option<f32> {
-        self.args.distill_calibrate.filter(|_| !self.calibrated)
+        self.args.distill_calibrate.filter(|_| self.scales.is_none())
     }
 
     fn calibrate(&mut self, det_norm: f32, term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
         let Some(fraction) = self.args.distill_calibrate else { return Vec::new() };
-        self.calibrated = true;
-        self.scales = term_norms
+        let scales: Vec<_> = term_norms
             .iter()
             .map(|(name, norm)| {
                 // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
@@ -522,7 +518,8 @@ impl StepHook for Distiller {
                 (name.clone(), scale)
             })
             .collect();
-        self.scales.clone()
+        self.scales = Some(scales.clone());
+        scales
     }
 
     fn trainable(&mut self) -> Option<&mut dyn Trainable> {

@@ -399,6 +399,8 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
     let mut results = if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() };
     let mut restored_hook = Vec::new();
+    // results.csv's time is the run's training time: a resumed run adds to what was done.
+    let mut time_before = 0.0;
     if let Some(r) = restored {
         restored_hook = r.hook;
         model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
@@ -413,6 +415,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         start_epoch = r.state.epoch + 1;
         best_fitness = r.state.best_fitness;
         results.keep_epochs(start_epoch);
+        time_before = results.column("time").and_then(|t| t.last().copied()).unwrap_or(0.0);
         if start_epoch >= a.epochs {
             bail!("{} already finished all {} epochs", dir.display(), a.epochs);
         }
@@ -556,7 +559,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         let last_epoch = epoch + 1 == a.epochs || a.max_batches.is_some_and(|m| total_batches >= m);
         let val = if a.val || last_epoch { Some(validate(&ema.model, &val_loader, &nms_cfg)?) } else { None };
         let fitness = val.as_ref().map(|v| v.metrics.fitness).unwrap_or(f64::NEG_INFINITY);
-        let mut row: Vec<(String, f64)> = vec![("epoch".into(), epoch as f64 + 1.0), ("time".into(), t_start.elapsed().as_secs_f64())];
+        let mut row: Vec<(String, f64)> = vec![("epoch".into(), epoch as f64 + 1.0), ("time".into(), time_before + t_start.elapsed().as_secs_f64())];
         row.extend(mean.iter().map(|(n, v)| (format!("train/{n}"), *v)));
         if let Some(v) = &val {
             let m = &v.metrics;
