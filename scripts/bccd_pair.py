@@ -4,7 +4,8 @@
 Usage: python3 scripts/bccd_pair.py PLAIN_RESULTS_CSV DISTILLED_RESULTS_CSV [EVERY=1]
 e.g.   python3 scripts/bccd_pair.py benches/results/bccd_yolov8n_plain_40e.csv runs/dist40/results.csv 5
 Seconds per epoch are the differences of the cumulative `time` column; the medians skip nothing,
-so a paused or shared epoch shows as an outlier in its row.
+so a paused or shared epoch shows as an outlier in its row. Runs resumed by builds before the
+time column continued across a resume restart it there; such an epoch counts from the restart.
 """
 import csv
 import statistics
@@ -15,7 +16,8 @@ def load(path):
     rows, prev = [], 0.0
     for r in csv.DictReader(open(path)):
         t = float(r["time"])
-        rows.append((int(float(r["epoch"])), float(r["metrics/mAP50(B)"]), float(r["metrics/mAP50-95(B)"]), t - prev))
+        dt = t - prev if t >= prev else t  # an old build's resume restarted the clock
+        rows.append((int(float(r["epoch"])), float(r["metrics/mAP50(B)"]), float(r["metrics/mAP50-95(B)"]), dt))
         prev = t
     return rows
 
