@@ -7,6 +7,7 @@ pub mod distill;
 pub mod eval;
 pub mod export;
 pub mod infer;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod report;

@@ -1,5 +1,6 @@
 //! The command line: thin wrappers that parse flags and call the library.
 
+mod bench_conv;
 mod bench_train;
 mod benchmark;
 mod compare;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Time training iterations and the data pipeline on this machine.
     #[command(name = "bench-train")]
     BenchTrain(bench_train::BenchTrainArgs),
+    /// GFLOP/s of each convolution of a model (forward and both backwards), ours vs burn-flex.
+    #[command(name = "bench-conv")]
+    BenchConv(bench_conv::BenchConvArgs),
     /// Show how a student would be paired with a teacher for distillation, without training.
     #[command(name = "distill-plan")]
     DistillPlan(distill_plan::DistillPlanArgs),
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::DistillPlan(a) => distill_plan::run(a),
         Command::BenchTrain(a) => bench_train::run(a),
+        Command::BenchConv(a) => bench_conv::run(a),
         Command::Val(a) => val::run(a),
     }
 }

@@ -3,9 +3,9 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use crate::kernels;
 use crate::model::walk::{child, Slot, Visit, Walk};
 
 /// Convolution options of [`Conv`], Ultralytics' argument order.
@@ -80,15 +80,9 @@ pub struct Conv {
 
 impl Conv {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.conv.forward(x);
-        let y = match &self.bn {
-            Some(bn) => bn.forward(y),
-            None => y,
-        };
-        if self.act {
-            silu(y)
-        } else {
-            y
+        match &self.bn {
+            Some(bn) => kernels::batch_norm_act(bn, kernels::conv2d_layer(&self.conv, x), self.act),
+            None => kernels::conv2d_layer_act(&self.conv, x, self.act),
         }
     }
 }

@@ -1,0 +1,125 @@
+//! `bench-conv`: GFLOP/s of every convolution of a model's training forward, forward and both
+//! backwards, with our kernels and with burn-flex's. `scripts/bench_conv.sh` adds PyTorch's.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::backend::ops::ModuleOps;
+use burn::backend::Flex;
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Args;
+
+use crate::kernels::conv::{self, ConvGeom};
+use crate::kernels::{self, ConvSpec};
+use crate::model;
+
+#[derive(Args)]
+pub struct BenchConvArgs {
+    /// Built-in YAML name, YAML path, .pt or .safetensors.
+    #[arg(long, default_value = "yolov8n.yaml")]
+    pub model: String,
+    #[arg(long, default_value_t = 320)]
+    pub imgsz: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Timed repetitions per convolution and pass (the median is kept).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// One JSON object per convolution shape instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Median seconds of `reps` calls of `f` after one warm-up call.
+fn median_s(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(|a, b| a.total_cmp(b));
+    t[t.len() / 2]
+}
+
+fn flops(g: &ConvGeom) -> f64 {
+    2.0 * (g.n * g.co * g.ho() * g.wo() * (g.ci / g.groups) * g.kh * g.kw) as f64
+}
+
+fn spec(g: &ConvGeom) -> ConvSpec {
+    ConvSpec { stride: g.stride, pad: g.pad, dilation: g.dilation, groups: g.groups }
+}
+
+/// Seconds of (forward, input gradient, weight gradient) with our kernels.
+fn time_ours(g: &ConvGeom, reps: usize) -> [f64; 3] {
+    let x = vec![0.5f32; g.n * g.ci * g.h * g.w];
+    let w = vec![0.1f32; g.weight_len()];
+    let dy = vec![0.2f32; g.out_len()];
+    [
+        median_s(reps, || drop(conv::forward(g, &x, &w, None, false))),
+        median_s(reps, || drop(conv::backward(g, &x, &w, &dy, true, false))),
+        median_s(reps, || drop(conv::backward(g, &x, &w, &dy, false, true))),
+    ]
+}
+
+/// Seconds of (forward, input gradient, weight gradient) with burn-flex's ops.
+fn time_burn(g: &ConvGeom, reps: usize, device: &Device) -> [f64; 3] {
+    let flex = |shape: [usize; 4]| {
+        Tensor::<4>::random(shape, Distribution::Uniform(0.0, 1.0), device).try_into_primitive::<Flex>().expect("a flex tensor")
+    };
+    let (x, w, dy) = (flex([g.n, g.ci, g.h, g.w]), flex([g.co, g.ci / g.groups, g.kh, g.kw]), flex([g.n, g.co, g.ho(), g.wo()]));
+    let o = spec(g).options();
+    [
+        median_s(reps, || drop(Flex::conv2d(x.clone(), w.clone(), None, o.clone()))),
+        median_s(reps, || drop(Flex::conv2d_x_backward(x.clone(), w.clone(), dy.clone(), o.clone()))),
+        median_s(reps, || drop(Flex::conv2d_weight_backward(x.clone(), w.clone(), dy.clone(), o.clone()))),
+    ]
+}
+
+pub fn run(a: BenchConvArgs) -> Result<()> {
+    let device = Device::flex();
+    let m = model::load(&a.model, None, &device)?.model;
+    let x = Tensor::<4>::zeros([a.batch, 3, a.imgsz, a.imgsz], &device);
+    let (_, geoms) = kernels::record_convs(|| m.forward(x));
+    let mut shapes: BTreeMap<String, (ConvGeom, usize)> = BTreeMap::new();
+    for g in geoms {
+        let key = format!(
+            "{}x{}x{}x{} k{}x{} s{} p{} g{} -> {}",
+            g.n, g.ci, g.h, g.w, g.kh, g.kw, g.stride[0], g.pad[0], g.groups, g.co
+        );
+        shapes.entry(key).or_insert((g, 0)).1 += 1;
+    }
+    if !a.json {
+        println!("{} at {} batch {}: GFLOP/s, ours | burn-flex (forward, input grad, weight grad)", a.model, a.imgsz, a.batch);
+    }
+    let mut total = [[0.0f64; 3]; 2];
+    for (key, (g, count)) in &shapes {
+        let (ours, burn) = (time_ours(g, a.reps), time_burn(g, a.reps, &device));
+        for i in 0..3 {
+            total[0][i] += ours[i] * *count as f64;
+            total[1][i] += burn[i] * *count as f64;
+        }
+        let gf = |s: f64| flops(g) / s / 1e9;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"shape": key, "count": count, "n": g.n, "ci": g.ci, "h": g.h, "w": g.w, "co": g.co,
+                    "k": g.kh, "stride": g.stride[0], "pad": g.pad[0], "groups": g.groups, "gflop": flops(g) / 1e9,
+                    "ours_s": ours, "burn_s": burn})
+            );
+        } else {
+            println!(
+                "{key:<36} ×{count}  {:6.1} {:6.1} {:6.1} | {:6.1} {:6.1} {:6.1}",
+                gf(ours[0]), gf(ours[1]), gf(ours[2]), gf(burn[0]), gf(burn[1]), gf(burn[2])
+            );
+        }
+    }
+    if !a.json {
+        let ms = |t: [f64; 3]| format!("{:.0} + {:.0} + {:.0} ms", t[0] * 1e3, t[1] * 1e3, t[2] * 1e3);
+        println!("all convolutions of one step: ours {}, burn-flex {}", ms(total[0]), ms(total[1]));
+    }
+    Ok(())
+}

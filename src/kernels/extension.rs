@@ -1,0 +1,264 @@
+//! Our CPU convolution as a burn backend extension: the `Flex` implementation runs
+//! [`super::conv`], the `Autodiff<Flex>` one records a handwritten backward that runs
+//! [`super::conv::backward`]. Other dtypes and depthwise convolutions go to burn-flex's own ops.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::ModuleOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Flex, TensorMetadata};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Shape, TensorData};
+
+use super::conv::{self, ConvGeom};
+use super::norm::{self, Planes};
+
+/// The options of one convolution, as plain numbers (padding: top, bottom, left, right).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub stride: [usize; 2],
+    pub pad: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    pub fn options(&self) -> ConvOptions<2> {
+        let [t, b, l, r] = self.pad;
+        ConvOptions::new_with_padding(self.stride, [(t, b), (l, r)], self.dilation, self.groups)
+    }
+    pub fn geom(&self, x: &Shape, w: &Shape) -> ConvGeom {
+        ConvGeom {
+            n: x[0],
+            ci: x[1],
+            h: x[2],
+            w: x[3],
+            co: w[0],
+            kh: w[2],
+            kw: w[3],
+            stride: self.stride,
+            pad: self.pad,
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+    /// Depthwise-style convolutions (one input channel per group) stay with burn-flex, whose
+    /// direct per-plane kernel suits them better than a GEMM per group.
+    fn ours(&self, x: &FlexTensor, w: &FlexTensor) -> bool {
+        x.dtype() == DType::F32 && w.dtype() == DType::F32 && !(self.groups > 1 && w.shape()[1] == 1)
+    }
+}
+
+/// Differentiable ops: implemented on `Flex` and, with a handwritten backward, on `Autodiff<Flex>`.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuConv: Backend {
+    /// `conv2d(x, weight)` without bias, `x` in NCHW.
+    fn conv2d_nchw(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
+    /// `act(BatchNorm(x))` with the per-channel `stats` `[2, C]` (mean, biased variance): the
+    /// batch's own when `norm.batch` (the backward then includes their dependence on `x`), else
+    /// running statistics. f32 only.
+    fn batch_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        norm: NormSpec,
+    ) -> FloatTensor<Self>;
+}
+
+/// Inference-only ops (no autodiff), f32 only.
+#[backend_extension(Flex)]
+pub trait CpuInfer: Backend {
+    /// Per-channel mean and biased variance of an NCHW tensor, as `[2, C]`.
+    fn batch_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `act(conv2d(x, weight) + bias)` in one pass (BN-folded inference).
+    fn conv2d_bias_act(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: ConvSpec,
+        silu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// Options of [`CpuConv::batch_norm_act`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormSpec {
+    pub eps: f64,
+    pub silu: bool,
+    /// The statistics are the batch's own (training), not running ones.
+    pub batch: bool,
+}
+
+fn planes(s: &Shape) -> Planes {
+    Planes { n: s[0], c: s[1], hw: s.num_elements() / (s[0] * s[1]).max(1) }
+}
+
+/// (mean, variance) rows of a `[2, C]` statistics tensor.
+fn stats_rows(stats: &FlexTensor) -> (Vec<f32>, Vec<f32>) {
+    let v = f32s(stats);
+    let c = v.len() / 2;
+    (v[..c].to_vec(), v[c..].to_vec())
+}
+
+fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
+    }
+}
+
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+impl CpuConv for Flex {
+    fn conv2d_nchw(x: FlexTensor, weight: FlexTensor, spec: ConvSpec) -> FlexTensor {
+        if !spec.ours(&x, &weight) {
+            return <Flex as ModuleOps<Flex>>::conv2d(x, weight, None, spec.options());
+        }
+        let g = spec.geom(&x.shape(), &weight.shape());
+        let y = conv::forward(&g, &f32s(&x), &f32s(&weight), None, false);
+        tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
+    }
+
+    fn batch_norm_act(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, norm: NormSpec) -> FlexTensor {
+        let (mean, var) = stats_rows(&stats);
+        let shape = x.shape();
+        let y = norm::forward(&f32s(&x), planes(&shape), &f32s(&gamma), &f32s(&beta), &mean, &var, norm.eps, norm.silu);
+        tensor(y, shape)
+    }
+}
+
+impl CpuInfer for Flex {
+    fn batch_stats(x: FlexTensor) -> FlexTensor {
+        let p = planes(&x.shape());
+        let (mut mean, var) = norm::batch_stats(&f32s(&x), p);
+        mean.extend(var);
+        tensor(mean, Shape::new([2, p.c]))
+    }
+
+    fn conv2d_bias_act(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: ConvSpec, silu: bool) -> FlexTensor {
+        let g = spec.geom(&x.shape(), &weight.shape());
+        let y = conv::forward(&g, &f32s(&x), &f32s(&weight), Some(&f32s(&bias)), silu);
+        tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
+    }
+}
+
+/// Input and weight gradients of the convolution, by our kernel or burn-flex's.
+fn conv_grads(x: FlexTensor, w: FlexTensor, dy: FlexTensor, spec: ConvSpec, want: [bool; 2]) -> [Option<FlexTensor>; 2] {
+    if !spec.ours(&x, &w) || dy.dtype() != DType::F32 {
+        let o = spec.options();
+        let dx = want[0].then(|| Flex::conv2d_x_backward(x.clone(), w.clone(), dy.clone(), o.clone()));
+        let dw = want[1].then(|| Flex::conv2d_weight_backward(x, w, dy, o));
+        return [dx, dw];
+    }
+    let (xs, ws) = (x.shape(), w.shape());
+    let g = spec.geom(&xs, &ws);
+    let (dx, dw) = conv::backward(&g, &f32s(&x), &f32s(&w), &f32s(&dy), want[0], want[1]);
+    [dx.map(|v| tensor(v, xs)), dw.map(|v| tensor(v, ws))]
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = (NodeId, NodeId, ConvSpec);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x_id, w_id, spec) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_id);
+        let w = checkpointer.retrieve_node_output::<FlexTensor>(w_id);
+        let [dx, dw] = conv_grads(x, w, dy, spec, [node_x.is_some(), node_w.is_some()]);
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, dx);
+        }
+        if let (Some(node), Some(dw)) = (node_w, dw) {
+            grads.register::<Flex>(node.id, dw);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NormBackward;
+
+impl Backward<Flex, 3> for NormBackward {
+    /// x, gamma, beta checkpoints; mean and variance used by the forward; options.
+    type State = (NodeId, NodeId, NodeId, Vec<f32>, Vec<f32>, NormSpec);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_g, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x_id, g_id, b_id, mean, var, norm) = ops.state;
+        let x = checkpointer.retrieve_node_output::<FlexTensor>(x_id);
+        let gamma = checkpointer.retrieve_node_output::<FlexTensor>(g_id);
+        let beta = checkpointer.retrieve_node_output::<FlexTensor>(b_id);
+        let shape = x.shape();
+        let (dx, dg, db) = norm::backward(
+            &f32s(&x),
+            planes(&shape),
+            &f32s(&gamma),
+            &f32s(&beta),
+            &mean,
+            &var,
+            norm,
+            &f32s(&dy),
+        );
+        let c = Shape::new([planes(&shape).c]);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, shape));
+        }
+        if let Some(node) = node_g {
+            grads.register::<Flex>(node.id, tensor(dg, c.clone()));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, c));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CpuConv for Autodiff<Flex, C> {
+    fn batch_norm_act(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        norm: NormSpec,
+    ) -> FloatTensor<Self> {
+        let stats = stats.into_primitive();
+        let prep = NormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful();
+        match prep {
+            OpsKind::Tracked(mut prep) => {
+                let ids = (prep.checkpoint(&x), prep.checkpoint(&gamma), prep.checkpoint(&beta));
+                let (mean, var) = stats_rows(&stats);
+                let y = Flex::batch_norm_act(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), stats, norm);
+                prep.finish((ids.0, ids.1, ids.2, mean, var, norm), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::batch_norm_act(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                stats,
+                norm,
+            )),
+        }
+    }
+
+    fn conv2d_nchw(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self> {
+        match ConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let w_id = prep.checkpoint(&weight);
+                let y = Flex::conv2d_nchw(x.into_primitive(), weight.into_primitive(), spec);
+                prep.finish((x_id, w_id, spec), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_nchw(x.into_primitive(), weight.into_primitive(), spec)),
+        }
+    }
+}

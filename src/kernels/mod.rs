@@ -1,0 +1,144 @@
+//! Our own CPU kernels, plugged into burn as a backend extension (see `extension`) and used on the
+//! `flex` backend only: GPU backends keep burn's ops. `YOLODISTILL_KERNELS=burn` switches back to
+//! burn's own CPU ops (for A/B measurements and reference checks).
+
+pub mod conv;
+mod extension;
+pub mod norm;
+mod simd;
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use burn::backend::Dispatch;
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::DType;
+use burn::tensor::{Device, Tensor};
+
+pub use extension::{ConvSpec, CpuConv, CpuInfer, NormSpec};
+
+/// Whether our kernels are on (the default) or `YOLODISTILL_KERNELS=burn` turned them off.
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("YOLODISTILL_KERNELS").map_or(true, |v| v != "burn"))
+}
+
+fn on_cpu(x: &Tensor<4>) -> bool {
+    enabled() && x.dtype() == DType::F32 && x.device().without_autodiff() == Device::flex()
+}
+
+fn act(y: Tensor<4>, with_silu: bool) -> Tensor<4> {
+    if with_silu {
+        silu(y)
+    } else {
+        y
+    }
+}
+
+thread_local! {
+    static RECORDED: RefCell<Option<Vec<conv::ConvGeom>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` and returns the geometry of every convolution it ran through [`conv2d`] on this thread
+/// (for `bench-conv`, which times each convolution of a model).
+pub fn record_convs<R>(f: impl FnOnce() -> R) -> (R, Vec<conv::ConvGeom>) {
+    RECORDED.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    (out, RECORDED.with(|r| r.borrow_mut().take().unwrap_or_default()))
+}
+
+fn record(x: &Tensor<4>, weight: &Tensor<4>, spec: ConvSpec) {
+    RECORDED.with(|r| {
+        if let Some(list) = r.borrow_mut().as_mut() {
+            list.push(spec.geom(&x.shape(), &weight.shape()));
+        }
+    });
+}
+
+/// `conv2d(x, weight) + bias` with our kernel on the CPU and burn's elsewhere.
+pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, spec: ConvSpec) -> Tensor<4> {
+    record(&x, &weight, spec);
+    if !on_cpu(&x) {
+        return burn::tensor::module::conv2d(x, weight, bias, spec.options());
+    }
+    let y = Tensor::<4>::from_dispatch(<Dispatch as CpuConv>::conv2d_nchw(x.into_dispatch(), weight.into_dispatch(), spec));
+    match bias {
+        Some(b) => {
+            let c = b.dims()[0];
+            y + b.reshape([1, c, 1, 1])
+        }
+        None => y,
+    }
+}
+
+/// A burn `Conv2d` layer's forward through [`conv2d`].
+pub fn conv2d_layer(layer: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv2d_layer_act(layer, x, false)
+}
+
+/// `act(layer(x))`: on the CPU without autodiff (inference, BatchNorm folded) bias and SiLU are
+/// applied inside the convolution's pass.
+pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+    // Explicit's fields are (top, left, bottom, right).
+    let (t, l, b, r) = match layer.padding {
+        PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),
+        PaddingConfig2d::Valid => (0, 0, 0, 0),
+        PaddingConfig2d::Same => return layer.forward(x),
+    };
+    let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups };
+    let weight = layer.weight.val();
+    let depthwise = spec.groups > 1 && weight.dims()[1] == 1;
+    if on_cpu(&x) && !x.device().is_autodiff() && !depthwise {
+        record(&x, &weight, spec);
+        let bias = match &layer.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([weight.dims()[0]], &x.device()),
+        };
+        let y = <Dispatch as CpuInfer>::conv2d_bias_act(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), spec, with_silu);
+        return Tensor::from_dispatch(y);
+    }
+    act(conv2d(x, weight, layer.bias.as_ref().map(|b| b.val()), spec), with_silu)
+}
+
+/// `act(bn(x))` with our fused kernel on the CPU: batch statistics (and the running-statistics
+/// update, as burn's `BatchNorm` does it) when training, running statistics otherwise.
+pub fn batch_norm_act(bn: &BatchNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+    if !on_cpu(&x) {
+        return act(bn.forward(x), with_silu);
+    }
+    let batch = x.device().is_autodiff() && bn.training.is_enabled();
+    let stats = if batch {
+        let stats = Tensor::<2>::from_dispatch(<Dispatch as CpuInfer>::batch_stats(x.clone().inner().into_dispatch()));
+        update_running(bn, &stats);
+        stats
+    } else {
+        let c = bn.gamma.dims()[0];
+        let rows = [bn.running_mean.value(), bn.running_var.value()].map(|t| t.reshape([1, c]));
+        Tensor::cat(rows.to_vec(), 0)
+    };
+    let norm = NormSpec { eps: bn.epsilon, silu: with_silu, batch };
+    let y = <Dispatch as CpuConv>::batch_norm_act(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        stats.into_dispatch(),
+        norm,
+    );
+    Tensor::from_dispatch(y)
+}
+
+/// running ← (1 − momentum)·running + momentum·batch, for the mean and the biased variance.
+fn update_running(bn: &BatchNorm, stats: &Tensor<2>) {
+    let c = stats.dims()[1];
+    let m = bn.momentum;
+    let blend = |running: Tensor<1>, i: usize| {
+        let batch = stats.clone().narrow(0, i, 1).reshape([c]).to_device(&running.device());
+        running.mul_scalar(1.0 - m).add(batch.mul_scalar(m)).detach()
+    };
+    let mean = blend(bn.running_mean.value_sync(), 0);
+    let var = blend(bn.running_var.value_sync(), 1);
+    bn.running_mean.update(mean);
+    bn.running_var.update(var);
+}

@@ -1,0 +1,218 @@
+//! Our CPU convolution (`yolodistill::kernels`) against burn's own `conv2d` on the same device:
+//! the output and the gradients of input, weight and bias, on shapes that exercise every path
+//! (odd sizes, stride 2, padding wider than the kernel's half, dilation, groups, depthwise,
+//! batch 1, 1×1 with and without stride, several tiles per image).
+
+mod common;
+
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::{Distribution, Tensor, TensorData};
+use yolodistill::kernels::{self, ConvSpec};
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    n: usize,
+    ci: usize,
+    h: usize,
+    w: usize,
+    co: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+    groups: usize,
+    bias: bool,
+}
+
+const fn case(n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, stride: usize, pad: usize) -> Case {
+    Case { n, ci, h, w, co, k, stride, pad, dilation: 1, groups: 1, bias: false }
+}
+
+const CASES: &[Case] = &[
+    case(1, 3, 17, 13, 8, 3, 2, 1),                              // odd sizes, stride 2, batch 1
+    case(2, 8, 11, 9, 16, 1, 1, 0),                              // pointwise: GEMM on the planes
+    case(1, 4, 7, 7, 5, 1, 2, 0),                                // 1×1 with stride: gathered
+    case(2, 4, 9, 8, 6, 5, 2, 2),                                // 5×5, stride 2
+    case(2, 3, 6, 5, 4, 3, 1, 3),                                // padding wider than the kernel's half
+    case(2, 16, 64, 40, 8, 3, 1, 1),                             // several tiles per image
+    Case { dilation: 2, pad: 2, ..case(2, 5, 12, 10, 7, 3, 1, 2) }, // dilation
+    Case { groups: 2, ..case(3, 6, 10, 7, 4, 3, 1, 1) },            // groups
+    Case { groups: 8, ..case(2, 8, 9, 9, 8, 3, 2, 1) },             // depthwise (burn-flex's path)
+    Case { bias: true, ..case(2, 6, 5, 7, 3, 1, 1, 0) },            // bias (head outputs)
+];
+
+struct Grads {
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Option<Vec<f32>>,
+}
+
+/// Deterministic values in [-1, 1) (the same for both sides of a comparison).
+fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn vec(t: Tensor<4>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Runs `conv` on fixed random inputs and returns its output and gradients of `sum(y · r)`.
+fn run(c: Case, ours: bool) -> Grads {
+    let device = burn::tensor::Device::flex().autodiff();
+    let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups };
+    let x = Tensor::<4>::from_data(TensorData::new(noise(c.n * c.ci * c.h * c.w, 1), [c.n, c.ci, c.h, c.w]), &device).require_grad();
+    let wshape = [c.co, c.ci / c.groups, c.k, c.k];
+    let w = Tensor::<4>::from_data(TensorData::new(noise(wshape.iter().product(), 2), wshape), &device).require_grad();
+    let b = c.bias.then(|| Tensor::<1>::from_data(TensorData::new(noise(c.co, 3), [c.co]), &device).require_grad());
+    let y = if ours {
+        kernels::conv2d(x.clone(), w.clone(), b.clone(), spec)
+    } else {
+        burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), spec.options())
+    };
+    let dims = y.dims();
+    let r = Tensor::<4>::from_data(TensorData::new(noise(dims.iter().product(), 4), dims), &device);
+    let grads = (y.clone() * r).sum().backward();
+    Grads {
+        y: vec(y.inner()),
+        dx: vec(x.grad(&grads).unwrap()),
+        dw: vec(w.grad(&grads).unwrap()),
+        db: b.map(|b| b.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap()),
+    }
+}
+
+fn assert_close(what: &str, c: Case, ours: &[f32], reference: &[f32]) {
+    assert!(!reference.is_empty(), "{what}: empty reference for {c:?}");
+    let (d, m) = common::max_diff(ours, reference);
+    assert!(d <= 1e-4 * m.max(1.0), "{what} of {c:?}: max |ours − burn| = {d} (max |burn| = {m})");
+}
+
+#[test]
+fn conv2d_matches_burn_in_output_and_every_gradient() {
+    for &c in CASES {
+        let (a, b) = (run(c, true), run(c, false));
+        assert_close("output", c, &a.y, &b.y);
+        assert_close("input gradient", c, &a.dx, &b.dx);
+        assert_close("weight gradient", c, &a.dw, &b.dw);
+        if let (Some(da), Some(db)) = (&a.db, &b.db) {
+            assert_close("bias gradient", c, da, db);
+        }
+    }
+}
+
+#[test]
+fn conv2d_without_autodiff_matches_burn() {
+    let device = burn::tensor::Device::flex();
+    for &c in CASES {
+        let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups };
+        device.seed(3);
+        let x = Tensor::<4>::random([c.n, c.ci, c.h, c.w], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<4>::random([c.co, c.ci / c.groups, c.k, c.k], Distribution::Normal(0.0, 0.5), &device);
+        // A channel slice is a strided view: the kernel must read it correctly.
+        let xs = Tensor::cat(vec![x.clone(), x.clone()], 1).narrow(1, c.ci / 2, c.ci);
+        let xs_ref = xs.clone().into_data();
+        let ours = vec(kernels::conv2d(xs, w.clone(), None, spec));
+        let reference = vec(burn::tensor::module::conv2d(Tensor::from_data(xs_ref, &device), w, None, spec.options()));
+        assert_close("output (strided input)", c, &ours, &reference);
+    }
+}
+
+fn tensor4(shape: [usize; 4], seed: u64, device: &burn::tensor::Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(noise(shape.iter().product(), seed), shape), device)
+}
+
+/// A BatchNorm as the models build it (eps 1e-3, momentum 0.03) with non-trivial γ, β and running
+/// statistics, identical for every call with the same arguments.
+fn batch_norm(c: usize, device: &burn::tensor::Device) -> BatchNorm {
+    use burn::module::Param;
+    let mut bn = BatchNormConfig::new(c).with_epsilon(1e-3).with_momentum(0.03).init(device);
+    let vec1 = |seed: u64, offset: f32| {
+        let v: Vec<f32> = noise(c, seed).into_iter().map(|x| x + offset).collect();
+        Tensor::<1>::from_data(TensorData::new(v, [c]), device)
+    };
+    bn.gamma = Param::from_tensor(vec1(11, 1.5));
+    bn.beta = Param::from_tensor(vec1(12, 0.0));
+    bn.running_mean = burn::module::RunningState::new(vec1(13, 0.0));
+    bn.running_var = burn::module::RunningState::new(vec1(14, 2.0));
+    bn
+}
+
+const NORM_SHAPES: &[[usize; 4]] = &[[2, 5, 7, 3], [1, 3, 4, 4], [4, 16, 9, 11]];
+
+#[test]
+fn batch_norm_silu_matches_burn_in_training_with_gradients_and_running_statistics() {
+    let device = burn::tensor::Device::flex().autodiff();
+    for &shape in NORM_SHAPES {
+        for with_silu in [true, false] {
+            let run = |ours: bool| {
+                let bn = batch_norm(shape[1], &device);
+                let x = tensor4(shape, 21, &device).mul_scalar(3.0).add_scalar(0.5).require_grad();
+                let y = if ours {
+                    kernels::batch_norm_act(&bn, x.clone(), with_silu)
+                } else {
+                    let y = bn.forward(x.clone());
+                    if with_silu { burn::tensor::activation::silu(y) } else { y }
+                };
+                let r = tensor4(shape, 22, &device);
+                let grads = (y.clone() * r).sum().backward();
+                let v1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+                (
+                    vec(y.inner()),
+                    vec(x.grad(&grads).unwrap()),
+                    v1(bn.gamma.val().grad(&grads).unwrap()),
+                    v1(bn.beta.val().grad(&grads).unwrap()),
+                    v1(bn.running_mean.value()),
+                    v1(bn.running_var.value()),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            let c = case(shape[0], shape[1], shape[2], shape[3], 0, 0, 0, 0);
+            assert_close(&format!("bn output (silu {with_silu})"), c, &a.0, &b.0);
+            assert_close(&format!("bn input gradient (silu {with_silu})"), c, &a.1, &b.1);
+            assert_close(&format!("bn gamma gradient (silu {with_silu})"), c, &a.2, &b.2);
+            assert_close(&format!("bn beta gradient (silu {with_silu})"), c, &a.3, &b.3);
+            assert_close("running mean", c, &a.4, &b.4);
+            assert_close("running variance", c, &a.5, &b.5);
+        }
+    }
+}
+
+#[test]
+fn inference_batch_norm_and_fused_conv_bias_silu_match_burn() {
+    let device = burn::tensor::Device::flex();
+    for &shape in NORM_SHAPES {
+        let bn = batch_norm(shape[1], &device);
+        let x = tensor4(shape, 31, &device).mul_scalar(3.0);
+        let ours = vec(kernels::batch_norm_act(&bn, x.clone(), true));
+        let reference = vec(burn::tensor::activation::silu(bn.forward(x)));
+        let c = case(shape[0], shape[1], shape[2], shape[3], 0, 0, 0, 0);
+        assert_close("inference bn+silu", c, &ours, &reference);
+    }
+    for &c in CASES {
+        let mut layer = Conv2dConfig::new([c.ci, c.co], [c.k, c.k])
+            .with_stride([c.stride; 2])
+            .with_padding(PaddingConfig2d::Explicit(c.pad, c.pad, c.pad, c.pad))
+            .with_dilation([c.dilation; 2])
+            .with_groups(c.groups)
+            .with_bias(true)
+            .init(&device);
+        let wshape = layer.weight.dims();
+        layer.weight = burn::module::Param::from_tensor(tensor4(wshape, 41, &device));
+        let x = tensor4([c.n, c.ci, c.h, c.w], 42, &device);
+        for with_silu in [true, false] {
+            let ours = vec(kernels::conv2d_layer_act(&layer, x.clone(), with_silu));
+            let y = layer.forward(x.clone());
+            let reference = vec(if with_silu { burn::tensor::activation::silu(y) } else { y });
+            assert_close(&format!("conv+bias (silu {with_silu})"), c, &ours, &reference);
+        }
+    }
+}
