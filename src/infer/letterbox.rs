@@ -73,18 +73,19 @@ pub fn resize_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
         let i1 = (i0 + 1).min(n - 1);
         (i0 as usize, i1 as usize, f - i0 as f32)
     };
-    let xs: Vec<_> = (0..w).map(|x| coords(x, sx, sw)).collect();
+    // Byte offsets of the two source columns of each output column.
+    let xs: Vec<_> = (0..w).map(|x| coords(x, sx, sw)).map(|(x0, x1, fx)| (x0 * 3, x1 * 3, fx)).collect();
     let mut out = vec![0u8; (w * h * 3) as usize];
     let stride = sw as usize * 3;
-    for y in 0..h {
-        let (y0, y1, fy) = coords(y, sy, sh);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+    for (y, row) in out.chunks_exact_mut(w as usize * 3).enumerate() {
+        let (y0, y1, fy) = coords(y as u32, sy, sh);
+        let (top, bot) = (&src[y0 * stride..][..stride], &src[y1 * stride..][..stride]);
+        for (px, &(x0, x1, fx)) in row.chunks_exact_mut(3).zip(&xs) {
             for c in 0..3 {
-                let p = |yy: usize, xx: usize| src[yy * stride + xx * 3 + c] as f32;
-                let top = p(y0, x0) * (1.0 - fx) + p(y0, x1) * fx;
-                let bot = p(y1, x0) * (1.0 - fx) + p(y1, x1) * fx;
-                let v = top * (1.0 - fy) + bot * fy;
-                out[(y as usize * w as usize + x) * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+                let t = top[x0 + c] as f32 * (1.0 - fx) + top[x1 + c] as f32 * fx;
+                let b = bot[x0 + c] as f32 * (1.0 - fx) + bot[x1 + c] as f32 * fx;
+                // The blend of bytes lies in [0, 255]: adding ½ and truncating rounds it (no libm call).
+                px[c] = (t * (1.0 - fy) + b * fy + 0.5) as u8;
             }
         }
     }
