@@ -3,9 +3,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 
 use crate::data::augment::AugConfig;
+use crate::distill::args::DistillArgs;
+use crate::distill::distiller::Distiller;
+use crate::train::StepHook;
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader};
 use crate::loss::LossConfig;
@@ -33,6 +37,9 @@ pub struct BenchTrainArgs {
     pub workers: usize,
     #[arg(long)]
     pub json: bool,
+    /// With `--teacher`: also times the same steps distilled, and the teacher's forward alone.
+    #[command(flatten)]
+    pub distill: DistillArgs,
 }
 
 /// Times the data pipeline and training iterations separately, in images/s.
@@ -56,34 +63,62 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
     let mut grads = GradStore::default();
     let hp = StepParams { lr: [1e-3; 3], momentum: 0.9 };
-    let mut step = |i: usize| {
-        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &[], None, StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() }, &mut grads);
+    let pos = |i: usize| StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() };
+    let mut step = |i: usize, hook: Option<&mut dyn StepHook>| {
+        let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
+        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, pos(i), &mut grads);
         grads.clip_global_norm(10.0);
         opt.tick();
         opt.apply(&mut m, &grads, hp);
         grads.clear();
     };
-    step(0); // warm-up
-    let t = Instant::now();
-    for i in 0..a.iters {
-        step(i + 1);
-    }
-    let train_s = t.elapsed().as_secs_f64();
-    let train_ips = (a.iters * a.batch) as f64 / train_s;
+    let time_steps = |step: &mut dyn FnMut(usize)| {
+        step(0); // warm-up
+        let t = Instant::now();
+        for i in 0..a.iters {
+            step(i + 1);
+        }
+        t.elapsed().as_secs_f64() / a.iters.max(1) as f64
+    };
+    let plain_s = time_steps(&mut |i| step(i, None));
+    let train_ips = a.batch as f64 / plain_s;
+    let distilled = match &a.distill.teacher {
+        Some(_) => {
+            let student = model::load(&a.model, Some(nc), &plain)?.model;
+            let mut d = Distiller::new(&a.distill, &student, a.imgsz, 1, 0, &plain)?;
+            let distilled_s = time_steps(&mut |i| step(i, Some(&mut d)));
+            let layers: Vec<usize> = d.pairs.iter().map(|p| p.teacher_layer).collect();
+            let teacher_s = time_steps(&mut |i| {
+                let b = &batches[i % batches.len()];
+                let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain);
+                // flex computes eagerly: the forward is done when it returns.
+                drop(d.teacher.forward_taps(x, &layers, false));
+            });
+            Some((distilled_s, teacher_s))
+        }
+        None => None,
+    };
+    let overhead = distilled.map(|(d, t)| d - plain_s - t);
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "iters": a.iters,
-                "train_images_per_s": train_ips, "data_images_per_s": data_ips, "workers": a.workers})
-        );
+        let mut j = serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "iters": a.iters,
+            "train_images_per_s": train_ips, "data_images_per_s": data_ips, "workers": a.workers, "step_s": plain_s});
+        if let (Some((d, t)), Some(o)) = (distilled, overhead) {
+            j["distilled_step_s"] = d.into();
+            j["teacher_forward_s"] = t.into();
+            j["distill_overhead_s"] = o.into();
+        }
+        println!("{j}");
     } else {
         println!(
-            "{} at {} batch {}: training {train_ips:.2} images/s ({:.2} s/iteration), data pipeline {data_ips:.1} images/s",
-            a.model,
-            a.imgsz,
-            a.batch,
-            train_s / a.iters as f64
+            "{} at {} batch {}: training {train_ips:.2} images/s ({plain_s:.2} s/iteration), data pipeline {data_ips:.1} images/s",
+            a.model, a.imgsz, a.batch
         );
+        if let (Some((d, t)), Some(o)) = (distilled, overhead) {
+            println!(
+                "distilled ({}): {d:.2} s/iteration = plain {plain_s:.2} + teacher forward {t:.2} + distillation terms {o:.2}",
+                a.distill.distill
+            );
+        }
     }
     Ok(())
 }

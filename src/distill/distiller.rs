@@ -188,7 +188,12 @@ impl Distiller {
         let path = args.teacher.as_deref().context("no --teacher")?;
         // A YAML teacher (random init, e.g. for pairing checks) gets the student's class count.
         let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
-        let teacher = model::load(path, is_yaml.then(|| student.nc()), device)?.model;
+        let mut teacher = model::load(path, is_yaml.then(|| student.nc()), device)?.model;
+        if !args.online {
+            // A frozen teacher runs in eval mode: BatchNorm folded into its convolutions computes
+            // the same maps in one pass instead of two.
+            teacher.fuse();
+        }
         if teacher.nc() != student.nc() {
             bail!("the teacher {path} has {} classes but the student has {}: they must agree", teacher.nc(), student.nc());
         }

@@ -19,6 +19,8 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::kernels::conv2d_layer;
+
 /// Seed default of the MGD loss weight `α_mgd`.
 pub const MGD_ALPHA: f32 = 2e-5;
 /// Seed default of the MGD masking ratio `λ_mgd` (a pixel is dropped with this probability).
@@ -116,7 +118,7 @@ impl Adapter {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        conv2d_layer(&self.conv, x)
     }
 }
 
@@ -125,10 +127,7 @@ impl Adapter {
 /// (statistics over N, H, W). Differentiable through the statistics, as
 /// PyTorch's training-mode BatchNorm.
 pub fn seed_normalise(x: Tensor<4>) -> Tensor<4> {
-    let stat = |t: Tensor<4>| t.mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
-    let centred = x.clone() - stat(x);
-    let var = stat(centred.clone().square());
-    centred / (var + NORM_EPS).sqrt()
+    crate::kernels::normalise_batch(x, NORM_EPS as f64)
 }
 
 /// The seed's feature pipeline for one level: the student map goes through
@@ -193,7 +192,7 @@ impl MgdGenerator {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv2.forward(relu(self.conv1.forward(x)))
+        conv2d_layer(&self.conv2, relu(conv2d_layer(&self.conv1, x)))
     }
 }
 
@@ -392,7 +391,7 @@ impl Projector {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv2.forward(relu(self.conv1.forward(x)))
+        conv2d_layer(&self.conv2, relu(conv2d_layer(&self.conv1, x)))
     }
 }
 

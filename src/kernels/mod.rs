@@ -2,6 +2,7 @@
 //! `flex` backend only: GPU backends keep burn's ops. `YOLODISTILL_KERNELS=burn` switches back to
 //! burn's own CPU ops (for A/B measurements and reference checks).
 
+pub mod alloc;
 pub mod conv;
 mod extension;
 pub mod norm;
@@ -126,6 +127,24 @@ pub fn batch_norm_act(bn: &BatchNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4
         stats.into_dispatch(),
         norm,
     );
+    Tensor::from_dispatch(y)
+}
+
+/// Per-channel `(x − mean) / √(var + eps)` with the batch's own mean and biased variance
+/// (affine-free training-mode BatchNorm), differentiable through the statistics.
+pub fn normalise_batch(x: Tensor<4>, eps: f64) -> Tensor<4> {
+    if !on_cpu(&x) {
+        let stat = |t: Tensor<4>| t.mean_dim(0).mean_dim(2).mean_dim(3); // [1, C, 1, 1]
+        let centred = x.clone() - stat(x);
+        let var = stat(centred.clone().square());
+        return centred / var.add_scalar(eps).sqrt();
+    }
+    let c = x.dims()[1];
+    let device = x.device();
+    let stats = Tensor::<2>::from_dispatch(<Dispatch as CpuInfer>::batch_stats(x.clone().inner().into_dispatch()));
+    let (gamma, beta) = (Tensor::<1>::ones([c], &device), Tensor::<1>::zeros([c], &device));
+    let norm = NormSpec { eps, silu: false, batch: true };
+    let y = <Dispatch as CpuConv>::batch_norm_act(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), stats.into_dispatch(), norm);
     Tensor::from_dispatch(y)
 }
 
