@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Peak memory of one BCCD training epoch (yolov8n, 320, batch 16, 2 workers, CPU), ours vs
-# Ultralytics/PyTorch: the resident memory of each whole process tree (data workers included),
-# sampled every 0.1 s by scripts/peak_rss.py.
+# Peak memory and wall time of one BCCD training epoch (yolov8n, 320, batch 16, 2 workers, CPU;
+# start-up and validation included), ours vs Ultralytics/PyTorch: the resident memory of each
+# whole process tree (data workers included), sampled every 0.1 s by scripts/peak_rss.py.
 # Usage: scripts/bench_memory.sh [MODEL_YAML] [IMGSZ] [BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."

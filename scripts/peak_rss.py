@@ -1,5 +1,6 @@
 """Runs a command and prints the peak resident memory of its whole process tree (the sum over the
-process and its descendants, sampled every 0.1 s from /proc), in MiB, as the last line."""
+process and its descendants, sampled every 0.1 s from /proc), in MiB, and its wall time, as the
+last line."""
 import os
 import subprocess
 import sys
@@ -31,9 +32,10 @@ def tree_rss_kib(root):
     return total
 
 
+start = time.perf_counter()
 proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 peak = 0
 while proc.poll() is None:
     peak = max(peak, tree_rss_kib(proc.pid))
     time.sleep(0.1)
-print(f"exit {proc.returncode}, peak RSS {peak / 1024:.0f} MiB")
+print(f"exit {proc.returncode}, peak RSS {peak / 1024:.0f} MiB, {time.perf_counter() - start:.0f} s")

@@ -40,6 +40,11 @@ const CASES: &[Case] = &[
     Case { groups: 2, ..case(3, 6, 10, 7, 4, 3, 1, 1) },            // groups
     Case { groups: 8, ..case(2, 8, 9, 9, 8, 3, 2, 1) },             // depthwise (burn-flex's path)
     Case { bias: true, ..case(2, 6, 5, 7, 3, 1, 1, 0) },            // bias (head outputs)
+    // Many small images: whole images share one GEMM (up to 16 threads keep units of ≥ 2 images).
+    case(40, 6, 7, 5, 5, 3, 1, 1),
+    case(40, 8, 6, 6, 12, 1, 1, 0),
+    case(40, 4, 9, 7, 6, 3, 2, 1),
+    Case { groups: 2, bias: true, ..case(40, 6, 5, 5, 4, 3, 1, 1) },
 ];
 
 struct Grads {

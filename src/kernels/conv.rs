@@ -34,8 +34,9 @@ pub struct ConvGeom {
     pub groups: usize,
 }
 
-/// Target size of one worker's column buffer (floats): 128 Ki floats = 512 KiB, within L2.
-const TILE_FLOATS: usize = 128 * 1024;
+/// Target size of one worker's column buffer (floats): 512 Ki floats = 2 MiB (128 Ki to 1 Mi
+/// measured with `bench-conv` on a Zen 4: 790, 761, 749 and 792 ms for yolov8n's convolutions).
+const TILE_FLOATS: usize = 512 * 1024;
 
 impl ConvGeom {
     pub fn ho(&self) -> usize {
@@ -64,21 +65,50 @@ impl ConvGeom {
     pub fn out_len(&self) -> usize {
         self.n * self.co * self.ho() * self.wo()
     }
-    /// (image, first output row, end output row) work units.
-    fn units(&self) -> Vec<(usize, usize, usize)> {
-        let (ho, wo) = (self.ho(), self.wo());
-        let per_row = if self.pointwise() { self.cig().max(1) * wo } else { self.k() * wo };
-        let rows = (TILE_FLOATS / per_row.max(1)).clamp(1, ho.max(1));
+    /// Work units: a band of output rows of one image or, for small maps, several whole images
+    /// side by side (so that each GEMM has enough columns to run at full speed).
+    fn units(&self) -> Vec<Unit> {
+        let (ho, wo, p) = (self.ho(), self.wo(), self.ho() * self.wo());
+        let per_col = if self.pointwise() { self.cig() } else { self.k() }.max(1);
         let mut units = Vec::new();
+        if p > 0 && per_col * p * 2 <= TILE_FLOATS {
+            // Whole images per unit, but leave at least two units per thread.
+            let by_size = TILE_FLOATS / (per_col * p);
+            let by_threads = self.n.div_ceil(2 * rayon::current_num_threads()).max(1);
+            let nb = by_size.min(by_threads).max(1);
+            let mut b = 0;
+            while b < self.n {
+                let images = nb.min(self.n - b);
+                units.push(Unit { b, images, rows: (0, ho) });
+                b += images;
+            }
+            return units;
+        }
+        let rows = (TILE_FLOATS / (per_col * wo).max(1)).clamp(1, ho.max(1));
         for b in 0..self.n {
             let mut r = 0;
             while r < ho {
                 let end = (r + rows).min(ho);
-                units.push((b, r, end));
+                units.push(Unit { b, images: 1, rows: (r, end) });
                 r = end;
             }
         }
         units
+    }
+}
+
+/// `images` consecutive images from `b`, output rows `rows` of each (all rows when images > 1).
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    b: usize,
+    images: usize,
+    rows: (usize, usize),
+}
+
+impl Unit {
+    /// Columns of the unit's column matrix: each image's rows side by side.
+    fn cols(&self, wo: usize) -> usize {
+        self.images * (self.rows.1 - self.rows.0) * wo
     }
 }
 
@@ -106,15 +136,17 @@ fn valid_cols(wo: usize, stride: usize, offset: isize, len: usize) -> (usize, us
     (lo.min(hi), hi)
 }
 
-/// Calls `f(row_of_col, input_plane_row_index or None, out_lo, out_hi, x_offset)` for each
-/// (channel, tap, output row) of a tile: the shared index arithmetic of im2col and col2im.
+/// Calls `f(offset in col, channel, input row or None, (out_lo, out_hi), x_offset)` for each
+/// (channel, tap, output row) of a tile whose column matrix has row stride `ld` and starts at
+/// column `base`: the shared index arithmetic of im2col and col2im.
 #[inline]
 fn for_each_tap_row(
     g: &ConvGeom,
     rows: (usize, usize),
+    (ld, base): (usize, usize),
     mut f: impl FnMut(usize, usize, Option<usize>, (usize, usize), isize),
 ) {
-    let (wo, tile) = (g.wo(), (rows.1 - rows.0) * g.wo());
+    let wo = g.wo();
     for c in 0..g.cig() {
         for ki in 0..g.kh {
             for kj in 0..g.kw {
@@ -124,17 +156,18 @@ fn for_each_tap_row(
                 for (t, oy) in (rows.0..rows.1).enumerate() {
                     let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.pad[0] as isize;
                     let iy = (iy >= 0 && (iy as usize) < g.h).then_some(iy as usize);
-                    f(r * tile + t * wo, c, iy, cols, x_off);
+                    f(r * ld + base + t * wo, c, iy, cols, x_off);
                 }
             }
         }
     }
 }
 
-/// Gathers the column matrix `[k, tile]` of output rows `rows` from one group's input `[cig, h, w]`.
-fn im2col(g: &ConvGeom, x: &[f32], rows: (usize, usize), col: &mut [f32]) {
+/// Gathers the column matrix `[k, tile]` of output rows `rows` from one group's input `[cig, h, w]`
+/// into `col` at (row stride, first column) `place`.
+fn im2col(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, usize), col: &mut [f32]) {
     let (wo, sw, plane) = (g.wo(), g.stride[1], g.h * g.w);
-    for_each_tap_row(g, rows, |at, c, iy, (lo, hi), x_off| {
+    for_each_tap_row(g, rows, place, |at, c, iy, (lo, hi), x_off| {
         let out = &mut col[at..at + wo];
         let Some(iy) = iy else {
             out.fill(0.0);
@@ -154,10 +187,11 @@ fn im2col(g: &ConvGeom, x: &[f32], rows: (usize, usize), col: &mut [f32]) {
     });
 }
 
-/// Adds the column matrix `[k, tile]` back into one group's input gradient `[cig, h, w]`.
-fn col2im(g: &ConvGeom, col: &[f32], rows: (usize, usize), dx: &mut [f32]) {
+/// Adds the column matrix `[k, tile]` (at `place` in `col`) back into one group's input gradient
+/// `[cig, h, w]`.
+fn col2im(g: &ConvGeom, col: &[f32], rows: (usize, usize), place: (usize, usize), dx: &mut [f32]) {
     let (wo, sw, plane) = (g.wo(), g.stride[1], g.h * g.w);
-    for_each_tap_row(g, rows, |at, c, iy, (lo, hi), x_off| {
+    for_each_tap_row(g, rows, place, |at, c, iy, (lo, hi), x_off| {
         let Some(iy) = iy else { return };
         let src = &col[at..at + wo];
         let dst = &mut dx[c * plane + iy * g.w..][..g.w];
@@ -222,32 +256,52 @@ unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: b
 /// `y = act(conv(x, weight) + bias)`, act SiLU or identity; `x` is `[n, ci, h, w]`, `weight`
 /// `[co, ci/groups, kh, kw]`. Bias and SiLU are applied to each tile while it is in cache.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    let (ho, wo) = (g.ho(), g.wo());
-    let p = ho * wo;
-    let (cig, cog, k) = (g.cig(), g.cog(), g.k());
+    let (wo, p) = (g.wo(), g.ho() * g.wo());
+    let (cig, cog, k, plane) = (g.cig(), g.cog(), g.k(), g.h * g.w);
     let mut y = vec![0.0f32; g.out_len()];
     let yp = SharedMut(y.as_mut_ptr());
-    let pointwise = g.pointwise();
-    g.units().into_par_iter().for_each_init(Vec::new, |col: &mut Vec<f32>, (b, r0, r1)| {
+    let scratch = || (Vec::new(), Vec::new());
+    g.units().into_par_iter().for_each_init(scratch, |(col, out): &mut (Vec<f32>, Vec<f32>), u| {
         let yp = yp;
-        let (p0, tile) = (r0 * wo, (r1 - r0) * wo);
+        let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
         for gi in 0..g.groups {
-            let xg = &x[(b * g.ci + gi * cig) * g.h * g.w..][..cig * g.h * g.w];
-            let rhs = if pointwise {
-                Mat(xg[p0..].as_ptr(), p as isize, 1)
-            } else {
-                col.resize(k * tile, 0.0);
-                im2col(g, xg, (r0, r1), col);
-                Mat(col.as_ptr(), tile as isize, 1)
-            };
+            let xg = |b: usize| &x[(b * g.ci + gi * cig) * plane..][..cig * plane];
+            let w = Mat(weight[gi * cog * k..].as_ptr(), k as isize, 1);
+            let bias_of = |o: usize| bias.map_or(0.0, |b| b[gi * cog + o]);
+            let y_at = |b: usize, o: usize| (b * g.co + gi * cog + o) * p;
             // SAFETY: units write disjoint (image, row range) blocks of y; views stay in bounds.
             unsafe {
-                let dst = yp.0.add((b * g.co + gi * cog) * p + p0);
-                mm(cog, tile, k, (dst, p as isize, 1), false, Mat(weight[gi * cog * k..].as_ptr(), k as isize, 1), rhs);
-                if bias.is_some() || silu {
-                    for o in 0..cog {
-                        let row = std::slice::from_raw_parts_mut(dst.add(o * p), tile);
-                        epilogue(row, bias.map_or(0.0, |b| b[gi * cog + o]), silu);
+                if u.images == 1 {
+                    let rhs = if g.pointwise() {
+                        Mat(xg(u.b)[p0..].as_ptr(), p as isize, 1)
+                    } else {
+                        col.resize(k * tile, 0.0);
+                        im2col(g, xg(u.b), u.rows, (tile, 0), col);
+                        Mat(col.as_ptr(), tile as isize, 1)
+                    };
+                    let dst = yp.0.add(y_at(u.b, 0) + p0);
+                    mm(cog, tile, k, (dst, p as isize, 1), false, w, rhs);
+                    if bias.is_some() || silu {
+                        for o in 0..cog {
+                            epilogue(std::slice::from_raw_parts_mut(dst.add(o * p), tile), bias_of(o), silu);
+                        }
+                    }
+                } else {
+                    // Several small images: one GEMM over all their columns, then scattered to y.
+                    col.resize(k * cols, 0.0);
+                    for i in 0..u.images {
+                        im2col(g, xg(u.b + i), u.rows, (cols, i * p), col);
+                    }
+                    out.resize(cog * cols, 0.0);
+                    mm(cog, cols, k, (out.as_mut_ptr(), cols as isize, 1), false, w, Mat(col.as_ptr(), cols as isize, 1));
+                    for i in 0..u.images {
+                        for o in 0..cog {
+                            let dst = std::slice::from_raw_parts_mut(yp.0.add(y_at(u.b + i, o)), p);
+                            dst.copy_from_slice(&out[o * cols + i * p..][..p]);
+                            if bias.is_some() || silu {
+                                epilogue(dst, bias_of(o), silu);
+                            }
+                        }
                     }
                 }
             }
@@ -279,63 +333,28 @@ pub fn backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    let (ho, wo) = (g.ho(), g.wo());
-    let p = ho * wo;
-    let (cig, cog, k) = (g.cig(), g.cog(), g.k());
-    let plane = g.h * g.w;
-    let pointwise = g.pointwise();
     let mut dx = want_dx.then(|| vec![0.0f32; x.len()]);
     let dxp = SharedMut(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let wlen = if want_dw { g.weight_len() } else { 0 };
-
-    // Units of one image run in order on one worker (their col2im halos overlap); images in parallel.
+    // Units of one image run in order on one worker (their col2im halos overlap); images, and
+    // groups of whole images, in parallel.
     let units = g.units();
-    let by_image: Vec<&[(usize, usize, usize)]> = units.chunk_by(|a, b| a.0 == b.0).collect();
+    let by_image: Vec<&[Unit]> = units.chunk_by(|a, b| a.b == b.b).collect();
     let dw = by_image
         .into_par_iter()
         .fold(
-            || (vec![0.0f32; wlen], Vec::new(), Vec::new()),
-            |(mut dw, mut col, mut dcol), image_units| {
-                let dxp = dxp;
-                for &(b, r0, r1) in image_units {
-                    let (p0, tile) = (r0 * wo, (r1 - r0) * wo);
+            || (vec![0.0f32; wlen], Scratch::default()),
+            |(mut dw, mut scratch), image_units| {
+                for &u in image_units {
                     for gi in 0..g.groups {
-                        let xg = &x[(b * g.ci + gi * cig) * plane..][..cig * plane];
-                        let dyg = Mat(dy[(b * g.co + gi * cog) * p + p0..].as_ptr(), p as isize, 1);
-                        let wg = &weight[gi * cog * k..][..cog * k];
-                        // SAFETY: this worker alone writes image b of dx; views stay in bounds.
-                        unsafe {
-                            if want_dw {
-                                // dW_g[cog, k] += dY_g[cog, tile] · col[k, tile]ᵀ
-                                let colt = if pointwise {
-                                    Mat(xg[p0..].as_ptr(), 1, p as isize)
-                                } else {
-                                    col.resize(k * tile, 0.0);
-                                    im2col(g, xg, (r0, r1), &mut col);
-                                    Mat(col.as_ptr(), 1, tile as isize)
-                                };
-                                let dst = dw[gi * cog * k..].as_mut_ptr();
-                                mm(cog, k, tile, (dst, k as isize, 1), true, dyg, colt);
-                            }
-                            if want_dx {
-                                let wt = Mat(wg.as_ptr(), 1, k as isize); // Wᵀ[k, cog]
-                                let dxg = dxp.0.add((b * g.ci + gi * cig) * plane);
-                                if pointwise {
-                                    mm(k, tile, cog, (dxg.add(p0), p as isize, 1), false, wt, dyg);
-                                } else {
-                                    dcol.resize(k * tile, 0.0);
-                                    mm(k, tile, cog, (dcol.as_mut_ptr(), tile as isize, 1), false, wt, dyg);
-                                    let dx_img = std::slice::from_raw_parts_mut(dxg, cig * plane);
-                                    col2im(g, &dcol, (r0, r1), dx_img);
-                                }
-                            }
-                        }
+                        // SAFETY: this worker alone writes the unit's images of dx.
+                        unsafe { backward_unit(g, (x, weight, dy), u, gi, (dxp, want_dx), (&mut dw, want_dw), &mut scratch) };
                     }
                 }
-                (dw, col, dcol)
+                (dw, scratch)
             },
         )
-        .map(|(dw, _, _)| dw)
+        .map(|(dw, _)| dw)
         .reduce(
             || vec![0.0f32; wlen],
             |mut a, b| {
@@ -344,4 +363,74 @@ pub fn backward(
             },
         );
     (dx, want_dw.then_some(dw))
+}
+
+/// A worker's reusable buffers: columns of x, their gradient, and gathered output gradients.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<f32>,
+    dcol: Vec<f32>,
+    dyt: Vec<f32>,
+}
+
+/// One unit and group of [`backward`]: dW_g += dY·colᵀ and dcol = Wᵀ·dY scattered into dx.
+///
+/// # Safety
+/// No other worker may write the unit's images of `dx` meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_unit(
+    g: &ConvGeom,
+    (x, weight, dy): (&[f32], &[f32], &[f32]),
+    u: Unit,
+    gi: usize,
+    (dxp, want_dx): (SharedMut, bool),
+    (dw, want_dw): (&mut [f32], bool),
+    s: &mut Scratch,
+) {
+    let (wo, p) = (g.wo(), g.ho() * g.wo());
+    let (cig, cog, k, plane) = (g.cig(), g.cog(), g.k(), g.h * g.w);
+    let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
+    let xg = |b: usize| &x[(b * g.ci + gi * cig) * plane..][..cig * plane];
+    let dy_at = |b: usize| (b * g.co + gi * cog) * p;
+    let single = u.images == 1;
+    let direct = single && g.pointwise();
+    let dyg = if single {
+        Mat(dy[dy_at(u.b) + p0..].as_ptr(), p as isize, 1)
+    } else {
+        // Several small images: their output gradients side by side, as the columns are.
+        s.dyt.resize(cog * cols, 0.0);
+        for i in 0..u.images {
+            for o in 0..cog {
+                s.dyt[o * cols + i * p..][..p].copy_from_slice(&dy[dy_at(u.b + i) + o * p..][..p]);
+            }
+        }
+        Mat(s.dyt.as_ptr(), cols as isize, 1)
+    };
+    if want_dw {
+        // dW_g[cog, k] += dY_g[cog, cols] · col[k, cols]ᵀ
+        let colt = if direct {
+            Mat(xg(u.b)[p0..].as_ptr(), 1, p as isize)
+        } else {
+            s.col.resize(k * cols, 0.0);
+            for i in 0..u.images {
+                im2col(g, xg(u.b + i), u.rows, (cols, i * tile), &mut s.col);
+            }
+            Mat(s.col.as_ptr(), 1, cols as isize)
+        };
+        mm(cog, k, cols, (dw[gi * cog * k..].as_mut_ptr(), k as isize, 1), true, dyg, colt);
+    }
+    if want_dx {
+        let wt = Mat(weight[gi * cog * k..].as_ptr(), 1, k as isize); // Wᵀ[k, cog]
+        let dx_of = |b: usize| dxp.0.add((b * g.ci + gi * cig) * plane);
+        if direct {
+            mm(k, tile, cog, (dx_of(u.b).add(p0), p as isize, 1), false, wt, dyg);
+        } else {
+            s.dcol.resize(k * cols, 0.0);
+            mm(k, cols, cog, (s.dcol.as_mut_ptr(), cols as isize, 1), false, wt, dyg);
+            for i in 0..u.images {
+                let dx_img = std::slice::from_raw_parts_mut(dx_of(u.b + i), cig * plane);
+                col2im(g, &s.dcol, u.rows, (cols, i * tile), dx_img);
+            }
+        }
+    }
 }
