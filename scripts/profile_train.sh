@@ -14,7 +14,7 @@ DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
 BIN=${BIN:-}
 if [ -z "$BIN" ]; then cargo build --quiet; BIN=target/debug/yolodistill; fi
 TMP=$(mktemp -d)
-echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads; kernels: ${YOLODISTILL_KERNELS:-ours}"
+echo "CPU: $(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads; $BIN, kernels: ${YOLODISTILL_KERNELS:-ours}"
 perf record -q -F 97 --call-graph dwarf,16384 -o "$TMP/perf.data" -- \
     "$BIN" bench-train --model "$MODEL" --data "$DATA" --imgsz "$IMGSZ" --batch "$BATCH" \
     --iters "$ITERS" --data-batches 2 2>/dev/null | tail -n 1

@@ -40,7 +40,7 @@ const CASES: &[Case] = &[
     Case { groups: 2, ..case(3, 6, 10, 7, 4, 3, 1, 1) },            // groups
     Case { groups: 8, ..case(2, 8, 9, 9, 8, 3, 2, 1) },             // depthwise (burn-flex's path)
     Case { bias: true, ..case(2, 6, 5, 7, 3, 1, 1, 0) },            // bias (head outputs)
-    // Many small images: whole images share one GEMM (up to 16 threads keep units of ≥ 2 images).
+    // Many small images: whole images share one GEMM (in the 2-thread pool of `two_threads`).
     case(40, 6, 7, 5, 5, 3, 1, 1),
     case(40, 8, 6, 6, 12, 1, 1, 0),
     case(40, 4, 9, 7, 6, 3, 2, 1),
@@ -101,10 +101,16 @@ fn assert_close(what: &str, c: Case, ours: &[f32], reference: &[f32]) {
     assert!(d <= 1e-4 * m.max(1.0), "{what} of {c:?}: max |ours − burn| = {d} (max |burn| = {m})");
 }
 
+/// Runs `f` in a pool of two threads: the kernel's work split (tiles, groups of images) depends on
+/// the thread count, so the cases cover the same paths on every machine.
+fn two_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(f)
+}
+
 #[test]
 fn conv2d_matches_burn_in_output_and_every_gradient() {
     for &c in CASES {
-        let (a, b) = (run(c, true), run(c, false));
+        let (a, b) = (two_threads(|| run(c, true)), run(c, false));
         assert_close("output", c, &a.y, &b.y);
         assert_close("input gradient", c, &a.dx, &b.dx);
         assert_close("weight gradient", c, &a.dw, &b.dw);
@@ -125,7 +131,7 @@ fn conv2d_without_autodiff_matches_burn() {
         // A channel slice is a strided view: the kernel must read it correctly.
         let xs = Tensor::cat(vec![x.clone(), x.clone()], 1).narrow(1, c.ci / 2, c.ci);
         let xs_ref = xs.clone().into_data();
-        let ours = vec(kernels::conv2d(xs, w.clone(), None, spec));
+        let ours = two_threads(|| vec(kernels::conv2d(xs, w.clone(), None, spec)));
         let reference = vec(burn::tensor::module::conv2d(Tensor::from_data(xs_ref, &device), w, None, spec.options()));
         assert_close("output (strided input)", c, &ours, &reference);
     }

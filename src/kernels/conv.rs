@@ -71,11 +71,10 @@ impl ConvGeom {
         let (ho, wo, p) = (self.ho(), self.wo(), self.ho() * self.wo());
         let per_col = if self.pointwise() { self.cig() } else { self.k() }.max(1);
         let mut units = Vec::new();
-        if p > 0 && per_col * p * 2 <= TILE_FLOATS {
-            // Whole images per unit, but leave at least two units per thread.
-            let by_size = TILE_FLOATS / (per_col * p);
-            let by_threads = self.n.div_ceil(2 * rayon::current_num_threads()).max(1);
-            let nb = by_size.min(by_threads).max(1);
+        // At least two units per thread, so that every thread has work and the load evens out.
+        let want = 2 * rayon::current_num_threads();
+        if p > 0 && per_col * p * 2 <= TILE_FLOATS && self.n >= want {
+            let nb = (TILE_FLOATS / (per_col * p)).min(self.n / want).max(1);
             let mut b = 0;
             while b < self.n {
                 let images = nb.min(self.n - b);
@@ -84,7 +83,9 @@ impl ConvGeom {
             }
             return units;
         }
-        let rows = (TILE_FLOATS / (per_col * wo).max(1)).clamp(1, ho.max(1));
+        let by_size = TILE_FLOATS / (per_col * wo).max(1);
+        let by_threads = (ho * self.n).div_ceil(want);
+        let rows = by_size.min(by_threads).clamp(1, ho.max(1));
         for b in 0..self.n {
             let mut r = 0;
             while r < ho {
