@@ -27,9 +27,9 @@ pub struct BenchTrainArgs {
     pub imgsz: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Timed training iterations (forward, loss, backward, optimizer step).
-    #[arg(long, default_value_t = 10)]
-    pub iters: usize,
+    /// Timed training iterations (forward, loss, backward, optimizer step), at least 1.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
     /// Timed data-pipeline batches (mosaic on).
     #[arg(long = "data-batches", default_value_t = 20)]
     pub data_batches: usize,
@@ -75,10 +75,10 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let time_steps = |step: &mut dyn FnMut(usize)| {
         step(0); // warm-up
         let t = Instant::now();
-        for i in 0..a.iters {
+        for i in 0..a.iters as usize {
             step(i + 1);
         }
-        t.elapsed().as_secs_f64() / a.iters.max(1) as f64
+        t.elapsed().as_secs_f64() / a.iters as f64
     };
     let plain_s = time_steps(&mut |i| step(i, None));
     let train_ips = a.batch as f64 / plain_s;
