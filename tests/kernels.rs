@@ -25,6 +25,7 @@ struct Case {
     bias: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn case(n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, stride: usize, pad: usize) -> Case {
     Case { n, ci, h, w, co, k, stride, pad, dilation: 1, groups: 1, bias: false }
 }

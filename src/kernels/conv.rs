@@ -16,7 +16,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::simd;
+use super::{simd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,12 +121,6 @@ fn out_size(size: usize, k: usize, stride: usize, pad: usize, dilation: usize) -
         (size + pad - span) / stride + 1
     }
 }
-
-/// A raw pointer shared by workers that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 /// Output columns `[start, end)` of output rows `ox` for which `ox·stride + offset` lies in `0..len`.
 fn valid_cols(wo: usize, stride: usize, offset: isize, len: usize) -> (usize, usize) {
@@ -263,7 +257,6 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
     let yp = SharedMut(y.as_mut_ptr());
     let scratch = || (Vec::new(), Vec::new());
     g.units().into_par_iter().for_each_init(scratch, |(col, out): &mut (Vec<f32>, Vec<f32>), u| {
-        let yp = yp;
         let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
         for gi in 0..g.groups {
             let xg = |b: usize| &x[(b * g.ci + gi * cig) * plane..][..cig * plane];
@@ -280,7 +273,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
                         im2col(g, xg(u.b), u.rows, (tile, 0), col);
                         Mat(col.as_ptr(), tile as isize, 1)
                     };
-                    let dst = yp.0.add(y_at(u.b, 0) + p0);
+                    let dst = yp.at(y_at(u.b, 0) + p0);
                     mm(cog, tile, k, (dst, p as isize, 1), false, w, rhs);
                     if bias.is_some() || silu {
                         for o in 0..cog {
@@ -297,7 +290,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
                     mm(cog, cols, k, (out.as_mut_ptr(), cols as isize, 1), false, w, Mat(col.as_ptr(), cols as isize, 1));
                     for i in 0..u.images {
                         for o in 0..cog {
-                            let dst = std::slice::from_raw_parts_mut(yp.0.add(y_at(u.b + i, o)), p);
+                            let dst = std::slice::from_raw_parts_mut(yp.at(y_at(u.b + i, o)), p);
                             dst.copy_from_slice(&out[o * cols + i * p..][..p]);
                             if bias.is_some() || silu {
                                 epilogue(dst, bias_of(o), silu);
@@ -422,7 +415,7 @@ unsafe fn backward_unit(
     }
     if want_dx {
         let wt = Mat(weight[gi * cog * k..].as_ptr(), 1, k as isize); // Wᵀ[k, cog]
-        let dx_of = |b: usize| dxp.0.add((b * g.ci + gi * cig) * plane);
+        let dx_of = |b: usize| dxp.at((b * g.ci + gi * cig) * plane);
         if direct {
             mm(k, tile, cog, (dx_of(u.b).add(p0), p as isize, 1), false, wt, dyg);
         } else {

@@ -55,7 +55,7 @@ impl ConvSpec {
 
 /// Differentiable ops: implemented on `Flex` and, with a handwritten backward, on `Autodiff<Flex>`.
 #[backend_extension(Flex, Autodiff)]
-pub trait CpuConv: Backend {
+pub trait CpuOps: Backend {
     /// `conv2d(x, weight)` without bias, `x` in NCHW.
     fn conv2d_nchw(x: FloatTensor<Self>, weight: FloatTensor<Self>, spec: ConvSpec) -> FloatTensor<Self>;
     /// `act(BatchNorm(x))` with the per-channel `stats` `[2, C]` (mean, biased variance): the
@@ -85,7 +85,7 @@ pub trait CpuInfer: Backend {
     ) -> FloatTensor<Self>;
 }
 
-/// Options of [`CpuConv::batch_norm_act`].
+/// Options of [`CpuOps::batch_norm_act`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NormSpec {
     pub eps: f64,
@@ -116,7 +116,7 @@ fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-impl CpuConv for Flex {
+impl CpuOps for Flex {
     fn conv2d_nchw(x: FlexTensor, weight: FlexTensor, spec: ConvSpec) -> FlexTensor {
         if !spec.ours(&x, &weight) {
             return <Flex as ModuleOps<Flex>>::conv2d(x, weight, None, spec.options());
@@ -223,7 +223,7 @@ impl Backward<Flex, 3> for NormBackward {
     }
 }
 
-impl<C: CheckpointStrategy> CpuConv for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
     fn batch_norm_act(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

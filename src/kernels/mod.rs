@@ -18,7 +18,24 @@ use burn::tensor::activation::silu;
 use burn::tensor::DType;
 use burn::tensor::{Device, Tensor};
 
-pub use extension::{ConvSpec, CpuConv, CpuInfer, NormSpec};
+pub use extension::{ConvSpec, CpuOps, CpuInfer, NormSpec};
+
+/// A buffer's base pointer shared by workers that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: users write disjoint elements from each thread and join before the buffer is read.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The element at `offset`. (A method, so that closures capture the whole Send wrapper.)
+    ///
+    /// # Safety
+    /// `offset` must lie within the buffer.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        self.0.add(offset)
+    }
+}
 
 /// Whether our kernels are on (the default) or `YOLODISTILL_KERNELS=burn` turned them off.
 pub fn enabled() -> bool {
@@ -64,7 +81,7 @@ pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, spec: Co
     if !on_cpu(&x) {
         return burn::tensor::module::conv2d(x, weight, bias, spec.options());
     }
-    let y = Tensor::<4>::from_dispatch(<Dispatch as CpuConv>::conv2d_nchw(x.into_dispatch(), weight.into_dispatch(), spec));
+    let y = Tensor::<4>::from_dispatch(<Dispatch as CpuOps>::conv2d_nchw(x.into_dispatch(), weight.into_dispatch(), spec));
     match bias {
         Some(b) => {
             let c = b.dims()[0];
@@ -111,7 +128,7 @@ pub fn batch_norm_act(bn: &BatchNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4
     }
     let batch = x.device().is_autodiff() && bn.training.is_enabled();
     let stats = if batch {
-        let stats = Tensor::<2>::from_dispatch(<Dispatch as CpuInfer>::batch_stats(x.clone().inner().into_dispatch()));
+        let stats = batch_stats(&x);
         update_running(bn, &stats);
         stats
     } else {
@@ -120,7 +137,7 @@ pub fn batch_norm_act(bn: &BatchNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4
         Tensor::cat(rows.to_vec(), 0)
     };
     let norm = NormSpec { eps: bn.epsilon, silu: with_silu, batch };
-    let y = <Dispatch as CpuConv>::batch_norm_act(
+    let y = <Dispatch as CpuOps>::batch_norm_act(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
@@ -141,11 +158,16 @@ pub fn normalise_batch(x: Tensor<4>, eps: f64) -> Tensor<4> {
     }
     let c = x.dims()[1];
     let device = x.device();
-    let stats = Tensor::<2>::from_dispatch(<Dispatch as CpuInfer>::batch_stats(x.clone().inner().into_dispatch()));
+    let stats = batch_stats(&x);
     let (gamma, beta) = (Tensor::<1>::ones([c], &device), Tensor::<1>::zeros([c], &device));
     let norm = NormSpec { eps, silu: false, batch: true };
-    let y = <Dispatch as CpuConv>::batch_norm_act(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), stats.into_dispatch(), norm);
+    let y = <Dispatch as CpuOps>::batch_norm_act(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), stats.into_dispatch(), norm);
     Tensor::from_dispatch(y)
+}
+
+/// Per-channel (mean, biased variance) of `x` as `[2, C]`, a constant (no autodiff).
+fn batch_stats(x: &Tensor<4>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as CpuInfer>::batch_stats(x.clone().inner().into_dispatch()))
 }
 
 /// running ← (1 − momentum)·running + momentum·batch, for the mean and the biased variance.

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::simd::{self, sigmoid};
-use super::NormSpec;
+use super::{NormSpec, SharedMut};
 
 /// `[n, c, hw]` view of an NCHW buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +26,6 @@ impl Planes {
         (self.n * self.hw) as f64
     }
 }
-
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
 
 /// Per-channel mean and biased variance: two passes (mean, then squared deviations), each plane
 /// summed in 16 f32 lanes (vectorised) and the planes accumulated in f64.
@@ -165,7 +160,6 @@ pub fn backward(
     let sums: Vec<(f32, f32)> = (0..p.c)
         .into_par_iter()
         .map(|ch| {
-            let dxp = dxp;
             let inv = (1.0 / (var[ch] as f64 + eps).sqrt()) as f32;
             let (g, bt, m) = (gamma[ch], beta[ch], mean[ch]);
             // Pass 1: dz (the gradient before the affine map) into dx, and its two sums.
@@ -173,7 +167,7 @@ pub fn backward(
             for b in 0..p.n {
                 let r = p.plane(b, ch);
                 // SAFETY: channel `ch`'s planes are written by this task only.
-                let out = unsafe { std::slice::from_raw_parts_mut(dxp.0.add(r.start), p.hw) };
+                let out = unsafe { std::slice::from_raw_parts_mut(dxp.at(r.start), p.hw) };
                 let (a, c) = simd::run(|| grad_plane(out, &x[r.clone()], &dy[r], m, inv, g, bt, silu));
                 s_dz += a as f64;
                 s_dzx += c as f64;
@@ -183,7 +177,7 @@ pub fn backward(
             let k = g * inv;
             for b in 0..p.n {
                 let r = p.plane(b, ch);
-                let out = unsafe { std::slice::from_raw_parts_mut(dxp.0.add(r.start), p.hw) };
+                let out = unsafe { std::slice::from_raw_parts_mut(dxp.at(r.start), p.hw) };
                 simd::run(|| input_grad_plane(out, &x[r], m, inv, k, mdz, mdzx));
             }
             (s_dzx as f32, s_dz as f32)
