@@ -253,7 +253,9 @@ unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: b
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
     let (wo, p) = (g.wo(), g.ho() * g.wo());
     let (cig, cog, k, plane) = (g.cig(), g.cog(), g.k(), g.h * g.w);
-    let mut y = vec![0.0f32; g.out_len()];
+    // Not zero-filled: the units below write every element (through raw pointers only) before
+    // `set_len`, so no reference to an unwritten element is ever made.
+    let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
     let scratch = || (Vec::new(), Vec::new());
     g.units().into_par_iter().for_each_init(scratch, |(col, out): &mut (Vec<f32>, Vec<f32>), u| {
@@ -290,10 +292,10 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
                     mm(cog, cols, k, (out.as_mut_ptr(), cols as isize, 1), false, w, Mat(col.as_ptr(), cols as isize, 1));
                     for i in 0..u.images {
                         for o in 0..cog {
-                            let dst = std::slice::from_raw_parts_mut(yp.at(y_at(u.b + i, o)), p);
-                            dst.copy_from_slice(&out[o * cols + i * p..][..p]);
+                            let dst = yp.at(y_at(u.b + i, o));
+                            std::ptr::copy_nonoverlapping(out[o * cols + i * p..][..p].as_ptr(), dst, p);
                             if bias.is_some() || silu {
-                                epilogue(dst, bias_of(o), silu);
+                                epilogue(std::slice::from_raw_parts_mut(dst, p), bias_of(o), silu);
                             }
                         }
                     }
@@ -301,6 +303,8 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
             }
         }
     });
+    // SAFETY: the units cover every (image, channel, output pixel) and have all been written.
+    unsafe { y.set_len(g.out_len()) };
     y
 }
 

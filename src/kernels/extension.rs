@@ -105,10 +105,26 @@ fn stats_rows(stats: &FlexTensor) -> (Vec<f32>, Vec<f32>) {
     (v[..c].to_vec(), v[c..].to_vec())
 }
 
-fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+/// A tensor's f32 values: borrowed when contiguous, else one contiguous copy.
+enum F32s<'a> {
+    Borrowed(&'a [f32]),
+    Copied(FlexTensor),
+}
+
+impl std::ops::Deref for F32s<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32s::Borrowed(s) => s,
+            F32s::Copied(t) => t.as_slice::<f32>().expect("a contiguous f32 copy"),
+        }
+    }
+}
+
+fn f32s(t: &FlexTensor) -> F32s<'_> {
     match t.as_slice::<f32>() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
+        Some(s) => F32s::Borrowed(s),
+        None => F32s::Copied(t.to_contiguous()),
     }
 }
 
