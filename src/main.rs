@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() {
-    yolodistill::kernels::alloc::keep_freed_buffers();
+    let _ = yolodistill::kernels::alloc::keep_freed_buffers();
     let cli = yolodistill::cli::Cli::parse();
     if let Err(e) = yolodistill::cli::run(cli) {
         eprintln!("error: {e}");
