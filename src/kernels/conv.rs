@@ -257,8 +257,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
     // `set_len`, so no reference to an unwritten element is ever made.
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
-    let scratch = || (Vec::new(), Vec::new());
-    g.units().into_par_iter().for_each_init(scratch, |(col, out): &mut (Vec<f32>, Vec<f32>), u| {
+    g.units().into_par_iter().for_each(|u| with_scratch(|Scratch { col, dyt: out, .. }| {
         let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
         for gi in 0..g.groups {
             let xg = |b: usize| &x[(b * g.ci + gi * cig) * plane..][..cig * plane];
@@ -302,7 +301,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
                 }
             }
         }
-    });
+    }));
     // SAFETY: the units cover every (image, channel, output pixel) and have all been written.
     unsafe { y.set_len(g.out_len()) };
     y
@@ -341,18 +340,17 @@ pub fn backward(
     let dw = by_image
         .into_par_iter()
         .fold(
-            || (vec![0.0f32; wlen], Scratch::default()),
-            |(mut dw, mut scratch), image_units| {
+            || vec![0.0f32; wlen],
+            |mut dw, image_units| {
                 for &u in image_units {
                     for gi in 0..g.groups {
                         // SAFETY: this worker alone writes the unit's images of dx.
-                        unsafe { backward_unit(g, (x, weight, dy), u, gi, (dxp, want_dx), (&mut dw, want_dw), &mut scratch) };
+                        with_scratch(|s| unsafe { backward_unit(g, (x, weight, dy), u, gi, (dxp, want_dx), (&mut dw, want_dw), s) });
                     }
                 }
-                (dw, scratch)
+                dw
             },
         )
-        .map(|(dw, _)| dw)
         .reduce(
             || vec![0.0f32; wlen],
             |mut a, b| {
@@ -363,12 +361,23 @@ pub fn backward(
     (dx, want_dw.then_some(dw))
 }
 
-/// A worker's reusable buffers: columns of x, their gradient, and gathered output gradients.
+/// A worker's reusable buffers: columns of x, their gradient, and gathered output gradients (or
+/// the forward's GEMM output). Kept per thread across calls, so they are allocated and zeroed once.
 #[derive(Default)]
 struct Scratch {
     col: Vec<f32>,
     dcol: Vec<f32>,
     dyt: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers. `f` must not start rayon work: a task stolen
+/// meanwhile on this thread would find the buffers borrowed.
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
 /// One unit and group of [`backward`]: dW_g += dY·colᵀ and dcol = Wᵀ·dY scattered into dx.
