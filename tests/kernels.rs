@@ -228,3 +228,31 @@ fn inference_batch_norm_and_fused_conv_bias_silu_match_burn() {
         }
     }
 }
+
+#[test]
+fn cwd_matches_burns_composed_loss_and_both_gradients() {
+    use burn::tensor::activation::log_softmax;
+    let device = burn::tensor::Device::flex().autodiff();
+    for &(shape, tau) in &[([2, 3, 5, 7], 1.0f32), ([3, 4, 6, 6], 4.0), ([1, 2, 1, 9], 0.5)] {
+        let run = |ours: bool| {
+            let s = tensor4(shape, 51, &device).mul_scalar(3.0).require_grad();
+            let t = tensor4(shape, 52, &device).mul_scalar(3.0).require_grad();
+            let loss = if ours {
+                kernels::cwd(s.clone(), t.clone(), tau).expect("flex f32 takes our kernel")
+            } else {
+                let [n, c, h, w] = shape;
+                let ls = log_softmax(s.clone().reshape([n * c, h * w]) / tau, 1);
+                let lt = log_softmax(t.clone().reshape([n * c, h * w]) / tau, 1);
+                (lt.clone().exp() * (lt - ls)).sum() * (tau * tau / (n * c) as f32)
+            };
+            let grads = (loss.clone() * 1.5).backward();
+            let v = loss.inner().into_data().try_to_vec::<f32>().unwrap();
+            (v, vec(s.grad(&grads).unwrap()), vec(t.grad(&grads).unwrap()))
+        };
+        let (a, b) = (two_threads(|| run(true)), run(false));
+        let c = case(shape[0], shape[1], shape[2], shape[3], 0, 0, 0, 0);
+        assert_close(&format!("cwd loss (tau {tau})"), c, &a.0, &b.0);
+        assert_close(&format!("cwd student gradient (tau {tau})"), c, &a.1, &b.1);
+        assert_close(&format!("cwd teacher gradient (tau {tau})"), c, &a.2, &b.2);
+    }
+}

@@ -159,6 +159,9 @@ pub fn mimic(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
 /// `τ² · Σ_{n,c} KL(p_t ‖ p_s) / (N·C)`.
 pub fn cwd_level(s: Tensor<4>, t: Tensor<4>, tau: f32) -> Tensor<1> {
     assert_same_shape(&s, &t, "cwd");
+    if let Some(loss) = crate::kernels::cwd(s.clone(), t.clone().detach(), tau) {
+        return loss;
+    }
     let [n, c, h, w] = s.dims();
     let ls = log_softmax(s.reshape([n * c, h * w]) / tau, 1);
     let lt = log_softmax(t.detach().reshape([n * c, h * w]) / tau, 1);

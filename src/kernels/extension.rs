@@ -15,6 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::conv::{self, ConvGeom};
+use super::kd;
 use super::norm::{self, Planes};
 
 /// The options of one convolution, as plain numbers (padding: top, bottom, left, right).
@@ -68,6 +69,9 @@ pub trait CpuOps: Backend {
         stats: FloatTensor<Self>,
         norm: NormSpec,
     ) -> FloatTensor<Self>;
+    /// Channel-wise distillation loss `[1]` between student and teacher maps seen as rows of `len`
+    /// positions (a softmax at temperature `tau` per row). f32 only.
+    fn cwd_loss(s: FloatTensor<Self>, t: FloatTensor<Self>, len: usize, tau: f32) -> FloatTensor<Self>;
 }
 
 /// Inference-only ops (no autodiff), f32 only.
@@ -147,6 +151,9 @@ impl CpuOps for Flex {
         let shape = x.shape();
         let y = norm::forward(&f32s(&x), planes(&shape), &f32s(&gamma), &f32s(&beta), &mean, &var, norm.eps, norm.silu);
         tensor(y, shape)
+    }
+    fn cwd_loss(s: FlexTensor, t: FlexTensor, len: usize, tau: f32) -> FlexTensor {
+        tensor(vec![kd::loss(&f32s(&s), &f32s(&t), len, tau)], Shape::new([1]))
     }
 }
 
@@ -239,7 +246,41 @@ impl Backward<Flex, 3> for NormBackward {
     }
 }
 
+#[derive(Debug)]
+struct CwdBackward;
+
+impl Backward<Flex, 2> for CwdBackward {
+    /// Student and teacher checkpoints, row length, temperature.
+    type State = (NodeId, NodeId, usize, f32);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_s, node_t] = ops.parents;
+        let g = grads.consume::<Flex>(&ops.node);
+        let (s_id, t_id, len, tau) = ops.state;
+        let s = checkpointer.retrieve_node_output::<FlexTensor>(s_id);
+        let t = checkpointer.retrieve_node_output::<FlexTensor>(t_id);
+        let (ds, dt) = kd::grads(&f32s(&s), &f32s(&t), len, tau, f32s(&g)[0], [node_s.is_some(), node_t.is_some()]);
+        if let Some(node) = node_s {
+            grads.register::<Flex>(node.id, tensor(ds, s.shape()));
+        }
+        if let Some(node) = node_t {
+            grads.register::<Flex>(node.id, tensor(dt, t.shape()));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
+    fn cwd_loss(s: FloatTensor<Self>, t: FloatTensor<Self>, len: usize, tau: f32) -> FloatTensor<Self> {
+        match CwdBackward.prepare::<C>([s.node(), t.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let (s_id, t_id) = (prep.checkpoint(&s), prep.checkpoint(&t));
+                let y = Flex::cwd_loss(s.into_primitive(), t.into_primitive(), len, tau);
+                prep.finish((s_id, t_id, len, tau), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::cwd_loss(s.into_primitive(), t.into_primitive(), len, tau)),
+        }
+    }
+
     fn batch_norm_act(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

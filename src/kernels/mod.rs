@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod conv;
 mod extension;
+pub mod kd;
 pub mod norm;
 mod simd;
 
@@ -163,6 +164,17 @@ pub fn normalise_batch(x: Tensor<4>, eps: f64) -> Tensor<4> {
     let norm = NormSpec { eps, silu: false, batch: true };
     let y = <Dispatch as CpuOps>::batch_norm_act(x.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), stats.into_dispatch(), norm);
     Tensor::from_dispatch(y)
+}
+
+/// Channel-wise distillation loss of one level with our kernel on the CPU (`None` elsewhere):
+/// per (n, c) row a softmax over the H·W positions at temperature `tau`,
+/// `τ²·Σ KL(p_t ‖ p_s) / (N·C)`.
+pub fn cwd(s: Tensor<4>, t: Tensor<4>, tau: f32) -> Option<Tensor<1>> {
+    if !on_cpu(&s) || t.dtype() != DType::F32 {
+        return None;
+    }
+    let [_, _, h, w] = s.dims();
+    Some(Tensor::from_dispatch(<Dispatch as CpuOps>::cwd_loss(s.into_dispatch(), t.into_dispatch(), h * w, tau)))
 }
 
 /// Per-channel (mean, biased variance) of `x` as `[2, C]`, a constant (no autodiff).

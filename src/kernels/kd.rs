@@ -1,0 +1,71 @@
+//! Channel-wise distillation (CWD) on `[rows, len]` f32 buffers: per row a softmax at temperature
+//! τ, loss `τ²/rows · Σ KL(p_t ‖ p_s)`, and its gradients, in one pass per row instead of burn's
+//! composed log-softmax, exp, product and sum and their backwards.
+
+use rayon::prelude::*;
+
+/// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp`.
+fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
+    let inv = 1.0 / tau;
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv));
+    let mut sum = 0.0f64;
+    for (l, &v) in lp.iter_mut().zip(x) {
+        *l = v * inv - max;
+        sum += (*l as f64).exp();
+    }
+    let lse = sum.ln() as f32;
+    for (q, l) in p.iter_mut().zip(lp.iter_mut()) {
+        *l -= lse;
+        *q = l.exp();
+    }
+}
+
+/// `τ²/rows · Σ_rows Σ_j p_t(j)·(log p_t(j) − log p_s(j))`.
+pub fn loss(s: &[f32], t: &[f32], len: usize, tau: f32) -> f32 {
+    let rows = s.len() / len.max(1);
+    let total: f64 = s
+        .par_chunks(len)
+        .zip(t.par_chunks(len))
+        .map_init(
+            || vec![0.0f32; 4 * len],
+            |buf, (sr, tr)| {
+                let (ps, rest) = buf.split_at_mut(len);
+                let (ls, rest) = rest.split_at_mut(len);
+                let (pt, lt) = rest.split_at_mut(len);
+                log_softmax_row(sr, tau, ps, ls);
+                log_softmax_row(tr, tau, pt, lt);
+                pt.iter().zip(lt.iter()).zip(ls.iter()).map(|((&p, &a), &b)| (p * (a - b)) as f64).sum::<f64>()
+            },
+        )
+        .sum();
+    (total * (tau * tau) as f64 / rows.max(1) as f64) as f32
+}
+
+/// Gradients of [`loss`] times `upstream`, for the student (`ds`) and the teacher (`dt`) maps:
+/// ds = g·τ/rows·(p_s − p_t), dt = g·τ/rows·p_t·((log p_t − log p_s) − Σ p_t·(log p_t − log p_s)).
+pub fn grads(s: &[f32], t: &[f32], len: usize, tau: f32, upstream: f32, want: [bool; 2]) -> (Vec<f32>, Vec<f32>) {
+    let rows = s.len() / len.max(1);
+    let k = upstream * tau / rows.max(1) as f32;
+    let mut ds = vec![0.0f32; if want[0] { s.len() } else { 0 }];
+    let mut dt = vec![0.0f32; if want[1] { t.len() } else { 0 }];
+    let row_grads = |(sr, tr): (&[f32], &[f32]), dsr: Option<&mut [f32]>, dtr: Option<&mut [f32]>| {
+        let (mut ps, mut ls, mut pt, mut lt) = (vec![0.0; len], vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+        log_softmax_row(sr, tau, &mut ps, &mut ls);
+        log_softmax_row(tr, tau, &mut pt, &mut lt);
+        if let Some(d) = dsr {
+            d.iter_mut().zip(ps.iter().zip(&pt)).for_each(|(o, (&a, &b))| *o = k * (a - b));
+        }
+        if let Some(d) = dtr {
+            let kl: f32 = pt.iter().zip(lt.iter().zip(&ls)).map(|(&p, (&a, &b))| p * (a - b)).sum();
+            d.iter_mut().zip(pt.iter().zip(lt.iter().zip(&ls))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
+        }
+    };
+    let pairs = s.par_chunks(len).zip(t.par_chunks(len));
+    match (want[0], want[1]) {
+        (true, true) => pairs.zip(ds.par_chunks_mut(len).zip(dt.par_chunks_mut(len))).for_each(|(st, (a, b))| row_grads(st, Some(a), Some(b))),
+        (true, false) => pairs.zip(ds.par_chunks_mut(len)).for_each(|(st, a)| row_grads(st, Some(a), None)),
+        (false, true) => pairs.zip(dt.par_chunks_mut(len)).for_each(|(st, b)| row_grads(st, None, Some(b))),
+        (false, false) => {}
+    }
+    (ds, dt)
+}
