@@ -19,22 +19,30 @@ pub struct BenchConvArgs {
     /// Built-in YAML name, YAML path, .pt or .safetensors.
     #[arg(long, default_value = "yolov8n.yaml")]
     pub model: String,
-    #[arg(long, default_value_t = 320)]
+    /// Input size, a multiple of 32 from 32.
+    #[arg(long, default_value_t = 320, value_parser = imgsz)]
     pub imgsz: usize,
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Timed repetitions per convolution and pass (the median is kept).
-    #[arg(long, default_value_t = 5)]
-    pub reps: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Timed repetitions per convolution and pass (the median is kept), at least 1.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reps: u32,
     /// One JSON object per convolution shape instead of the table.
     #[arg(long)]
     pub json: bool,
 }
 
+fn imgsz(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 32 && n % 32 == 0 => Ok(n),
+        _ => Err(format!("{v:?} is not a multiple of 32 from 32")),
+    }
+}
+
 /// Median seconds of `reps` calls of `f` after one warm-up call.
-fn median_s(reps: usize, mut f: impl FnMut()) -> f64 {
+fn median_s(reps: u32, mut f: impl FnMut()) -> f64 {
     f();
-    let mut t: Vec<f64> = (0..reps.max(1))
+    let mut t: Vec<f64> = (0..reps)
         .map(|_| {
             let s = Instant::now();
             f();
@@ -54,7 +62,7 @@ fn spec(g: &ConvGeom) -> ConvSpec {
 }
 
 /// Seconds of (forward, input gradient, weight gradient) with our kernels.
-fn time_ours(g: &ConvGeom, reps: usize) -> [f64; 3] {
+fn time_ours(g: &ConvGeom, reps: u32) -> [f64; 3] {
     let x = vec![0.5f32; g.n * g.ci * g.h * g.w];
     let w = vec![0.1f32; g.weight_len()];
     let dy = vec![0.2f32; g.out_len()];
@@ -66,7 +74,7 @@ fn time_ours(g: &ConvGeom, reps: usize) -> [f64; 3] {
 }
 
 /// Seconds of (forward, input gradient, weight gradient) with burn-flex's ops.
-fn time_burn(g: &ConvGeom, reps: usize, device: &Device) -> [f64; 3] {
+fn time_burn(g: &ConvGeom, reps: u32, device: &Device) -> [f64; 3] {
     let flex = |shape: [usize; 4]| {
         Tensor::<4>::random(shape, Distribution::Uniform(0.0, 1.0), device).try_into_primitive::<Flex>().expect("a flex tensor")
     };
@@ -82,7 +90,7 @@ fn time_burn(g: &ConvGeom, reps: usize, device: &Device) -> [f64; 3] {
 pub fn run(a: BenchConvArgs) -> Result<()> {
     let device = Device::flex();
     let m = model::load(&a.model, None, &device)?.model;
-    let x = Tensor::<4>::zeros([a.batch, 3, a.imgsz, a.imgsz], &device);
+    let x = Tensor::<4>::zeros([a.batch as usize, 3, a.imgsz, a.imgsz], &device);
     let (_, geoms) = kernels::record_convs(|| m.forward(x));
     let mut shapes: BTreeMap<String, (ConvGeom, usize)> = BTreeMap::new();
     for g in geoms {

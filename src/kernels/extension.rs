@@ -48,9 +48,13 @@ impl ConvSpec {
         }
     }
     /// Depthwise-style convolutions (one input channel per group) stay with burn-flex, whose
-    /// direct per-plane kernel suits them better than a GEMM per group.
+    /// direct per-plane kernel suits them better than a GEMM per group. `in_per_group` is the
+    /// weight's second dimension.
+    pub fn depthwise(&self, in_per_group: usize) -> bool {
+        self.groups > 1 && in_per_group == 1
+    }
     fn ours(&self, x: &FlexTensor, w: &FlexTensor) -> bool {
-        x.dtype() == DType::F32 && w.dtype() == DType::F32 && !(self.groups > 1 && w.shape()[1] == 1)
+        x.dtype() == DType::F32 && w.dtype() == DType::F32 && !self.depthwise(w.shape()[1])
     }
 }
 

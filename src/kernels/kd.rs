@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use super::SharedMut;
+
 /// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp`.
 fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
     let inv = 1.0 / tau;
@@ -43,29 +45,33 @@ pub fn loss(s: &[f32], t: &[f32], len: usize, tau: f32) -> f32 {
 
 /// Gradients of [`loss`] times `upstream`, for the student (`ds`) and the teacher (`dt`) maps:
 /// ds = g·τ/rows·(p_s − p_t), dt = g·τ/rows·p_t·((log p_t − log p_s) − Σ p_t·(log p_t − log p_s)).
+/// A map whose gradient is not wanted gets an empty vector.
 pub fn grads(s: &[f32], t: &[f32], len: usize, tau: f32, upstream: f32, want: [bool; 2]) -> (Vec<f32>, Vec<f32>) {
     let rows = s.len() / len.max(1);
     let k = upstream * tau / rows.max(1) as f32;
     let mut ds = vec![0.0f32; if want[0] { s.len() } else { 0 }];
     let mut dt = vec![0.0f32; if want[1] { t.len() } else { 0 }];
-    let row_grads = |(sr, tr): (&[f32], &[f32]), dsr: Option<&mut [f32]>, dtr: Option<&mut [f32]>| {
-        let (mut ps, mut ls, mut pt, mut lt) = (vec![0.0; len], vec![0.0; len], vec![0.0; len], vec![0.0; len]);
-        log_softmax_row(sr, tau, &mut ps, &mut ls);
-        log_softmax_row(tr, tau, &mut pt, &mut lt);
-        if let Some(d) = dsr {
-            d.iter_mut().zip(ps.iter().zip(&pt)).for_each(|(o, (&a, &b))| *o = k * (a - b));
-        }
-        if let Some(d) = dtr {
-            let kl: f32 = pt.iter().zip(lt.iter().zip(&ls)).map(|(&p, (&a, &b))| p * (a - b)).sum();
-            d.iter_mut().zip(pt.iter().zip(lt.iter().zip(&ls))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
-        }
-    };
-    let pairs = s.par_chunks(len).zip(t.par_chunks(len));
-    match (want[0], want[1]) {
-        (true, true) => pairs.zip(ds.par_chunks_mut(len).zip(dt.par_chunks_mut(len))).for_each(|(st, (a, b))| row_grads(st, Some(a), Some(b))),
-        (true, false) => pairs.zip(ds.par_chunks_mut(len)).for_each(|(st, a)| row_grads(st, Some(a), None)),
-        (false, true) => pairs.zip(dt.par_chunks_mut(len)).for_each(|(st, b)| row_grads(st, None, Some(b))),
-        (false, false) => {}
-    }
+    let (dsp, dtp) = (SharedMut(ds.as_mut_ptr()), SharedMut(dt.as_mut_ptr()));
+    (0..rows).into_par_iter().for_each_init(
+        || vec![0.0f32; 4 * len],
+        |buf, r| {
+            let (ps, rest) = buf.split_at_mut(len);
+            let (ls, rest) = rest.split_at_mut(len);
+            let (pt, lt) = rest.split_at_mut(len);
+            log_softmax_row(&s[r * len..][..len], tau, ps, ls);
+            log_softmax_row(&t[r * len..][..len], tau, pt, lt);
+            // SAFETY: row r of ds and dt is written by this task only; the vectors hold rows·len
+            // elements when wanted.
+            if want[0] {
+                let d = unsafe { std::slice::from_raw_parts_mut(dsp.at(r * len), len) };
+                d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
+            }
+            if want[1] {
+                let kl: f32 = pt.iter().zip(lt.iter().zip(ls.iter())).map(|(&p, (&a, &b))| p * (a - b)).sum();
+                let d = unsafe { std::slice::from_raw_parts_mut(dtp.at(r * len), len) };
+                d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
+            }
+        },
+    );
     (ds, dt)
 }

@@ -38,10 +38,18 @@ impl SharedMut {
     }
 }
 
-/// Whether our kernels are on (the default) or `YOLODISTILL_KERNELS=burn` turned them off.
+/// Whether our kernels are on (the default, `YOLODISTILL_KERNELS` unset or `ours`) or
+/// `YOLODISTILL_KERNELS=burn` turned them off. Another value is named in a warning, once.
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("YOLODISTILL_KERNELS").map_or(true, |v| v != "burn"))
+    *ON.get_or_init(|| match std::env::var("YOLODISTILL_KERNELS").as_deref() {
+        Err(_) | Ok("") | Ok("ours") => true,
+        Ok("burn") => false,
+        Ok(other) => {
+            eprintln!("warning: YOLODISTILL_KERNELS={other:?} is not `ours` or `burn`; using our kernels");
+            true
+        }
+    })
 }
 
 fn on_cpu(x: &Tensor<4>) -> bool {
@@ -108,8 +116,7 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
     };
     let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups };
     let weight = layer.weight.val();
-    let depthwise = spec.groups > 1 && weight.dims()[1] == 1;
-    if on_cpu(&x) && !x.device().is_autodiff() && !depthwise {
+    if on_cpu(&x) && !x.device().is_autodiff() && !spec.depthwise(weight.dims()[1]) {
         record(&x, &weight, spec);
         let bias = match &layer.bias {
             Some(b) => b.val(),
