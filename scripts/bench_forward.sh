@@ -9,6 +9,7 @@ MODEL=${1:-yolov8n.yaml}
 IMGSZ=${2:-640}
 RUNS=${3:-20}
 cargo build --quiet
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
 echo "yolodistill: $ours"
 PY=$(../shared/tools/ref-env.sh | tail -n 1)

@@ -11,6 +11,7 @@ BATCH=${3:-16}
 ITERS=${4:-10}
 DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
 cargo build --quiet
+echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 ours=$(target/debug/yolodistill bench-train --model "$MODEL" --data "$DATA" --imgsz "$IMGSZ" --batch "$BATCH" \
     --iters "$ITERS" --data-batches 12 --json 2>/dev/null | tail -n 1)
 echo "yolodistill: $ours"
