@@ -313,3 +313,64 @@ fn kd_kl_is_zero_for_equal_logits() {
     let v: f32 = kd_kl(t.clone(), t, 3.0).into_scalar();
     assert!(v.abs() < 1e-6);
 }
+
+/// The dense response computed plainly on the host: Σ binary KL over anchors and classes,
+/// and Σ_a conf_a · mean_sides KL(bins), both over max(Σ conf, 1), times T².
+fn dense_on_host(s_box: &[f32], s_cls: &[f32], t_box: &[f32], t_cls: &[f32], [n, nc, a, r]: [usize; 4], tt: f32) -> (f32, f32) {
+    let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    let conf: Vec<f32> = (0..n * a).map(|i| (0..nc).map(|c| sig(t_cls[(i / a * nc + c) * a + i % a])).fold(0.0, f32::max)).collect();
+    let norm = conf.iter().sum::<f32>().max(1.0);
+    let mut cls = 0.0;
+    for (s, t) in s_cls.iter().zip(t_cls) {
+        let (p, q) = (sig(t / tt), sig(s / tt));
+        cls += p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln();
+    }
+    let mut boxes = 0.0;
+    for b in 0..n {
+        for i in 0..a {
+            let mut side_sum = 0.0;
+            for side in 0..4 {
+                let bins = |m: &[f32]| -> Vec<f32> {
+                    let z: Vec<f32> = (0..r).map(|k| m[(b * 4 * r + side * r + k) * a + i] / tt).collect();
+                    let mx = z.iter().cloned().fold(f32::MIN, f32::max);
+                    let e: Vec<f32> = z.iter().map(|v| (v - mx).exp()).collect();
+                    let sum: f32 = e.iter().sum();
+                    e.iter().map(|v| v / sum).collect()
+                };
+                let (ps, pt) = (bins(s_box), bins(t_box));
+                side_sum += pt.iter().zip(&ps).map(|(p, q)| p * (p / q).ln()).sum::<f32>();
+            }
+            boxes += conf[b * a + i] * side_sum / 4.0;
+        }
+    }
+    (cls * tt * tt / norm, boxes * tt * tt / norm)
+}
+
+#[test]
+fn dense_response_matches_its_formula_and_vanishes_at_the_teacher() {
+    let dev = Device::flex().autodiff();
+    let [n, nc, a, r] = [2, 3, 5, 4];
+    let rand = |dims: [usize; 3], scale: f32| Tensor::<3>::random(dims, Distribution::Normal(0.0, scale as f64), &dev);
+    let (s_box, t_box) = (rand([n, 4 * r, a], 1.5).require_grad(), rand([n, 4 * r, a], 1.5));
+    // teacher scores: some anchors confident, most not
+    let (s_cls, t_cls) = (rand([n, nc, a], 2.0).require_grad(), rand([n, nc, a], 3.0) - 2.0);
+    let host = |t: &Tensor<3>| t.clone().inner().try_into_vec_as::<f32>().unwrap();
+    for tt in [1.0, 2.0] {
+        let (cls, boxes) = dense_response(s_box.clone(), s_cls.clone(), t_box.clone(), t_cls.clone(), r, tt);
+        let (hc, hb) = dense_on_host(&host(&s_box), &host(&s_cls), &host(&t_box), &host(&t_cls), [n, nc, a, r], tt);
+        let (c, b) = (cls.into_scalar::<f32>(), boxes.into_scalar::<f32>());
+        assert!((c - hc).abs() <= 1e-4 * hc.abs().max(1e-3), "T={tt}: class term {c} vs {hc}");
+        assert!((b - hb).abs() <= 1e-4 * hb.abs().max(1e-3), "T={tt}: box term {b} vs {hb}");
+        assert!(c > 0.0 && b > 0.0);
+    }
+    // student = teacher: both terms and the student's gradient vanish
+    let (s2_box, s2_cls) = (t_box.clone().inner().autodiff().require_grad(), t_cls.clone().inner().autodiff().require_grad());
+    let (cls, boxes) = dense_response(s2_box.clone(), s2_cls.clone(), t_box.clone(), t_cls.clone(), r, 1.0);
+    let total = cls + boxes;
+    assert!(total.clone().into_scalar::<f32>().abs() < 1e-5);
+    let g = total.backward();
+    assert!(grad_abs_sum(&s2_box, &g) < 1e-4 && grad_abs_sum(&s2_cls, &g) < 1e-4);
+    // reg_max 1 heads: the class term only
+    let (_, b1) = dense_response(rand([n, 4, a], 1.0), s_cls.clone(), rand([n, 4, a], 1.0), t_cls.clone(), 1, 1.0);
+    assert_eq!(b1.into_scalar::<f32>(), 0.0);
+}

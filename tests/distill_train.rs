@@ -39,6 +39,7 @@ fn toy_batch(b: usize, s: usize) -> Batch {
         paths: Vec::new(),
         ori_sizes: Vec::new(),
         placements: Vec::new(),
+        labeled: b,
     }
 }
 

@@ -14,6 +14,10 @@ pub struct CompareArgs {
     /// Seeds; each trains one plain and one distilled student.
     #[arg(long, default_value = "0,1,2")]
     pub seeds: String,
+    /// Train each seed's plain and distilled student at the same time (faster on small models,
+    /// where one run does not keep every core busy).
+    #[arg(long = "side-by-side")]
+    pub side_by_side: bool,
     /// Training and distillation options as for `train` (`--teacher` is required).
     #[command(flatten)]
     pub train: TrainArgs,
@@ -58,61 +62,108 @@ fn best_of(run: &Path, epochs: usize) -> Option<(f64, f64)> {
     Some((m50[i], m[i]))
 }
 
-pub fn run(a: CompareArgs) -> Result<()> {
-    if a.train.distill.teacher.is_none() {
+/// Paired results of one seed: (mAP50, mAP50-95) of the plain and of the distilled student.
+pub struct PairResult {
+    pub seed: u64,
+    pub plain: (f64, f64),
+    pub distilled: (f64, f64),
+}
+
+/// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
+/// arm) no teacher.
+fn arm(base: &TrainArgs, project: &Path, seed: u64, distilled: bool) -> TrainArgs {
+    let mut t = base.clone();
+    t.seed = seed;
+    t.project = project.to_path_buf();
+    t.name = format!("{}-s{seed}", if distilled { "distilled" } else { "plain" });
+    t.exist_ok = true;
+    t.resume = None;
+    if !distilled {
+        t.distill.teacher = None;
+    }
+    t
+}
+
+/// Trains one arm, or reuses its finished run (so an interrupted comparison picks up where it
+/// stopped); returns its best (mAP50, mAP50-95).
+fn finished_or_train(t: TrainArgs) -> Result<(f64, f64)> {
+    let dir = t.project.join(&t.name);
+    if let Some(b) = best_of(&dir, t.epochs) {
+        eprintln!("compare: reusing the finished run {}", dir.display());
+        return Ok(b);
+    }
+    eprintln!("\ncompare: seed {}, {} student", t.seed, if t.distill.teacher.is_some() { "distilled" } else { "plain" });
+    train(t, None)?;
+    best_of(&dir, 1).context("the run left no results")
+}
+
+/// Trains (or reuses) a plain and a distilled student per seed under `project` and writes
+/// `compare.md` and `compare.csv` there. `side_by_side` trains a seed's two students at once.
+pub fn compare_seeds(base: &TrainArgs, seeds: &[u64], project: &Path, side_by_side: bool) -> Result<(Vec<PairResult>, String)> {
+    if base.distill.teacher.is_none() {
         bail!("compare needs --teacher (and the distillation options to test)");
     }
-    let seeds: Vec<u64> =
-        a.seeds.split(',').map(|s| s.trim().parse::<u64>().with_context(|| format!("bad seed '{s}' in --seeds"))).collect::<Result<_>>()?;
-    let project = a.train.project.join(&a.train.name);
     let mut rows = Vec::new();
-    for &seed in &seeds {
-        let mut pair = Vec::new();
-        for distilled in [false, true] {
-            let mut t = a.train.clone();
-            t.seed = seed;
-            t.project = project.clone();
-            t.name = format!("{}-s{seed}", if distilled { "distilled" } else { "plain" });
-            t.exist_ok = true;
-            t.resume = None;
-            if !distilled {
-                t.distill.teacher = None;
-            }
-            let dir = project.join(&t.name);
-            // Finished runs are reused, so an interrupted comparison picks up where it stopped.
-            let best = match best_of(&dir, t.epochs) {
-                Some(b) => {
-                    eprintln!("compare: reusing the finished run {}", dir.display());
-                    b
-                }
-                None => {
-                    eprintln!("\ncompare: seed {seed}, {} student", if distilled { "distilled" } else { "plain" });
-                    train(t.clone(), None)?;
-                    best_of(&dir, 1).context("the run left no results")?
-                }
-            };
-            pair.push(best);
-        }
-        rows.push((seed, pair[0], pair[1]));
+    for &seed in seeds {
+        let (p, d) = (arm(base, project, seed, false), arm(base, project, seed, true));
+        let (plain, distilled) = if side_by_side {
+            std::thread::scope(|s| {
+                let p = s.spawn(|| finished_or_train(p));
+                let d = s.spawn(|| finished_or_train(d));
+                let join = |h: std::thread::ScopedJoinHandle<'_, Result<(f64, f64)>>| {
+                    h.join().map_err(|_| anyhow::anyhow!("a training of seed {seed} panicked"))?
+                };
+                (join(p), join(d))
+            })
+        } else {
+            (finished_or_train(p), finished_or_train(d))
+        };
+        rows.push(PairResult { seed, plain: plain?, distilled: distilled? });
     }
-    let mut out = String::from("| seed | plain mAP50 | plain mAP50-95 | distilled mAP50 | distilled mAP50-95 | gain mAP50-95 |\n|---:|---:|---:|---:|---:|---:|\n");
+    let table = report(&rows);
     let mut csv = String::from("seed,plain_map50,plain_map50_95,distilled_map50,distilled_map50_95\n");
-    for (seed, p, d) in &rows {
-        out.push_str(&format!("| {seed} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.4} |\n", p.0, p.1, d.0, d.1, d.1 - p.1));
-        csv.push_str(&format!("{seed},{},{},{},{}\n", p.0, p.1, d.0, d.1));
+    for r in &rows {
+        csv.push_str(&format!("{},{},{},{},{}\n", r.seed, r.plain.0, r.plain.1, r.distilled.0, r.distilled.1));
     }
-    let gains: Vec<f64> = rows.iter().map(|(_, p, d)| d.1 - p.1).collect();
-    let gains50: Vec<f64> = rows.iter().map(|(_, p, d)| d.0 - p.0).collect();
+    std::fs::write(project.join("compare.csv"), csv)?;
+    std::fs::write(project.join("compare.md"), &table)?;
+    Ok((rows, table))
+}
+
+/// The per-seed table and the mean gains with their 95% confidence intervals.
+fn report(rows: &[PairResult]) -> String {
+    let mut out = String::from("| seed | plain mAP50 | plain mAP50-95 | distilled mAP50 | distilled mAP50-95 | gain mAP50-95 |\n|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let (p, d) = (r.plain, r.distilled);
+        out.push_str(&format!("| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:+.4} |\n", r.seed, p.0, p.1, d.0, d.1, d.1 - p.1));
+    }
+    let gains: Vec<f64> = rows.iter().map(|r| r.distilled.1 - r.plain.1).collect();
+    let gains50: Vec<f64> = rows.iter().map(|r| r.distilled.0 - r.plain.0).collect();
     let (g, ci) = mean_ci95(&gains);
     let (g50, ci50) = mean_ci95(&gains50);
     out.push_str(&format!(
         "\nmean gain over {} seeds (distilled − plain, paired by seed, 95% CI):\n  mAP50-95 {g:+.4} ± {ci:.4}\n  mAP50    {g50:+.4} ± {ci50:.4}\n",
         rows.len()
     ));
-    std::fs::write(project.join("compare.csv"), csv)?;
-    std::fs::write(project.join("compare.md"), &out)?;
-    println!("\n{out}");
+    out
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let seeds = parse_seeds(&a.seeds)?;
+    let project = a.train.project.join(&a.train.name);
+    std::fs::create_dir_all(&project).with_context(|| format!("cannot create {}", project.display()))?;
+    let (_, table) = compare_seeds(&a.train, &seeds, &project, a.side_by_side)?;
+    println!("\n{table}");
     Ok(())
+}
+
+/// `0,1,2` → [0, 1, 2]; errors name the option.
+pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
+    let seeds: Vec<u64> = s.split(',').map(|x| x.trim().parse::<u64>().with_context(|| format!("bad seed '{x}' in --seeds"))).collect::<Result<_>>()?;
+    if seeds.is_empty() {
+        bail!("--seeds needs at least one seed");
+    }
+    Ok(seeds)
 }
 
 #[cfg(test)]

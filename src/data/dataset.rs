@@ -13,7 +13,15 @@ use image::{ImageDecoder, ImageFormat, ImageReader};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::loader::derive_seed;
 use crate::infer::predict::{load_rgb, IMAGE_EXTS};
+
+/// Seed stream of `--label-fraction`'s choice (apart from the data order's).
+const LABEL_SPLIT_KEY: u64 = 0x1abe1;
 
 /// A parsed `data.yaml`: absolute image sources per split and the class names.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +35,8 @@ pub struct DataConfig {
     pub val: Vec<PathBuf>,
     /// Empty when the YAML has no `test` entry.
     pub test: Vec<PathBuf>,
+    /// Images without labels for distillation (`unlabeled:`, our extension); may be empty.
+    pub unlabeled: Vec<PathBuf>,
     pub names: Vec<String>,
     pub nc: usize,
 }
@@ -87,6 +97,7 @@ impl DataConfig {
         };
         let val = sources(val_key, val_v)?;
         let test = sources("test", get("test"))?;
+        let unlabeled = sources("unlabeled", get("unlabeled"))?;
         if train.is_empty() {
             bail!("{}: missing required key 'train'", path.display());
         }
@@ -94,7 +105,7 @@ impl DataConfig {
             bail!("{}: missing required key 'val'", path.display());
         }
         let names = parse_names(&doc, get("names"), get("nc"))?;
-        Ok(DataConfig { yaml: path.to_path_buf(), root, train, val, test, nc: names.len(), names })
+        Ok(DataConfig { yaml: path.to_path_buf(), root, train, val, test, unlabeled, nc: names.len(), names })
     }
 }
 
@@ -248,7 +259,7 @@ impl Dataset {
                 return Ok(ds);
             }
         }
-        let (items, warnings, stats) = scan_items(&images, nc);
+        let (items, warnings, stats) = scan_items(&images, Some(nc));
         for w in &warnings {
             eprintln!("warning: {w}");
         }
@@ -259,6 +270,40 @@ impl Dataset {
         let mut ds = Dataset { items, nc, warnings, stats, cache_path: None };
         ds.cache_path = write_cache(&ds, &hash, &locations);
         Ok(ds)
+    }
+
+    /// Unlabeled images under `sources` (folders, `.txt` lists or image files): every image is
+    /// checked as for training and bad ones are skipped with a warning; no label file is read,
+    /// even where one exists.
+    pub fn scan_unlabeled(sources: &[PathBuf]) -> Result<Dataset> {
+        let images = list_images(sources)?;
+        let (items, warnings, stats) = scan_items(&images, None);
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if items.is_empty() {
+            bail!("no usable unlabeled images in {} ({} listed, {} skipped)", show_sources(sources), images.len(), stats.corrupt);
+        }
+        Ok(Dataset { items, nc: 0, warnings, stats, cache_path: None })
+    }
+
+    /// Keeps a seeded random `fraction` of the images (at least one) with their labels, in their
+    /// listed order, and returns the others without labels: `--label-fraction`'s split.
+    pub fn split_labels(&mut self, fraction: f64, seed: u64) -> Vec<Item> {
+        let n = self.items.len();
+        let keep = ((n as f64 * fraction).round() as usize).clamp(1, n.max(1));
+        if keep >= n {
+            return Vec::new();
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(derive_seed(&[seed, LABEL_SPLIT_KEY])));
+        let mut kept = vec![false; n];
+        for &i in &order[..keep] {
+            kept[i] = true;
+        }
+        let (labeled, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.items).into_iter().zip(kept).partition(|(_, k)| *k);
+        self.items = labeled.into_iter().map(|(it, _)| it).collect();
+        rest.into_iter().map(|(it, _)| Item { labels: Vec::new(), ..it }).collect()
     }
 
     /// A dataset from items already in memory (tests, synthetic data).
@@ -376,7 +421,8 @@ enum LabelState {
 }
 
 /// Checks every image on a few threads; the result keeps the sorted order.
-fn scan_items(images: &[PathBuf], nc: usize) -> (Vec<Item>, Vec<String>, ScanStats) {
+/// `nc = None`: unlabeled images (no label file is read).
+fn scan_items(images: &[PathBuf], nc: Option<usize>) -> (Vec<Item>, Vec<String>, ScanStats) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let chunk = images.len().div_ceil(threads).max(1);
     let checked: Vec<Checked> = std::thread::scope(|s| {
@@ -404,7 +450,7 @@ fn scan_items(images: &[PathBuf], nc: usize) -> (Vec<Item>, Vec<String>, ScanSta
             }
         }
     }
-    if stats.found == 0 && !items.is_empty() {
+    if stats.found == 0 && !items.is_empty() && nc.is_some() {
         warnings.push(format!(
             "no label files found next to {} (labels go in a 'labels' folder beside 'images')",
             images[0].display()
@@ -414,16 +460,19 @@ fn scan_items(images: &[PathBuf], nc: usize) -> (Vec<Item>, Vec<String>, ScanSta
 }
 
 /// A decoder that panics on a malformed file costs that file, not the scan.
-fn check_guarded(image: &Path, nc: usize) -> Checked {
+fn check_guarded(image: &Path, nc: Option<usize>) -> Checked {
     std::panic::catch_unwind(|| check_pair(image, nc)).unwrap_or_else(|_| {
         Checked::Bad(format!("{}: the image decoder crashed on this file; skipped", image.display()))
     })
 }
 
-fn check_pair(image: &Path, nc: usize) -> Checked {
+fn check_pair(image: &Path, nc: Option<usize>) -> Checked {
     let (size, mut warning) = match check_image(image) {
         Ok(x) => x,
         Err(e) => return Checked::Bad(format!("{}: skipping corrupt image: {e:#}", image.display())),
+    };
+    let Some(nc) = nc else {
+        return Checked::Ok { item: Item { image: image.to_path_buf(), size, labels: Vec::new() }, label: LabelState::Missing, warning };
     };
     let lpath = label_path(image);
     let (labels, state) = match fs::read(&lpath) {

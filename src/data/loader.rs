@@ -33,6 +33,21 @@ pub struct Batch {
     pub ori_sizes: Vec<(u32, u32)>,
     /// Val only (empty for train): maps input pixels back to the original image.
     pub placements: Vec<Placement>,
+    /// The first `labeled` images carry labels; the rest are unlabeled images (see
+    /// [`Batch::append_unlabeled`]), which contribute distillation terms only.
+    pub labeled: usize,
+}
+
+impl Batch {
+    /// Adds `u`'s images after this batch's as unlabeled images (their labels, if any, are
+    /// dropped). Both must have the same image size.
+    pub fn append_unlabeled(&mut self, u: Batch) {
+        assert_eq!(self.shape[1..], u.shape[1..], "unlabeled images must have the training image size");
+        self.images.extend(u.images);
+        self.shape[0] += u.shape[0];
+        self.paths.extend(u.paths);
+        self.ori_sizes.extend(u.ori_sizes);
+    }
 }
 
 /// One image ready for collation.
@@ -55,6 +70,7 @@ fn collate(parts: Vec<Part>) -> Batch {
         paths: Vec::with_capacity(parts.len()),
         ori_sizes: Vec::with_capacity(parts.len()),
         placements: Vec::new(),
+        labeled: parts.len(),
     };
     for (i, p) in parts.into_iter().enumerate() {
         debug_assert_eq!(p.sample.img.dimensions(), (w, h));
@@ -195,8 +211,35 @@ impl TrainLoader {
     /// augmentation seeded from (seed, epoch, position), so the result is the same for
     /// any number of workers. `mosaic_on = false` for the close_mosaic epochs.
     pub fn epoch(&self, epoch: usize, mosaic_on: bool) -> BatchIter {
+        let order = self.shuffled(epoch, 0);
+        self.batches_of(order, self.len(), epoch, mosaic_on)
+    }
+
+    /// Exactly `n` full batches for `epoch`, drawn in a fresh seeded order that starts over
+    /// (reshuffled) when the images run out: the unlabeled images that go with an epoch's
+    /// labeled batches. Depends only on (seed, epoch), so a resumed run draws the same ones.
+    pub fn epoch_batches(&self, epoch: usize, mosaic_on: bool, n: usize) -> BatchIter {
+        let mut order = Vec::with_capacity(n * self.batch);
+        for pass in 0.. {
+            if order.len() >= n * self.batch {
+                break;
+            }
+            order.extend(self.shuffled(epoch, pass));
+        }
+        order.truncate(n * self.batch);
+        self.batches_of(order, n, epoch, mosaic_on)
+    }
+
+    /// The dataset's indices in the order of (seed, epoch, pass).
+    fn shuffled(&self, epoch: usize, pass: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(derive_seed(&[self.seed, epoch as u64, 0])));
+        // pass 0 keeps the seed of the plain epoch order
+        let key = if pass == 0 { derive_seed(&[self.seed, epoch as u64, 0]) } else { derive_seed(&[self.seed, epoch as u64, 2, pass]) };
+        order.shuffle(&mut StdRng::seed_from_u64(key));
+        order
+    }
+
+    fn batches_of(&self, order: Vec<usize>, n: usize, epoch: usize, mosaic_on: bool) -> BatchIter {
         let source = TrainSource { dataset: self.dataset.clone(), imgsz: self.imgsz, cache: self.cache.clone() };
         let (batch, aug, seed) = (self.batch, self.aug, self.seed);
         let make = move |j: usize| {
@@ -211,7 +254,7 @@ impl TrainLoader {
                 .collect();
             collate(parts)
         };
-        BatchIter::start(self.len(), self.workers, Arc::new(make))
+        BatchIter::start(n, self.workers, Arc::new(make))
     }
 }
 
@@ -542,6 +585,27 @@ mod tests {
             })
             .collect();
         (d, Arc::new(Dataset::from_items(items, 2)))
+    }
+
+    #[test]
+    fn unlabeled_epochs_have_the_asked_number_of_full_batches() {
+        let (_d, ds) = synthetic("unl-epoch", 5);
+        let loader = TrainLoader::new(ds, 64, 3, AugConfig::default(), 2, 9).unwrap();
+        // 4 batches of 3 from 5 images: the order starts over (reshuffled) twice
+        let paths = |e: usize| -> Vec<Vec<PathBuf>> { loader.epoch_batches(e, true, 4).map(|b| b.paths).collect() };
+        let first = paths(0);
+        assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 3]);
+        let all: Vec<&PathBuf> = first.iter().flatten().collect();
+        let distinct: std::collections::HashSet<_> = all[..5].iter().collect();
+        assert_eq!(distinct.len(), 5, "each image once before any repeats");
+        assert_eq!(paths(0), first, "a function of (seed, epoch)");
+        assert_ne!(paths(1), first, "another epoch, another order");
+        // appended as unlabeled images: labels stay those of the first batch
+        let mut b = loader.epoch(0, true).next().unwrap();
+        let (labeled, boxes) = (b.shape[0], b.cls.len());
+        b.append_unlabeled(loader.epoch_batches(0, true, 1).next().unwrap());
+        assert_eq!((b.labeled, b.shape[0], b.cls.len(), b.paths.len()), (labeled, labeled + 3, boxes, labeled + 3));
+        check_batch(&b);
     }
 
     fn check_batch(b: &Batch) {

@@ -28,7 +28,9 @@ pub struct DistillArgs {
     #[arg(long = "teacher-layers")]
     pub teacher_layers: Option<String>,
     /// Response method: none, mse (raw head maps), kl (class logits, binary form),
-    /// mixed (soft teacher + hard assigned labels on foreground anchors), ld (DFL sides).
+    /// mixed (soft teacher + hard assigned labels on foreground anchors), ld (DFL sides),
+    /// dense (teacher class probabilities on every anchor and its DFL sides weighted by its
+    /// confidence, on the detection loss's scale: made for unlabeled images).
     #[arg(long, default_value = "none")]
     pub logit: String,
     #[arg(long = "logit-weight", default_value_t = 1.0)]
@@ -58,6 +60,11 @@ pub struct DistillArgs {
     #[arg(long = "distill-calibrate")]
     #[serde(default)]
     pub distill_calibrate: Option<f32>,
+    /// Pseudo-labels: the teacher's detections (NMS at IoU 0.7) with at least this confidence
+    /// become detection targets of the unlabeled images. Off by default.
+    #[arg(long = "pseudo-conf")]
+    #[serde(default)]
+    pub pseudo_conf: Option<f32>,
     /// Multipliers found by the calibration, by term; saved so a resumed run keeps them.
     #[arg(skip)]
     #[serde(default)]
@@ -88,6 +95,7 @@ impl Default for DistillArgs {
             distill_schedule: "constant".into(),
             distill_stop_epoch: None,
             distill_calibrate: None,
+            pseudo_conf: None,
             calibrated: Vec::new(),
         }
     }

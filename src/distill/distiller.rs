@@ -9,14 +9,16 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use super::args::DistillArgs;
 use super::losses::{
     attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, kd_mixed, linear_weight, localisation_kl, logit_mse, mgd,
-    mimic, random_keep_mask, score_weighted_l2, seed_normalise, Adapter, MgdGenerator, Projector,
+    mimic, random_keep_mask, score_weighted_l2, seed_normalise, dense_response, Adapter, MgdGenerator, Projector,
 };
-use crate::loss::{model_loss, LossConfig};
+use crate::infer::nms::{nms, NmsConfig};
+use crate::loss::{model_loss, LossConfig, Targets};
 use crate::model::layers::head::HeadMaps;
 use crate::model::walk::{child, Visit, Walk};
+use crate::model::graph::Forward;
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
-use crate::train::{HookInput, HookLoss, StepHook};
+use crate::train::{HookInput, HookLoss, StepHook, StepPos};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feature {
@@ -66,6 +68,7 @@ pub enum Response {
     Kl,
     Mixed,
     Ld,
+    Dense,
 }
 
 /// Parses `cwd:1.0,at:0.5` into methods with weights.
@@ -170,6 +173,8 @@ pub struct Distiller {
     scales: Option<Vec<(String, f32)>>,
     /// Schedule weight of the last step (calibration divides it out).
     last_weight: f32,
+    /// The teacher's forward of the current batch when pseudo-labelling ran it first.
+    pass: Option<Forward>,
 }
 
 /// A teacher tensor as a constant for the distillation terms: offline teachers
@@ -204,7 +209,8 @@ impl Distiller {
             "kl" => Response::Kl,
             "ld" => Response::Ld,
             "mixed" => Response::Mixed,
-            o => bail!("unknown --logit '{o}' (none, mse, kl, mixed, ld)"),
+            "dense" => Response::Dense,
+            o => bail!("unknown --logit '{o}' (none, mse, kl, mixed, ld, dense)"),
         };
         if response == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
             bail!("--logit ld needs DFL heads with the same reg_max on both sides");
@@ -222,6 +228,11 @@ impl Distiller {
         // Default: distil while mosaic is on (the whole run when mosaic never opens).
         let mosaic_epochs = if epochs > close_mosaic { epochs - close_mosaic } else { epochs };
         let stop_epoch = args.distill_stop_epoch.unwrap_or(mosaic_epochs).min(epochs);
+        if let Some(c) = args.pseudo_conf {
+            if !(c > 0.0 && c < 1.0) {
+                bail!("--pseudo-conf must be a confidence in (0, 1), got {c}");
+            }
+        }
         if let Some(f) = args.distill_calibrate {
             if !(f.is_finite() && f > 0.0) {
                 bail!("--distill-calibrate must be a positive fraction, got {f}");
@@ -243,6 +254,7 @@ impl Distiller {
             logged: Vec::new(),
             scales: Some(args.calibrated.clone()).filter(|s| !s.is_empty()),
             last_weight: 1.0,
+            pass: None,
         })
     }
 
@@ -289,6 +301,41 @@ impl Distiller {
             crate::model::flops::gflops(&self.teacher, imgsz)
         ));
         s
+    }
+
+    /// The teacher's forward of `images` (offline: eval mode, no gradient; online: train mode).
+    fn teacher_forward(&self, images: &Tensor<4>) -> Forward {
+        let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
+        if self.args.online {
+            let e2e = self.teacher.head().has_one2one();
+            self.teacher.forward_taps(images.clone(), &t_layers, e2e)
+        } else {
+            self.teacher.forward_taps(images.clone().inner(), &t_layers, false)
+        }
+    }
+
+    /// The teacher's detections on images `from..` of its forward `pass` with at least
+    /// confidence `conf` (NMS at IoU 0.7, best class), as normalised targets of those images.
+    fn detections_as_targets(&self, pass: &Forward, from: usize, size: (usize, usize), conf: f32) -> Targets {
+        let head = self.teacher.head();
+        let decoded = head.decode(&pass.head).detach();
+        let [b, rows, a] = decoded.dims();
+        let host = decoded.narrow(0, from, b - from).try_into_vec_as::<f32>().expect("f32 tensor");
+        let cfg = NmsConfig { conf, multi_label: false, ..NmsConfig::predict() };
+        let (h, w) = (size.0 as f32, size.1 as f32);
+        let mut t = Targets::default();
+        for (j, img) in host.chunks(rows * a).enumerate() {
+            for d in nms(img, head.nc, &cfg) {
+                let [x1, y1, x2, y2] = d.xyxy.map(|v| v.max(0.0));
+                let (x2, y2) = (x2.min(w), y2.min(h));
+                if x2 > x1 && y2 > y1 {
+                    t.batch_idx.push(from + j);
+                    t.cls.push(d.cls);
+                    t.bboxes.push([(x1 + x2) / 2.0 / w, (y1 + y2) / 2.0 / h, (x2 - x1) / w, (y2 - y1) / h]);
+                }
+            }
+        }
+        t
     }
 
     fn weight(&self, ctx: &HookInput<'_>) -> f32 {
@@ -340,25 +387,22 @@ impl StepHook for Distiller {
         let w = self.weight(ctx);
         self.last_weight = w;
         let online = self.args.online;
-        let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
-        let t_fwd = if online {
-            // Online: train mode (batch statistics), gradients flow into the teacher.
-            let e2e = self.teacher.head().has_one2one();
-            self.teacher.forward_taps(ctx.images.clone(), &t_layers, e2e)
-        } else {
-            // Offline: eval mode, plain tensors (no gradient), one forward per batch.
-            self.teacher.forward_taps(ctx.images.clone().inner(), &t_layers, false)
+        let t_fwd = match self.pass.take() {
+            Some(p) => p,
+            None => self.teacher_forward(ctx.images),
         };
-        if online {
+        if online && ctx.labeled > 0 {
             let cfg = self.teacher_loss.get_or_insert_with(|| {
                 let h = self.teacher.head();
                 let mut c = LossConfig::new(h.nc, h.reg_max, h.strides.clone());
                 c.gains = ctx.loss_cfg.gains;
                 c
             });
-            let (tl, _) = model_loss(cfg, &t_fwd.head, ctx.targets, ctx.epoch, ctx.epochs);
-            let b = ctx.images.dims()[0] as f32;
-            out.terms.push(("t_det".into(), tl.total / b));
+            // The online teacher learns from the labels only: its loss covers the labeled images.
+            let b = ctx.images.dims()[0];
+            let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
+            let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.epoch, ctx.epochs);
+            out.terms.push(("t_det".into(), tl.total / b as f32));
             for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
                 out.logs.push((n.to_string(), v as f64));
             }
@@ -458,6 +502,7 @@ impl StepHook for Distiller {
                     Some(("l_mixed", kd_mixed(s, t, &asg.fg_class, self.args.soft_alpha, self.args.temperature)))
                 }
             }
+            Response::Dense => None, // below
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
                 let [n, _, a] = t_scores.dims();
@@ -467,6 +512,19 @@ impl StepHook for Distiller {
                     localisation_kl(s_head.boxes.clone(), t_head.boxes.clone(), self.teacher.head().reg_max, self.args.temperature, wts),
                 ))
             }
+        };
+        let resp = match self.response {
+            Response::Dense => {
+                let r = self.teacher.head().reg_max;
+                let (cls, boxes) =
+                    dense_response(s_head.boxes.clone(), s_head.scores.clone(), t_head.boxes.clone(), t_head.scores.clone(), r, self.args.temperature);
+                let g = ctx.loss_cfg.gains;
+                let (cls, boxes) = (cls * g.cls, boxes * g.dfl);
+                out.logs.push(("l_dense.cls".into(), (cls.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64));
+                out.logs.push(("l_dense.box".into(), (boxes.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64));
+                Some(("l_dense", cls + boxes))
+            }
+            _ => resp,
         };
         if let Some((name, term)) = resp {
             out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
@@ -496,6 +554,22 @@ impl StepHook for Distiller {
             eprintln!("warning: every distillation term was zero for a whole epoch");
         }
         out
+    }
+
+    fn wants_unlabeled(&self, epoch: usize) -> bool {
+        epoch < self.stop_epoch
+    }
+
+    fn pseudo_labels(&mut self, images: &Tensor<4>, labeled: usize, pos: StepPos) -> Option<Targets> {
+        let conf = self.args.pseudo_conf?;
+        if pos.epoch >= self.stop_epoch {
+            return None;
+        }
+        let pass = self.teacher_forward(images);
+        let [_, _, h, w] = images.dims();
+        let targets = self.detections_as_targets(&pass, labeled, (h, w), conf);
+        self.pass = Some(pass);
+        Some(targets)
     }
 
     fn calibration_pending(&self) -> Option<f32> {

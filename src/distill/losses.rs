@@ -320,6 +320,44 @@ pub fn localisation_kl(
     (kl * w.clone()).sum() * (temperature * temperature) / w.sum().clamp_min(1e-9)
 }
 
+/// Dense response targets on every anchor, made for unlabeled images (boxes `[N, 4·reg_max, A]`,
+/// class logits `[N, nc, A]`). Class term: the binary KL from the teacher's class probabilities
+/// to the student's, on every anchor and class (negatives included, as in the detection loss).
+/// Box term (DFL heads; 0 for reg_max 1): each side's bin-distribution KL, weighted by the
+/// teacher's confidence (its highest class probability). Both are summed over the batch and
+/// divided by the batch's total teacher confidence (at least 1), as the detection loss divides
+/// by its target scores, so its gains apply to them. Returns (class, box); teacher tensors are
+/// constants.
+pub fn dense_response(
+    s_boxes: Tensor<3>,
+    s_scores: Tensor<3>,
+    t_boxes: Tensor<3>,
+    t_scores: Tensor<3>,
+    reg_max: usize,
+    temperature: f32,
+) -> (Tensor<1>, Tensor<1>) {
+    assert_same_shape(&s_scores, &t_scores, "dense response (scores)");
+    assert_same_shape(&s_boxes, &t_boxes, "dense response (boxes)");
+    let tt = temperature;
+    let t_scores = t_scores.detach();
+    let conf = sigmoid(t_scores.clone()).max_dim(1); // [N, 1, A]
+    let norm = conf.clone().sum().into_scalar::<f32>().max(1.0);
+    let (st, tl) = (s_scores / tt, t_scores / tt);
+    let p = sigmoid(tl.clone());
+    let kl = p.clone() * (log_sigmoid(tl.clone()) - log_sigmoid(st.clone())) + (p.neg() + 1.0) * (log_sigmoid(tl.neg()) - log_sigmoid(st.neg()));
+    let cls = kl.sum() * (tt * tt / norm);
+    let [n, ch, a] = s_boxes.dims();
+    let boxes = if reg_max > 1 && ch == 4 * reg_max {
+        let ls = log_softmax(s_boxes.reshape([n, 4, reg_max, a]) / tt, 2);
+        let lt = log_softmax(t_boxes.detach().reshape([n, 4, reg_max, a]) / tt, 2);
+        let side = (lt.clone().exp() * (lt - ls)).sum_dim(2).mean_dim(1).reshape([n, 1, a]);
+        (side * conf).sum() * (tt * tt / norm)
+    } else {
+        s_boxes.sum() * 0.0
+    };
+    (cls, boxes)
+}
+
 // ---------------------------------------------------------------------------
 // §4 Other feature and relation losses
 

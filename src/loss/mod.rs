@@ -39,6 +39,16 @@ pub struct Targets {
     pub bboxes: Vec<[f32; 4]>,
 }
 
+impl Targets {
+    /// These targets and `more` (whose `batch_idx` already count in the same batch).
+    pub fn joined(mut self, more: Targets) -> Targets {
+        self.batch_idx.extend(more.batch_idx);
+        self.cls.extend(more.cls);
+        self.bboxes.extend(more.bboxes);
+        self
+    }
+}
+
 /// What the loss needs to know about the head.
 #[derive(Debug, Clone)]
 pub struct LossConfig {
@@ -97,6 +107,23 @@ pub struct Assigned {
     pub fg_class: Vec<usize>,
     /// Input size (h, w) in pixels.
     pub img_hw: (f32, f32),
+}
+
+impl Assigned {
+    /// The assignment of a batch without labeled images: nothing is foreground.
+    pub fn empty(img_hw: (f32, f32)) -> Assigned {
+        Assigned {
+            target_scores: Vec::new(),
+            tss: 1.0,
+            fg_index: Vec::new(),
+            fg_target: Vec::new(),
+            fg_anchor: Vec::new(),
+            fg_stride: Vec::new(),
+            fg_weight: Vec::new(),
+            fg_class: Vec::new(),
+            img_hw,
+        }
+    }
 }
 
 /// Detection loss of raw head maps (`boxes` [B, 4·reg_max, A], `scores` [B, nc, A]).

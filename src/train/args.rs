@@ -101,6 +101,21 @@ pub struct TrainArgs {
     /// Use only this fraction of the training images (quick experiments).
     #[arg(long, default_value_t = 1.0)]
     pub fraction: f64,
+    /// Images without labels (a folder, `.txt` list or image) that teach through the teacher
+    /// only: distillation terms, never detection loss. Used with --teacher; adds to data.yaml's
+    /// `unlabeled:` entry.
+    #[arg(long)]
+    #[serde(default)]
+    pub unlabeled: Option<PathBuf>,
+    /// Unlabeled images per labeled image: round(ratio × batch) of them join every batch.
+    #[arg(long = "unlabeled-ratio", default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub unlabeled_ratio: f64,
+    /// Keep the labels of only this seeded fraction of the training images (by --seed). With
+    /// --teacher the others become unlabeled images; without, they are left out.
+    #[arg(long = "label-fraction", default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub label_fraction: f64,
     #[command(flatten)]
     pub distill: crate::distill::args::DistillArgs,
     /// No progress bar: one line per epoch prefixed with the run name (runs sharing a terminal).
@@ -110,6 +125,10 @@ pub struct TrainArgs {
     /// Stop after this many optimizer-batch iterations in total (tests and benchmarks).
     #[arg(long = "max-batches", hide = true)]
     pub max_batches: Option<usize>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl TrainArgs {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod ema;
 pub mod optim;
 pub mod schedule;
+pub mod unlabeled;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate, ValResult};
 use crate::infer::nms::NmsConfig;
-use crate::loss::{model_loss, Assigned, Gains, LossConfig, Targets};
+use crate::loss::{model_loss, Assigned, Gains, LossConfig, LossOutput, Targets};
+use crate::model::layers::head::HeadOutput;
 use crate::model::walk::Slot;
 use crate::model::{self, DetectionModel};
 use crate::report::Results;
@@ -53,6 +55,16 @@ pub trait StepHook {
     fn calibrate(&mut self, _det_norm: f32, _term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
         Vec::new()
     }
+    /// Whether unlabeled images should join the batches of `epoch` (they teach through the
+    /// hook only, so a hook that has stopped does not want them).
+    fn wants_unlabeled(&self, _epoch: usize) -> bool {
+        false
+    }
+    /// Detection targets for the unlabeled images `images[labeled..]` (pseudo-labels), called
+    /// before the detection loss; `None` leaves them out of the detection loss.
+    fn pseudo_labels(&mut self, _images: &Tensor<4>, _labeled: usize, _pos: StepPos) -> Option<Targets> {
+        None
+    }
 }
 
 /// Extra loss terms of one step (added to the total, logged) and values only logged.
@@ -64,7 +76,10 @@ pub struct HookLoss {
 
 /// What a [`StepHook`] sees of one training step.
 pub struct HookInput<'a> {
+    /// All images of the batch: the labeled ones first, then the unlabeled ones.
     pub images: &'a Tensor<4>,
+    /// How many of `images` carry labels (the targets and the assignment are theirs).
+    pub labeled: usize,
     pub taps: &'a [Tensor<4>],
     pub student: &'a crate::model::layers::head::HeadOutput,
     /// The batch's ground truth and the student's (one-to-many) assignment.
@@ -170,8 +185,8 @@ fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result<Det
 }
 
 /// The losses of one forward pass of `batch`: the detection loss (Ultralytics' scale: the
-/// batch mean times the batch size), the hook's terms (per image, as the hook weighted them)
-/// and the named loss items.
+/// batch mean times the batch size, over the labeled images and any pseudo-labeled ones), the
+/// hook's terms (per image, as the hook weighted them) and the named loss items.
 #[allow(clippy::too_many_arguments)]
 fn step_losses(
     model: &mut DetectionModel,
@@ -186,14 +201,23 @@ fn step_losses(
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
     let e2e = model.head().has_one2one();
     let fwd = model.forward_taps(x.clone(), taps, e2e);
+    let labeled = batch.labeled.min(b);
+    let mut hook = hook;
     let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
-    let (out, assigned) = model_loss(loss_cfg, &fwd.head, &targets, pos.epoch, pos.epochs);
+    // Unlabeled images enter the detection loss only with pseudo-labels.
+    let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos)) } else { None };
+    let (det_targets, det_images) = match pseudo {
+        Some(p) => (targets.clone().joined(p), b),
+        None => (targets.clone(), labeled),
+    };
+    let (out, assigned) = detection_part(loss_cfg, &fwd.head, &det_targets, det_images, pos);
     let mut items: Vec<(String, f64)> =
         ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
     let mut terms = Vec::new();
     if let Some(h) = hook {
         let ctx = HookInput {
             images: &x,
+            labeled,
             taps: &fwd.taps,
             student: &fwd.head,
             targets: &targets,
@@ -212,6 +236,23 @@ fn step_losses(
         items.extend(extra.logs);
     }
     (out.total, terms, items)
+}
+
+/// The detection loss over the first `n` images of the batch (the rest are unlabeled): zero,
+/// still on the graph, when `n` is 0.
+fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n: usize, pos: StepPos) -> (LossOutput, Assigned) {
+    let b = head.one2many.scores.dims()[0];
+    if n == b {
+        return model_loss(loss_cfg, head, targets, pos.epoch, pos.epochs);
+    }
+    if n == 0 {
+        let zero = head.one2many.scores.clone().sum() * 0.0;
+        let out = LossOutput { total: zero.clone(), items: [0.0; 3], parts: [zero.clone(), zero.clone(), zero] };
+        let (h, w) = head.shapes[0];
+        let s = loss_cfg.strides[0] as f32;
+        return (out, Assigned::empty((h as f32 * s, w as f32 * s)));
+    }
+    model_loss(loss_cfg, &head.first_images(n), targets, pos.epoch, pos.epochs)
 }
 
 /// One forward + backward pass of `batch`: detection loss (plus the hook's
@@ -332,6 +373,11 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             (a, None, dir)
         }
     };
+    let say = |msg: String| {
+        if !a.quiet {
+            eprintln!("{msg}");
+        }
+    };
     let wdir = dir.join("weights");
     std::fs::create_dir_all(&wdir).with_context(|| format!("cannot create {}", wdir.display()))?;
     let (last_path, best_path) = (wdir.join("last.safetensors"), wdir.join("best.safetensors"));
@@ -347,6 +393,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         train_ds.items.truncate(keep);
     }
     let val_ds = Dataset::scan(&data.val, nc, Some(&cache_dir)).context("validation images")?;
+    let unlabeled = unlabeled::prepare(&a, &data, &mut train_ds, &val_ds, aug_config(&a), &say)?;
     let n_train = train_ds.items.len();
     let train_ds = Arc::new(train_ds);
     let val_ds = Arc::new(val_ds);
@@ -385,11 +432,6 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         _ => Method::Sgd { nesterov: true },
     };
     let mut opt = Optimizer::new(method, weight_decay);
-    let say = |msg: String| {
-        if !a.quiet {
-            eprintln!("{msg}");
-        }
-    };
     say(format!("optimizer: {kind:?}(lr={lr0}, momentum={momentum}) with parameter groups: weights (decay={weight_decay:.6}), norm weights and biases (no decay)"));
 
     let mut ema = Ema::new(&model, 0);
@@ -425,6 +467,11 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         Some(_) => {
             let mut d = crate::distill::distiller::Distiller::new(&a.distill, &model, a.imgsz, a.epochs, a.close_mosaic, &plain)?;
             d.mask_seed = a.seed;
+            // With unlabeled images the teacher is their only teacher: by default it teaches
+            // the whole run rather than stopping when mosaic closes.
+            if unlabeled.is_some() && a.distill.distill_stop_epoch.is_none() {
+                d.stop_epoch = a.epochs;
+            }
             let report = d.report(a.imgsz);
             say(report.trim_end().to_string());
             make_trainable(&mut d);
@@ -485,8 +532,16 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         bar.set_prefix(format!("{:>3}/{}", epoch + 1, a.epochs));
         let mut mean: Vec<(String, f64)> = Vec::new();
         let mut lrs = [0f64; 3];
+        // Unlabeled images join this epoch's batches while the hook (the teacher) uses them.
+        let mut unlabeled_batches = match (&unlabeled, hook.as_deref()) {
+            (Some(u), Some(h)) if h.wants_unlabeled(epoch) => Some(u.loader.epoch_batches(epoch, mosaic_on, nb)),
+            _ => None,
+        };
         for (i, batch) in train_loader.epoch(epoch, mosaic_on).enumerate() {
-            let batch: Batch = batch;
+            let mut batch: Batch = batch;
+            if let Some(u) = unlabeled_batches.as_mut().and_then(|it| it.next()) {
+                batch.append_unlabeled(u);
+            }
             let ni = (i + nb * epoch) as i64;
             // Warm-up: accumulation, learning rates and momentum ramp up.
             let mut accumulate = accumulate_nominal;

@@ -119,6 +119,23 @@ pub struct HeadOutput {
     pub shapes: Vec<(usize, usize)>,
 }
 
+impl HeadMaps {
+    fn first_images(&self, n: usize) -> HeadMaps {
+        HeadMaps { boxes: self.boxes.clone().narrow(0, 0, n), scores: self.scores.clone().narrow(0, 0, n) }
+    }
+}
+
+impl HeadOutput {
+    /// The maps of the batch's first `n` images.
+    pub fn first_images(&self, n: usize) -> HeadOutput {
+        HeadOutput {
+            one2many: self.one2many.first_images(n),
+            one2one: self.one2one.as_ref().map(|m| m.first_images(n)),
+            shapes: self.shapes.clone(),
+        }
+    }
+}
+
 #[derive(Module, Debug)]
 pub struct Detect {
     pub cv2: Vec<BoxBranch>,
