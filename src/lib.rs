@@ -10,6 +10,7 @@ pub mod infer;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod options;
 pub mod report;
 pub mod train;
 pub mod weights;

@@ -135,3 +135,36 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     let out = bin().args(args).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("reusing the finished run"));
 }
+
+/// Values outside an option's range are refused when parsed (exit 2, the flag and the range
+/// named), before any file is read: each of these used to panic mid-run or act silently.
+#[test]
+fn out_of_range_options_are_refused_before_anything_runs() {
+    let train = ["train", "--model", "yolov8n.yaml", "--data", "missing.yaml"];
+    let cases: &[(&[&str], &str)] = &[
+        (&["--batch", "0"], "at least 1"),
+        (&["--epochs", "0"], "at least 1"),
+        (&["--mgd-lambda", "5"], "[0, 1]"),
+        (&["--soft-alpha", "1.5"], "[0, 1]"),
+        (&["--temperature", "0"], "above 0"),
+        (&["--lr0=-1"], "0 or more"),
+        (&["--lr0", "NaN"], "0 or more"),
+        (&["--fraction", "0"], "(0, 1]"),
+        (&["--label-fraction", "0"], "(0, 1]"),
+        (&["--pseudo-conf", "1"], "(0, 1)"),
+        (&["--distill-schedule", "cosine"], "possible values: constant, cosine-epoch, linear"),
+        (&["--logit", "kd"], "possible values: none, mse, kl, mixed, ld, dense"),
+    ];
+    for (extra, expected) in cases {
+        let out = bin().args(train).args(*extra).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        let flag = extra[0].split('=').next().unwrap();
+        assert!(err.contains(flag) && err.contains(expected), "{extra:?}: {err}");
+    }
+    for (cmd, input) in [("predict", "--source"), ("val", "--data")] {
+        let out = bin().args([cmd, "--model", "m.pt", input, "x", "--conf", "2"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(2) && err.contains("--conf") && err.contains("[0, 1]"), "{cmd}: {err}");
+    }
+}

@@ -29,22 +29,11 @@ fn snapshot<T: Trainable + ?Sized>(t: &mut T) -> HashMap<String, Vec<f32>> {
 }
 
 fn toy_batch(b: usize, s: usize) -> Batch {
-    let images: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-    Batch {
-        images,
-        shape: [b, 3, s, s],
-        batch_idx: (0..b).collect(),
-        cls: (0..b).map(|i| i % 3).collect(),
-        bboxes: (0..b).map(|i| [0.3 + 0.1 * i as f32, 0.5, 0.3, 0.4]).collect(),
-        paths: Vec::new(),
-        ori_sizes: Vec::new(),
-        placements: Vec::new(),
-        labeled: b,
-    }
+    common::toy_batch(b, s, b)
 }
 
 fn args(teacher: &str, methods: &str, logit: &str) -> DistillArgs {
-    DistillArgs { teacher: Some(teacher.into()), distill: methods.into(), logit: logit.into(), temperature: 2.0, ..Default::default() }
+    DistillArgs { teacher: Some(teacher.into()), distill: methods.into(), logit: clap::ValueEnum::from_str(logit, false).unwrap(), temperature: 2.0, ..Default::default() }
 }
 
 type Params = HashMap<String, Vec<f32>>;
@@ -236,8 +225,9 @@ fn distilled_run_resumes_with_its_adapters() {
 
 /// A distilled run stopped after its first epoch and resumed trains its second epoch exactly as
 /// the uninterrupted run does: weights, optimizer state, adapters, MGD generators and masks
-/// all carry over. Separate processes, because the backend's generator (initial weights) is
-/// process-wide and the other tests of this file draw from it concurrently.
+/// all carry over, and the epoch draws the same unlabeled images. Separate processes, because
+/// the backend's generator (initial weights) is process-wide and the other tests of this file
+/// draw from it concurrently.
 #[test]
 fn resumed_distillation_matches_the_uninterrupted_run() {
     let Some(shared) = common::shared() else { return };
@@ -251,10 +241,19 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
-    let (data, teacher) = (data.to_str().unwrap(), teacher.to_str().unwrap());
+    // Six other BCCD training images as unlabeled ones: the resumed epoch must draw the same.
+    let mut files: Vec<String> =
+        std::fs::read_dir(shared.join("data/bccd/images/train")).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    let unlabeled = dir.join("unlabeled.txt");
+    std::fs::write(&unlabeled, files[8..14].join("\n")).unwrap();
+    let (data, teacher, unlabeled) = (data.to_str().unwrap(), teacher.to_str().unwrap(), unlabeled.to_str().unwrap());
     let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
     // Calibrated weights: a resumed run must keep the first batch's, not measure new ones.
-    let distil = ["--teacher", teacher, "--distill", "cwd,mgd", "--distill-calibrate", "0.3", "--workers", "1"];
+    let distil = [
+        "--teacher", teacher, "--distill", "cwd,mgd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled, "--logit",
+        "dense",
+    ];
     run(&[&common[..], &distil, &["--name", "whole"]].concat());
     // --max-batches 2 = the first epoch: the run stops there, as an interruption would.
     run(&[&common[..], &distil, &["--name", "cut", "--max-batches", "2"]].concat());
@@ -264,7 +263,7 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     let (cut, whole) = (load("cut"), load("whole"));
     let saved = std::fs::read_to_string(project.join("cut/args.yaml")).unwrap();
     assert!(saved.contains("calibrated:") && saved.contains("d_mgd"), "{saved}");
-    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd"] {
+    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd", "train/l_dense"] {
         let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
         assert_eq!(c1.len(), 2, "{c}: {c1:?}");
         assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{c}: resumed {c1:?} vs uninterrupted {w1:?}");

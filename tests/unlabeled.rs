@@ -13,21 +13,7 @@ use yolodistill::report::Results;
 use yolodistill::train::optim::GradStore;
 use yolodistill::train::{forward_backward, make_trainable, train, StepHook, StepPos, TrainArgs};
 
-/// `b` images of `s`×`s`, one box on each; the first `labeled` count as labeled.
-fn batch(b: usize, s: usize, labeled: usize) -> Batch {
-    let images: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-    Batch {
-        images,
-        shape: [b, 3, s, s],
-        batch_idx: (0..b).collect(),
-        cls: (0..b).map(|i| i % 3).collect(),
-        bboxes: (0..b).map(|i| [0.3 + 0.1 * i as f32, 0.5, 0.3, 0.4]).collect(),
-        paths: Vec::new(),
-        ori_sizes: Vec::new(),
-        placements: Vec::new(),
-        labeled,
-    }
-}
+use common::toy_batch as batch;
 
 const POS: StepPos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
 
@@ -65,7 +51,7 @@ fn item(items: &[(String, f64)], name: &str) -> f64 {
 }
 
 fn args(logit: &str) -> DistillArgs {
-    DistillArgs { teacher: Some("yolov8s.yaml".into()), distill: "cwd".into(), logit: logit.into(), ..Default::default() }
+    DistillArgs { teacher: Some("yolov8s.yaml".into()), distill: "cwd".into(), logit: clap::ValueEnum::from_str(logit, false).unwrap(), ..Default::default() }
 }
 
 #[test]

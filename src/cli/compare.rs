@@ -58,7 +58,8 @@ fn best_of(run: &Path, epochs: usize) -> Option<(f64, f64)> {
     }
     let m50 = r.column("metrics/mAP50(B)")?;
     let m = r.column("metrics/mAP50-95(B)")?;
-    let i = (0..m.len()).max_by(|&a, &b| m[a].total_cmp(&m[b]))?;
+    // epochs without validation (`--val false`) read NaN
+    let i = (0..m.len()).filter(|&i| m[i].is_finite()).max_by(|&a, &b| m[a].total_cmp(&m[b]))?;
     Some((m50[i], m[i]))
 }
 

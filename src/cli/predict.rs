@@ -19,10 +19,10 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 640)]
     pub imgsz: usize,
     /// Confidence threshold.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = 0.25, value_parser = crate::options::unit)]
     pub conf: f32,
     /// IoU threshold for NMS.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
     pub iou: f32,
     #[arg(long = "max-det", default_value_t = 300)]
     pub max_det: usize,

@@ -30,9 +30,9 @@ pub struct ValArgs {
     pub imgsz: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, value_parser = crate::options::unit)]
     pub conf: f32,
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
     pub iou: f32,
     #[arg(long = "max-det", default_value_t = 300)]
     pub max_det: usize,

@@ -1,7 +1,43 @@
 //! Distillation options of `train` (all off unless `--teacher` is given).
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+/// Response (logit) distillation.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    #[default]
+    None,
+    /// MSE on the raw head maps.
+    Mse,
+    /// Binary KD on the class logits.
+    Kl,
+    /// Soft teacher + hard assigned labels on foreground anchors.
+    Mixed,
+    /// KL of the DFL side distributions, weighted by the teacher's scores.
+    Ld,
+    /// Teacher class probabilities on every anchor and confidence-weighted LD, on the detection
+    /// loss's scale (made for unlabeled images).
+    Dense,
+}
+
+/// How a choice is written on the command line (`cosine-epoch`).
+pub fn flag_value<T: ValueEnum>(v: &T) -> String {
+    v.to_possible_value().map(|p| p.get_name().to_string()).unwrap_or_default()
+}
+
+/// Weight of the distillation terms over time.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    /// The seed's per-epoch cosine (1 at each epoch's start, towards 0.1).
+    CosineEpoch,
+    /// Linear from 1 to 0.1 at the stop epoch.
+    Linear,
+}
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
 pub struct DistillArgs {
@@ -19,7 +55,7 @@ pub struct DistillArgs {
     #[arg(long, default_value = "cwd")]
     pub distill: String,
     /// Weight of a feature method written without one.
-    #[arg(long = "distill-weight", default_value_t = 1.0)]
+    #[arg(long = "distill-weight", default_value_t = 1.0, value_parser = crate::options::non_negative_f32)]
     pub distill_weight: f32,
     /// Student layers to tap: `auto` (the Detect inputs) or indices like `15,18,21`.
     #[arg(long = "distill-layers", default_value = "auto")]
@@ -27,42 +63,44 @@ pub struct DistillArgs {
     /// Teacher layers paired with them (default: the same levels of the teacher's graph).
     #[arg(long = "teacher-layers")]
     pub teacher_layers: Option<String>,
-    /// Response method: none, mse (raw head maps), kl (class logits, binary form),
-    /// mixed (soft teacher + hard assigned labels on foreground anchors), ld (DFL sides),
-    /// dense (teacher class probabilities on every anchor and its DFL sides weighted by its
-    /// confidence, on the detection loss's scale: made for unlabeled images).
-    #[arg(long, default_value = "none")]
-    pub logit: String,
-    #[arg(long = "logit-weight", default_value_t = 1.0)]
+    /// Response method.
+    #[arg(long, value_enum, default_value_t = Response::None)]
+    pub logit: Response,
+    /// Weight of the response term.
+    #[arg(long = "logit-weight", default_value_t = 1.0, value_parser = crate::options::non_negative_f32)]
     pub logit_weight: f32,
-    /// Temperature of kl, mixed and ld.
-    #[arg(long, default_value_t = 1.0)]
+    /// Temperature of kl, mixed, ld and dense.
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::positive_f32)]
     pub temperature: f32,
     /// Share of the teacher's soft targets in `--logit mixed` (the rest: hard labels).
-    #[arg(long = "soft-alpha", default_value_t = 0.5)]
+    #[arg(long = "soft-alpha", default_value_t = 0.5, value_parser = crate::options::unit)]
     #[serde(default = "half")]
     pub soft_alpha: f32,
-    #[arg(long = "cwd-tau", default_value_t = 1.0)]
+    /// Temperature of cwd.
+    #[arg(long = "cwd-tau", default_value_t = 1.0, value_parser = crate::options::positive_f32)]
     pub cwd_tau: f32,
-    #[arg(long = "mgd-alpha", default_value_t = 2e-5)]
+    /// Weight of mgd.
+    #[arg(long = "mgd-alpha", default_value_t = 2e-5, value_parser = crate::options::non_negative_f32)]
     pub mgd_alpha: f32,
-    #[arg(long = "mgd-lambda", default_value_t = 0.65)]
+    /// Share of each map mgd masks out.
+    #[arg(long = "mgd-lambda", default_value_t = 0.65, value_parser = crate::options::unit)]
     pub mgd_lambda: f32,
-    /// Weight over time: constant, cosine-epoch (the seed's per-epoch cosine), linear (to 0.1).
-    #[arg(long = "distill-schedule", default_value = "constant")]
-    pub distill_schedule: String,
-    /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes.
+    /// Weight of the distillation terms over time.
+    #[arg(long = "distill-schedule", value_enum, default_value_t = Schedule::Constant)]
+    pub distill_schedule: Schedule,
+    /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes (with
+    /// unlabeled images: the whole run).
     #[arg(long = "distill-stop-epoch")]
     pub distill_stop_epoch: Option<usize>,
     /// Calibrate the weights on the first batch instead of trusting magic numbers: each term's
     /// gradient on the student becomes this fraction of the detection loss's gradient (L2 norms),
     /// times the term's written weight (`cwd:2` → twice the fraction). Off by default.
-    #[arg(long = "distill-calibrate")]
+    #[arg(long = "distill-calibrate", value_parser = crate::options::positive_f32)]
     #[serde(default)]
     pub distill_calibrate: Option<f32>,
     /// Pseudo-labels: the teacher's detections (NMS at IoU 0.7) with at least this confidence
     /// become detection targets of the unlabeled images. Off by default.
-    #[arg(long = "pseudo-conf")]
+    #[arg(long = "pseudo-conf", value_parser = crate::options::open_unit)]
     #[serde(default)]
     pub pseudo_conf: Option<f32>,
     /// Multipliers found by the calibration, by term; saved so a resumed run keeps them.
@@ -85,14 +123,14 @@ impl Default for DistillArgs {
             distill_weight: 1.0,
             distill_layers: "auto".into(),
             teacher_layers: None,
-            logit: "none".into(),
+            logit: Response::None,
             logit_weight: 1.0,
             temperature: 1.0,
             soft_alpha: 0.5,
             cwd_tau: 1.0,
             mgd_alpha: 2e-5,
             mgd_lambda: 0.65,
-            distill_schedule: "constant".into(),
+            distill_schedule: Schedule::Constant,
             distill_stop_epoch: None,
             distill_calibrate: None,
             pseudo_conf: None,

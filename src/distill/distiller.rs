@@ -6,7 +6,8 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::args::DistillArgs;
+pub use super::args::Response;
+use super::args::{flag_value, DistillArgs, Schedule};
 use super::losses::{
     attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, kd_mixed, linear_weight, localisation_kl, logit_mse, mgd,
     mimic, random_keep_mask, score_weighted_l2, seed_normalise, dense_response, Adapter, MgdGenerator, Projector,
@@ -59,16 +60,6 @@ impl Feature {
     fn needs_adapter(self) -> bool {
         matches!(self, Self::Mimic | Self::Cwd | Self::Mgd | Self::Gram)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Response {
-    None,
-    Mse,
-    Kl,
-    Mixed,
-    Ld,
-    Dense,
 }
 
 /// Parses `cwd:1.0,at:0.5` into methods with weights.
@@ -203,15 +194,7 @@ impl Distiller {
             bail!("the teacher {path} has {} classes but the student has {}: they must agree", teacher.nc(), student.nc());
         }
         let methods = parse_methods(&args.distill, args.distill_weight)?;
-        let response = match args.logit.as_str() {
-            "none" => Response::None,
-            "mse" => Response::Mse,
-            "kl" => Response::Kl,
-            "ld" => Response::Ld,
-            "mixed" => Response::Mixed,
-            "dense" => Response::Dense,
-            o => bail!("unknown --logit '{o}' (none, mse, kl, mixed, ld, dense)"),
-        };
+        let response = args.logit;
         if response == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
             bail!("--logit ld needs DFL heads with the same reg_max on both sides");
         }
@@ -228,16 +211,6 @@ impl Distiller {
         // Default: distil while mosaic is on (the whole run when mosaic never opens).
         let mosaic_epochs = if epochs > close_mosaic { epochs - close_mosaic } else { epochs };
         let stop_epoch = args.distill_stop_epoch.unwrap_or(mosaic_epochs).min(epochs);
-        if let Some(c) = args.pseudo_conf {
-            if !(c > 0.0 && c < 1.0) {
-                bail!("--pseudo-conf must be a confidence in (0, 1), got {c}");
-            }
-        }
-        if let Some(f) = args.distill_calibrate {
-            if !(f.is_finite() && f > 0.0) {
-                bail!("--distill-calibrate must be a positive fraction, got {f}");
-            }
-        }
         Ok(Self {
             teacher,
             pairs,
@@ -289,10 +262,10 @@ impl Distiller {
         }
         let methods: Vec<String> = self.methods.iter().map(|(m, w)| format!("{}:{w}", m.name())).collect();
         s.push_str(&format!(
-            "methods: {} | response: {:?} | schedule: {} until epoch {}\n",
+            "methods: {} | response: {} | schedule: {} until epoch {}\n",
             if methods.is_empty() { "none".into() } else { methods.join(",") },
-            self.response,
-            self.args.distill_schedule,
+            flag_value(&self.response),
+            flag_value(&self.args.distill_schedule),
             self.stop_epoch
         ));
         s.push_str(&format!(
@@ -339,13 +312,13 @@ impl Distiller {
     }
 
     fn weight(&self, ctx: &HookInput<'_>) -> f32 {
-        match self.args.distill_schedule.as_str() {
-            "cosine-epoch" => cosine_epoch_weight(ctx.batch, ctx.batches),
-            "linear" => {
+        match self.args.distill_schedule {
+            Schedule::CosineEpoch => cosine_epoch_weight(ctx.batch, ctx.batches),
+            Schedule::Linear => {
                 let total = self.stop_epoch.max(1) * ctx.batches.max(1);
                 linear_weight(ctx.epoch * ctx.batches + ctx.batch, total, 1.0, 0.1)
             }
-            _ => 1.0,
+            Schedule::Constant => 1.0,
         }
     }
 }

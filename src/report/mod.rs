@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use plot::{chart, grid, Series};
 
-/// results.csv: one row per epoch, columns fixed by the first row.
+/// results.csv: one row per epoch, a column per value any row had.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     pub columns: Vec<String>,
@@ -22,19 +22,31 @@ impl Results {
             return Ok(Self::default());
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// A results.csv's text as a table (unparsable values read as NaN).
+    fn parse(text: &str) -> Self {
         let mut lines = text.lines();
         let columns: Vec<String> = lines.next().unwrap_or("").split(',').map(|s| s.trim().to_string()).collect();
         let rows = lines
             .filter(|l| !l.trim().is_empty())
             .map(|l| l.split(',').map(|v| v.trim().parse::<f64>().unwrap_or(f64::NAN)).collect())
             .collect();
-        Ok(Self { columns, rows })
+        Self { columns, rows }
     }
 
-    /// Appends a row of (column, value) pairs; the first row fixes the columns.
+    /// Appends a row of (column, value) pairs. A column first seen in this row is added, with
+    /// NaN in the earlier rows (e.g. the metrics when `--val false` validates only the last
+    /// epoch); a column this row lacks gets NaN.
     pub fn push(&mut self, row: &[(String, f64)]) {
-        if self.columns.is_empty() {
-            self.columns = row.iter().map(|(k, _)| k.clone()).collect();
+        for (k, _) in row {
+            if !self.columns.contains(k) {
+                self.columns.push(k.clone());
+                for r in &mut self.rows {
+                    r.push(f64::NAN);
+                }
+            }
         }
         let vals = self.columns.iter().map(|c| row.iter().find(|(k, _)| k == c).map(|p| p.1).unwrap_or(f64::NAN)).collect();
         self.rows.push(vals);
@@ -107,5 +119,18 @@ mod tests {
         assert_eq!(back.rows.len(), 1);
         r.plot(&dir.join("results.png")).unwrap();
         assert!(dir.join("results.png").exists());
+    }
+
+    #[test]
+    fn a_column_that_appears_later_is_kept() {
+        // `--val false`: only the last epoch has metrics
+        let mut r = Results::default();
+        r.push(&[("epoch".into(), 1.0), ("loss".into(), 2.5)]);
+        r.push(&[("epoch".into(), 2.0), ("loss".into(), 2.0), ("metrics/mAP50(B)".into(), 0.4)]);
+        let m = r.column("metrics/mAP50(B)").expect("the metric column");
+        assert!(m[0].is_nan() && m[1] == 0.4, "{m:?}");
+        assert_eq!(r.rows.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3]);
+        let back = Results::parse(&r.to_csv());
+        assert_eq!(back.column("metrics/mAP50(B)").unwrap()[1], 0.4);
     }
 }

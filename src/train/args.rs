@@ -16,17 +16,17 @@ pub struct TrainArgs {
     /// data.yaml of a YOLO-format dataset (not needed with --resume).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_one)]
     pub epochs: usize,
     #[arg(long, default_value_t = 640)]
     pub imgsz: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Auto)]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
     pub lr0: f64,
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
     pub lrf: f64,
     #[arg(long, default_value_t = 0.937)]
     pub momentum: f64,
@@ -63,7 +63,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     pub patience: usize,
     /// Nominal batch size for gradient accumulation and weight-decay scaling.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::options::at_least_one)]
     pub nbs: usize,
     #[arg(long = "box", default_value_t = 7.5)]
     pub box_gain: f32,
@@ -87,19 +87,19 @@ pub struct TrainArgs {
     pub shear: f32,
     #[arg(long, default_value_t = 0.0)]
     pub perspective: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
     pub flipud: f32,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = crate::options::unit)]
     pub fliplr: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::unit)]
     pub mosaic: f32,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
     pub mixup: f32,
     /// Validate every epoch (the final epoch is always validated).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub val: bool,
     /// Use only this fraction of the training images (quick experiments).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::share)]
     pub fraction: f64,
     /// Images without labels (a folder, `.txt` list or image) that teach through the teacher
     /// only: distillation terms, never detection loss. Used with --teacher; adds to data.yaml's
@@ -108,12 +108,12 @@ pub struct TrainArgs {
     #[serde(default)]
     pub unlabeled: Option<PathBuf>,
     /// Unlabeled images per labeled image: round(ratio × batch) of them join every batch.
-    #[arg(long = "unlabeled-ratio", default_value_t = 1.0)]
+    #[arg(long = "unlabeled-ratio", default_value_t = 1.0, value_parser = crate::options::non_negative)]
     #[serde(default = "one")]
     pub unlabeled_ratio: f64,
     /// Keep the labels of only this seeded fraction of the training images (by --seed). With
     /// --teacher the others become unlabeled images; without, they are left out.
-    #[arg(long = "label-fraction", default_value_t = 1.0)]
+    #[arg(long = "label-fraction", default_value_t = 1.0, value_parser = crate::options::share)]
     #[serde(default = "one")]
     pub label_fraction: f64,
     #[command(flatten)]

@@ -48,3 +48,19 @@ pub fn bccd_subset(shared: &Path, dir: &Path, n: usize) -> PathBuf {
     std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
     yaml
 }
+
+/// `b` images of `s`×`s` (a fixed pattern), one box on each; the first `labeled` count as labeled.
+pub fn toy_batch(b: usize, s: usize, labeled: usize) -> yolodistill::data::loader::Batch {
+    let images: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    yolodistill::data::loader::Batch {
+        images,
+        shape: [b, 3, s, s],
+        batch_idx: (0..b).collect(),
+        cls: (0..b).map(|i| i % 3).collect(),
+        bboxes: (0..b).map(|i| [0.3 + 0.1 * i as f32, 0.5, 0.3, 0.4]).collect(),
+        paths: Vec::new(),
+        ori_sizes: Vec::new(),
+        placements: Vec::new(),
+        labeled,
+    }
+}

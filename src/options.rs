@@ -1,0 +1,87 @@
+//! Value checks of command-line options, applied by clap when a flag is parsed, so a bad value is
+//! refused before anything runs, with the accepted range in the message.
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim().parse::<T>().map_err(|_| format!("'{s}' is not a number"))
+}
+
+/// An integer of at least 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match number::<usize>(s)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// A finite number of 0 or more.
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v = number::<f64>(s)?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number of 0 or more, got {v}"))
+    }
+}
+
+/// A finite number of 0 or more, as f32.
+pub fn non_negative_f32(s: &str) -> Result<f32, String> {
+    non_negative(s).map(|v| v as f32)
+}
+
+/// A finite number above 0.
+pub fn positive_f32(s: &str) -> Result<f32, String> {
+    let v = number::<f32>(s)?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number above 0, got {v}"))
+    }
+}
+
+/// A share in (0, 1].
+pub fn share(s: &str) -> Result<f64, String> {
+    let v = number::<f64>(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be in (0, 1], got {v}"))
+    }
+}
+
+/// A probability or threshold in [0, 1].
+pub fn unit(s: &str) -> Result<f32, String> {
+    let v = number::<f32>(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be in [0, 1], got {v}"))
+    }
+}
+
+/// A confidence strictly between 0 and 1.
+pub fn open_unit(s: &str) -> Result<f32, String> {
+    let v = number::<f32>(s)?;
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be in (0, 1), got {v}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_enforced_and_named() {
+        assert_eq!(at_least_one("3"), Ok(3));
+        assert!(at_least_one("0").unwrap_err().contains("at least 1"));
+        assert!(at_least_one("x").unwrap_err().contains("not a number"));
+        assert!(non_negative("-1").is_err() && non_negative("NaN").is_err() && non_negative("inf").is_err());
+        assert_eq!(non_negative("0"), Ok(0.0));
+        assert!(positive_f32("0").is_err() && positive_f32("0.5").is_ok());
+        assert!(share("0").is_err() && share("1").is_ok() && share("1.5").is_err());
+        assert!(unit("NaN").is_err() && unit("0").is_ok() && unit("1").is_ok() && unit("1.01").is_err());
+        assert!(open_unit("0").is_err() && open_unit("1").is_err() && open_unit("0.5").is_ok());
+    }
+}
