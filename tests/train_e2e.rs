@@ -104,3 +104,20 @@ fn same_seed_same_run() {
     assert!(rel(&a, &b) < 1e-5, "same seed, different losses: {a:?} vs {b:?}");
     assert!(rel(&a, &c) > 1e-3, "another seed, same losses: {a:?} vs {c:?}");
 }
+
+/// A run whose loss turns non-finite (here: a NaN learning rate, which the command line would
+/// refuse) stops with an error after three such batches and writes no NaN checkpoint.
+#[test]
+fn diverged_training_stops_with_an_error_and_keeps_no_nan_weights() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("train-nan");
+    let data = common::bccd_subset(&shared, &dir, 8);
+    let project = dir.join("runs");
+    let mut a = args("yolov8n.yaml", &data, &project, 2);
+    (a.name, a.imgsz, a.batch, a.nbs, a.warmup_epochs) = ("nan".into(), 64, 1, 1, 0.0);
+    a.optimizer = yolodistill::train::optim::OptimizerKind::Sgd;
+    a.lr0 = f64::NAN;
+    let err = format!("{:#}", train(a, None).unwrap_err());
+    assert!(err.contains("diverged") && err.contains("not finite in 3 consecutive batches"), "{err}");
+    assert!(!project.join("nan/weights/last.safetensors").exists() && !project.join("nan/weights/best.safetensors").exists());
+}

@@ -210,6 +210,11 @@ pub fn collect_tensors(model: &mut DetectionModel) -> Vec<(String, HostTensor)> 
     out
 }
 
+/// Whether every weight and BatchNorm statistic of the model is finite.
+pub fn all_finite(model: &mut DetectionModel) -> bool {
+    collect_tensors(model).iter().all(|(_, t)| t.data.iter().all(|v| v.is_finite()))
+}
+
 /// Saves the model as one safetensors file (weights, YAML, class names).
 pub fn save_safetensors(model: &DetectionModel, path: &Path, mut extra: HashMap<String, String>) -> Result<()> {
     if model.fused {

@@ -340,6 +340,9 @@ fn ignored_on_resume(a: &TrainArgs, by_run_name: bool) -> Result<Vec<String>> {
     Ok(ignored)
 }
 
+/// Consecutive batches with a non-finite loss after which training stops.
+const MAX_NONFINITE_BATCHES: usize = 3;
+
 /// Held from seeding the backend's generator until the model and distiller are initialised.
 static INIT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -503,6 +506,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut final_val = None;
     let mut epochs_done = start_epoch;
     let mut stale = 0usize;
+    let mut nonfinite = 0usize;
     let mut total_batches = 0usize;
     let nms_cfg = NmsConfig::val();
     say(format!(
@@ -575,6 +579,23 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
                 }
             }
             let items = forward_backward(&mut model, &loss_cfg, &batch, &ad, &taps, hook.as_deref_mut(), pos, &mut grads);
+            // A non-finite loss would turn every weight into NaN: its gradients are dropped, and
+            // a run that keeps producing them stops with an error (the checkpoints stay as they are).
+            if let Some((name, v)) = items.iter().find(|(_, v)| !v.is_finite()) {
+                grads.clear();
+                nonfinite += 1;
+                eprintln!("warning: {name} is {v} at epoch {} batch {}; its gradients are dropped", epoch + 1, i + 1);
+                if nonfinite >= MAX_NONFINITE_BATCHES {
+                    bail!(
+                        "training diverged: a loss was not finite in {MAX_NONFINITE_BATCHES} consecutive batches (last: {name} = {v} at epoch {}); \
+                         the checkpoints in {} are those of the last finished epoch",
+                        epoch + 1,
+                        wdir.display()
+                    );
+                }
+                continue;
+            }
+            nonfinite = 0;
             if ni - last_opt_step >= accumulate as i64 {
                 grads.clip_global_norm(10.0);
                 let hp = StepParams { lr: lrs, momentum: mom };
@@ -647,6 +668,13 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             stale = 0;
         } else {
             stale += 1;
+        }
+        if !model::all_finite(&mut ema.model) {
+            bail!(
+                "the weights are not finite after epoch {}; the checkpoints in {} are kept as they were",
+                epoch + 1,
+                wdir.display()
+            );
         }
         let state = checkpoint::TrainState {
             epoch,
