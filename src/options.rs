@@ -13,6 +13,25 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// An image size in 32..=8192 pixels.
+pub fn image_size(s: &str) -> Result<usize, String> {
+    match number::<usize>(s)? {
+        n @ 32..=8192 => Ok(n),
+        n => Err(format!("must be in 32..=8192, got {n}")),
+    }
+}
+
+/// `imgsz` rounded up to a multiple of the largest stride of our detection heads (32), with
+/// a warning when it changes, as Ultralytics does.
+pub fn stride_multiple(imgsz: usize) -> usize {
+    const STRIDE: usize = 32;
+    let fitted = imgsz.div_ceil(STRIDE) * STRIDE;
+    if fitted != imgsz {
+        eprintln!("warning: --imgsz {imgsz} must be a multiple of the stride {STRIDE}; using {fitted}");
+    }
+    fitted
+}
+
 /// A finite number of 0 or more.
 pub fn non_negative(s: &str) -> Result<f64, String> {
     let v = number::<f64>(s)?;
@@ -82,6 +101,8 @@ mod tests {
         assert!(positive_f32("0").is_err() && positive_f32("0.5").is_ok());
         assert!(share("0").is_err() && share("1").is_ok() && share("1.5").is_err());
         assert!(unit("NaN").is_err() && unit("0").is_ok() && unit("1").is_ok() && unit("1.01").is_err());
+        assert!(image_size("31").is_err() && image_size("8193").is_err() && image_size("65") == Ok(65));
+        assert_eq!((stride_multiple(65), stride_multiple(64), stride_multiple(100)), (96, 64, 128));
         assert!(open_unit("0").is_err() && open_unit("1").is_err() && open_unit("0.5").is_ok());
     }
 }

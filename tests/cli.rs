@@ -136,7 +136,7 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("reusing the finished run"));
 }
 
-/// Values outside an option's range are refused when parsed (exit 2, the flag and the range
+/// Values outside an option's range are refused when parsed (exit 1, the flag and the range
 /// named), before any file is read: each of these used to panic mid-run or act silently.
 #[test]
 fn out_of_range_options_are_refused_before_anything_runs() {
@@ -154,17 +154,42 @@ fn out_of_range_options_are_refused_before_anything_runs() {
         (&["--pseudo-conf", "1"], "(0, 1)"),
         (&["--distill-schedule", "cosine"], "possible values: constant, cosine-epoch, linear"),
         (&["--logit", "kd"], "possible values: none, mse, kl, mixed, ld, dense"),
+        (&["--imgsz", "0"], "32..=8192"),
     ];
     for (extra, expected) in cases {
         let out = bin().args(train).args(*extra).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
         let flag = extra[0].split('=').next().unwrap();
         assert!(err.contains(flag) && err.contains(expected), "{extra:?}: {err}");
     }
     for (cmd, input) in [("predict", "--source"), ("val", "--data")] {
         let out = bin().args([cmd, "--model", "m.pt", input, "x", "--conf", "2"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.code() == Some(2) && err.contains("--conf") && err.contains("[0, 1]"), "{cmd}: {err}");
+        assert!(out.status.code() == Some(1) && err.contains("--conf") && err.contains("[0, 1]"), "{cmd}: {err}");
     }
+}
+
+/// An image size that is not a multiple of the stride is rounded up with a warning, as
+/// Ultralytics does (it used to fail inside the graph).
+#[test]
+fn image_sizes_round_up_to_the_stride() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("imgsz65");
+    let data = common::bccd_subset(&shared, &dir, 2);
+    let mut images: Vec<_> = std::fs::read_dir(shared.join("data/bccd/images/val")).unwrap().map(|e| e.unwrap().path()).collect();
+    images.sort();
+    let image = &images[0];
+    let out = bin().args(["predict", "--model", "yolov8n.yaml", "--imgsz", "65", "--source"]).arg(image).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("using 96"), "{err}");
+    let out = bin()
+        .args(["train", "--model", "yolov8n.yaml", "--imgsz", "65", "--epochs", "1", "--batch", "2", "--max-batches", "1", "--data"])
+        .arg(&data)
+        .arg("--project")
+        .arg(dir.join("runs"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("using 96"), "{err}");
 }

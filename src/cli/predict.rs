@@ -16,7 +16,8 @@ pub struct PredictArgs {
     /// An image or a folder of images.
     #[arg(long)]
     pub source: PathBuf,
-    #[arg(long, default_value_t = 640)]
+    /// Inference size (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Confidence threshold.
     #[arg(long, default_value_t = 0.25, value_parser = crate::options::unit)]
@@ -39,6 +40,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mut m = model::load(&a.model, None, &device)?.model;
     m.fuse();
     let images = list_images(&a.source)?;
+    let imgsz = crate::options::stride_multiple(a.imgsz);
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::predict() };
     if let Some(d) = &a.save_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -46,7 +48,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     for path in images {
         let mut img = load_rgb(&path)?;
         let t = std::time::Instant::now();
-        let dets = predict_image(&m, &img, a.imgsz, &cfg, &device);
+        let dets = predict_image(&m, &img, imgsz, &cfg, &device);
         let ms = t.elapsed().as_secs_f64() * 1e3;
         if a.json {
             let boxes: Vec<_> = dets

@@ -26,7 +26,7 @@ pub struct ValArgs {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value_t = Split::Val)]
     pub split: Split,
-    #[arg(long, default_value_t = 640)]
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,

@@ -18,7 +18,8 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_one)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 640)]
+    /// Training and validation image size (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,

@@ -376,6 +376,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             (a, None, dir)
         }
     };
+    let a = TrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
     let say = |msg: String| {
         if !a.quiet {
             eprintln!("{msg}");
