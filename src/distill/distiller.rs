@@ -475,7 +475,18 @@ impl StepHook for Distiller {
                     Some(("l_mixed", kd_mixed(s, t, &asg.fg_class, self.args.soft_alpha, self.args.temperature)))
                 }
             }
-            Response::Dense => None, // below
+            Response::Dense => {
+                let r = self.teacher.head().reg_max;
+                let (cls, boxes) =
+                    dense_response(s_head.boxes.clone(), s_head.scores.clone(), t_head.boxes.clone(), t_head.scores.clone(), r, self.args.temperature);
+                // On the detection loss's scale: its class and DFL gains.
+                let g = ctx.loss_cfg.gains;
+                let (cls, boxes) = (cls * g.cls, boxes * g.dfl);
+                let shown = |t: &Tensor<1>| (t.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64;
+                out.logs.push(("l_dense.cls".into(), shown(&cls)));
+                out.logs.push(("l_dense.box".into(), shown(&boxes)));
+                Some(("l_dense", cls + boxes))
+            }
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
                 let [n, _, a] = t_scores.dims();
@@ -485,19 +496,6 @@ impl StepHook for Distiller {
                     localisation_kl(s_head.boxes.clone(), t_head.boxes.clone(), self.teacher.head().reg_max, self.args.temperature, wts),
                 ))
             }
-        };
-        let resp = match self.response {
-            Response::Dense => {
-                let r = self.teacher.head().reg_max;
-                let (cls, boxes) =
-                    dense_response(s_head.boxes.clone(), s_head.scores.clone(), t_head.boxes.clone(), t_head.scores.clone(), r, self.args.temperature);
-                let g = ctx.loss_cfg.gains;
-                let (cls, boxes) = (cls * g.cls, boxes * g.dfl);
-                out.logs.push(("l_dense.cls".into(), (cls.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64));
-                out.logs.push(("l_dense.box".into(), (boxes.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64));
-                Some(("l_dense", cls + boxes))
-            }
-            _ => resp,
         };
         if let Some((name, term)) = resp {
             out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
