@@ -30,6 +30,8 @@ pub struct TrainState {
 }
 
 const STATE_KEY: &str = "train_state";
+/// Metadata key of the (1-based) epoch whose weights a checkpoint holds.
+pub const EPOCH_KEY: &str = "epoch";
 
 fn flat(t: burn::tensor::Tensor<1>) -> HostTensor {
     let v: Vec<f32> = t.try_into_vec_as::<f32>().expect("f32 tensor");
@@ -45,12 +47,12 @@ pub struct ResumeState<'a> {
     pub hook: Option<&'a mut dyn Trainable>,
 }
 
-/// Writes `path` with the EMA model as the model and, when `resume` is given,
-/// the training model, the hook's tensors and the optimizer moments as `state.` tensors.
-pub fn save(path: &Path, ema: &DetectionModel, resume: Option<ResumeState<'_>>) -> Result<()> {
+/// Writes `path` with the EMA model of `epoch` (0-based) as the model and, when `resume` is
+/// given, the training model, the hook's tensors and the optimizer moments as `state.` tensors.
+pub fn save(path: &Path, ema: &DetectionModel, epoch: usize, resume: Option<ResumeState<'_>>) -> Result<()> {
     let mut e = ema.clone();
     let tensors = collect_tensors(&mut e);
-    let mut extra = HashMap::new();
+    let mut extra = HashMap::from([(EPOCH_KEY.to_string(), (epoch + 1).to_string())]);
     let mut state = Vec::new();
     if let Some(r) = resume {
         let opt = r.optimizer;

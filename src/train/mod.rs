@@ -340,6 +340,14 @@ fn ignored_on_resume(a: &TrainArgs, by_run_name: bool) -> Result<Vec<String>> {
     Ok(ignored)
 }
 
+/// Test seam: with `YOLODISTILL_TEST_CRASH_AFTER_BEST` set, the process ends right after `best`
+/// is written for an improved epoch (not the first), as a crash at that moment would.
+fn crash_point_after_best() {
+    if std::env::var_os("YOLODISTILL_TEST_CRASH_AFTER_BEST").is_some() {
+        std::process::exit(137);
+    }
+}
+
 /// Consecutive batches with a non-finite loss after which training stops.
 const MAX_NONFINITE_BATCHES: usize = 3;
 
@@ -687,10 +695,15 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         let mut plain_model = model.valid();
         let hook_params = hook.as_deref_mut().and_then(|h| h.trainable());
         let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &opt, state: &state, hook: hook_params };
-        checkpoint::save(&last_path, &ema.model, Some(resume))?;
+        // `best` before `last`: a crash between the two leaves `last` one epoch behind (resume
+        // trains that epoch again and rewrites `best`), never `best` behind results.csv.
         if improved || !best_path.exists() {
-            checkpoint::save(&best_path, &ema.model, None)?;
+            checkpoint::save(&best_path, &ema.model, epoch, None)?;
+            if improved && epoch > 0 {
+                crash_point_after_best();
+            }
         }
+        checkpoint::save(&last_path, &ema.model, epoch, Some(resume))?;
         if a.quiet {
             // one line per epoch, prefixed with the run name (runs may share a terminal)
             let m = val.as_ref().map(|v| format!("mAP50 {:.3}  mAP50-95 {:.3}", v.metrics.map50, v.metrics.map)).unwrap_or_default();
