@@ -166,3 +166,31 @@ fn a_crash_between_best_and_last_never_leaves_best_behind() {
     assert_eq!(epoch_of("best.safetensors"), best_in_results());
     assert_eq!(epoch_of("last.safetensors"), 5);
 }
+
+/// Accumulation that spans an epoch's end (5 batches per epoch, a step every 4): the run cut
+/// after its first epoch and resumed trains its second epoch exactly as the uninterrupted run,
+/// because the pending gradients and the last step's iteration are in `last`.
+#[test]
+fn resume_is_exact_when_accumulation_spans_epochs() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("train-accum-resume");
+    let data = common::bccd_subset(&shared, &dir, 10);
+    let project = dir.join("runs");
+    let run = |name: &str, max_batches: Option<usize>| {
+        let mut a = args("yolov8n.yaml", &data, &project, 2);
+        (a.name, a.imgsz, a.batch, a.nbs, a.warmup_epochs, a.max_batches) = (name.into(), 64, 2, 8, 0.0, max_batches);
+        train(a, None).unwrap()
+    };
+    run("whole", None);
+    run("cut", Some(5));
+    let mut a = args("yolov8n.yaml", &data, &project, 2);
+    a.resume = Some(project.join("cut/weights/last.safetensors").display().to_string());
+    train(a, None).unwrap();
+    let load = |name: &str| Results::load(&project.join(name).join("results.csv")).unwrap();
+    let (cut, whole) = (load("cut"), load("whole"));
+    for c in ["train/box_loss", "train/cls_loss", "train/dfl_loss"] {
+        let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
+        assert_eq!(c1.len(), 2, "{c}: {c1:?}");
+        assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{c}: resumed {c1:?} vs uninterrupted {w1:?}");
+    }
+}

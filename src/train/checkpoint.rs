@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use burn::module::{Param, RunningState};
 use burn::tensor::{Tensor, TensorData};
 
-use super::optim::{Optimizer, Trainable};
+use super::optim::{GradStore, Optimizer, Trainable};
 use crate::model::walk::Slot;
 use crate::model::{collect_tensors, DetectionModel};
 use crate::weights::st::{self, StModel, STATE_PREFIX};
@@ -25,11 +25,20 @@ pub struct TrainState {
     pub best_fitness: f64,
     pub ema_updates: u64,
     pub optimizer_steps: u64,
+    /// Iteration (over the whole run) of the last optimizer step: with accumulation across an
+    /// epoch's end, the resumed run steps where the uninterrupted one would.
+    #[serde(default = "no_step")]
+    pub last_opt_step: i64,
     /// The run's arguments (JSON), so `--resume` needs nothing else.
     pub args: serde_json::Value,
 }
 
 const STATE_KEY: &str = "train_state";
+
+/// Checkpoints from before `last_opt_step` was saved resume as if a step had just been taken.
+fn no_step() -> i64 {
+    -1
+}
 /// Metadata key of the (1-based) epoch whose weights a checkpoint holds.
 pub const EPOCH_KEY: &str = "epoch";
 
@@ -43,6 +52,8 @@ pub struct ResumeState<'a> {
     pub model: &'a mut DetectionModel,
     pub optimizer: &'a Optimizer,
     pub state: &'a TrainState,
+    /// Gradients accumulated since the last optimizer step.
+    pub grads: &'a GradStore,
     /// A step hook's trainable tensors (distillation adapters), if any.
     pub hook: Option<&'a mut dyn Trainable>,
 }
@@ -65,6 +76,9 @@ pub fn save(path: &Path, ema: &DetectionModel, epoch: usize, resume: Option<Resu
                 state.push((format!("{STATE_PREFIX}hook.{n}"), t));
             }
         }
+        for (n, t) in &r.grads.grads {
+            state.push((format!("{STATE_PREFIX}grad.{n}"), flat(t.clone())));
+        }
         for (n, t) in &opt.m {
             state.push((format!("{STATE_PREFIX}m.{n}"), flat(t.clone())));
         }
@@ -86,6 +100,8 @@ pub struct Restored {
     pub v: Vec<(String, HostTensor)>,
     /// The step hook's tensors (distillation adapters), by name.
     pub hook: Vec<(String, HostTensor)>,
+    /// Gradients accumulated since the last optimizer step, by parameter name.
+    pub grads: Vec<(String, HostTensor)>,
 }
 
 /// Parameters of a trainable (e.g. the distiller) on the host, by name.
@@ -137,7 +153,7 @@ pub fn load(path: &Path) -> Result<Restored> {
         bail!("{} holds no training state (was it written by `train`? best.safetensors cannot resume)", path.display());
     };
     let state: TrainState = serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))?;
-    let (mut model, mut m, mut v, mut hook) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut model, mut m, mut v, mut hook, mut grads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, t) in f.state {
         let rest = &n[STATE_PREFIX.len()..];
         if let Some(k) = rest.strip_prefix("model.") {
@@ -148,7 +164,9 @@ pub fn load(path: &Path) -> Result<Restored> {
             v.push((k.to_string(), t));
         } else if let Some(k) = rest.strip_prefix("hook.") {
             hook.push((k.to_string(), t));
+        } else if let Some(k) = rest.strip_prefix("grad.") {
+            grads.push((k.to_string(), t));
         }
     }
-    Ok(Restored { state, model, ema: f.tensors, m, v, hook })
+    Ok(Restored { state, model, ema: f.tensors, m, v, hook, grads })
 }

@@ -453,10 +453,15 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
     let mut results = if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() };
     let mut restored_hook = Vec::new();
+    // Accumulation may span an epoch's end: the pending gradients and the last step go on.
+    let mut grads = GradStore::default();
+    let mut last_opt_step: i64 = -1;
     // results.csv's time is the run's training time: a resumed run adds to what was done.
     let mut time_before = 0.0;
     if let Some(r) = restored {
         restored_hook = r.hook;
+        grads.grads = r.grads.into_iter().map(|(n, t)| (n, Tensor::<1>::from_data(TensorData::new(t.data, t.shape), &plain))).collect();
+        last_opt_step = r.state.last_opt_step;
         model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
         ema = Ema::new(&model, r.state.ema_updates);
         model::apply_tensors(&mut ema.model, r.ema, &plain).context("resume: EMA weights")?;
@@ -510,8 +515,6 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
     // The arguments saved with each checkpoint (plus what calibration finds).
     let mut saved_args = serde_json::to_value(&a)?;
-    let mut grads = GradStore::default();
-    let mut last_opt_step: i64 = -1;
     let mut final_val = None;
     let mut epochs_done = start_epoch;
     let mut stale = 0usize;
@@ -690,11 +693,12 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             best_fitness,
             ema_updates: ema.updates,
             optimizer_steps: opt.steps,
+            last_opt_step,
             args: saved_args.clone(),
         };
         let mut plain_model = model.valid();
         let hook_params = hook.as_deref_mut().and_then(|h| h.trainable());
-        let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &opt, state: &state, hook: hook_params };
+        let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &opt, state: &state, grads: &grads, hook: hook_params };
         // `best` before `last`: a crash between the two leaves `last` one epoch behind (resume
         // trains that epoch again and rewrites `best`), never `best` behind results.csv.
         if improved || !best_path.exists() {
