@@ -66,3 +66,16 @@ fn nc_override_changes_only_the_class_outputs() {
     // Ultralytics' yolov8s with nc = 3 (the BCCD teacher fixture) has 11,136,761 parameters.
     assert_eq!(m.param_count(), 11_136_761);
 }
+
+/// A name with an unknown scale letter is refused (it used to build the family's first scale).
+#[test]
+fn unknown_scale_letters_are_refused() {
+    let dev = yolodistill::default_device();
+    for bad in ["yolov8q.yaml", "yolo11z.yaml", "yolov5qu.yaml"] {
+        let e = format!("{:#}", yolodistill::model::load(bad, Some(3), &dev).err().unwrap_or_else(|| panic!("{bad} loaded")));
+        assert!(e.contains("not found") && e.contains("yolov8n.yaml"), "{bad}: {e}");
+    }
+    for good in ["yolov8s.yaml", "yolov5nu.yaml", "yolo11x.yaml", "yolov8.yaml"] {
+        assert!(yolodistill::model::load(good, Some(3), &dev).is_ok(), "{good}");
+    }
+}

@@ -68,6 +68,10 @@ pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
     while i < b.len() && b[i].is_ascii_digit() {
         i += 1;
     }
+    // only a scale letter may be dropped: `yolov8q` is no model, not yolov8 at its first scale
+    if !matches!(b.get(i), Some(b'n' | b's' | b'm' | b'l' | b'x')) {
+        return None;
+    }
     let rest = stem.get(i + 1..).unwrap_or("");
     let rest = if rest == "u" { "" } else { rest };
     let family = format!("{}{}", &stem[..i], rest);
