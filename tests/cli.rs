@@ -193,3 +193,23 @@ fn image_sizes_round_up_to_the_stride() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("using 96"), "{err}");
 }
+
+/// A missing teacher, model or unlabeled folder is named before the run folder is made.
+#[test]
+fn missing_inputs_are_named_before_the_run_folder_exists() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("missing-inputs");
+    let data = common::bccd_subset(&shared, &dir, 2);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--model", "yolov8n.yaml", "--teacher", "nowhere/teacher.pt"], "--teacher nowhere/teacher.pt"),
+        (&["--model", "nowhere/student.pt"], "--model nowhere/student.pt"),
+        (&["--model", "yolov8n.yaml", "--teacher", "yolov8s.yaml", "--unlabeled", "nowhere/"], "--unlabeled nowhere/"),
+    ];
+    for (i, (extra, expected)) in cases.iter().enumerate() {
+        let name = format!("run{i}");
+        let out = bin().arg("train").args(*extra).arg("--data").arg(&data).arg("--project").arg(&dir).args(["--name", &name]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(1) && err.contains(expected), "{extra:?}: {err}");
+        assert!(!dir.join(&name).exists(), "{extra:?} left a run folder");
+    }
+}

@@ -351,6 +351,27 @@ fn crash_point_after_best() {
 /// Consecutive batches with a non-finite loss after which training stops.
 const MAX_NONFINITE_BATCHES: usize = 3;
 
+/// The model, the teacher and the unlabeled images named by `a` exist (files, or built-in
+/// model names); their contents are checked when they are loaded.
+fn check_inputs(a: &TrainArgs) -> Result<()> {
+    let model_exists = |m: &str| Path::new(m).exists() || model::builtin_yaml(m).is_some();
+    let model = a.model_source()?;
+    if !model_exists(model) {
+        bail!("--model {model}: no such file, and not a built-in model name such as yolov8n.yaml");
+    }
+    if let Some(t) = &a.distill.teacher {
+        if !model_exists(t) {
+            bail!("--teacher {t}: no such file, and not a built-in model name such as yolov8s.yaml");
+        }
+    }
+    if let Some(u) = &a.unlabeled {
+        if !u.exists() {
+            bail!("--unlabeled {}: no such file or folder", u.display());
+        }
+    }
+    Ok(())
+}
+
 /// Held from seeding the backend's generator until the model and distiller are initialised.
 static INIT_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -390,13 +411,15 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
             eprintln!("{msg}");
         }
     };
+    // Inputs are checked before the run folder exists, so a typo leaves nothing behind.
+    let data = DataConfig::load(a.data_yaml()?)?;
+    check_inputs(&a)?;
     let wdir = dir.join("weights");
     std::fs::create_dir_all(&wdir).with_context(|| format!("cannot create {}", wdir.display()))?;
     let (last_path, best_path) = (wdir.join("last.safetensors"), wdir.join("best.safetensors"));
     std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&a)?)?;
 
     // Data.
-    let data = DataConfig::load(a.data_yaml()?)?;
     let nc = data.names.len();
     let cache_dir = dir.join("cache");
     let mut train_ds = Dataset::scan(&data.train, nc, Some(&cache_dir)).context("training images")?;
