@@ -213,3 +213,15 @@ fn missing_inputs_are_named_before_the_run_folder_exists() {
         assert!(!dir.join(&name).exists(), "{extra:?} left a run folder");
     }
 }
+
+/// The demo checks its students' options before it trains the teacher.
+#[test]
+fn demo_refuses_bad_student_options_before_training() {
+    let dir = common::temp_dir("demo-bad");
+    for (flag, value, expected) in [("--logit", "kd", "--logit"), ("--distill", "cwdd", "cwdd"), ("--label-fraction", "2", "--label-fraction")] {
+        let out = bin().args(["demo", "--dir", dir.to_str().unwrap(), "--imgsz", "64", "--train-images", "8", "--val-images", "4", flag, value]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(1) && err.contains(expected), "{flag} {value}: {err}");
+        assert!(!dir.join("runs/teacher").exists(), "{flag} {value}: the teacher trained first");
+    }
+}

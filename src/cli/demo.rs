@@ -24,7 +24,7 @@ pub struct DemoArgs {
     #[arg(long = "val-images", default_value_t = 96)]
     pub val_images: usize,
     /// Share of the training images whose labels the students see (the teacher sees all).
-    #[arg(long = "label-fraction", default_value_t = 0.25)]
+    #[arg(long = "label-fraction", default_value_t = 0.25, value_parser = crate::options::share)]
     pub label_fraction: f64,
     #[arg(long = "teacher-epochs", default_value_t = 15)]
     pub teacher_epochs: usize,
@@ -73,7 +73,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         seed: a.seed,
     };
     let data = generate(&dir.join("shapes"), &cfg)?;
-    let labeled = ((cfg.train as f64 * a.label_fraction).round() as usize).clamp(1, cfg.train);
+    let labeled = crate::data::dataset::labeled_count(cfg.train, a.label_fraction);
     eprintln!(
         "demo: a synthetic detection dataset: {} training and {} validation images of {}×{} px with circles, squares and triangles to find, in {}",
         cfg.train,
@@ -97,6 +97,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .collect()
     };
 
+    let student = student_yaml.to_string_lossy().to_string();
+    // The students' options are checked now, not after the teacher has trained for minutes.
+    let mut flags = common(&student, a.student_epochs);
+    let stop = a.student_epochs.to_string();
+    let fraction = a.label_fraction.to_string();
+    flags.extend(
+        [
+            "--label-fraction", &fraction, "--teacher", "(the teacher trained first)", "--distill", &a.distill, "--logit", &a.logit, "--distill-stop-epoch", &stop,
+            "--quiet",
+        ]
+        .map(String::from),
+    );
+    let mut students = TrainArgs::from_flags(&flags)?;
+    crate::distill::distiller::parse_methods(&students.distill.distill, students.distill.distill_weight)?;
+
     eprintln!(
         "\ndemo 1/2: the teacher, yolov8n ({} parameters), learns from all {} labeled training images ({} epochs)",
         params("yolov8n.yaml")?,
@@ -109,7 +124,6 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let teacher_map = teacher.best_map.unwrap_or((0.0, 0.0));
     let teacher_weights = teacher.best.to_string_lossy().to_string();
 
-    let student = student_yaml.to_string_lossy().to_string();
     eprintln!(
         "\ndemo 2/2: two students, yolov8 at a smaller \"p\" scale ({} parameters), see the labels of only {labeled} of the {} \
          training images, as when labelling is what costs. The plain student learns from those alone. The distilled \
@@ -124,17 +138,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.seeds,
         a.student_epochs
     );
-    let mut flags = common(&student, a.student_epochs);
-    let stop = a.student_epochs.to_string();
-    let fraction = a.label_fraction.to_string();
-    flags.extend(
-        [
-            "--label-fraction", &fraction, "--teacher", &teacher_weights, "--distill", &a.distill, "--logit", &a.logit, "--distill-stop-epoch", &stop,
-            "--quiet",
-        ]
-        .map(String::from),
-    );
-    let (rows, table) = compare_seeds(&TrainArgs::from_flags(&flags)?, &seeds, &runs.join("students"), true)?;
+    students.distill.teacher = Some(teacher_weights);
+    let (rows, table) = compare_seeds(&students, &seeds, &runs.join("students"), true)?;
     let out = summary(&rows, &table, teacher_map, labeled, cfg.train);
     std::fs::write(dir.join("demo_results.md"), &out)?;
     println!("\n{out}");

@@ -20,6 +20,11 @@ use rand::SeedableRng;
 use super::loader::derive_seed;
 use crate::infer::predict::{load_rgb, IMAGE_EXTS};
 
+/// How many of `n` images keep their labels under `--label-fraction fraction` (at least one).
+pub fn labeled_count(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).round() as usize).clamp(1, n.max(1))
+}
+
 /// Seed stream of `--label-fraction`'s choice (apart from the data order's).
 const LABEL_SPLIT_KEY: u64 = 0x1abe1;
 
@@ -291,7 +296,7 @@ impl Dataset {
     /// listed order, and returns the others without labels: `--label-fraction`'s split.
     pub fn split_labels(&mut self, fraction: f64, seed: u64) -> Vec<Item> {
         let n = self.items.len();
-        let keep = ((n as f64 * fraction).round() as usize).clamp(1, n.max(1));
+        let keep = labeled_count(n, fraction);
         if keep >= n {
             return Vec::new();
         }

@@ -206,11 +206,12 @@ fn step_losses(
     let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
     // Unlabeled images enter the detection loss only with pseudo-labels.
     let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos)) } else { None };
-    let (det_targets, det_images) = match pseudo {
-        Some(p) => (targets.clone().joined(p), b),
-        None => (targets.clone(), labeled),
+    let with_pseudo = pseudo.map(|p| targets.clone().joined(p));
+    let (det_targets, det_images) = match &with_pseudo {
+        Some(t) => (t, b),
+        None => (&targets, labeled),
     };
-    let (out, assigned) = detection_part(loss_cfg, &fwd.head, &det_targets, det_images, pos);
+    let (out, assigned) = detection_part(loss_cfg, &fwd.head, det_targets, det_images, pos);
     let mut items: Vec<(String, f64)> =
         ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
     let mut terms = Vec::new();
@@ -483,7 +484,6 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     let mut time_before = 0.0;
     if let Some(r) = restored {
         restored_hook = r.hook;
-        grads.grads = r.grads.into_iter().map(|(n, t)| (n, Tensor::<1>::from_data(TensorData::new(t.data, t.shape), &plain))).collect();
         last_opt_step = r.state.last_opt_step;
         model::apply_tensors(&mut model, r.model, &plain).context("resume: training weights")?;
         ema = Ema::new(&model, r.state.ema_updates);
@@ -493,6 +493,7 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         };
         opt.m = to_map(r.m);
         opt.v = to_map(r.v);
+        grads.grads = to_map(r.grads);
         opt.steps = r.state.optimizer_steps;
         start_epoch = r.state.epoch + 1;
         best_fitness = r.state.best_fitness;
