@@ -191,6 +191,7 @@ fn parse_names(doc: &YamlDoc, names: Option<&Value>, nc: Option<&Value>) -> Resu
     if names.is_empty() {
         return Err(doc.err("names", "is empty"));
     }
+    crate::model::check_class_names(&names, names.len()).map_err(|e| doc.err("names", &e.to_string()))?;
     Ok(names)
 }
 

@@ -1,6 +1,7 @@
-//! GFLOPs counted the way Ultralytics reports them (thop): 2 × multiply-adds of
-//! every Conv2d plus 4 operations per BatchNorm output element; activations,
-//! pooling, upsampling and attention matmuls count zero.
+//! GFLOPs counted the way Ultralytics 8.4.190 reports them (its thop): 2 × the
+//! multiply-adds of every Conv2d and of attention's matrix products, plus 4 operations
+//! per BatchNorm element; activations, softmax, pooling and upsampling count zero.
+//! `scripts/gflops_reference.py` prints Ultralytics' figures.
 
 use super::graph::{layer_strides, DetectionModel};
 use super::spec::LayerKind;
@@ -26,6 +27,7 @@ pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
             let j = if l.from[0] < 0 { (i as i64 + l.from[0]) as usize } else { l.from[0] as usize };
             res(strides[j])
         };
+        ops += layer.matmul_macs(out_res);
         let prefix = child("model.", i);
         let is_scdown = matches!(l.kind, LayerKind::SCDown { .. });
         use super::walk::Walk;
@@ -42,7 +44,12 @@ pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
                 out_res
             };
             match slot {
-                Slot::P4(p) if !name.ends_with("dfl.conv.weight") => {
+                // DFL's fixed 1×1 conv runs over the 4 sides of every anchor of every level.
+                Slot::P4(p) if name.ends_with("dfl.conv.weight") => {
+                    let anchors: f64 = head_strides.iter().map(|&s| res(s)).sum();
+                    ops += 4.0 * anchors * p.lazy_shape().to_vec()[1] as f64;
+                }
+                Slot::P4(p) => {
                     let d = p.lazy_shape().to_vec();
                     let (co, ci, kh, kw) = (d[0], d[1], d[2], d[3]);
                     ops += r * (co * ci * kh * kw) as f64;

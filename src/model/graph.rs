@@ -33,6 +33,19 @@ pub enum Layer {
     Detect(Detect),
 }
 
+impl Layer {
+    /// Multiply-adds of attention's matrix products at `n` positions per image
+    /// (what Ultralytics' FLOPs count adds to the convolutions).
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        match self {
+            Layer::C2f(m) => m.matmul_macs(n),
+            Layer::C2Psa(m) => m.matmul_macs(n),
+            Layer::A2C2f(m) => m.matmul_macs(n),
+            _ => 0.0,
+        }
+    }
+}
+
 impl Walk for Layer {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
         match self {
@@ -161,10 +174,9 @@ impl DetectionModel {
             };
             layers.push(layer);
         }
-        let mut names = names;
-        if names.len() != spec.nc {
-            names = (0..spec.nc).map(|i| format!("class{i}")).collect();
-        }
+        // A model without names (a YAML build) gets Ultralytics' defaults.
+        let names = if names.is_empty() { (0..spec.nc).map(|i| format!("class{i}")).collect() } else { names };
+        super::check_class_names(&names, spec.nc)?;
         Ok(Self { layers, names, fused: false, spec: Arc::new(spec) })
     }
 

@@ -5,6 +5,7 @@ pub mod flops;
 pub mod graph;
 pub mod layers;
 pub mod spec;
+pub mod validate;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -101,7 +102,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             });
             let spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
             check_nc(nc, spec.nc, m)?;
-            let mut model = DetectionModel::new(spec, ck.names, device)?;
+            let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
             apply_tensors(&mut model, ck.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
             Ok(Loaded { model, pretrained: true })
         }
@@ -110,7 +111,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             let scale = f.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next());
             let spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
             check_nc(nc, spec.nc, m)?;
-            let mut model = DetectionModel::new(spec, f.names, device)?;
+            let mut model = DetectionModel::new(spec, f.names, device).with_context(|| format!("{m}: bad class names"))?;
             if f.extra.get(FUSED_KEY).map(String::as_str) == Some("true") {
                 model.fuse();
             }
@@ -139,6 +140,19 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
         }
         other => bail!("{m}: unsupported model file type '.{other}' (expected .yaml, .pt or .safetensors)"),
     }
+}
+
+/// Class names must be one per class and distinct: results are keyed by name.
+pub fn check_class_names(names: &[String], nc: usize) -> Result<()> {
+    if names.len() != nc {
+        bail!("{} class names for {nc} classes; accepted: exactly one name per class", names.len());
+    }
+    for (j, n) in names.iter().enumerate() {
+        if let Some(i) = names[..j].iter().position(|m| m == n) {
+            bail!("class name '{n}' is given twice (classes {i} and {j}); accepted: distinct names");
+        }
+    }
+    Ok(())
 }
 
 fn check_nc(want: Option<usize>, have: usize, m: &str) -> Result<()> {

@@ -5,6 +5,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use serde_yaml::Value;
 
+use super::validate::{self, MAX_CHANNELS};
+
 /// One built layer with everything needed to construct it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerSpec {
@@ -195,9 +197,10 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
     let map = yaml.as_mapping().ok_or_else(|| anyhow!("model YAML is not a mapping"))?;
     let get = |k: &str| map.get(Value::String(k.into()));
     let nc = match nc {
-        Some(n) => n,
-        None => get("nc").and_then(num).map(|x| x as usize).context("model YAML has no `nc`")?,
+        Some(n) => n as f64,
+        None => get("nc").and_then(num).context("model YAML has no `nc`")?,
     };
+    let nc = whole(nc, 1, MAX_CHANNELS).with_context(|| format!("model YAML: `nc` is {nc}"))?;
     let mut depth = get("depth_multiple").and_then(num).unwrap_or(1.0);
     let mut width = get("width_multiple").and_then(num).unwrap_or(1.0);
     let mut max_channels = f64::INFINITY;
@@ -218,7 +221,13 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
         width = f(1)?;
         max_channels = f(2)?;
     }
-    let reg_max = get("reg_max").and_then(num).map(|x| x as usize).unwrap_or(16);
+    for (what, v) in [("depth multiple", depth), ("width multiple", width), ("max channels", max_channels)] {
+        if !(v > 0.0) || v.is_nan() || v == f64::NEG_INFINITY {
+            bail!("model YAML: the {what} is {v}; accepted: a number above 0");
+        }
+    }
+    let reg_max = get("reg_max").and_then(num).unwrap_or(16.0);
+    let reg_max = whole(reg_max, 1, 64).with_context(|| format!("model YAML: `reg_max` is {reg_max}"))?;
     let end2end_yaml = get("end2end").and_then(|v| v.as_bool()).unwrap_or(false);
     let mut legacy = true;
 
@@ -241,8 +250,10 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
             Value::Sequence(s) => s.iter().map(|v| num(v).map(|x| x as i64)).collect::<Option<_>>(),
             v => num(v).map(|x| vec![x as i64]),
         }
-        .ok_or_else(|| anyhow!("layer {i}: bad `from` {}", text(&r[0])))?;
-        let n0 = num(&r[1]).map(|x| x as usize).ok_or_else(|| anyhow!("layer {i}: bad repeats"))?;
+        .filter(|f: &Vec<i64>| !f.is_empty())
+        .ok_or_else(|| anyhow!("layer {i}: bad `from` {}; accepted: a layer index or a list of them", text(&r[0])))?;
+        let n0 = num(&r[1]).ok_or_else(|| anyhow!("layer {i}: repeats are not a number"))?;
+        let n0 = whole(n0, 1, MAX_REPEATS).with_context(|| format!("layer {i}: repeats are {n0}"))?;
         let module = r[2].as_str().ok_or_else(|| anyhow!("layer {i}: module name is not a string"))?;
         let module = module.strip_prefix("nn.").unwrap_or(module).to_string();
         let mut args: Vec<Value> = r[3].as_sequence().cloned().unwrap_or_default();
@@ -265,7 +276,11 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
         let c1 = input(from[0])?;
         let scale_c2 = |v: &Value| -> Result<usize> {
             let c = num(v).ok_or_else(|| anyhow!("layer {i} ({module}): output channels must be a number"))?;
-            Ok(make_divisible(c.min(max_channels) * width, 8))
+            let scaled = c.min(max_channels) * width;
+            if !(scaled > 0.0 && scaled <= MAX_CHANNELS as f64) {
+                bail!("layer {i} ({module}): {c} output channels scale to {scaled}; accepted: above 0 to {MAX_CHANNELS}");
+            }
+            Ok(make_divisible(scaled, 8))
         };
         let is_repeat = REPEAT_MODULES.contains(&module.as_str());
         // After scaling, a repeat module gets n as its 3rd argument.
@@ -385,12 +400,13 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
             "Upsample" => {
                 c2 = c1;
                 let s = Args { v: &a, row: i, module: &module }.f64_or(1, 2.0)?;
+                let s = whole(s, 1, 32).with_context(|| format!("layer {i} (Upsample): the scale factor is {s}"))?;
                 if let Some(m) = a.get(2).and_then(Value::as_str) {
                     if m != "nearest" {
                         bail!("layer {i}: only nearest upsampling is supported, got '{m}'");
                     }
                 }
-                LayerKind::Upsample { scale: s as usize }
+                LayerKind::Upsample { scale: s }
             }
             "Detect" | "v10Detect" => {
                 let chs = from.iter().map(|&f| input(f)).collect::<Result<Vec<_>>>()?;
@@ -437,7 +453,20 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
             m.insert("scale".into(), Value::String(s.clone()));
         }
     }
-    Ok(ModelSpec { layers, save, nc, scale: scale_key, yaml })
+    let spec = ModelSpec { layers, save, nc, scale: scale_key, yaml };
+    validate::check(&spec)?;
+    Ok(spec)
+}
+
+/// Most copies of a module a row may ask for (Ultralytics' YAMLs use up to 9).
+const MAX_REPEATS: usize = 64;
+
+/// `v` as a whole number in `lo..=hi`, or an error that gives the accepted range.
+fn whole(v: f64, lo: usize, hi: usize) -> Result<usize> {
+    if v.fract() != 0.0 || !(v >= lo as f64 && v <= hi as f64) {
+        bail!("accepted: a whole number from {lo} to {hi}");
+    }
+    Ok(v as usize)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod args;
 pub mod checkpoint;
 pub mod ema;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod unlabeled;
 
@@ -20,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub use args::TrainArgs;
 use ema::Ema;
+pub use run_dir::run_dir;
 use optim::{GradStore, Method, Optimizer, OptimizerKind, StepParams, Trainable};
 use schedule::{interp, lr_factor, warmup_iters};
 
@@ -118,14 +120,6 @@ pub fn make_trainable<T: Trainable + ?Sized>(model: &mut T) {
 }
 
 /// A fresh run folder `project/name`, or `name2`, `name3`, … when taken (unless `exist_ok`).
-pub fn run_dir(project: &Path, name: &str, exist_ok: bool) -> PathBuf {
-    let first = project.join(name);
-    if exist_ok || !first.exists() {
-        return first;
-    }
-    (2..).map(|i| project.join(format!("{name}{i}"))).find(|p| !p.exists()).expect("a free name")
-}
-
 /// Summary of a finished run.
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
@@ -341,29 +335,35 @@ fn ignored_on_resume(a: &TrainArgs, by_run_name: bool) -> Result<Vec<String>> {
     Ok(ignored)
 }
 
-/// Test seam: with `YOLODISTILL_TEST_CRASH_AFTER_BEST` set, the process ends right after `best`
-/// is written for an improved epoch (not the first), as a crash at that moment would.
-fn crash_point_after_best() {
-    if std::env::var_os("YOLODISTILL_TEST_CRASH_AFTER_BEST").is_some() {
-        std::process::exit(137);
+/// Writes results.csv and its plot. The epoch's row is written after `best` and before `last`:
+/// a crash in between never leaves `best` worse than the best epoch results.csv records.
+fn save_results(results: &Results, dir: &Path) -> Result<()> {
+    results.save(&dir.join("results.csv"))?;
+    if let Err(e) = results.plot(&dir.join("results.png")) {
+        eprintln!("warning: could not draw results.png: {e:#}");
     }
+    Ok(())
 }
 
 /// Consecutive batches with a non-finite loss after which training stops.
 const MAX_NONFINITE_BATCHES: usize = 3;
 
-/// The model, the teacher and the unlabeled images named by `a` exist (files, or built-in
-/// model names); their contents are checked when they are loaded.
-fn check_inputs(a: &TrainArgs) -> Result<()> {
+/// The model, the teacher and the unlabeled images named by `a` exist, and the two models
+/// load (so a damaged file is named before the run folder exists).
+fn check_inputs(a: &TrainArgs, device: &Device) -> Result<()> {
+    // Building a model draws from the backend's process-wide generator.
+    let _turn = INIT_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let model_exists = |m: &str| Path::new(m).exists() || model::builtin_yaml(m).is_some();
     let model = a.model_source()?;
     if !model_exists(model) {
         bail!("--model {model}: no such file, and not a built-in model name such as yolov8n.yaml");
     }
+    model::load(model, None, device).with_context(|| format!("--model {model}"))?;
     if let Some(t) = &a.distill.teacher {
         if !model_exists(t) {
             bail!("--teacher {t}: no such file, and not a built-in model name such as yolov8s.yaml");
         }
+        model::load(t, None, device).with_context(|| format!("--teacher {t}"))?;
     }
     if let Some(u) = &a.unlabeled {
         if !u.exists() {
@@ -414,9 +414,9 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
     };
     // Inputs are checked before the run folder exists, so a typo leaves nothing behind.
     let data = DataConfig::load(a.data_yaml()?)?;
-    check_inputs(&a)?;
+    check_inputs(&a, &plain)?;
+    let _lock = run_dir::claim(&dir)?;
     let wdir = dir.join("weights");
-    std::fs::create_dir_all(&wdir).with_context(|| format!("cannot create {}", wdir.display()))?;
     let (last_path, best_path) = (wdir.join("last.safetensors"), wdir.join("best.safetensors"));
     std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&a)?)?;
 
@@ -691,10 +691,6 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         }
         row.extend((0..3).map(|g| (format!("lr/pg{g}"), lrs[g])));
         results.push(&row);
-        results.save(&dir.join("results.csv"))?;
-        if let Err(e) = results.plot(&dir.join("results.png")) {
-            eprintln!("warning: could not draw results.png: {e:#}");
-        }
 
         // Checkpoints: best by fitness, last always (with resume state).
         let improved = fitness > best_fitness;
@@ -723,14 +719,12 @@ pub fn train(a: TrainArgs, hook: Option<&mut dyn StepHook>) -> Result<TrainSumma
         let mut plain_model = model.valid();
         let hook_params = hook.as_deref_mut().and_then(|h| h.trainable());
         let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &opt, state: &state, grads: &grads, hook: hook_params };
-        // `best` before `last`: a crash between the two leaves `last` one epoch behind (resume
-        // trains that epoch again and rewrites `best`), never `best` behind results.csv.
+        // `best`, then results.csv, then `last`: a crash between them leaves `last` one epoch
+        // behind (resume trains that epoch again and rewrites `best`), never `best` behind results.csv.
         if improved || !best_path.exists() {
             checkpoint::save(&best_path, &ema.model, epoch, None)?;
-            if improved && epoch > 0 {
-                crash_point_after_best();
-            }
         }
+        save_results(&results, &dir)?;
         checkpoint::save(&last_path, &ema.model, epoch, Some(resume))?;
         if a.quiet {
             // one line per epoch, prefixed with the run name (runs may share a terminal)

@@ -146,6 +146,43 @@ impl Value {
     }
 }
 
+/// Containers give their children to a worklist when dropped: a hostile pickle
+/// can nest values deeper than a recursive drop's stack would allow.
+impl Drop for Value {
+    fn drop(&mut self) {
+        let mut work = Vec::new();
+        take_children(self, &mut work);
+        while let Some(mut v) = work.pop() {
+            take_children(&mut v, &mut work);
+        }
+    }
+}
+
+/// Moves the children of a container this value owns alone into `out`.
+fn take_children(v: &mut Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Tuple(items) => out.append(items),
+        Value::List(l) => {
+            if let Some(cell) = Rc::get_mut(l) {
+                out.append(cell.get_mut());
+            }
+        }
+        Value::Dict(d) => {
+            if let Some(cell) = Rc::get_mut(d) {
+                out.extend(cell.get_mut().drain(..).flat_map(|(k, v)| [k, v]));
+            }
+        }
+        Value::Object(o) => {
+            if let Some(cell) = Rc::get_mut(o) {
+                let o = cell.get_mut();
+                out.append(&mut o.args);
+                out.extend(o.state.take());
+            }
+        }
+        _ => {}
+    }
+}
+
 fn new_dict(items: Vec<(Value, Value)>) -> Value {
     Value::Dict(Rc::new(RefCell::new(items)))
 }
@@ -161,11 +198,12 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.pos + n > self.data.len() {
-            bail!("pickle stream ends unexpectedly at byte {}", self.pos);
-        }
-        let s = &self.data[self.pos..self.pos + n];
-        self.pos += n;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        let Some(end) = end else {
+            bail!("pickle stream ends unexpectedly at byte {} ({n} more bytes announced)", self.pos);
+        };
+        let s = &self.data[self.pos..end];
+        self.pos = end;
         Ok(s)
     }
     fn u8(&mut self) -> Result<u8> {
@@ -183,14 +221,26 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into()?))
     }
+    /// A newline-terminated argument (text opcodes such as GLOBAL and INT).
     fn line(&mut self) -> Result<String> {
-        let start = self.pos;
-        while self.pos < self.data.len() && self.data[self.pos] != b'\n' {
-            self.pos += 1;
-        }
-        let s = String::from_utf8_lossy(&self.data[start..self.pos]).into_owned();
-        self.pos += 1;
+        let rest = &self.data[self.pos..];
+        let Some(n) = rest.iter().position(|&b| b == b'\n') else {
+            bail!("pickle stream ends inside a text argument at byte {}", self.pos);
+        };
+        let s = String::from_utf8_lossy(&rest[..n]).into_owned();
+        self.pos += n + 1;
         Ok(s)
+    }
+    /// A length prefix of LONG4: a signed 32-bit count that must not be negative.
+    fn len_i32(&mut self) -> Result<usize> {
+        let at = self.pos;
+        let n = self.i32()?;
+        usize::try_from(n).map_err(|_| anyhow::anyhow!("negative length {n} in pickle at byte {at}"))
+    }
+    /// A 64-bit length prefix (BINUNICODE8, BINBYTES8).
+    fn len_u64(&mut self) -> Result<usize> {
+        let n = self.u64()?;
+        usize::try_from(n).map_err(|_| anyhow::anyhow!("length {n} in pickle is too large"))
     }
     fn string(&mut self, n: usize) -> Result<String> {
         Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
@@ -211,6 +261,9 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
     }
     let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>| -> Result<Vec<Value>> {
         let m = marks.pop().context("pickle MARK missing")?;
+        if m > stack.len() {
+            bail!("pickle stack popped below its MARK");
+        }
         Ok(stack.split_off(m))
     };
 
@@ -241,7 +294,7 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                 stack.push(Value::Int(long_from_le(bytes)?));
             }
             0x8b => {
-                let n = r.i32()? as usize;
+                let n = r.len_i32()?;
                 let bytes = r.take(n)?;
                 stack.push(Value::Int(long_from_le(bytes)?));
             }
@@ -263,7 +316,7 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                 stack.push(Value::Str(r.string(n)?));
             }
             0x8d => {
-                let n = r.u64()? as usize;
+                let n = r.len_u64()?;
                 stack.push(Value::Str(r.string(n)?));
             }
             b'V' => stack.push(Value::Str(r.line()?)),
@@ -276,7 +329,7 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                 stack.push(Value::Bytes(r.take(n)?.to_vec()));
             }
             0x8e => {
-                let n = r.u64()? as usize;
+                let n = r.len_u64()?;
                 stack.push(Value::Bytes(r.take(n)?.to_vec()));
             }
             b'q' => {
@@ -496,7 +549,7 @@ fn call(func: Value, args: Value) -> Result<Value> {
                 _ => bail!("tensor without storage"),
             };
             let offset = match a.get(1) {
-                Some(Value::Int(i)) => *i as usize,
+                Some(Value::Int(i)) => usize::try_from(*i).context("negative storage offset")?,
                 _ => 0,
             };
             let shape = as_usizes(a.get(2).context("tensor without size")?)?;

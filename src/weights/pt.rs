@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -22,6 +23,12 @@ pub struct PtCheckpoint {
     pub tensors: Vec<(String, HostTensor)>,
 }
 
+/// Nesting deeper than this is refused: Ultralytics' module trees are a few levels deep,
+/// and a cyclic or hostile pickle must not recurse without bound.
+const MAX_DEPTH: usize = 64;
+/// The largest `data.pkl` read (real ones are under a megabyte).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 pub fn read_pt(path: &Path) -> Result<PtCheckpoint> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
@@ -32,36 +39,19 @@ pub fn read_pt(path: &Path) -> Result<PtCheckpoint> {
         .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
         .ok_or_else(|| anyhow!("{} is not a PyTorch checkpoint (no data.pkl)", path.display()))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let mut pkl = Vec::new();
-    zip.by_name(&pkl_name)
-        .and_then(|mut f| f.read_to_end(&mut pkl).map_err(Into::into))
+    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES)
         .with_context(|| format!("{}: cannot read {pkl_name}", path.display()))?;
-    let root = unpickle(&pkl).with_context(|| format!("{}: corrupt pickle", path.display()))?;
+    let model = parse_model(&pkl).with_context(|| format!("{}", path.display()))?;
 
-    let model = pick_model(&root)
-        .with_context(|| format!("{} is not an Ultralytics checkpoint", path.display()))?;
-    let yaml = model
-        .attr("yaml")
-        .map(|y| to_yaml(&y))
-        .ok_or_else(|| anyhow!("{}: the model has no `yaml` description", path.display()))?;
-    let names = model.attr("names").map(|n| names_of(&n)).unwrap_or_default();
-
-    let mut refs = Vec::new();
-    walk_module(&model, "", &mut refs);
-    if refs.is_empty() {
-        bail!("{}: the checkpoint's model holds no tensors", path.display());
-    }
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut tensors = Vec::with_capacity(refs.len());
-    for (name, t) in refs {
+    let mut tensors = Vec::with_capacity(model.tensors.len());
+    for (name, t) in model.tensors {
         if !t.dtype.is_float() {
             continue; // num_batches_tracked and other integer buffers
         }
         if !storages.contains_key(&t.storage) {
             let entry = format!("{prefix}data/{}", t.storage);
-            let mut bytes = Vec::new();
-            zip.by_name(&entry)
-                .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
+            let bytes = read_entry(&mut zip, &entry, u64::MAX)
                 .with_context(|| format!("{}: missing or truncated {entry}", path.display()))?;
             storages.insert(t.storage.clone(), bytes);
         }
@@ -69,7 +59,40 @@ pub fn read_pt(path: &Path) -> Result<PtCheckpoint> {
             .with_context(|| format!("{}: tensor {name}", path.display()))?;
         tensors.push((name, HostTensor { shape: t.shape.clone(), data }));
     }
-    Ok(PtCheckpoint { yaml, names, tensors })
+    Ok(PtCheckpoint { yaml: model.yaml, names: model.names, tensors })
+}
+
+/// What the pickle of a checkpoint describes: the model and where its tensors live.
+pub struct PickledModel {
+    pub yaml: serde_yaml::Value,
+    pub names: Vec<String>,
+    pub tensors: Vec<(String, Rc<TensorRef>)>,
+}
+
+/// Interprets a checkpoint's `data.pkl` (public so that the fuzz tests reach it).
+pub fn parse_model(pkl: &[u8]) -> Result<PickledModel> {
+    let root = unpickle(pkl).context("corrupt pickle")?;
+    let model = pick_model(&root).context("not an Ultralytics checkpoint")?;
+    let yaml = model.attr("yaml").context("the model has no `yaml` description")?;
+    let yaml = to_yaml(&yaml, 0)?;
+    let names = model.attr("names").map(|n| names_of(&n)).unwrap_or_default();
+    let mut tensors = Vec::new();
+    walk_module(&model, "", 0, &mut tensors)?;
+    if tensors.is_empty() {
+        bail!("the checkpoint's model holds no tensors");
+    }
+    Ok(PickledModel { yaml, names, tensors })
+}
+
+/// One archive entry, refused when it inflates beyond `limit` bytes.
+fn read_entry(zip: &mut zip::ZipArchive<File>, name: &str, limit: u64) -> Result<Vec<u8>> {
+    let f = zip.by_name(name)?;
+    if f.size() > limit {
+        bail!("{name} is {} bytes, more than the {limit} accepted", f.size());
+    }
+    let mut bytes = Vec::new();
+    f.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// `ckpt["model"]`, or `ckpt["ema"]` when the model entry is None (as in `last.pt`).
@@ -93,7 +116,10 @@ fn pick_model(root: &Value) -> Result<Value> {
     bail!("neither `model` nor `ema` holds a model")
 }
 
-fn walk_module(m: &Value, prefix: &str, out: &mut Vec<(String, std::rc::Rc<TensorRef>)>) {
+fn walk_module(m: &Value, prefix: &str, depth: usize, out: &mut Vec<(String, Rc<TensorRef>)>) -> Result<()> {
+    if depth > MAX_DEPTH {
+        bail!("the module tree nests deeper than {MAX_DEPTH} levels (cyclic?)");
+    }
     let non_persistent: Vec<String> = m
         .attr("_non_persistent_buffers_set")
         .map(|s| s.items().iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
@@ -101,9 +127,9 @@ fn walk_module(m: &Value, prefix: &str, out: &mut Vec<(String, std::rc::Rc<Tenso
     for (field, skip) in [("_parameters", &Vec::new()), ("_buffers", &non_persistent)] {
         if let Some(d) = m.attr(field) {
             for (k, v) in d.dict_items() {
-                let (Some(k), Value::Tensor(t)) = (k.as_str(), v) else { continue };
+                let (Some(k), Value::Tensor(t)) = (k.as_str(), &v) else { continue };
                 if !skip.iter().any(|s| s == k) {
-                    out.push((format!("{prefix}{k}"), t));
+                    out.push((format!("{prefix}{k}"), t.clone()));
                 }
             }
         }
@@ -112,16 +138,17 @@ fn walk_module(m: &Value, prefix: &str, out: &mut Vec<(String, std::rc::Rc<Tenso
         for (k, v) in children.dict_items() {
             if let Some(k) = k.as_str() {
                 if !v.is_none() {
-                    walk_module(&v, &format!("{prefix}{k}."), out);
+                    walk_module(&v, &format!("{prefix}{k}."), depth + 1, out)?;
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn gather_f32(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>> {
-    let numel: usize = t.shape.iter().product();
     let es = t.dtype.size();
+    let numel = check_extent(t, bytes.len() / es)?;
     let read = |idx: usize| -> Result<f32> {
         let b = bytes
             .get(idx * es..idx * es + es)
@@ -151,26 +178,51 @@ fn gather_f32(bytes: &[u8], t: &TensorRef) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Element count of `t` after checking that its rank matches its strides and that every
+/// element it addresses lies inside a storage of `available` elements.
+fn check_extent(t: &TensorRef, available: usize) -> Result<usize> {
+    if t.shape.len() != t.strides.len() {
+        bail!("shape {:?} and strides {:?} differ in rank", t.shape, t.strides);
+    }
+    let too_big = || anyhow!("shape {:?} is larger than its storage of {available} elements", t.shape);
+    let numel = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_big)?;
+    if numel == 0 {
+        return Ok(0);
+    }
+    let last = t.shape.iter().zip(&t.strides).try_fold(t.offset, |acc, (&d, &s)| {
+        (d - 1).checked_mul(s).and_then(|x| x.checked_add(acc))
+    });
+    match last {
+        Some(last) if last < available && numel <= available => Ok(numel),
+        _ => Err(too_big()),
+    }
+}
+
 /// Converts the pickled YAML dict into a YAML value.
-fn to_yaml(v: &Value) -> serde_yaml::Value {
+fn to_yaml(v: &Value, depth: usize) -> Result<serde_yaml::Value> {
     use serde_yaml::Value as Y;
-    match v {
+    if depth > MAX_DEPTH {
+        bail!("the model's `yaml` nests deeper than {MAX_DEPTH} levels");
+    }
+    Ok(match v {
         Value::None => Y::Null,
         Value::Bool(b) => Y::Bool(*b),
         Value::Int(i) => Y::Number((*i).into()),
         Value::Float(f) => Y::Number((*f).into()),
         Value::Str(s) => Y::String(s.clone()),
-        Value::Tuple(_) | Value::List(_) => Y::Sequence(v.items().iter().map(to_yaml).collect()),
+        Value::Tuple(_) | Value::List(_) => {
+            Y::Sequence(v.items().iter().map(|x| to_yaml(x, depth + 1)).collect::<Result<_>>()?)
+        }
         Value::Dict(_) => {
             let mut m = serde_yaml::Mapping::new();
             for (k, val) in v.dict_items() {
-                m.insert(to_yaml(&k), to_yaml(&val));
+                m.insert(to_yaml(&k, depth + 1)?, to_yaml(&val, depth + 1)?);
             }
             Y::Mapping(m)
         }
         Value::Object(o) => Y::String(format!("<{}>", o.borrow().class)),
         _ => Y::Null,
-    }
+    })
 }
 
 fn names_of(v: &Value) -> Vec<String> {
@@ -178,8 +230,8 @@ fn names_of(v: &Value) -> Vec<String> {
         Value::Dict(_) => v
             .dict_items()
             .into_iter()
-            .filter_map(|(k, n)| match (k, n) {
-                (Value::Int(i), Value::Str(s)) => Some((i, s)),
+            .filter_map(|(k, n)| match (&k, &n) {
+                (Value::Int(i), Value::Str(s)) => Some((*i, s.clone())),
                 _ => None,
             })
             .collect(),

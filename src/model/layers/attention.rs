@@ -35,6 +35,11 @@ impl Attention {
         }
     }
 
+    /// Multiply-adds of its two matrix products over `n` positions (q·k and v·attn), per image.
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        (self.num_heads * (self.key_dim + self.head_dim)) as f64 * n * n
+    }
+
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let n = h * w;
@@ -145,6 +150,22 @@ impl C2Psa {
     }
 }
 
+impl C2Psa {
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        self.m.iter().map(|b| b.attn.matmul_macs(n)).sum()
+    }
+}
+
+impl A2C2f {
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        let blocks = self.m.iter().flat_map(|m| match m {
+            A2Inner::Area(blocks) => blocks.as_slice(),
+            A2Inner::C3k(_) => &[],
+        });
+        blocks.map(|b| b.attn.matmul_macs(n)).sum()
+    }
+}
+
 impl Walk for C2Psa {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
         self.cv1.walk(&child(prefix, "cv1"), f);
@@ -180,6 +201,13 @@ impl AAttn {
             head_dim,
             area,
         }
+    }
+
+    /// Multiply-adds of its matrix products over `n` positions, per image: each of the
+    /// `area` stripes attends within itself.
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        let area = self.area.max(1) as f64;
+        2.0 * (self.num_heads * self.head_dim) as f64 * n * n / area
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

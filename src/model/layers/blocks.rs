@@ -159,6 +159,16 @@ impl C2f {
             c,
         }
     }
+    /// Multiply-adds of the attention products of YOLO26's C3k2 with attention, per image.
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        self.m
+            .iter()
+            .map(|m| match m {
+                Inner::BottleneckPsa(b) => b.psa.attn.matmul_macs(n),
+                _ => 0.0,
+            })
+            .sum()
+    }
     /// C2f(c1, c2, n, shortcut, e): bottlenecks with e = 1.0.
     pub fn c2f(c1: usize, c2: usize, n: usize, shortcut: bool, e: f64, device: &Device) -> Self {
         Self::with_inner(c1, c2, n, e, device, |c| Inner::Bottleneck(Bottleneck::new(c, c, shortcut, (3, 3), 1.0, device)))
