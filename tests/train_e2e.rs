@@ -122,49 +122,76 @@ fn diverged_training_stops_with_an_error_and_keeps_no_nan_weights() {
     assert!(!project.join("nan/weights/last.safetensors").exists() && !project.join("nan/weights/best.safetensors").exists());
 }
 
-/// A crash right after `best` is written for an improved epoch (the worst moment: `last` is
-/// still the previous epoch's) leaves `best` holding the best epoch of results.csv, and the
-/// resumed run ends the same way.
+/// Kills at the worst moments of an improved epoch's checkpointing (inside the write of `best`,
+/// and between `best` and `last`): `best` is never worse than the best epoch results.csv
+/// records, the partial write is cleaned up, and the resumed run ends exactly as an
+/// uninterrupted one (same losses, metrics and best epoch).
 #[test]
-fn a_crash_between_best_and_last_never_leaves_best_behind() {
+fn crashes_while_checkpointing_never_leave_best_behind() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("train-crash");
     let data = common::bccd_subset(&shared, &dir, 8);
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
     // fine-tuning a trained model: its fitness is non-zero and moves from the first epochs
-    let flags = |cmd: &mut std::process::Command| {
+    let train = |name: &str, crash: Option<&str>| -> std::process::Output {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"));
         cmd.arg("train").arg("--model").arg(&teacher).arg("--data").arg(&data).arg("--project").arg(&project);
-        cmd.args(["--name", "crash", "--epochs", "5", "--imgsz", "320", "--batch", "4", "--nbs", "4", "--workers", "1", "--quiet"]);
+        cmd.args(["--name", name, "--epochs", "4", "--imgsz", "320", "--batch", "4", "--nbs", "4", "--workers", "1", "--quiet"]);
         cmd.args(["--optimizer", "sgd", "--lr0", "0.002", "--warmup-epochs", "0", "--mosaic", "0"]);
+        if let Some(c) = crash {
+            cmd.env("YOLODISTILL_TEST_CRASH", c);
+        }
+        cmd.output().unwrap()
     };
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"));
-    flags(&mut cmd);
-    let out = cmd.env("YOLODISTILL_TEST_CRASH_AFTER_BEST", "1").output().unwrap();
-    assert_eq!(out.status.code(), Some(137), "no improved epoch after the first, so no crash: {}", String::from_utf8_lossy(&out.stderr));
-    let run = project.join("crash");
-    let epoch_of = |file: &str| -> usize {
+    let out = train("whole", None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let epoch_of = |run: &Path, file: &str| -> usize {
         let (_, meta) = yolodistill::weights::st::read_tensors(&run.join("weights").join(file)).unwrap();
         meta["epoch"].parse().unwrap()
     };
+    let results = |run: &Path| Results::load(&run.join("results.csv")).unwrap();
     // the first epoch with the highest fitness (a later equal one does not replace it)
-    let best_in_results = || -> usize {
-        let m = Results::load(&run.join("results.csv")).unwrap().column("metrics/mAP50-95(B)").unwrap();
+    let best_epoch = |r: &Results| -> usize {
+        let m = r.column("metrics/mAP50-95(B)").unwrap();
         let top = m.iter().cloned().fold(f64::MIN, f64::max);
         m.iter().position(|v| *v == top).unwrap() + 1
     };
-    let crashed_at = best_in_results();
-    assert!(crashed_at > 1);
-    assert_eq!(epoch_of("best.safetensors"), crashed_at, "best must hold the best epoch of results.csv");
-    assert_eq!(epoch_of("last.safetensors"), crashed_at - 1, "the crash came before last was written");
-    // resume trains the crashed epoch again and finishes
-    let last = run.join("weights/last.safetensors");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill")).arg("train").arg("--resume").arg(&last).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let epochs = Results::load(&run.join("results.csv")).unwrap().column("epoch").unwrap();
-    assert_eq!(epochs, [1.0, 2.0, 3.0, 4.0, 5.0]);
-    assert_eq!(epoch_of("best.safetensors"), best_in_results());
-    assert_eq!(epoch_of("last.safetensors"), 5);
+    let whole = results(&project.join("whole"));
+    for moment in ["inside", "after"] {
+        let run = project.join(moment);
+        // the second write of best is always an improved epoch after the first
+        let out = train(moment, Some(&format!("{moment}:best.safetensors@2")));
+        assert_eq!(out.status.code(), Some(137), "{moment}: no second improved epoch: {}", String::from_utf8_lossy(&out.stderr));
+        let done = results(&run);
+        let crashed_at = done.column("epoch").unwrap().len() + 1;
+        let best = epoch_of(&run, "best.safetensors");
+        if moment == "inside" {
+            assert_eq!(best, best_epoch(&done), "inside: best must hold the best epoch of results.csv");
+            assert!(std::fs::read_dir(run.join("weights")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+        } else {
+            assert_eq!(best, crashed_at, "after: best holds the improved epoch results.csv has not recorded yet");
+        }
+        assert_eq!(epoch_of(&run, "last.safetensors"), crashed_at - 1, "{moment}: the crash came before last");
+
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+            .arg("train")
+            .arg("--resume")
+            .arg(run.join("weights/last.safetensors"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{moment}: {err}");
+        assert_eq!(err.contains("did not finish"), moment == "inside", "{moment}: {err}");
+        let resumed = results(&run);
+        for c in ["train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP50-95(B)"] {
+            assert_eq!(resumed.column(c), whole.column(c), "{moment}: {c} differs from the uninterrupted run");
+        }
+        assert_eq!(epoch_of(&run, "best.safetensors"), best_epoch(&whole));
+        assert_eq!(epoch_of(&run, "last.safetensors"), 4);
+        assert!(!std::fs::read_dir(run.join("weights")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Accumulation that spans an epoch's end (5 batches per epoch, a step every 4): the run cut

@@ -545,10 +545,10 @@ fn tail_ok(path: &Path, format: ImageFormat) -> Result<bool> {
     Ok(tail == expected)
 }
 
-/// Parses a label file. Err carries the 1-based line (if any) and the reason; the
+/// Parses a label file (public for the fuzz tests). Err carries the 1-based line (if any) and the reason; the
 /// whole image is then skipped, as Ultralytics does, because a partly read label
 /// file would teach the model that the dropped objects are background.
-fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, usize), (Option<usize>, String)> {
+pub fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, usize), (Option<usize>, String)> {
     let text = std::str::from_utf8(bytes).map_err(|_| (None, "label file is not UTF-8 text".to_string()))?;
     let mut labels: Vec<Label> = Vec::new();
     let mut seen = HashSet::new();

@@ -590,4 +590,30 @@ mod tests {
     fn truncated_stream_is_an_error() {
         assert!(unpickle(&[0x80, 2, b'X', 5, 0]).is_err());
     }
+
+    fn error_of(p: &[u8]) -> String {
+        format!("{:#}", unpickle(p).err().expect("an error"))
+    }
+
+    #[test]
+    fn global_without_newline_at_the_end_is_an_error() {
+        assert!(error_of(b"\x80\x02ctorch\nFloatStorage").contains("ends inside a text argument"));
+        assert!(error_of(b"\x80\x02ctorch").contains("ends inside a text argument"));
+    }
+
+    #[test]
+    fn pop_below_a_mark_is_an_error() {
+        // N N MARK POP POP TUPLE: the mark now lies above the stack
+        assert!(error_of(b"\x80\x02NN(00t.").contains("below its MARK"));
+    }
+
+    #[test]
+    fn negative_and_huge_lengths_are_errors() {
+        let long4 = [&[0x80, 2, 0x8b][..], &(-5i32).to_le_bytes(), b"."].concat();
+        assert!(error_of(&long4).contains("negative length"));
+        let unicode8 = [&[0x80, 2, 0x8d][..], &u64::MAX.to_le_bytes(), b"."].concat();
+        assert!(error_of(&unicode8).contains("ends unexpectedly"));
+        let bytes8 = [&[0x80, 2, 0x8e][..], &(u64::MAX - 3).to_le_bytes(), b"."].concat();
+        assert!(error_of(&bytes8).contains("ends unexpectedly"));
+    }
 }

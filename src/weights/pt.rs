@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -31,7 +31,12 @@ const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
 pub fn read_pt(path: &Path) -> Result<PtCheckpoint> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+    read_pt_from(file, path)
+}
+
+/// Reads a checkpoint archive from `reader`; `path` names it in errors.
+pub fn read_pt_from<R: Read + Seek>(reader: R, path: &Path) -> Result<PtCheckpoint> {
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| {
         anyhow!("{} is not a PyTorch checkpoint (not a zip archive: {e})", path.display())
     })?;
     let pkl_name = (0..zip.len())
@@ -85,7 +90,7 @@ pub fn parse_model(pkl: &[u8]) -> Result<PickledModel> {
 }
 
 /// One archive entry, refused when it inflates beyond `limit` bytes.
-fn read_entry(zip: &mut zip::ZipArchive<File>, name: &str, limit: u64) -> Result<Vec<u8>> {
+fn read_entry<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, name: &str, limit: u64) -> Result<Vec<u8>> {
     let f = zip.by_name(name)?;
     if f.size() > limit {
         bail!("{name} is {} bytes, more than the {limit} accepted", f.size());
@@ -244,4 +249,51 @@ fn names_of(v: &Value) -> Vec<String> {
     };
     pairs.sort_by_key(|p| p.0);
     pairs.into_iter().map(|p| p.1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> TensorRef {
+        TensorRef { storage: "0".into(), dtype: DType::F32, offset, shape, strides }
+    }
+
+    #[test]
+    fn tensors_must_lie_inside_their_storage() {
+        assert_eq!(check_extent(&tensor(vec![2, 3], vec![3, 1], 0), 6).unwrap(), 6);
+        assert_eq!(check_extent(&tensor(vec![2, 3], vec![3, 1], 4), 10).unwrap(), 6);
+        let err = |t: TensorRef, n| format!("{:#}", check_extent(&t, n).unwrap_err());
+        assert!(err(tensor(vec![2, 3], vec![3, 1], 1), 6).contains("larger than its storage"));
+        // an element count that overflows, and strides that overflow
+        assert!(err(tensor(vec![1 << 40, 1 << 40], vec![1, 1], 0), 6).contains("larger than its storage"));
+        assert!(err(tensor(vec![2], vec![usize::MAX], 0), 6).contains("larger than its storage"));
+        assert!(err(tensor(vec![2, 3], vec![1], 0), 6).contains("differ in rank"));
+    }
+
+    /// A module dict whose `_modules` (or `yaml`) is itself, through the memo.
+    fn cyclic(key: &str) -> Vec<u8> {
+        let mut p = vec![0x80, 2, b'}', b'q', 0, b'('];
+        for k in ["_modules", key] {
+            p.extend([0x8c, k.len() as u8]);
+            p.extend(k.as_bytes());
+            p.extend([b'h', 0]);
+        }
+        p.extend([b'u', b'.']);
+        p
+    }
+
+    #[test]
+    fn cyclic_pickles_are_refused() {
+        let e = format!("{:#}", parse_model(&cyclic("yaml")).err().expect("refused"));
+        assert!(e.contains("nests deeper"), "{e}");
+        let mut p = cyclic("_parameters");
+        // give it a yaml string so that the walk of the module tree is reached
+        p.truncate(p.len() - 2);
+        p.extend([0x8c, 4]);
+        p.extend(b"yaml");
+        p.extend([0x8c, 1, b'x', b'u', b'.']);
+        let e = format!("{:#}", parse_model(&p).err().expect("refused"));
+        assert!(e.contains("nests deeper"), "{e}");
+    }
 }

@@ -52,9 +52,14 @@ pub fn save(path: &Path, model: &StModel) -> Result<()> {
 /// Reads every tensor of a safetensors file as f32 (in file order), plus its metadata.
 pub fn read_tensors(path: &Path) -> Result<(Vec<(String, HostTensor)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
+    parse_tensors(&bytes, path)
+}
+
+/// Parses the bytes of a safetensors file; `path` names it in errors.
+pub fn parse_tensors(bytes: &[u8], path: &Path) -> Result<(Vec<(String, HostTensor)>, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
     let meta = meta.metadata().clone().unwrap_or_default();
     let mut out = Vec::new();
     let mut names: Vec<_> = st.tensors();
@@ -82,7 +87,13 @@ pub fn read_tensors(path: &Path) -> Result<(Vec<(String, HostTensor)>, HashMap<S
 }
 
 pub fn load(path: &Path) -> Result<StModel> {
-    let (all, mut meta) = read_tensors(path)?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&bytes, path)
+}
+
+/// Parses the bytes of one of our model files; `path` names it in errors.
+pub fn parse(bytes: &[u8], path: &Path) -> Result<StModel> {
+    let (all, mut meta) = parse_tensors(bytes, path)?;
     let (state, tensors): (Vec<_>, Vec<_>) = all.into_iter().partition(|(n, _)| n.starts_with(STATE_PREFIX));
     if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
         bail!("{} is a safetensors file but not a yolodistill model (no model description in its metadata)", path.display());
