@@ -12,6 +12,7 @@ pub mod loss;
 pub mod model;
 pub mod options;
 pub mod report;
+pub mod run;
 pub mod train;
 pub mod weights;
 

@@ -205,19 +205,19 @@ fn distilled_run_resumes_with_its_adapters() {
     let data = common::bccd_subset(&shared, &dir, 8);
     let project = dir.join("runs");
     let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
-    let mut a = yolodistill::train::TrainArgs::from_flags(&[
+    let mut a = yolodistill::run::RunArgs::from_flags(&[
         "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
         "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", teacher.to_str().unwrap(), "--distill", "cwd,mgd",
     ])
     .unwrap();
-    a.max_batches = Some(2); // stop after the first epoch, as an interruption would
-    let first = yolodistill::train::train(a.clone(), None).unwrap();
+    a.train.max_batches = Some(2); // stop after the first epoch, as an interruption would
+    let first = yolodistill::run::train(a.clone()).unwrap();
     let f = yolodistill::weights::st::load(&first.last).unwrap();
     assert!(f.state.iter().any(|(n, _)| n.starts_with("state.hook.distill.adapter.")), "adapters are saved for resume");
     let mut b = a.clone();
-    b.max_batches = None;
-    b.resume = Some(first.last.display().to_string());
-    let second = yolodistill::train::train(b, None).unwrap();
+    b.train.max_batches = None;
+    b.train.resume = Some(first.last.display().to_string());
+    let second = yolodistill::run::train(b).unwrap();
     assert_eq!(second.epochs_done, 2);
     let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
     assert!(r.column("train/d_cwd").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
@@ -276,20 +276,20 @@ fn online_run_saves_and_resumes_its_teacher() {
     let dir = common::temp_dir("distill-online-resume");
     common::bccd_subset(&shared, &dir, 4);
     let (data, project) = (dir.join("data.yaml"), dir.join("runs"));
-    let mut a = yolodistill::train::TrainArgs::from_flags(&[
+    let mut a = yolodistill::run::RunArgs::from_flags(&[
         "--model", "yolov8n.yaml", "--data", data.to_str().unwrap(), "--project", project.to_str().unwrap(),
         "--epochs", "2", "--imgsz", "64", "--batch", "4", "--teacher", "yolov8n.yaml", "--online", "--distill", "at",
     ])
     .unwrap();
-    a.max_batches = Some(1);
-    let first = yolodistill::train::train(a.clone(), None).unwrap();
+    a.train.max_batches = Some(1);
+    let first = yolodistill::run::train(a.clone()).unwrap();
     let f = yolodistill::weights::st::load(&first.last).unwrap();
     let saved = |suffix: &str| f.state.iter().any(|(n, _)| n.starts_with("state.hook.distill.teacher.model.") && n.ends_with(suffix));
     assert!(saved("conv.weight") && saved("running_mean"), "the online teacher (weights and BatchNorm statistics) is saved for resume");
     let mut b = a.clone();
-    b.max_batches = None;
-    b.resume = Some(first.last.display().to_string());
-    let second = yolodistill::train::train(b, None).unwrap();
+    b.train.max_batches = None;
+    b.train.resume = Some(first.last.display().to_string());
+    let second = yolodistill::run::train(b).unwrap();
     assert_eq!(second.epochs_done, 2);
     let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
     assert!(r.column("train/t_det").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));

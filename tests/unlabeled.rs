@@ -11,7 +11,7 @@ use yolodistill::loss::LossConfig;
 use yolodistill::model::{self, DetectionModel};
 use yolodistill::report::Results;
 use yolodistill::train::optim::GradStore;
-use yolodistill::train::{forward_backward, make_trainable, train, StepHook, StepPos, TrainArgs};
+use yolodistill::train::{forward_backward, make_trainable, StepHook, StepPos};
 
 use common::toy_batch as batch;
 
@@ -140,7 +140,7 @@ fn label_fraction_run_learns_from_the_rest_as_unlabeled_images() {
             "--batch", "2", "--nbs", "2", "--workers", "2", "--label-fraction", "0.5", "--unlabeled-ratio", ratio,
             "--teacher", "yolov8s.yaml", "--distill", "none", "--logit", "dense", "--pseudo-conf", "0.001",
         ];
-        let s = train(TrainArgs::from_flags(&flags).unwrap(), None).unwrap();
+        let s = yolodistill::run::train(yolodistill::run::RunArgs::from_flags(&flags).unwrap()).unwrap();
         let r = Results::load(&s.run_dir.join("results.csv")).unwrap();
         assert!(r.column("train/box_loss").unwrap()[0].is_finite());
         r.column("train/l_dense").expect("the dense term is logged")[0]

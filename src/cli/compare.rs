@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::report::Results;
-use crate::train::{train, TrainArgs};
+use crate::run::{train, RunArgs};
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
@@ -20,7 +20,7 @@ pub struct CompareArgs {
     pub side_by_side: bool,
     /// Training and distillation options as for `train` (`--teacher` is required).
     #[command(flatten)]
-    pub train: TrainArgs,
+    pub train: RunArgs,
 }
 
 /// Two-sided 97.5% quantile of Student's t with `df` degrees of freedom.
@@ -72,36 +72,38 @@ pub struct PairResult {
 
 /// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
 /// arm) no teacher.
-fn arm(base: &TrainArgs, project: &Path, seed: u64, distilled: bool) -> TrainArgs {
-    let mut t = base.clone();
+fn arm(base: &RunArgs, project: &Path, seed: u64, distilled: bool) -> RunArgs {
+    let mut r = base.clone();
+    let t = &mut r.train;
     t.seed = seed;
     t.project = project.to_path_buf();
     t.name = format!("{}-s{seed}", if distilled { "distilled" } else { "plain" });
     t.exist_ok = true;
     t.resume = None;
     if !distilled {
-        t.distill.teacher = None;
+        r.distill.teacher = None;
     }
-    t
+    r
 }
 
 /// Trains one arm, or reuses its finished run (so an interrupted comparison picks up where it
 /// stopped); returns its best (mAP50, mAP50-95).
-fn finished_or_train(t: TrainArgs) -> Result<(f64, f64)> {
+fn finished_or_train(r: RunArgs) -> Result<(f64, f64)> {
+    let t = &r.train;
     let dir = t.project.join(&t.name);
     if let Some(b) = best_of(&dir, t.epochs) {
         eprintln!("compare: reusing the finished run {}", dir.display());
         return Ok(b);
     }
-    eprintln!("\ncompare: seed {}, {} student", t.seed, if t.distill.teacher.is_some() { "distilled" } else { "plain" });
-    train(t, None)?;
+    eprintln!("\ncompare: seed {}, {} student", t.seed, if r.distilled() { "distilled" } else { "plain" });
+    train(r)?;
     best_of(&dir, 1).context("the run left no results")
 }
 
 /// Trains (or reuses) a plain and a distilled student per seed under `project` and writes
 /// `compare.md` and `compare.csv` there. `side_by_side` trains a seed's two students at once.
-pub fn compare_seeds(base: &TrainArgs, seeds: &[u64], project: &Path, side_by_side: bool) -> Result<(Vec<PairResult>, String)> {
-    if base.distill.teacher.is_none() {
+pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side: bool) -> Result<(Vec<PairResult>, String)> {
+    if !base.distilled() {
         bail!("compare needs --teacher (and the distillation options to test)");
     }
     let mut rows = Vec::new();
@@ -151,7 +153,7 @@ fn report(rows: &[PairResult]) -> String {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let seeds = parse_seeds(&a.seeds)?;
-    let project = a.train.project.join(&a.train.name);
+    let project = a.train.train.project.join(&a.train.train.name);
     std::fs::create_dir_all(&project).with_context(|| format!("cannot create {}", project.display()))?;
     let (_, table) = compare_seeds(&a.train, &seeds, &project, a.side_by_side)?;
     println!("\n{table}");

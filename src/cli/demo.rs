@@ -10,7 +10,7 @@ use clap::Args;
 
 use super::compare::{compare_seeds, parse_seeds, PairResult};
 use crate::data::synthetic::{generate, SyntheticConfig};
-use crate::train::{train, TrainArgs};
+use crate::run::{train, RunArgs};
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -109,7 +109,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ]
         .map(String::from),
     );
-    let mut students = TrainArgs::from_flags(&flags)?;
+    let mut students = RunArgs::from_flags(&flags)?;
     crate::distill::distiller::parse_methods(&students.distill.distill, students.distill.distill_weight)?;
 
     eprintln!(
@@ -120,7 +120,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     let mut flags = common("yolov8n.yaml", a.teacher_epochs);
     flags.extend(["--name", "teacher"].map(String::from));
-    let teacher = train(TrainArgs::from_flags(&flags)?, None)?;
+    let teacher = train(RunArgs::from_flags(&flags)?)?;
     let teacher_map = teacher.best_map.unwrap_or((0.0, 0.0));
     let teacher_weights = teacher.best.to_string_lossy().to_string();
 

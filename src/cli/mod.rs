@@ -45,7 +45,7 @@ pub enum Command {
     #[command(name = "distill-plan")]
     DistillPlan(distill_plan::DistillPlanArgs),
     /// Train a detector on a YOLO-format dataset (with `--teacher`: distil it).
-    Train(crate::train::TrainArgs),
+    Train(crate::run::RunArgs),
     /// Validate a model on a dataset split (mAP50, mAP50-95, COCO AP).
     Val(val::ValArgs),
     /// Time the model's forward pass on this machine.

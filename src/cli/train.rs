@@ -1,9 +1,9 @@
 use anyhow::Result;
 
-use crate::train::{train, TrainArgs};
+use crate::run::{train, RunArgs};
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    let s = train(a, None)?;
+pub fn run(a: RunArgs) -> Result<()> {
+    let s = train(a)?;
     let span = if s.first_epoch > 1 { format!("epochs {}-{} (resumed)", s.first_epoch, s.epochs_done) } else { format!("{} epochs", s.epochs_done) };
     eprintln!(
         "{span} in {:.0}s. Results in {}; best weights {}",

@@ -345,6 +345,40 @@ fn level_maps(flat: &Tensor<3>, shapes: &[(usize, usize)]) -> Vec<Tensor<4>> {
         .collect()
 }
 
+impl Distiller {
+    /// While calibration is asked for and not done: the asked fraction of the detection gradient.
+    pub fn calibration_pending(&self) -> Option<f32> {
+        self.args.distill_calibrate.filter(|_| self.scales.is_none())
+    }
+
+    /// Sets the term weights from the gradient norms measured on one batch (detection loss, then
+    /// each term as currently weighted); returns the multipliers.
+    pub fn calibrate(&mut self, det_norm: f32, term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
+        let Some(fraction) = self.args.distill_calibrate else { return Vec::new() };
+        let scales: Vec<_> = term_norms
+            .iter()
+            .map(|(name, norm)| {
+                // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
+                let written = match name.strip_prefix("d_") {
+                    Some(m) => self.methods.iter().find(|(f, _)| f.name() == m).map(|p| p.1),
+                    None if name.starts_with("l_") => Some(self.args.logit_weight),
+                    None => None, // the online teacher's own loss: not a distillation term
+                };
+                let scale = match written {
+                    Some(mw) if *norm > 0.0 && mw != 0.0 && self.last_weight > 0.0 => {
+                        // norm = mw · w · raw; aim: scale · mw · raw = fraction · mw · det.
+                        fraction * det_norm * mw * self.last_weight / norm
+                    }
+                    _ => 1.0,
+                };
+                (name.clone(), scale)
+            })
+            .collect();
+        self.scales = Some(scales.clone());
+        scales
+    }
+}
+
 impl StepHook for Distiller {
     fn taps(&self) -> Vec<usize> {
         self.pairs.iter().map(|p| p.student_layer).collect()
@@ -543,33 +577,22 @@ impl StepHook for Distiller {
         Some(targets)
     }
 
-    fn calibration_pending(&self) -> Option<f32> {
-        self.args.distill_calibrate.filter(|_| self.scales.is_none())
+    fn wants_gradient_norms(&self) -> bool {
+        self.calibration_pending().is_some()
     }
 
-    fn calibrate(&mut self, det_norm: f32, term_norms: &[(String, f32)]) -> Vec<(String, f32)> {
-        let Some(fraction) = self.args.distill_calibrate else { return Vec::new() };
-        let scales: Vec<_> = term_norms
-            .iter()
-            .map(|(name, norm)| {
-                // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
-                let written = match name.strip_prefix("d_") {
-                    Some(m) => self.methods.iter().find(|(f, _)| f.name() == m).map(|p| p.1),
-                    None if name.starts_with("l_") => Some(self.args.logit_weight),
-                    None => None, // the online teacher's own loss: not a distillation term
-                };
-                let scale = match written {
-                    Some(mw) if *norm > 0.0 && mw != 0.0 && self.last_weight > 0.0 => {
-                        // norm = mw · w · raw; aim: scale · mw · raw = fraction · mw · det.
-                        fraction * det_norm * mw * self.last_weight / norm
-                    }
-                    _ => 1.0,
-                };
-                (name.clone(), scale)
-            })
-            .collect();
-        self.scales = Some(scales.clone());
-        scales
+    /// Calibration: the term weights are set from the norms, announced, and saved with the run.
+    fn gradient_norms_measured(&mut self, det: f32, terms: &[(String, f32)]) -> Option<serde_json::Value> {
+        let fraction = self.calibration_pending()?;
+        let scales = self.calibrate(det, terms);
+        let shown: Vec<String> =
+            terms.iter().zip(&scales).map(|((n, g), (_, s))| format!("{n} ×{s:.4} (gradient {g:.3e})")).collect();
+        eprintln!(
+            "calibrated distillation weights to {fraction} of the detection gradient ({det:.3e}) on the first batch: {}",
+            shown.join(", ")
+        );
+        self.args.calibrated = scales;
+        serde_json::to_value(&self.args).ok()
     }
 
     fn trainable(&mut self) -> Option<&mut dyn Trainable> {

@@ -10,4 +10,5 @@
 
 pub mod args;
 pub mod distiller;
+pub mod extension;
 pub mod losses;

@@ -117,8 +117,6 @@ pub struct TrainArgs {
     #[arg(long = "label-fraction", default_value_t = 1.0, value_parser = crate::options::share)]
     #[serde(default = "one")]
     pub label_fraction: f64,
-    #[command(flatten)]
-    pub distill: crate::distill::args::DistillArgs,
     /// No progress bar: one line per epoch prefixed with the run name (runs sharing a terminal).
     #[arg(long, hide = true)]
     #[serde(default)]
@@ -137,6 +135,15 @@ impl TrainArgs {
     /// run takes it from its checkpoint).
     pub fn model_source(&self) -> anyhow::Result<&str> {
         self.model.as_deref().ok_or_else(|| anyhow::anyhow!("train needs --model (or --resume)"))
+    }
+
+    /// The checkpoint to resume from: `--resume PATH`, or the run of `--project`/`--name`
+    /// for `--resume` alone; None for a new run.
+    pub fn resume_path(&self) -> Option<std::path::PathBuf> {
+        match self.resume.as_deref()? {
+            "" => Some(self.project.join(&self.name).join("weights/last.safetensors")),
+            p => Some(p.into()),
+        }
     }
 
     /// The dataset's data.yaml (same rule as [`Self::model_source`]).

@@ -147,6 +147,24 @@ pub fn restore_trainable(t: &mut dyn Trainable, tensors: Vec<(String, HostTensor
     }
 }
 
+/// The run's arguments saved in a `last` checkpoint; only the file's header is read.
+pub fn saved_args(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let what = || format!("cannot resume from {}", path.display());
+    let mut f = std::fs::File::open(path).with_context(what)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).with_context(what)?;
+    let len = u64::from_le_bytes(len);
+    let mut header = Vec::new();
+    f.take(len).read_to_end(&mut header).with_context(what)?;
+    let header: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let Some(s) = header.get("__metadata__").and_then(|m| m.get(STATE_KEY)).and_then(|s| s.as_str()) else {
+        bail!("{} holds no training state (was it written by `train`? best.safetensors cannot resume)", path.display());
+    };
+    let state: TrainState = serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))?;
+    Ok(state.args)
+}
+
 pub fn load(path: &Path) -> Result<Restored> {
     let f = st::load(path).with_context(|| format!("cannot resume from {}", path.display()))?;
     let Some(s) = f.extra.get(STATE_KEY) else {

@@ -22,13 +22,21 @@ pub struct Unlabeled {
 }
 
 /// Applies `--label-fraction` to `train` and gathers the unlabeled images; returns their loader
-/// when a teacher will use them. `say` prints what was decided.
-pub fn prepare(a: &TrainArgs, data: &DataConfig, train: &mut Dataset, val: &Dataset, aug: AugConfig, say: &dyn Fn(String)) -> Result<Option<Unlabeled>> {
+/// when an extension (a teacher: `extended`) will use them. `say` prints what was decided.
+pub fn prepare(
+    a: &TrainArgs,
+    data: &DataConfig,
+    train: &mut Dataset,
+    val: &Dataset,
+    aug: AugConfig,
+    extended: bool,
+    say: &dyn Fn(String),
+) -> Result<Option<Unlabeled>> {
     let total = train.items.len();
     let rest = if a.label_fraction < 1.0 { train.split_labels(a.label_fraction, a.seed) } else { Vec::new() };
     let mut sources: Vec<PathBuf> = data.unlabeled.clone();
     sources.extend(a.unlabeled.clone());
-    if a.distill.teacher.is_none() {
+    if !extended {
         if !rest.is_empty() {
             say(format!("--label-fraction {}: training on {} of {total} labeled images (the rest teach only with --teacher)", a.label_fraction, train.items.len()));
         }

@@ -1,0 +1,158 @@
+//! One training step's arithmetic: the forward pass, the detection loss (over the labeled
+//! images, or pseudo-labeled ones), the hook's terms, the backward pass into accumulated
+//! gradients, and the gradient norms a hook may ask for.
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::hook::{HookInput, StepHook, StepPos};
+use super::optim::{self, GradStore, Trainable};
+use crate::data::loader::Batch;
+use crate::loss::{model_loss, Assigned, LossConfig, LossOutput, Targets};
+use crate::model::layers::head::HeadOutput;
+use crate::model::walk::Slot;
+use crate::model::DetectionModel;
+
+/// Makes every trainable parameter a gradient-tracking leaf on the autodiff device.
+pub fn make_trainable<T: Trainable + ?Sized>(model: &mut T) {
+    model.walk_params(&mut |name, slot: Slot<'_>| {
+        if !optim::is_trainable(name) {
+            return;
+        }
+        match slot {
+            Slot::P4(p) => *p = Param::initialized(p.id, p.val().inner().autodiff().require_grad()),
+            Slot::P1(p) => *p = Param::initialized(p.id, p.val().inner().autodiff().require_grad()),
+            _ => {}
+        }
+    });
+}
+
+/// The losses of one forward pass of `batch`: the detection loss (Ultralytics' scale: the
+/// batch mean times the batch size, over the labeled images and any pseudo-labeled ones), the
+/// hook's terms (per image, as the hook weighted them) and the named loss items.
+#[allow(clippy::too_many_arguments)]
+fn step_losses(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: Option<&mut dyn StepHook>,
+    pos: StepPos,
+) -> (Tensor<1>, Vec<(String, Tensor<1>)>, Vec<(String, f64)>) {
+    let [b, c, h, w] = batch.shape;
+    let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
+    let e2e = model.head().has_one2one();
+    let fwd = model.forward_taps(x.clone(), taps, e2e);
+    let labeled = batch.labeled.min(b);
+    let mut hook = hook;
+    let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+    // Unlabeled images enter the detection loss only with pseudo-labels.
+    let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos)) } else { None };
+    let with_pseudo = pseudo.map(|p| targets.clone().joined(p));
+    let (det_targets, det_images) = match &with_pseudo {
+        Some(t) => (t, b),
+        None => (&targets, labeled),
+    };
+    let (out, assigned) = detection_part(loss_cfg, &fwd.head, det_targets, det_images, pos);
+    let mut items: Vec<(String, f64)> =
+        ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
+    let mut terms = Vec::new();
+    if let Some(h) = hook {
+        let ctx = HookInput {
+            images: &x,
+            labeled,
+            taps: &fwd.taps,
+            student: &fwd.head,
+            targets: &targets,
+            assigned: &assigned,
+            loss_cfg,
+            epoch: pos.epoch,
+            epochs: pos.epochs,
+            batch: pos.batch,
+            batches: pos.batches,
+        };
+        let extra = h.extra_loss(&ctx);
+        for (name, term) in extra.terms {
+            items.push((name.clone(), term.clone().into_scalar::<f32>() as f64));
+            terms.push((name, term));
+        }
+        items.extend(extra.logs);
+    }
+    (out.total, terms, items)
+}
+
+/// The detection loss over the first `n` images of the batch (the rest are unlabeled): zero,
+/// still on the graph, when `n` is 0.
+fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n: usize, pos: StepPos) -> (LossOutput, Assigned) {
+    let b = head.one2many.scores.dims()[0];
+    if n == b {
+        return model_loss(loss_cfg, head, targets, pos.epoch, pos.epochs);
+    }
+    if n == 0 {
+        let zero = head.one2many.scores.clone().sum() * 0.0;
+        let out = LossOutput { total: zero.clone(), items: [0.0; 3], parts: [zero.clone(), zero.clone(), zero] };
+        let (h, w) = head.shapes[0];
+        let s = loss_cfg.strides[0] as f32;
+        return (out, Assigned::empty((h as f32 * s, w as f32 * s)));
+    }
+    model_loss(loss_cfg, &head.first_images(n), targets, pos.epoch, pos.epochs)
+}
+
+/// One forward + backward pass of `batch`: detection loss (plus the hook's
+/// terms), gradients added to `grads`. Returns the named loss items.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_backward<'h>(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: Option<&mut (dyn StepHook + 'h)>,
+    pos: StepPos,
+    grads: &mut GradStore,
+) -> Vec<(String, f64)> {
+    let b = batch.shape[0] as f32;
+    let mut hook = hook;
+    let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), pos);
+    // The terms are per image: scaled by the batch size like the detection loss.
+    let total = terms.into_iter().fold(det, |t, (_, term)| t + term * b);
+    let g = total.backward();
+    grads.accumulate(model, &g);
+    if let Some(t) = hook.and_then(|h| h.trainable()) {
+        grads.accumulate(t, &g);
+    }
+    items
+}
+
+/// L2 norms of the gradients on the student's parameters of the detection loss and of each of
+/// the hook's terms (as the trainer adds it) on one batch. One forward and backward per term;
+/// nothing is accumulated and no parameter changes.
+#[allow(clippy::too_many_arguments)]
+pub fn gradient_norms(
+    model: &mut DetectionModel,
+    loss_cfg: &LossConfig,
+    batch: &Batch,
+    ad: &Device,
+    taps: &[usize],
+    hook: &mut dyn StepHook,
+    pos: StepPos,
+) -> (f32, Vec<(String, f32)>) {
+    let b = batch.shape[0] as f32;
+    let norm_of = |loss: Tensor<1>, model: &mut DetectionModel| {
+        let mut g = GradStore::default();
+        g.accumulate(model, &loss.backward());
+        g.norm()
+    };
+    let (det, terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+    let names: Vec<String> = terms.into_iter().map(|(n, _)| n).collect();
+    let det_norm = norm_of(det, model);
+    let mut out = Vec::new();
+    for (k, name) in names.into_iter().enumerate() {
+        // A fresh forward per term: a backward pass consumes its graph.
+        let (_, mut terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+        let term = terms.swap_remove(k).1;
+        out.push((name, norm_of(term * b, model)));
+    }
+    (det_norm, out)
+}

@@ -1,0 +1,514 @@
+//! The trainer: set up once, then per epoch train its batches (warm-up, accumulation,
+//! optimizer step, EMA), validate the EMA, record results.csv and write the checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::{self, Restored};
+use super::ema::Ema;
+use super::hook::{Extension, RunContext, StepHook, StepPos};
+use super::optim::{GradStore, Method, Optimizer, StepParams};
+use super::run_dir::{self, RunLock};
+use super::schedule::{interp, lr_factor, warmup_iters};
+use super::setup::{self, OptimPlan, INIT_TURN};
+use super::step::{forward_backward, gradient_norms, make_trainable};
+use super::unlabeled::{self, Unlabeled};
+use super::{TrainArgs, TrainSummary};
+use crate::data::dataset::{DataConfig, Dataset};
+use crate::data::loader::{Batch, TrainLoader, ValLoader};
+use crate::eval::validate::{validate, ValResult};
+use crate::infer::nms::NmsConfig;
+use crate::loss::{Gains, LossConfig};
+use crate::model::{self, DetectionModel};
+use crate::report::Results;
+
+/// Consecutive batches with a non-finite loss after which training stops.
+const MAX_NONFINITE_BATCHES: usize = 3;
+
+/// Where the run stands: what resume restores and what the epochs update.
+struct Progress {
+    start_epoch: usize,
+    best_fitness: f64,
+    best_map: Option<(f64, f64)>,
+    results: Results,
+    /// Accumulation may span an epoch's end: the pending gradients and the last step go on.
+    grads: GradStore,
+    last_opt_step: i64,
+    /// results.csv's time is the run's training time: a resumed run adds to what was done.
+    time_before: f64,
+    stale: usize,
+    nonfinite: usize,
+    total_batches: usize,
+    epochs_done: usize,
+    final_val: Option<ValResult>,
+}
+
+pub struct Trainer {
+    a: TrainArgs,
+    dir: PathBuf,
+    _lock: RunLock,
+    names: Vec<String>,
+    plain: Device,
+    ad: Device,
+    model: DetectionModel,
+    ema: Ema,
+    opt: Optimizer,
+    plan: OptimPlan,
+    loss_cfg: LossConfig,
+    hook: Option<Box<dyn StepHook>>,
+    /// The extension's settings key in args.yaml (where the hook's changed settings go).
+    hook_section: String,
+    taps: Vec<usize>,
+    train_loader: TrainLoader,
+    val_loader: ValLoader,
+    unlabeled: Option<Unlabeled>,
+    /// Batches per epoch and warm-up iterations.
+    nb: usize,
+    nw: usize,
+    /// The arguments saved with each checkpoint (the extension's settings included).
+    saved_args: serde_json::Value,
+    p: Progress,
+    t_start: Instant,
+}
+
+/// The data of a run: training and validation images, and the unlabeled ones.
+struct RunData {
+    config: DataConfig,
+    train: Arc<Dataset>,
+    val: Arc<Dataset>,
+    unlabeled: Option<Unlabeled>,
+}
+
+impl Trainer {
+    /// Everything before the first step. Inputs are checked before the run folder exists, so a
+    /// typo leaves nothing behind.
+    pub fn setup(a: TrainArgs, ext: Option<&mut dyn Extension>) -> Result<Trainer> {
+        let t_start = Instant::now();
+        let plain = crate::default_device();
+        let ad = plain.clone().autodiff();
+        let (a, restored, dir) = setup::resolve(a)?;
+        let a = TrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
+        let config = DataConfig::load(a.data_yaml()?)?;
+        setup::check_inputs(&a, ext.as_deref(), &plain)?;
+        let lock = run_dir::claim(&dir)?;
+        let mut saved_args = serde_json::to_value(&a)?;
+        if let Some(e) = ext.as_deref() {
+            saved_args[e.name()] = e.settings()?;
+        }
+        std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&saved_args)?)?;
+        let data = load_data(&a, config, &dir, ext.is_some())?;
+        let nc = data.config.names.len();
+        let n_train = data.train.items.len();
+
+        // --seed fixes the initial weights (and the extension's random tensors) as well as the
+        // data order, so two runs that differ in one setting start from the same model.
+        let init_turn = INIT_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        plain.seed(a.seed);
+        let model = setup::initial_model(&a, &data.config.names, &plain)?;
+        let head = model.head();
+        let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+        loss_cfg.gains = Gains { boxes: a.box_gain, cls: a.cls_gain, dfl: a.dfl_gain };
+        let plan = setup::plan_optimizer(&a, n_train, nc);
+        let opt = Optimizer::new(plan.method, plan.weight_decay);
+        if !a.quiet {
+            eprintln!(
+                "optimizer: {:?}(lr={}, momentum={}) with parameter groups: weights (decay={:.6}), norm weights and biases (no decay)",
+                plan.kind, plan.lr0, plan.momentum, plan.weight_decay
+            );
+        }
+        let stride = model.max_stride().max(32);
+        let nb = n_train.div_ceil(a.batch);
+        let mut t = Trainer {
+            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, setup::aug_config(&a), a.workers, a.seed)?,
+            val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, a.workers)?,
+            nw: warmup_iters(a.warmup_epochs, a.epochs, nb),
+            nb,
+            ema: Ema::new(&model, 0),
+            model,
+            opt,
+            plan,
+            loss_cfg,
+            hook: None,
+            hook_section: ext.as_deref().map(|e| e.name().to_string()).unwrap_or_default(),
+            taps: Vec::new(),
+            unlabeled: data.unlabeled,
+            names: data.config.names.clone(),
+            saved_args,
+            p: Progress {
+                start_epoch: 0,
+                best_fitness: f64::NEG_INFINITY,
+                best_map: None,
+                // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
+                results: if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() },
+                grads: GradStore::default(),
+                last_opt_step: -1,
+                time_before: 0.0,
+                stale: 0,
+                nonfinite: 0,
+                total_batches: 0,
+                epochs_done: 0,
+                final_val: None,
+            },
+            dir,
+            _lock: lock,
+            plain,
+            ad,
+            a,
+            t_start,
+        };
+        let restored_hook = match restored {
+            Some(r) => t.restore(r)?,
+            None => Vec::new(),
+        };
+        if let Some(e) = ext {
+            t.attach(e, restored_hook)?;
+        }
+        drop(init_turn);
+        make_trainable(&mut t.model);
+        t.say(format!(
+            "Training {} on {} train / {} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
+            t.a.model_source()?,
+            n_train,
+            data.val.items.len(),
+            t.a.imgsz,
+            t.a.epochs,
+            t.a.batch,
+            t.nb,
+            t.dir.display()
+        ));
+        Ok(t)
+    }
+
+    fn say(&self, msg: String) {
+        if !self.a.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    fn weights_dir(&self) -> PathBuf {
+        self.dir.join("weights")
+    }
+
+    /// Puts back what `last` saved; returns the extension's tensors (restored once it is attached).
+    fn restore(&mut self, r: Restored) -> Result<Vec<(String, crate::weights::HostTensor)>> {
+        let plain = &self.plain;
+        self.p.last_opt_step = r.state.last_opt_step;
+        model::apply_tensors(&mut self.model, r.model, plain).context("resume: training weights")?;
+        self.ema = Ema::new(&self.model, r.state.ema_updates);
+        model::apply_tensors(&mut self.ema.model, r.ema, plain).context("resume: EMA weights")?;
+        let to_map = |v: Vec<(String, crate::weights::HostTensor)>| {
+            v.into_iter().map(|(n, t)| (n, Tensor::<1>::from_data(TensorData::new(t.data, t.shape), plain))).collect()
+        };
+        self.opt.m = to_map(r.m);
+        self.opt.v = to_map(r.v);
+        self.p.grads.grads = to_map(r.grads);
+        self.opt.steps = r.state.optimizer_steps;
+        self.p.start_epoch = r.state.epoch + 1;
+        self.p.epochs_done = self.p.start_epoch;
+        self.p.best_fitness = r.state.best_fitness;
+        self.p.results.keep_epochs(self.p.start_epoch);
+        self.p.time_before = self.p.results.column("time").and_then(|t| t.last().copied()).unwrap_or(0.0);
+        if self.p.start_epoch >= self.a.epochs {
+            bail!("{} already finished all {} epochs", self.dir.display(), self.a.epochs);
+        }
+        eprintln!("Resuming {} from epoch {}", self.dir.display(), self.p.start_epoch + 1);
+        Ok(r.hook)
+    }
+
+    /// Attaches the extension's step hook to the student; its tensors train with the model.
+    fn attach(&mut self, ext: &mut dyn Extension, restored: Vec<(String, crate::weights::HostTensor)>) -> Result<()> {
+        let ctx = RunContext { student: &self.model, args: &self.a, device: &self.plain, unlabeled: self.unlabeled.is_some() };
+        let mut hook = ext.attach(&ctx)?;
+        if let Some(t) = hook.trainable() {
+            make_trainable(t);
+            if !restored.is_empty() {
+                checkpoint::restore_trainable(t, restored)?;
+            }
+        }
+        self.taps = hook.taps();
+        self.hook = Some(hook);
+        Ok(())
+    }
+
+    /// Trains the remaining epochs; stops early when fitness stalls for `--patience` epochs.
+    pub fn run(mut self) -> Result<TrainSummary> {
+        for epoch in self.p.start_epoch..self.a.epochs {
+            let t_epoch = Instant::now();
+            let (mean, lrs) = self.train_epoch(epoch)?;
+            let last_epoch = epoch + 1 == self.a.epochs || self.a.max_batches.is_some_and(|m| self.p.total_batches >= m);
+            let val = if self.a.val || last_epoch { Some(validate(&self.ema.model, &self.val_loader, &NmsConfig::val())?) } else { None };
+            self.record(epoch, &mean, lrs, val.as_ref());
+            self.checkpoint(epoch, val.as_ref())?;
+            self.report_epoch(epoch, val.as_ref(), t_epoch);
+            self.p.epochs_done = epoch + 1;
+            self.p.final_val = val;
+            if last_epoch {
+                break;
+            }
+            if self.p.stale >= self.a.patience {
+                eprintln!("Stopping early: no improvement in {} epochs", self.a.patience);
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn progress_bar(&self, epoch: usize) -> ProgressBar {
+        let bar = if self.a.quiet { ProgressBar::hidden() } else { ProgressBar::new(self.nb as u64) };
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} {bar:20} {pos}/{len} [{elapsed}<{eta}, {per_sec}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("{:>3}/{}", epoch + 1, self.a.epochs));
+        bar
+    }
+
+    /// One pass over the labeled images; returns the mean loss items and the last learning rates.
+    fn train_epoch(&mut self, epoch: usize) -> Result<(Vec<(String, f64)>, [f64; 3])> {
+        let (a, nb) = (&self.a, self.nb);
+        let mosaic_on = epoch + a.close_mosaic < a.epochs;
+        if !mosaic_on && epoch + a.close_mosaic == a.epochs {
+            self.say("Closing dataloader mosaic".into());
+        }
+        let bar = self.progress_bar(epoch);
+        let mut mean: Vec<(String, f64)> = Vec::new();
+        let mut lrs = [0f64; 3];
+        // Unlabeled images join this epoch's batches while the hook (the teacher) uses them.
+        let mut unlabeled_batches = match (&self.unlabeled, self.hook.as_deref()) {
+            (Some(u), Some(h)) if h.wants_unlabeled(epoch) => Some(u.loader.epoch_batches(epoch, mosaic_on, nb)),
+            _ => None,
+        };
+        for (i, mut batch) in self.train_loader.epoch(epoch, mosaic_on).enumerate() {
+            if let Some(u) = unlabeled_batches.as_mut().and_then(|it| it.next()) {
+                batch.append_unlabeled(u);
+            }
+            let pos = StepPos { epoch, epochs: self.a.epochs, batch: i, batches: nb };
+            let (items, step_lrs) = self.train_batch(&batch, pos)?;
+            lrs = step_lrs;
+            let Some(items) = items else { continue };
+            // Running means for display and results.csv.
+            if mean.is_empty() {
+                mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+            }
+            for (k, (_, v)) in items.iter().enumerate() {
+                if let Some(m) = mean.get_mut(k) {
+                    m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
+                }
+            }
+            let shown: Vec<String> = mean.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+            bar.set_message(format!("{}  inst {}  size {}", shown.join("  "), batch.cls.len(), self.a.imgsz));
+            bar.inc(1);
+            self.p.total_batches += 1;
+            if self.a.max_batches.is_some_and(|m| self.p.total_batches >= m) {
+                break;
+            }
+        }
+        bar.finish();
+        for (n, v) in &mean {
+            if !v.is_finite() {
+                eprintln!("warning: {n} is not finite in epoch {}", epoch + 1);
+            }
+        }
+        Ok((mean, lrs))
+    }
+
+    /// Warm-up at iteration `ni`: batches to accumulate, learning rates of the three parameter
+    /// groups and momentum ramp up from their starting values.
+    fn schedule(&self, ni: usize, lf: f64) -> (usize, [f64; 3], f64) {
+        let (plan, nw) = (&self.plan, self.nw as f64);
+        let base = plan.lr0 * lf;
+        if ni > self.nw {
+            return (plan.accumulate, [base; 3], plan.momentum);
+        }
+        let x = ni as f64;
+        let accumulate = (interp(x, 0.0, nw, 1.0, self.a.nbs as f64 / self.a.batch as f64).round() as usize).max(1);
+        let lrs = [interp(x, 0.0, nw, 0.0, base), interp(x, 0.0, nw, 0.0, base), interp(x, 0.0, nw, plan.warmup_bias_lr, base)];
+        let momentum = match plan.method {
+            Method::Sgd { .. } => interp(x, 0.0, nw, self.a.warmup_momentum, plan.momentum),
+            _ => plan.momentum,
+        };
+        (accumulate, lrs, momentum)
+    }
+
+    /// Forward and backward of one batch, and an optimizer step when enough gradients have
+    /// accumulated. Returns the loss items (None when the loss was not finite: its gradients are
+    /// dropped) and the learning rates.
+    fn train_batch(&mut self, batch: &Batch, pos: StepPos) -> Result<(Option<Vec<(String, f64)>>, [f64; 3])> {
+        let ni = pos.batch + self.nb * pos.epoch;
+        let (accumulate, lrs, momentum) = self.schedule(ni, lr_factor(pos.epoch, self.a.epochs, self.a.lrf, self.a.cos_lr));
+        self.measure_gradients_if_asked(batch, pos)?;
+        let items = forward_backward(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads);
+        // A non-finite loss would turn every weight into NaN: its gradients are dropped, and
+        // a run that keeps producing them stops with an error (the checkpoints stay as they are).
+        if let Some((name, v)) = items.iter().find(|(_, v)| !v.is_finite()) {
+            self.p.grads.clear();
+            self.p.nonfinite += 1;
+            eprintln!("warning: {name} is {v} at epoch {} batch {}; its gradients are dropped", pos.epoch + 1, pos.batch + 1);
+            if self.p.nonfinite >= MAX_NONFINITE_BATCHES {
+                bail!(
+                    "training diverged: a loss was not finite in {MAX_NONFINITE_BATCHES} consecutive batches (last: {name} = {v} at epoch {}); \
+                     the checkpoints in {} are those of the last finished epoch",
+                    pos.epoch + 1,
+                    self.weights_dir().display()
+                );
+            }
+            return Ok((None, lrs));
+        }
+        self.p.nonfinite = 0;
+        if ni as i64 - self.p.last_opt_step >= accumulate as i64 {
+            self.optimizer_step(StepParams { lr: lrs, momentum });
+            self.p.last_opt_step = ni as i64;
+        }
+        Ok((Some(items), lrs))
+    }
+
+    /// Clipped gradients applied to the model and the hook's tensors, then the EMA follows.
+    fn optimizer_step(&mut self, hp: StepParams) {
+        self.p.grads.clip_global_norm(10.0);
+        self.opt.tick();
+        self.opt.apply(&mut self.model, &self.p.grads, hp);
+        if let Some(t) = self.hook.as_deref_mut().and_then(|h| h.trainable()) {
+            self.opt.apply(t, &self.p.grads, hp);
+        }
+        self.p.grads.clear();
+        self.ema.update(&mut self.model);
+    }
+
+    /// When the hook asks, measures the gradient norms of the detection loss and of its terms
+    /// on this batch, and saves the settings the hook derives from them.
+    fn measure_gradients_if_asked(&mut self, batch: &Batch, pos: StepPos) -> Result<()> {
+        let Some(h) = self.hook.as_deref_mut().filter(|h| h.wants_gradient_norms()) else { return Ok(()) };
+        let (det, terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, pos);
+        if let Some(settings) = h.gradient_norms_measured(det, &terms) {
+            self.saved_args[self.hook_section.as_str()] = settings;
+            std::fs::write(self.dir.join("args.yaml"), serde_yaml::to_string(&self.saved_args)?)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the epoch's row to results.csv (in memory) and updates the best fitness.
+    fn record(&mut self, epoch: usize, mean: &[(String, f64)], lrs: [f64; 3], val: Option<&ValResult>) {
+        let time = self.p.time_before + self.t_start.elapsed().as_secs_f64();
+        let mut row: Vec<(String, f64)> = vec![("epoch".into(), epoch as f64 + 1.0), ("time".into(), time)];
+        row.extend(mean.iter().map(|(n, v)| (format!("train/{n}"), *v)));
+        if let Some(v) = val {
+            let m = &v.metrics;
+            row.extend([
+                ("metrics/precision(B)".to_string(), m.precision),
+                ("metrics/recall(B)".to_string(), m.recall),
+                ("metrics/mAP50(B)".to_string(), m.map50),
+                ("metrics/mAP50-95(B)".to_string(), m.map),
+                ("val/box_loss".to_string(), v.loss[0] as f64),
+                ("val/cls_loss".to_string(), v.loss[1] as f64),
+                ("val/dfl_loss".to_string(), v.loss[2] as f64),
+            ]);
+            self.say(format!(
+                "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}  ({:.1} ms/image)",
+                "val:", v.images, v.instances, m.precision, m.recall, m.map50, m.map, v.ms_per_image
+            ));
+        }
+        row.extend((0..3).map(|g| (format!("lr/pg{g}"), lrs[g])));
+        self.p.results.push(&row);
+    }
+
+    /// `best` (when fitness improved), then results.csv, then `last` with the resume state: a
+    /// crash between them leaves `last` one epoch behind (resume trains that epoch again and
+    /// rewrites `best`), never `best` behind results.csv.
+    fn checkpoint(&mut self, epoch: usize, val: Option<&ValResult>) -> Result<()> {
+        let fitness = val.map(|v| v.metrics.fitness).unwrap_or(f64::NEG_INFINITY);
+        let improved = fitness > self.p.best_fitness;
+        if improved {
+            self.p.best_fitness = fitness;
+            self.p.best_map = val.map(|v| (v.metrics.map50, v.metrics.map));
+            self.p.stale = 0;
+        } else {
+            self.p.stale += 1;
+        }
+        let wdir = self.weights_dir();
+        if !model::all_finite(&mut self.ema.model) {
+            bail!("the weights are not finite after epoch {}; the checkpoints in {} are kept as they were", epoch + 1, wdir.display());
+        }
+        let state = checkpoint::TrainState {
+            epoch,
+            best_fitness: self.p.best_fitness,
+            ema_updates: self.ema.updates,
+            optimizer_steps: self.opt.steps,
+            last_opt_step: self.p.last_opt_step,
+            args: self.saved_args.clone(),
+        };
+        let best = wdir.join("best.safetensors");
+        if improved || !best.exists() {
+            checkpoint::save(&best, &self.ema.model, epoch, None)?;
+        }
+        save_results(&self.p.results, &self.dir)?;
+        let mut plain_model = self.model.valid();
+        let hook = self.hook.as_deref_mut().and_then(|h| h.trainable());
+        let resume = checkpoint::ResumeState { model: &mut plain_model, optimizer: &self.opt, state: &state, grads: &self.p.grads, hook };
+        checkpoint::save(&wdir.join("last.safetensors"), &self.ema.model, epoch, Some(resume))
+    }
+
+    fn report_epoch(&self, epoch: usize, val: Option<&ValResult>, t_epoch: Instant) {
+        let secs = t_epoch.elapsed().as_secs_f64();
+        if self.a.quiet {
+            // one line per epoch, prefixed with the run name (runs may share a terminal)
+            let m = val.map(|v| format!("mAP50 {:.3}  mAP50-95 {:.3}", v.metrics.map50, v.metrics.map)).unwrap_or_default();
+            eprintln!("[{}] epoch {}/{} {m} ({secs:.1}s)", self.a.name, epoch + 1, self.a.epochs);
+        } else {
+            eprintln!("epoch {} done in {secs:.1}s", epoch + 1);
+        }
+    }
+
+    fn finish(self) -> Result<TrainSummary> {
+        if let Some(v) = &self.p.final_val {
+            if let Err(e) = crate::eval::validate::plot_pr(v, &self.names, &self.dir.join("PR_curve.png")) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+        let wdir = self.weights_dir();
+        Ok(TrainSummary {
+            best: wdir.join("best.safetensors"),
+            last: wdir.join("last.safetensors"),
+            final_val: self.p.final_val,
+            best_map: self.p.best_map,
+            epochs_done: self.p.epochs_done,
+            first_epoch: self.p.start_epoch + 1,
+            seconds: self.t_start.elapsed().as_secs_f64(),
+            run_dir: self.dir,
+        })
+    }
+}
+
+/// The datasets of the run (the label scan's cache goes to the run folder).
+fn load_data(a: &TrainArgs, config: DataConfig, dir: &Path, extended: bool) -> Result<RunData> {
+    let nc = config.names.len();
+    let cache_dir = dir.join("cache");
+    let mut train = Dataset::scan(&config.train, nc, Some(&cache_dir)).context("training images")?;
+    if a.fraction < 1.0 {
+        let keep = ((train.items.len() as f64 * a.fraction).round() as usize).max(1);
+        train.items.truncate(keep);
+    }
+    let val = Dataset::scan(&config.val, nc, Some(&cache_dir)).context("validation images")?;
+    let quiet = a.quiet;
+    let say = move |msg: String| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
+    let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, setup::aug_config(a), extended, &say)?;
+    Ok(RunData { config, train: Arc::new(train), val: Arc::new(val), unlabeled })
+}
+
+/// Writes results.csv and its plot.
+fn save_results(results: &Results, dir: &Path) -> Result<()> {
+    results.save(&dir.join("results.csv"))?;
+    if let Err(e) = results.plot(&dir.join("results.png")) {
+        eprintln!("warning: could not draw results.png: {e:#}");
+    }
+    Ok(())
+}
