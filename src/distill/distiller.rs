@@ -379,48 +379,33 @@ impl Distiller {
     }
 }
 
-impl StepHook for Distiller {
-    fn taps(&self) -> Vec<usize> {
-        self.pairs.iter().map(|p| p.student_layer).collect()
+impl Distiller {
+    /// An online teacher learns from the labels too: its own detection loss, over the labeled
+    /// images only.
+    fn online_teacher_loss(&mut self, ctx: &HookInput<'_>, t_fwd: &Forward, out: &mut HookLoss) {
+        let cfg = self.teacher_loss.get_or_insert_with(|| {
+            let h = self.teacher.head();
+            let mut c = LossConfig::new(h.nc, h.reg_max, h.strides.clone());
+            c.gains = ctx.loss_cfg.gains;
+            c
+        });
+        // The online teacher learns from the labels only: its loss covers the labeled images.
+        let b = ctx.images.dims()[0];
+        let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
+        let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.epoch, ctx.epochs);
+        out.terms.push(("t_det".into(), tl.total / b as f32));
+        for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
+            out.logs.push((n.to_string(), v as f64));
+        }
     }
 
-    fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
-        let mut out = HookLoss::default();
-        if ctx.epoch >= self.stop_epoch {
-            // Distillation is over: its columns read 0 in the logs from here on.
-            out.logs = self.logged.iter().map(|n| (n.clone(), 0.0)).collect();
-            return out;
-        }
-        let w = self.weight(ctx);
-        self.last_weight = w;
-        let online = self.args.online;
-        let t_fwd = match self.pass.take() {
-            Some(p) => p,
-            None => self.teacher_forward(ctx.images),
-        };
-        if online && ctx.labeled > 0 {
-            let cfg = self.teacher_loss.get_or_insert_with(|| {
-                let h = self.teacher.head();
-                let mut c = LossConfig::new(h.nc, h.reg_max, h.strides.clone());
-                c.gains = ctx.loss_cfg.gains;
-                c
-            });
-            // The online teacher learns from the labels only: its loss covers the labeled images.
-            let b = ctx.images.dims()[0];
-            let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
-            let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.epoch, ctx.epochs);
-            out.terms.push(("t_det".into(), tl.total / b as f32));
-            for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
-                out.logs.push((n.to_string(), v as f64));
-            }
-        }
-        let device = ctx.images.device();
-        let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| constant(t, online)).collect();
-        let t_head = HeadMaps { boxes: constant(&t_fwd.head.one2many.boxes, online), scores: constant(&t_fwd.head.one2many.scores, online) };
+    /// The feature methods' terms: one value per paired level, summed (mimic, cwd, mgd, sl2) or
+    /// averaged (at, gram, relation) as the spec says, with the per-level values logged.
+    fn feature_terms(&self, ctx: &HookInput<'_>, t_fwd: &Forward, teacher_maps: &[Tensor<4>], t_head: &HeadMaps, w: f32, out: &mut HookLoss) {
         let student_maps: Vec<Tensor<4>> = ctx
             .taps
             .iter()
-            .zip(&teacher_maps)
+            .zip(teacher_maps)
             .map(|(s, t)| {
                 let d = t.dims();
                 resize_to(s.clone(), d[2], d[3])
@@ -434,44 +419,9 @@ impl StepHook for Distiller {
         } else {
             Vec::new()
         };
+        let maps = LevelMaps { student: &student_maps, adapted: &adapted, teacher: teacher_maps, teacher_scores: &t_scores };
         for &(method, mw) in &self.methods {
-            // One term per level; the spec sums levels for mimic/cwd/mgd/sl2 and averages them
-            // for at/gram/relation.
-            let per_level: Vec<Tensor<1>> = (0..levels)
-                .map(|l| {
-                    let (s, a, t) = (&student_maps[l..=l], &adapted[l..=l], &teacher_maps[l..=l]);
-                    match method {
-                        Feature::Mimic | Feature::Cwd => {
-                            let sn = [seed_normalise(a[0].clone())];
-                            let tn = [seed_normalise(t[0].clone())];
-                            if method == Feature::Mimic {
-                                mimic(&sn, &tn)
-                            } else {
-                                cwd(&sn, &tn, self.args.cwd_tau)
-                            }
-                        }
-                        Feature::Mgd => {
-                            let d = a[0].dims();
-                            let key = [self.mask_seed, ctx.epoch as u64, ctx.batch as u64, l as u64];
-                            let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, key, &device)];
-                            mgd(a, t, &mask, &self.generators[l..=l], self.args.mgd_alpha)
-                        }
-                        Feature::At => attention_transfer(s, t),
-                        Feature::Gram => gram(a, t),
-                        Feature::Relation => batch_relation(s, t),
-                        Feature::Sl2 => {
-                            let [n, c, h, ww] = t_scores[l].dims();
-                            let td = t[0].dims();
-                            let logits: Tensor<3> = if h * ww == td[2] * td[3] {
-                                t_scores[l].clone().reshape([n, c, h * ww])
-                            } else {
-                                resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]])
-                            };
-                            score_weighted_l2(self.projectors[l].forward(s[0].clone()), t[0].clone(), logits)
-                        }
-                    }
-                })
-                .collect();
+            let per_level: Vec<Tensor<1>> = (0..levels).map(|l| self.level_loss(method, l, &maps, ctx)).collect();
             let averaged = matches!(method, Feature::At | Feature::Gram | Feature::Relation);
             let scale = mw * w / if averaged { levels as f32 } else { 1.0 };
             for (l, v) in per_level.iter().enumerate() {
@@ -480,8 +430,49 @@ impl StepHook for Distiller {
             let term = per_level.into_iter().reduce(|x, y| x + y).expect("levels") * scale;
             out.terms.push((format!("d_{}", method.name()), term));
         }
+    }
+
+    /// One feature method's loss at paired level `l`.
+    fn level_loss(&self, method: Feature, l: usize, maps: &LevelMaps<'_>, ctx: &HookInput<'_>) -> Tensor<1> {
+        let (s, a, t) = (&maps.student[l..=l], &maps.adapted[l..=l], &maps.teacher[l..=l]);
+        let t_scores = maps.teacher_scores;
+        let device = ctx.images.device();
+        match method {
+            Feature::Mimic | Feature::Cwd => {
+                let sn = [seed_normalise(a[0].clone())];
+                let tn = [seed_normalise(t[0].clone())];
+                if method == Feature::Mimic {
+                    mimic(&sn, &tn)
+                } else {
+                    cwd(&sn, &tn, self.args.cwd_tau)
+                }
+            }
+            Feature::Mgd => {
+                let d = a[0].dims();
+                let key = [self.mask_seed, ctx.epoch as u64, ctx.batch as u64, l as u64];
+                let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, key, &device)];
+                mgd(a, t, &mask, &self.generators[l..=l], self.args.mgd_alpha)
+            }
+            Feature::At => attention_transfer(s, t),
+            Feature::Gram => gram(a, t),
+            Feature::Relation => batch_relation(s, t),
+            Feature::Sl2 => {
+                let [n, c, h, ww] = t_scores[l].dims();
+                let td = t[0].dims();
+                let logits: Tensor<3> = if h * ww == td[2] * td[3] {
+                    t_scores[l].clone().reshape([n, c, h * ww])
+                } else {
+                    resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]])
+                };
+                score_weighted_l2(self.projectors[l].forward(s[0].clone()), t[0].clone(), logits)
+            }
+        }
+    }
+
+    /// The response (logit) term, weighted by --logit-weight and the schedule.
+    fn response_term(&self, ctx: &HookInput<'_>, t_fwd: &Forward, t_head: &HeadMaps, w: f32, out: &mut HookLoss) {
         let s_head = &ctx.student.one2many;
-        let t_head = &t_head;
+        let device = ctx.images.device();
         let resp: Option<(&str, Tensor<1>)> = match self.response {
             Response::None => None,
             Response::Mse => {
@@ -536,7 +527,10 @@ impl StepHook for Distiller {
         } else if self.response == Response::Mse {
             out.logs.push(("l_mse_skipped".into(), 1.0));
         }
-        // Calibrated multipliers apply to a term and to its per-level values.
+    }
+
+    /// Calibrated multipliers apply to a term and to its per-level values.
+    fn apply_calibration(&self, out: &mut HookLoss) {
         for (name, scale) in self.scales.iter().flatten() {
             for (n, t) in out.terms.iter_mut() {
                 if n == name {
@@ -550,6 +544,11 @@ impl StepHook for Distiller {
                 }
             }
         }
+    }
+
+    /// Remembers the logged names (for the zeros after the stop) and warns when every term
+    /// stayed zero for a whole epoch.
+    fn note_terms(&mut self, ctx: &HookInput<'_>, out: &HookLoss) {
         if self.logged.is_empty() {
             self.logged = out.terms.iter().map(|(n, _)| n.clone()).chain(out.logs.iter().map(|(n, _)| n.clone())).collect();
         }
@@ -558,6 +557,47 @@ impl StepHook for Distiller {
         if self.zero_steps == ctx.batches.max(1) {
             eprintln!("warning: every distillation term was zero for a whole epoch");
         }
+    }
+}
+
+/// The maps of every paired level that the feature methods compare.
+struct LevelMaps<'a> {
+    student: &'a [Tensor<4>],
+    /// The student's maps through the adapters (to the teacher's channels).
+    adapted: &'a [Tensor<4>],
+    teacher: &'a [Tensor<4>],
+    /// The teacher's class logits per level (sl2 only).
+    teacher_scores: &'a [Tensor<4>],
+}
+
+impl StepHook for Distiller {
+    fn taps(&self) -> Vec<usize> {
+        self.pairs.iter().map(|p| p.student_layer).collect()
+    }
+
+    fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
+        let mut out = HookLoss::default();
+        if ctx.epoch >= self.stop_epoch {
+            // Distillation is over: its columns read 0 in the logs from here on.
+            out.logs = self.logged.iter().map(|n| (n.clone(), 0.0)).collect();
+            return out;
+        }
+        let w = self.weight(ctx);
+        self.last_weight = w;
+        let t_fwd = match self.pass.take() {
+            Some(p) => p,
+            None => self.teacher_forward(ctx.images),
+        };
+        if self.args.online && ctx.labeled > 0 {
+            self.online_teacher_loss(ctx, &t_fwd, &mut out);
+        }
+        let online = self.args.online;
+        let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| constant(t, online)).collect();
+        let t_head = HeadMaps { boxes: constant(&t_fwd.head.one2many.boxes, online), scores: constant(&t_fwd.head.one2many.scores, online) };
+        self.feature_terms(ctx, &t_fwd, &teacher_maps, &t_head, w, &mut out);
+        self.response_term(ctx, &t_fwd, &t_head, w, &mut out);
+        self.apply_calibration(&mut out);
+        self.note_terms(ctx, &out);
         out
     }
 

@@ -49,6 +49,25 @@ struct Progress {
     final_val: Option<ValResult>,
 }
 
+impl Progress {
+    fn new(results: Results) -> Self {
+        Progress {
+            start_epoch: 0,
+            best_fitness: f64::NEG_INFINITY,
+            best_map: None,
+            results,
+            grads: GradStore::default(),
+            last_opt_step: -1,
+            time_before: 0.0,
+            stale: 0,
+            nonfinite: 0,
+            total_batches: 0,
+            epochs_done: 0,
+            final_val: None,
+        }
+    }
+}
+
 pub struct Trainer {
     a: TrainArgs,
     dir: PathBuf,
@@ -116,12 +135,6 @@ impl Trainer {
         loss_cfg.gains = Gains { boxes: a.box_gain, cls: a.cls_gain, dfl: a.dfl_gain };
         let plan = setup::plan_optimizer(&a, n_train, nc);
         let opt = Optimizer::new(plan.method, plan.weight_decay);
-        if !a.quiet {
-            eprintln!(
-                "optimizer: {:?}(lr={}, momentum={}) with parameter groups: weights (decay={:.6}), norm weights and biases (no decay)",
-                plan.kind, plan.lr0, plan.momentum, plan.weight_decay
-            );
-        }
         let stride = model.max_stride().max(32);
         let nb = n_train.div_ceil(a.batch);
         let mut t = Trainer {
@@ -140,21 +153,8 @@ impl Trainer {
             unlabeled: data.unlabeled,
             names: data.config.names.clone(),
             saved_args,
-            p: Progress {
-                start_epoch: 0,
-                best_fitness: f64::NEG_INFINITY,
-                best_map: None,
-                // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
-                results: if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() },
-                grads: GradStore::default(),
-                last_opt_step: -1,
-                time_before: 0.0,
-                stale: 0,
-                nonfinite: 0,
-                total_batches: 0,
-                epochs_done: 0,
-                final_val: None,
-            },
+            // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
+            p: Progress::new(if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() }),
             dir,
             _lock: lock,
             plain,
@@ -171,18 +171,26 @@ impl Trainer {
         }
         drop(init_turn);
         make_trainable(&mut t.model);
-        t.say(format!(
-            "Training {} on {} train / {} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
-            t.a.model_source()?,
-            n_train,
-            data.val.items.len(),
-            t.a.imgsz,
-            t.a.epochs,
-            t.a.batch,
-            t.nb,
-            t.dir.display()
-        ));
+        t.announce(n_train, data.val.items.len())?;
         Ok(t)
+    }
+
+    fn announce(&self, n_train: usize, n_val: usize) -> Result<()> {
+        let (a, plan) = (&self.a, &self.plan);
+        self.say(format!(
+            "optimizer: {:?}(lr={}, momentum={}) with parameter groups: weights (decay={:.6}), norm weights and biases (no decay)",
+            plan.kind, plan.lr0, plan.momentum, plan.weight_decay
+        ));
+        self.say(format!(
+            "Training {} on {n_train} train / {n_val} val images at {}, {} epochs, batch {} ({} batches/epoch), results in {}",
+            a.model_source()?,
+            a.imgsz,
+            a.epochs,
+            a.batch,
+            self.nb,
+            self.dir.display()
+        ));
+        Ok(())
     }
 
     fn say(&self, msg: String) {
