@@ -1,6 +1,13 @@
 //! Value checks of command-line options, applied by clap when a flag is parsed, so a bad value is
 //! refused before anything runs, with the accepted range in the message.
 
+/// A group of options at its command-line defaults: the clap attributes are the one place a
+/// default is written.
+pub fn defaults<T: clap::FromArgMatches + clap::Args>() -> T {
+    let matches = T::augment_args(clap::Command::new("defaults")).get_matches_from(["defaults"]);
+    T::from_arg_matches(&matches).expect("every option of the group has a default")
+}
+
 fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.trim().parse::<T>().map_err(|_| format!("'{s}' is not a number"))
 }

@@ -190,6 +190,15 @@ fn schedules_basic() {
     assert_eq!(linear_weight(0, 10, 1.0, 0.0), 1.0);
     assert!((linear_weight(5, 10, 1.0, 0.0) - 0.5).abs() < 1e-6);
     assert_eq!(linear_weight(20, 10, 1.0, 0.0), 0.0);
+    // the schedules the distiller runs: 3 epochs of 4 batches before the stop
+    use yolodistill::distill::args::Schedule;
+    let w = |s, epoch, batch| schedule_weight(s, epoch, batch, 4, 3);
+    assert_eq!(w(Schedule::Linear, 0, 0), 1.0);
+    assert!((w(Schedule::Linear, 1, 2) - (1.0 - 0.9 * 6.0 / 12.0)).abs() < 1e-6);
+    assert!((w(Schedule::Linear, 3, 0) - COSINE_FLOOR).abs() < 1e-6, "linear ends at the floor 0.1, not 0");
+    assert_eq!(w(Schedule::Constant, 2, 3), 1.0);
+    assert_eq!(w(Schedule::CosineEpoch, 2, 0), 1.0);
+    assert!((w(Schedule::CosineEpoch, 0, 2) - cosine_epoch_weight(2, 4)).abs() < 1e-9);
     assert!(distill_active(89, 100, 10));
     assert!(!distill_active(90, 100, 10));
 }

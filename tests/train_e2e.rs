@@ -36,9 +36,9 @@ fn short_training_learns_and_resumes() {
     let map = results.column("metrics/mAP50(B)").unwrap();
     eprintln!("cls_loss per epoch: {cls:?}\nmAP50 per epoch: {map:?}");
     assert!(cls.last().unwrap() < &(cls[0] * 0.5), "classification loss should fall: {cls:?}");
-    // Observed final mAP50 over runs: 0.05–0.34 (that spread came from the initial weights, which
-    // --seed did not fix before `same_seed_same_run`); the bar is well below the worst seen.
-    assert!(map[0] < 0.01 && *map.last().unwrap() > 0.02, "mAP50 should rise above 0.02: {map:?}");
+    // Seed 0 reaches a final mAP50 of 0.217 on the AVX-512 machine the figures come from (the
+    // run is seeded, so it is the same run every time there); another CPU's rounding may move it.
+    assert!(map[0] < 0.01 && *map.last().unwrap() > 0.12, "mAP50 should rise above 0.12 (0.217 observed): {map:?}");
     assert!(s.best.exists() && s.last.exists() && s.run_dir.join("results.png").exists());
     assert!(s.run_dir.join("PR_curve.png").exists());
     // best.safetensors is a complete model

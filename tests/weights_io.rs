@@ -20,6 +20,7 @@ fn safetensors_round_trip_is_bit_exact() {
     let x = Tensor::<4>::random([1, 3, 64, 96], Distribution::Uniform(0.0, 1.0), &device);
     let a = m.predict(x.clone()).try_into_vec_as::<f32>().unwrap();
     let b = back.predict(x).try_into_vec_as::<f32>().unwrap();
+    assert!(!a.is_empty() && a.len() == b.len(), "output lengths {} and {}", a.len(), b.len());
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "outputs differ after a round trip");
 }
 
@@ -27,7 +28,8 @@ fn safetensors_round_trip_is_bit_exact() {
 fn yaml_models_round_trip_with_their_class_count() {
     let device = yolodistill::default_device();
     let m = model::load("yolov8n.yaml", Some(3), &device).unwrap().model;
-    let file = common::temp_dir("roundtrip-yaml").join("v8n.safetensors");
+    let tmp = common::temp_dir("roundtrip-yaml");
+    let file = tmp.join("v8n.safetensors");
     model::save_safetensors(&m, &file, Default::default()).unwrap();
     let back = model::load(file.to_str().unwrap(), None, &device).unwrap().model;
     assert_eq!(back.nc(), 3);
@@ -87,14 +89,12 @@ fn weights_of_another_architecture_name_the_first_bad_tensor() {
     let device = yolodistill::default_device();
     // yolo11n weights under a yolov8n description
     let v8 = model::load("yolov8n.yaml", None, &device).unwrap().model;
-    let (tensors, _) = yolodistill::weights::st::read_tensors(&{
-        let m = model::load(shared.join("fixtures/yolo11n.pt").to_str().unwrap(), None, &device).unwrap().model;
-        let f = common::temp_dir("otherarch").join("y11.safetensors");
-        model::save_safetensors(&m, &f, Default::default()).unwrap();
-        f
-    })
-    .unwrap();
-    let f = common::temp_dir("otherarch2").join("mixed.safetensors");
+    let m = model::load(shared.join("fixtures/yolo11n.pt").to_str().unwrap(), None, &device).unwrap().model;
+    let y11 = common::temp_dir("otherarch");
+    model::save_safetensors(&m, &y11.join("y11.safetensors"), Default::default()).unwrap();
+    let (tensors, _) = yolodistill::weights::st::read_tensors(&y11.join("y11.safetensors")).unwrap();
+    let tmp = common::temp_dir("otherarch2");
+    let f = tmp.join("mixed.safetensors");
     yolodistill::weights::st::save(
         &f,
         &yolodistill::weights::st::StModel {
@@ -123,10 +123,12 @@ fn folded_batchnorm_keeps_outputs_and_round_trips() {
     let b = fused.predict(x.clone()).try_into_vec_as::<f32>().unwrap();
     let (d, _) = common::max_diff(&b, &a);
     assert!(d < 1e-3, "fused output differs by {d}");
-    let file = common::temp_dir("fused").join("f.safetensors");
+    let tmp = common::temp_dir("fused");
+    let file = tmp.join("f.safetensors");
     model::save_safetensors(&fused, &file, Default::default()).unwrap();
     let back = model::load(file.to_str().unwrap(), None, &device).unwrap().model;
     assert!(back.fused);
     let c = back.predict(x).try_into_vec_as::<f32>().unwrap();
+    assert!(!b.is_empty() && b.len() == c.len(), "output lengths {} and {}", b.len(), c.len());
     assert!(b.iter().zip(&c).all(|(p, q)| p.to_bits() == q.to_bits()));
 }

@@ -22,6 +22,7 @@ pub struct BenchConvArgs {
     /// Input size, a multiple of 32 from 32.
     #[arg(long, default_value_t = 320, value_parser = imgsz)]
     pub imgsz: usize,
+    /// Images per batch.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: u32,
     /// Timed repetitions per convolution and pass (the median is kept), at least 1.

@@ -19,12 +19,16 @@ use crate::train::{forward_backward, make_trainable, StepPos};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
+    /// Model to time: built-in YAML, YAML path, .pt or .safetensors.
     #[arg(long, default_value = "yolov8n.yaml")]
     pub model: String,
+    /// data.yaml whose training images feed the timed batches.
     #[arg(long)]
     pub data: PathBuf,
+    /// Training image size.
     #[arg(long, default_value_t = 320)]
     pub imgsz: usize,
+    /// Images per batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Timed training iterations (forward, loss, backward, optimizer step), at least 1.
@@ -33,8 +37,10 @@ pub struct BenchTrainArgs {
     /// Timed data-pipeline batches (mosaic on).
     #[arg(long = "data-batches", default_value_t = 20)]
     pub data_batches: usize,
+    /// Data-loading threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
     /// With `--teacher`: also times the same steps distilled, and the teacher's forward alone.

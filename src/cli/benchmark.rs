@@ -9,18 +9,22 @@ pub struct BenchmarkArgs {
     /// Built-in YAML name, YAML path, .pt or .safetensors.
     #[arg(long, default_value = "yolov8n.yaml")]
     pub model: String,
+    /// Square input size.
     #[arg(long, default_value_t = 640)]
     pub imgsz: usize,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Timed forward passes (after warm-up).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// Untimed passes first.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Keep BatchNorm unfolded (default folds it, as Ultralytics' predictor does).
     #[arg(long)]
     pub no_fuse: bool,
+    /// Print one JSON object instead of the line.
     #[arg(long)]
     pub json: bool,
 }

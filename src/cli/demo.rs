@@ -17,17 +17,22 @@ pub struct DemoArgs {
     /// Folder for the dataset and the runs (default: <temp>/yolodistill-demo).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Image size of the synthetic images and of training.
     #[arg(long, default_value_t = 96)]
     pub imgsz: usize,
+    /// Synthetic training images.
     #[arg(long = "train-images", default_value_t = 512)]
     pub train_images: usize,
+    /// Synthetic validation images.
     #[arg(long = "val-images", default_value_t = 96)]
     pub val_images: usize,
     /// Share of the training images whose labels the students see (the teacher sees all).
     #[arg(long = "label-fraction", default_value_t = 0.25, value_parser = crate::options::share)]
     pub label_fraction: f64,
+    /// Epochs of the teacher (yolov8n, all labels).
     #[arg(long = "teacher-epochs", default_value_t = 15)]
     pub teacher_epochs: usize,
+    /// Epochs of each student.
     #[arg(long = "student-epochs", default_value_t = 30)]
     pub student_epochs: usize,
     /// Feature distillation of the distilled student (as `train --distill`).

@@ -10,13 +10,16 @@ pub struct DistillPlanArgs {
     /// The student: built-in YAML, YAML path, .pt or .safetensors.
     #[arg(long)]
     pub model: String,
+    /// Image size the shapes are reported at.
     #[arg(long, default_value_t = 640)]
     pub imgsz: usize,
     /// Class count of a YAML student (default: the teacher's).
     #[arg(long)]
     pub nc: Option<usize>,
+    /// Training epochs (for the schedule and stop epoch shown).
     #[arg(long, default_value_t = 100)]
     pub epochs: usize,
+    /// Epochs without mosaic at the end (distillation stops there by default).
     #[arg(long = "close-mosaic", default_value_t = 10)]
     pub close_mosaic: usize,
     #[command(flatten)]

@@ -17,11 +17,13 @@ pub struct ExportArgs {
     /// Built-in YAML name, YAML path, .pt or .safetensors.
     #[arg(long)]
     pub model: String,
+    /// onnx, or safetensors with BatchNorm folded (inference only).
     #[arg(long, value_enum, default_value = "onnx")]
     pub format: Format,
     /// Square input size of the exported graph (a multiple of the model stride).
     #[arg(long, default_value_t = 640)]
     pub imgsz: usize,
+    /// Batch size of the exported graph (ignored with --dynamic).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Symbolic batch, height and width (anchors computed in the graph).

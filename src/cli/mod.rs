@@ -72,3 +72,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Val(a) => val::run(a),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` documents every flag of every command (hidden test flags aside).
+    #[test]
+    fn every_flag_has_help() {
+        let cli = super::Cli::command();
+        let mut missing = Vec::new();
+        for cmd in cli.get_subcommands() {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} --{}", cmd.get_name(), arg.get_long().unwrap_or(arg.get_id().as_str())));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{} flags without help:\n{}", missing.len(), missing.join("\n"));
+    }
+}

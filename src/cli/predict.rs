@@ -25,6 +25,7 @@ pub struct PredictArgs {
     /// IoU threshold for NMS.
     #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
     pub iou: f32,
+    /// Most detections kept per image.
     #[arg(long = "max-det", default_value_t = 300)]
     pub max_det: usize,
     /// Folder for annotated images.

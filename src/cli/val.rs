@@ -24,16 +24,22 @@ pub struct ValArgs {
     /// data.yaml of a YOLO-format dataset.
     #[arg(long)]
     pub data: PathBuf,
+    /// Which split of data.yaml to validate.
     #[arg(long, value_enum, default_value_t = Split::Val)]
     pub split: Split,
+    /// Validation image size (rounded up to a multiple of 32).
     #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
+    /// Images per batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Confidence threshold of NMS (Ultralytics validates at 0.001).
     #[arg(long, default_value_t = 0.001, value_parser = crate::options::unit)]
     pub conf: f32,
+    /// IoU threshold of NMS.
     #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
     pub iou: f32,
+    /// Most detections kept per image.
     #[arg(long = "max-det", default_value_t = 300)]
     pub max_det: usize,
     /// Data-loading threads.

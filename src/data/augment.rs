@@ -16,52 +16,51 @@ use crate::infer::predict::load_rgb;
 /// Gray used for padding and borders, as Ultralytics.
 pub const FILL: u8 = 114;
 
-/// Augmentation hyper-parameters; defaults are Ultralytics' `default.yaml`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Augmentation hyper-parameters (their command-line flags); defaults are Ultralytics' `default.yaml`.
+#[derive(clap::Args, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AugConfig {
     /// Hue gain (fraction of the full hue circle).
+    #[arg(long = "hsv-h", default_value_t = 0.015)]
     pub hsv_h: f32,
     /// Saturation gain.
+    #[arg(long = "hsv-s", default_value_t = 0.7)]
     pub hsv_s: f32,
     /// Value (brightness) gain.
+    #[arg(long = "hsv-v", default_value_t = 0.4)]
     pub hsv_v: f32,
     /// Rotation range, ± degrees.
+    #[arg(long, default_value_t = 0.0)]
     pub degrees: f32,
     /// Translation range, ± fraction of the output size.
+    #[arg(long, default_value_t = 0.1)]
     pub translate: f32,
     /// Scale range, 1 ± scale.
+    #[arg(long, default_value_t = 0.5)]
     pub scale: f32,
     /// Shear range, ± degrees.
+    #[arg(long, default_value_t = 0.0)]
     pub shear: f32,
     /// Perspective range, ± (typically 0..0.001).
+    #[arg(long, default_value_t = 0.0)]
     pub perspective: f32,
     /// Probability of an up-down flip.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
     pub flipud: f32,
     /// Probability of a left-right flip.
+    #[arg(long, default_value_t = 0.5, value_parser = crate::options::unit)]
     pub fliplr: f32,
     /// Probability of a 4-image mosaic.
+    #[arg(long, default_value_t = 1.0, value_parser = crate::options::unit)]
     pub mosaic: f32,
     /// Probability of mixing with a second augmented image.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
     pub mixup: f32,
 }
 
 impl Default for AugConfig {
     fn default() -> Self {
-        AugConfig {
-            hsv_h: 0.015,
-            hsv_s: 0.7,
-            hsv_v: 0.4,
-            degrees: 0.0,
-            translate: 0.1,
-            scale: 0.5,
-            shear: 0.0,
-            perspective: 0.0,
-            flipud: 0.0,
-            fliplr: 0.5,
-            mosaic: 1.0,
-            mixup: 0.0,
-        }
+        crate::options::defaults()
     }
 }
 

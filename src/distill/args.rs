@@ -40,6 +40,7 @@ pub enum Schedule {
 }
 
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DistillArgs {
     /// Teacher: .pt or .safetensors (offline: frozen), or a model YAML with --online
     /// (trained from scratch with the student). Same classes as the dataset.
@@ -48,11 +49,10 @@ pub struct DistillArgs {
     /// Online distillation: the teacher trains jointly (train mode, its own detection
     /// loss added to the total, its parameters in the optimizer).
     #[arg(long)]
-    #[serde(default)]
     pub online: bool,
     /// Feature methods with optional weights, e.g. `cwd`, `cwd:1.0,at:0.5`, `none`.
     /// Methods: mimic, cwd, mgd, at, gram, relation, sl2.
-    #[arg(long, default_value = "cwd")]
+    #[arg(long, default_value = "cwd", value_parser = method_list)]
     pub distill: String,
     /// Weight of a feature method written without one.
     #[arg(long = "distill-weight", default_value_t = 1.0, value_parser = crate::options::non_negative_f32)]
@@ -74,7 +74,6 @@ pub struct DistillArgs {
     pub temperature: f32,
     /// Share of the teacher's soft targets in `--logit mixed` (the rest: hard labels).
     #[arg(long = "soft-alpha", default_value_t = 0.5, value_parser = crate::options::unit)]
-    #[serde(default = "half")]
     pub soft_alpha: f32,
     /// Temperature of cwd.
     #[arg(long = "cwd-tau", default_value_t = 1.0, value_parser = crate::options::positive_f32)]
@@ -96,45 +95,24 @@ pub struct DistillArgs {
     /// gradient on the student becomes this fraction of the detection loss's gradient (L2 norms),
     /// times the term's written weight (`cwd:2` → twice the fraction). Off by default.
     #[arg(long = "distill-calibrate", value_parser = crate::options::positive_f32)]
-    #[serde(default)]
     pub distill_calibrate: Option<f32>,
     /// Pseudo-labels: the teacher's detections (NMS at IoU 0.7) with at least this confidence
     /// become detection targets of the unlabeled images. Off by default.
     #[arg(long = "pseudo-conf", value_parser = crate::options::open_unit)]
-    #[serde(default)]
     pub pseudo_conf: Option<f32>,
     /// Multipliers found by the calibration, by term; saved so a resumed run keeps them.
     #[arg(skip)]
-    #[serde(default)]
     pub calibrated: Vec<(String, f32)>,
 }
 
-fn half() -> f32 {
-    0.5
+/// `--distill`: a list of known methods with optional weights, checked when parsed.
+fn method_list(s: &str) -> Result<String, String> {
+    super::distiller::parse_methods(s, 1.0).map(|_| s.to_string()).map_err(|e| format!("{e:#}"))
 }
 
 /// The command-line defaults.
 impl Default for DistillArgs {
     fn default() -> Self {
-        Self {
-            teacher: None,
-            online: false,
-            distill: "cwd".into(),
-            distill_weight: 1.0,
-            distill_layers: "auto".into(),
-            teacher_layers: None,
-            logit: Response::None,
-            logit_weight: 1.0,
-            temperature: 1.0,
-            soft_alpha: 0.5,
-            cwd_tau: 1.0,
-            mgd_alpha: 2e-5,
-            mgd_lambda: 0.65,
-            distill_schedule: Schedule::Constant,
-            distill_stop_epoch: None,
-            distill_calibrate: None,
-            pseudo_conf: None,
-            calibrated: Vec::new(),
-        }
+        crate::options::defaults()
     }
 }

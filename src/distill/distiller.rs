@@ -7,10 +7,10 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use super::args::Response;
-use super::args::{flag_value, DistillArgs, Schedule};
+use super::args::{flag_value, DistillArgs};
 use super::losses::{
-    attention_transfer, batch_relation, cosine_epoch_weight, cwd, gram, kd_binary, kd_mixed, linear_weight, localisation_kl, logit_mse, mgd,
-    mimic, random_keep_mask, score_weighted_l2, seed_normalise, dense_response, Adapter, MgdGenerator, Projector,
+    attention_transfer, batch_relation, cwd, gram, kd_binary, kd_mixed, localisation_kl, logit_mse, mgd, mimic, random_keep_mask,
+    schedule_weight, score_weighted_l2, seed_normalise, dense_response, Adapter, MgdGenerator, Projector,
 };
 use crate::infer::nms::{nms, NmsConfig};
 use crate::loss::{model_loss, LossConfig, Targets};
@@ -312,14 +312,7 @@ impl Distiller {
     }
 
     fn weight(&self, ctx: &HookInput<'_>) -> f32 {
-        match self.args.distill_schedule {
-            Schedule::CosineEpoch => cosine_epoch_weight(ctx.batch, ctx.batches),
-            Schedule::Linear => {
-                let total = self.stop_epoch.max(1) * ctx.batches.max(1);
-                linear_weight(ctx.epoch * ctx.batches + ctx.batch, total, 1.0, 0.1)
-            }
-            Schedule::Constant => 1.0,
-        }
+        schedule_weight(self.args.distill_schedule, ctx.epoch, ctx.batch, ctx.batches, self.stop_epoch)
     }
 }
 

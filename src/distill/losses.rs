@@ -450,25 +450,6 @@ pub fn score_weighted_l2(s_projected: Tensor<4>, t: Tensor<4>, teacher_cls_logit
     (sq * weight.clone()).sum() / (weight.sum() * c as f32 + 1e-9)
 }
 
-/// Ultralytics' native distillation over all levels: `dis · Σ_l loss_l`
-/// (each level through its projector). The detection trainer then multiplies
-/// by the batch size, like the detection loss.
-pub fn native_distill(
-    s: &[Tensor<4>],
-    t: &[Tensor<4>],
-    teacher_cls_logits: &[Tensor<3>],
-    projectors: &[Projector],
-    dis: f32,
-) -> Tensor<1> {
-    assert!(!s.is_empty() && s.len() == t.len(), "native distill: paired, non-empty levels");
-    assert!(teacher_cls_logits.len() == s.len() && projectors.len() == s.len(), "native distill: one entry per level");
-    (0..s.len())
-        .map(|l| score_weighted_l2(projectors[l].forward(s[l].clone()), t[l].clone(), teacher_cls_logits[l].clone()))
-        .reduce(|a, b| a + b)
-        .expect("non-empty")
-        * dis
-}
-
 // ---------------------------------------------------------------------------
 // §5 Weight schedules
 
@@ -481,6 +462,21 @@ pub fn cosine_epoch_weight(i: usize, n: usize) -> f32 {
     }
     let x = i as f64 * std::f64::consts::PI / n as f64;
     (((1.0 - x.cos()) / 2.0) * (COSINE_FLOOR as f64 - 1.0) + 1.0) as f32
+}
+
+/// The weight a schedule gives the terms at batch `batch` of `batches` in epoch `epoch`, when
+/// distillation stops after `stop_epoch` epochs: constant 1; the seed's per-epoch cosine; or
+/// linear from 1 at the first batch to [`COSINE_FLOOR`] (0.1) at the stop.
+pub fn schedule_weight(schedule: super::args::Schedule, epoch: usize, batch: usize, batches: usize, stop_epoch: usize) -> f32 {
+    use super::args::Schedule;
+    match schedule {
+        Schedule::CosineEpoch => cosine_epoch_weight(batch, batches),
+        Schedule::Linear => {
+            let total = stop_epoch.max(1) * batches.max(1);
+            linear_weight(epoch * batches + batch, total, 1.0, COSINE_FLOOR)
+        }
+        Schedule::Constant => 1.0,
+    }
 }
 
 /// Linear decay over training: `start` at step 0, `end` at `total` (clamped

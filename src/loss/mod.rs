@@ -15,17 +15,26 @@ use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps, HeadO
 use assigner::{assign, AssignerConfig, GtBox};
 use iou::ciou_tensor;
 
-/// Loss gains (Ultralytics' `box`, `cls`, `dfl` hyper-parameters).
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+/// Loss gains (Ultralytics' `box`, `cls`, `dfl` hyper-parameters, and their flags).
+#[derive(clap::Args, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Gains {
+    /// Gain of the box (CIoU) loss.
+    #[arg(long = "box", default_value_t = 7.5)]
+    #[serde(rename = "box_gain")]
     pub boxes: f32,
+    /// Gain of the classification (BCE) loss.
+    #[arg(long = "cls", default_value_t = 0.5)]
+    #[serde(rename = "cls_gain")]
     pub cls: f32,
+    /// Gain of the distribution focal loss.
+    #[arg(long = "dfl", default_value_t = 1.5)]
+    #[serde(rename = "dfl_gain")]
     pub dfl: f32,
 }
 
 impl Default for Gains {
     fn default() -> Self {
-        Self { boxes: 7.5, cls: 0.5, dfl: 1.5 }
+        crate::options::defaults()
     }
 }
 

@@ -82,11 +82,9 @@ pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
 /// Metadata key marking a file whose BatchNorms are folded into the convolutions.
 const FUSED_KEY: &str = "fused";
 
-/// A model with its provenance, ready to run.
+/// A loaded model, ready to run.
 pub struct Loaded {
     pub model: DetectionModel,
-    /// True when weights came from a checkpoint (not a fresh YAML build).
-    pub pretrained: bool,
 }
 
 /// Loads `M`: a built-in YAML name, a YAML path, a `.pt` or a `.safetensors` file.
@@ -104,7 +102,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
             apply_tensors(&mut model, ck.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
-            Ok(Loaded { model, pretrained: true })
+            Ok(Loaded { model })
         }
         "safetensors" => {
             let f = st::load(path)?;
@@ -116,7 +114,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
                 model.fuse();
             }
             apply_tensors(&mut model, f.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
-            Ok(Loaded { model, pretrained: true })
+            Ok(Loaded { model })
         }
         "yaml" | "yml" | "" => {
             let (text, scale) = if path.is_file() {
@@ -136,7 +134,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             })?;
             let spec = spec::parse(&yaml, scale, nc).with_context(|| format!("{m}: invalid model YAML"))?;
             let model = DetectionModel::new(spec, Vec::new(), device).with_context(|| format!("{m}: cannot build"))?;
-            Ok(Loaded { model, pretrained: false })
+            Ok(Loaded { model })
         }
         other => bail!("{m}: unsupported model file type '.{other}' (expected .yaml, .pt or .safetensors)"),
     }

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::OptimizerKind;
 
+/// A saved run's arguments that lack an option (written by an older version) read its default.
 #[derive(Args, Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainArgs {
     /// Built-in YAML (from scratch), YAML path, .pt or .safetensors (fine-tune).
     /// Not needed with --resume (the checkpoint remembers it).
@@ -16,27 +18,37 @@ pub struct TrainArgs {
     /// data.yaml of a YOLO-format dataset (not needed with --resume).
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
+    /// Training epochs (one pass over the labeled images each).
     #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_one)]
     pub epochs: usize,
     /// Training and validation image size (rounded up to a multiple of 32).
     #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
+    /// Images per batch.
     #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,
+    /// Optimizer; `auto` follows Ultralytics (SGD for long runs, AdamW otherwise).
     #[arg(long, value_enum, default_value_t = OptimizerKind::Auto)]
     pub optimizer: OptimizerKind,
+    /// Initial learning rate (SGD/AdamW; `auto` picks its own).
     #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
     pub lr0: f64,
+    /// Final learning rate as a fraction of lr0.
     #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
     pub lrf: f64,
+    /// SGD momentum / Adam beta1.
     #[arg(long, default_value_t = 0.937)]
     pub momentum: f64,
+    /// Weight decay at the nominal batch size (scaled with --batch and --nbs).
     #[arg(long = "weight-decay", default_value_t = 0.0005)]
     pub weight_decay: f64,
+    /// Warm-up epochs (may be fractional) over which learning rates, momentum and accumulation ramp up.
     #[arg(long = "warmup-epochs", default_value_t = 3.0)]
     pub warmup_epochs: f64,
+    /// SGD momentum at the start of warm-up.
     #[arg(long = "warmup-momentum", default_value_t = 0.8)]
     pub warmup_momentum: f64,
+    /// Learning rate of the biases at the start of warm-up.
     #[arg(long = "warmup-bias-lr", default_value_t = 0.1)]
     pub warmup_bias_lr: f64,
     /// Cosine learning-rate schedule (default linear).
@@ -45,10 +57,13 @@ pub struct TrainArgs {
     /// Turn mosaic off for the last N epochs.
     #[arg(long = "close-mosaic", default_value_t = 10)]
     pub close_mosaic: usize,
+    /// Seed of the initial weights, the data order and the augmentation (and the split of --label-fraction).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Folder of the run folders.
     #[arg(long, default_value = "runs")]
     pub project: PathBuf,
+    /// Run folder name under --project (name2, name3, … when taken, unless --exist-ok).
     #[arg(long, default_value = "train")]
     pub name: String,
     /// Reuse an existing run folder instead of making name2, name3, …
@@ -66,36 +81,12 @@ pub struct TrainArgs {
     /// Nominal batch size for gradient accumulation and weight-decay scaling.
     #[arg(long, default_value_t = 64, value_parser = crate::options::at_least_one)]
     pub nbs: usize,
-    #[arg(long = "box", default_value_t = 7.5)]
-    pub box_gain: f32,
-    #[arg(long = "cls", default_value_t = 0.5)]
-    pub cls_gain: f32,
-    #[arg(long = "dfl", default_value_t = 1.5)]
-    pub dfl_gain: f32,
-    #[arg(long = "hsv-h", default_value_t = 0.015)]
-    pub hsv_h: f32,
-    #[arg(long = "hsv-s", default_value_t = 0.7)]
-    pub hsv_s: f32,
-    #[arg(long = "hsv-v", default_value_t = 0.4)]
-    pub hsv_v: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub degrees: f32,
-    #[arg(long, default_value_t = 0.1)]
-    pub translate: f32,
-    #[arg(long, default_value_t = 0.5)]
-    pub scale: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub shear: f32,
-    #[arg(long, default_value_t = 0.0)]
-    pub perspective: f32,
-    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
-    pub flipud: f32,
-    #[arg(long, default_value_t = 0.5, value_parser = crate::options::unit)]
-    pub fliplr: f32,
-    #[arg(long, default_value_t = 1.0, value_parser = crate::options::unit)]
-    pub mosaic: f32,
-    #[arg(long, default_value_t = 0.0, value_parser = crate::options::unit)]
-    pub mixup: f32,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub gains: crate::loss::Gains,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub aug: crate::data::augment::AugConfig,
     /// Validate every epoch (the final epoch is always validated).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub val: bool,
@@ -106,28 +97,29 @@ pub struct TrainArgs {
     /// only: distillation terms, never detection loss. Used with --teacher; adds to data.yaml's
     /// `unlabeled:` entry.
     #[arg(long)]
-    #[serde(default)]
     pub unlabeled: Option<PathBuf>,
     /// Unlabeled images per labeled image: round(ratio × batch) of them join every batch.
     #[arg(long = "unlabeled-ratio", default_value_t = 1.0, value_parser = crate::options::non_negative)]
-    #[serde(default = "one")]
     pub unlabeled_ratio: f64,
     /// Keep the labels of only this seeded fraction of the training images (by --seed). With
     /// --teacher the others become unlabeled images; without, they are left out.
     #[arg(long = "label-fraction", default_value_t = 1.0, value_parser = crate::options::share)]
-    #[serde(default = "one")]
     pub label_fraction: f64,
     /// No progress bar: one line per epoch prefixed with the run name (runs sharing a terminal).
     #[arg(long, hide = true)]
-    #[serde(default)]
     pub quiet: bool,
     /// Stop after this many optimizer-batch iterations in total (tests and benchmarks).
     #[arg(long = "max-batches", hide = true)]
     pub max_batches: Option<usize>,
 }
 
-fn one() -> f64 {
-    1.0
+/// Every option at its default (no model or data, not resuming).
+impl Default for TrainArgs {
+    fn default() -> Self {
+        let mut a = Self::from_flags(&["--resume"]).expect("the defaults parse");
+        a.resume = None;
+        a
+    }
 }
 
 impl TrainArgs {

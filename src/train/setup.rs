@@ -11,7 +11,6 @@ use super::hook::Extension;
 use super::optim::{Method, OptimizerKind};
 use super::run_dir::run_dir;
 use super::TrainArgs;
-use crate::data::augment::AugConfig;
 use crate::model::{self, DetectionModel};
 
 /// Held from seeding the backend's generator until the model and the extension are initialised:
@@ -87,23 +86,6 @@ pub fn check_inputs(a: &TrainArgs, ext: Option<&dyn Extension>, device: &Device)
         }
     }
     Ok(())
-}
-
-pub fn aug_config(a: &TrainArgs) -> AugConfig {
-    AugConfig {
-        hsv_h: a.hsv_h,
-        hsv_s: a.hsv_s,
-        hsv_v: a.hsv_v,
-        degrees: a.degrees,
-        translate: a.translate,
-        scale: a.scale,
-        shear: a.shear,
-        perspective: a.perspective,
-        flipud: a.flipud,
-        fliplr: a.fliplr,
-        mosaic: a.mosaic,
-        mixup: a.mixup,
-    }
 }
 
 /// Loads the model to train, adapting a checkpoint to the dataset's classes

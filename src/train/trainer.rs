@@ -24,7 +24,7 @@ use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate, ValResult};
 use crate::infer::nms::NmsConfig;
-use crate::loss::{Gains, LossConfig};
+use crate::loss::LossConfig;
 use crate::model::{self, DetectionModel};
 use crate::report::Results;
 
@@ -132,13 +132,13 @@ impl Trainer {
         let model = setup::initial_model(&a, &data.config.names, &plain)?;
         let head = model.head();
         let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
-        loss_cfg.gains = Gains { boxes: a.box_gain, cls: a.cls_gain, dfl: a.dfl_gain };
+        loss_cfg.gains = a.gains;
         let plan = setup::plan_optimizer(&a, n_train, nc);
         let opt = Optimizer::new(plan.method, plan.weight_decay);
         let stride = model.max_stride().max(32);
         let nb = n_train.div_ceil(a.batch);
         let mut t = Trainer {
-            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, setup::aug_config(&a), a.workers, a.seed)?,
+            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?,
             val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, a.workers)?,
             nw: warmup_iters(a.warmup_epochs, a.epochs, nb),
             nb,
@@ -508,7 +508,7 @@ fn load_data(a: &TrainArgs, config: DataConfig, dir: &Path, extended: bool) -> R
             eprintln!("{msg}");
         }
     };
-    let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, setup::aug_config(a), extended, &say)?;
+    let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, a.aug, extended, &say)?;
     Ok(RunData { config, train: Arc::new(train), val: Arc::new(val), unlabeled })
 }
 

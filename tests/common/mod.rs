@@ -17,12 +17,42 @@ pub fn shared() -> Option<PathBuf> {
     None
 }
 
-/// A fresh temporary folder for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh temporary folder for one test, removed when the test passes (kept for a look
+/// when it fails).
+pub fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("yolodistill-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Max |a − b| and max |b| over two equally long slices.
