@@ -1,7 +1,7 @@
 //! Distillation-loss parity with the reference values of
-//! `../shared/fixtures/distill_losses.safetensors`, the schedules, gradient
-//! flow into the trainable distiller parts, and properties of the losses
-//! without a fixture value (LD, binary KD).
+//! `../shared/fixtures/distill_losses.safetensors` and, for the response losses it lacks (binary
+//! KD, LD, dense), of `tests/data/distill_extra.safetensors`; the schedules; gradient flow into
+//! the trainable distiller parts; properties of the losses.
 
 mod common;
 
@@ -382,4 +382,72 @@ fn dense_response_matches_its_formula_and_vanishes_at_the_teacher() {
     // reg_max 1 heads: the class term only
     let (_, b1) = dense_response(rand([n, 4, a], 1.0), s_cls.clone(), rand([n, 4, a], 1.0), t_cls.clone(), 1, 1.0);
     assert_eq!(b1.into_scalar::<f32>(), 0.0);
+}
+
+/// Reference values and student gradients of the response losses the distiller runs for
+/// `--logit kl` ([`kd_binary`]), `--logit ld` ([`localisation_kl`]) and `--logit dense`
+/// ([`dense_response`]), from `scripts/distill_extra_reference.py` (PyTorch, written from the
+/// formulas): `tests/data/distill_extra.safetensors`.
+mod response_reference {
+    use super::*;
+
+    fn fixture() -> Vec<(String, HostTensor)> {
+        read_tensors(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/distill_extra.safetensors"))).unwrap().0
+    }
+
+    fn get<const D: usize>(fx: &[(String, HostTensor)], name: &str, dev: &Device) -> Tensor<D> {
+        let h = &fx.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fixture lacks {name}")).1;
+        Tensor::from_data(TensorData::new(h.data.clone(), h.shape.clone()), dev)
+    }
+
+    /// A value within 1e-5 relative, and a gradient within 1e-4 of its largest magnitude.
+    fn check_value_and_grad<const D: usize>(fx: &[(String, HostTensor)], name: &str, got: Tensor<1>, x: &Tensor<D>, grad_name: &str, grads: &burn::tensor::Gradients) {
+        let dev = Device::flex();
+        let want = get::<1>(fx, name, &dev).into_scalar::<f32>();
+        let v = got.into_scalar::<f32>();
+        assert!((v - want).abs() <= 1e-5 * want.abs(), "{name}: ours {v} reference {want}");
+        let g = x.grad(grads).expect("a gradient").try_into_vec_as::<f32>().unwrap();
+        let r = get::<D>(fx, grad_name, &dev).try_into_vec_as::<f32>().unwrap();
+        let (d, m) = common::max_diff(&g, &r);
+        assert!(d <= 1e-4 * m, "{grad_name}: max difference {d} of {m}");
+    }
+
+    #[test]
+    fn kd_binary_matches_reference() {
+        let fx = fixture();
+        let dev = Device::flex().autodiff();
+        for t in ["1.0", "2.5"] {
+            let s = get::<3>(&fx, "kd.s", &dev).require_grad();
+            let loss = kd_binary(s.clone(), get::<3>(&fx, "kd.t", &dev), t.parse().unwrap());
+            let grads = loss.clone().backward();
+            check_value_and_grad(&fx, &format!("kd_binary.t{t}"), loss, &s, &format!("kd_binary.t{t}.grad"), &grads);
+        }
+    }
+
+    #[test]
+    fn localisation_kl_matches_reference() {
+        let fx = fixture();
+        let dev = Device::flex().autodiff();
+        for t in ["1.0", "2.0"] {
+            let s = get::<3>(&fx, "ld.s", &dev).require_grad();
+            let loss = localisation_kl(s.clone(), get::<3>(&fx, "ld.t", &dev), 16, t.parse().unwrap(), get::<2>(&fx, "ld.w", &dev));
+            let grads = loss.clone().backward();
+            check_value_and_grad(&fx, &format!("ld.t{t}"), loss, &s, &format!("ld.t{t}.grad"), &grads);
+        }
+    }
+
+    #[test]
+    fn dense_response_matches_reference() {
+        let fx = fixture();
+        let dev = Device::flex().autodiff();
+        for t in ["1.0", "2.0"] {
+            let scores = get::<3>(&fx, "kd.s", &dev).require_grad();
+            let boxes = get::<3>(&fx, "ld.s", &dev).require_grad();
+            let (cls, bx) =
+                dense_response(boxes.clone(), scores.clone(), get::<3>(&fx, "ld.t", &dev), get::<3>(&fx, "kd.t", &dev), 16, t.parse().unwrap());
+            let grads = (cls.clone() + bx.clone()).backward();
+            check_value_and_grad(&fx, &format!("dense.t{t}.cls"), cls, &scores, &format!("dense.t{t}.grad_scores"), &grads);
+            check_value_and_grad(&fx, &format!("dense.t{t}.box"), bx, &boxes, &format!("dense.t{t}.grad_boxes"), &grads);
+        }
+    }
 }

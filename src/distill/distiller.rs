@@ -10,7 +10,7 @@ pub use super::args::Response;
 use super::args::{flag_value, DistillArgs};
 use super::losses::{
     attention_transfer, batch_relation, cwd, gram, kd_binary, kd_mixed, localisation_kl, logit_mse, mgd, mimic, random_keep_mask,
-    schedule_weight, score_weighted_l2, seed_normalise, dense_response, Adapter, MgdGenerator, Projector,
+    schedule_weight, score_weighted_l2, seed_pipeline, dense_response, Adapter, MgdGenerator, Projector,
 };
 use crate::infer::nms::{nms, NmsConfig};
 use crate::loss::{model_loss, LossConfig, Targets};
@@ -432,8 +432,8 @@ impl Distiller {
         let device = ctx.images.device();
         match method {
             Feature::Mimic | Feature::Cwd => {
-                let sn = [seed_normalise(a[0].clone())];
-                let tn = [seed_normalise(t[0].clone())];
+                let (sn, tn) = seed_pipeline(s[0].clone(), t[0].clone(), self.adapters[l].as_ref());
+                let (sn, tn) = ([sn], [tn]);
                 if method == Feature::Mimic {
                     mimic(&sn, &tn)
                 } else {

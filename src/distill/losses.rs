@@ -133,7 +133,8 @@ pub fn seed_normalise(x: Tensor<4>) -> Tensor<4> {
 /// The seed's feature pipeline for one level: the student map goes through
 /// the adapter (when channels differ) and both maps are normalised
 /// separately with [`seed_normalise`]. Returns `(student, teacher)` ready for
-/// [`mimic`] / [`cwd`]; the teacher output is detached.
+/// [`mimic`] / [`cwd`]; the teacher output is detached. The distiller runs
+/// its mimic and cwd terms through this.
 pub fn seed_pipeline(s: Tensor<4>, t: Tensor<4>, adapter: Option<&Adapter>) -> (Tensor<4>, Tensor<4>) {
     let s = match adapter {
         Some(a) => a.forward(s),
