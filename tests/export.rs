@@ -1,6 +1,7 @@
 //! ONNX export: the written bytes decode to the expected graph (ops, input,
-//! output, opset, metadata). Numerical checks against onnxruntime live in
-//! scripts/check_onnx.py.
+//! output, opset, metadata), and, where the reference environment exists, onnxruntime
+//! computes our forward for every family. scripts/check_onnx.py adds dynamic sizes,
+//! float16 and Ultralytics' outputs.
 
 mod common;
 
@@ -194,4 +195,60 @@ fn cli_exports_onnx_and_fused_safetensors() {
     let (d, mx) = common::max_diff(&b, &a);
     assert!(d <= 1e-4 * mx.max(1.0), "fused safetensors differs: {d} (max {mx})");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The reference environment's python with onnxruntime (`../shared/tools/ref-env.sh` makes it),
+/// or None: it is a dev-only tool, so the check is skipped without it.
+fn onnxruntime_python() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("REF_ENV").map(std::path::PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME").map(std::path::PathBuf::from).or_else(|| Some(std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache")))?;
+        Some(cache.join("yolodistill-ref"))
+    })?;
+    let py = dir.join("bin/python");
+    let ok = std::process::Command::new(&py).args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+/// Every family's fixture checkpoint, exported and run by onnxruntime on its fixture input,
+/// gives our fused forward's output within 1e-4·max(1, |v|).
+#[test]
+fn onnxruntime_computes_our_forward_for_every_family() {
+    let Some(shared) = common::shared() else { return };
+    let Some(py) = onnxruntime_python() else {
+        eprintln!("notice: no reference environment with onnxruntime (../shared/tools/ref-env.sh); skipping");
+        return;
+    };
+    let dir = common::temp_dir("onnx-ort");
+    let device = yolodistill::default_device();
+    for arch in ["yolov8n", "yolov5nu", "yolo11n", "yolo12n", "yolov10n", "yolo26n"] {
+        let fx = shared.join("fixtures");
+        let mut m = model::load(fx.join(format!("{arch}.pt")).to_str().unwrap(), None, &device).unwrap().model;
+        m.fuse();
+        let (refs, _) = read_tensors(&fx.join(format!("{arch}_ref.safetensors"))).unwrap();
+        let input = refs.iter().find(|(n, _)| n == "input").map(|(_, t)| t.clone()).unwrap();
+        let (h, w) = (input.shape[2], input.shape[3]);
+        let onnx = dir.join(format!("{arch}.onnx"));
+        std::fs::write(&onnx, export_onnx(&m, (h, w), 1, false).unwrap()).unwrap();
+        let raw = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        std::fs::write(dir.join("input.bin"), raw(&input.data)).unwrap();
+        let x: Tensor<4> = Tensor::from_data(TensorData::new(input.data.clone(), input.shape.clone()), &device);
+        let ours = m.predict(x).try_into_vec_as::<f32>().unwrap();
+        let script = format!(
+            "import numpy as np, onnxruntime as ort\n\
+             s = ort.InferenceSession('{}', providers=['CPUExecutionProvider'])\n\
+             x = np.fromfile('{}', dtype=np.float32).reshape(1, 3, {h}, {w})\n\
+             s.run(['output0'], {{'images': x}})[0].astype(np.float32).tofile('{}')\n",
+            onnx.display(),
+            dir.join("input.bin").display(),
+            dir.join("ort.bin").display()
+        );
+        let out = std::process::Command::new(&py).args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{arch}: onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
+        let theirs: Vec<f32> =
+            std::fs::read(dir.join("ort.bin")).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(theirs.len(), ours.len(), "{arch}: output sizes");
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
+        eprintln!("{arch}: onnxruntime vs our forward, worst |Δ|/max(1, |v|) = {worst:.2e} over {} values", ours.len());
+        assert!(worst <= 1e-4, "{arch}: onnxruntime differs from our forward by {worst:.2e}");
+    }
 }

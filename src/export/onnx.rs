@@ -16,11 +16,8 @@ use burn::tensor::Tensor;
 
 use super::onnx_proto::{read_fields, Msg};
 use crate::model::graph::{DetectionModel, Layer};
-use crate::model::layers::attention::{AAttn, ABlock, A2C2f, A2Inner, Attention, C2Psa, Mlp, PsaBlock};
-use crate::model::layers::blocks::{Bottleneck, Inner, Sppf, C2f, C3};
-use crate::model::layers::conv::Conv;
-use crate::model::layers::head::{anchor_points, BoxBranch, ClsBranch, Detect};
-use crate::model::layers::v10::{Cib, CibMid, RepVggDw, SCDown};
+use crate::model::layers::attention::A2Inner;
+use crate::model::layers::head::{anchor_points, Detect};
 
 pub const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
@@ -29,7 +26,7 @@ const INT64: i64 = 7;
 const FLOAT16: i64 = 10;
 
 /// An attribute value of a node.
-enum Attr {
+pub(crate) enum Attr {
     Int(i64),
     Float(f32),
     Ints(Vec<i64>),
@@ -38,15 +35,22 @@ enum Attr {
 
 /// A value in the graph: its name and per-image shape (C, H, W).
 #[derive(Clone)]
-struct V {
-    name: String,
-    c: usize,
-    h: usize,
-    w: usize,
+pub(crate) struct V {
+    pub name: String,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
+/// A module's ONNX nodes, next to its forward in the module's own file.
+pub(crate) trait ToOnnx {
+    /// Adds the nodes computing this module on `x`; returns the output.
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V;
+}
+
+/// The graph under construction and its primitives (what every module's nodes are made of).
 #[derive(Default)]
-struct Builder {
+pub(crate) struct Builder {
     nodes: Vec<Msg>,
     inits: Vec<Msg>,
     next: usize,
@@ -56,7 +60,7 @@ struct Builder {
 
 impl Builder {
     /// Element type of the graph's float values.
-    fn elem(&self) -> i64 {
+    pub(crate) fn elem(&self) -> i64 {
         if self.half {
             FLOAT16
         } else {
@@ -64,23 +68,23 @@ impl Builder {
         }
     }
 
-    fn fresh(&mut self, hint: &str) -> String {
+    pub(crate) fn fresh(&mut self, hint: &str) -> String {
         self.next += 1;
         format!("/{hint}_{}", self.next)
     }
 
     /// Adds a node with one output and returns the output's name.
-    fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+    pub(crate) fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
         self.node_n(op, inputs, 1, attrs).remove(0)
     }
 
-    fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+    pub(crate) fn node_n(&mut self, op: &str, inputs: &[&str], n_out: usize, attrs: Vec<(&str, Attr)>) -> Vec<String> {
         let base = self.fresh(op);
         let outs: Vec<String> = (0..n_out).map(|i| format!("{base}:{i}")).collect();
         self.emit(op, inputs, outs, attrs)
     }
 
-    fn emit(&mut self, op: &str, inputs: &[&str], outs: Vec<String>, attrs: Vec<(&str, Attr)>) -> Vec<String> {
+    pub(crate) fn emit(&mut self, op: &str, inputs: &[&str], outs: Vec<String>, attrs: Vec<(&str, Attr)>) -> Vec<String> {
         let mut m = Msg::new();
         for i in inputs {
             m.string(1, i);
@@ -106,7 +110,7 @@ impl Builder {
     }
 
     /// A float initializer in the graph's element type (float16 with `half`).
-    fn init_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+    pub(crate) fn init_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
         if self.half {
             let raw: Vec<u8> = data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
             self.init_raw(hint, dims, FLOAT16, raw)
@@ -116,12 +120,12 @@ impl Builder {
     }
 
     /// A float32 initializer whatever the graph's type (e.g. Resize scales).
-    fn init_exact_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
+    pub(crate) fn init_exact_f32(&mut self, hint: &str, dims: &[usize], data: &[f32]) -> String {
         let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.init_raw(hint, dims, FLOAT, raw)
     }
 
-    fn init_raw(&mut self, hint: &str, dims: &[usize], dtype: i64, raw: Vec<u8>) -> String {
+    pub(crate) fn init_raw(&mut self, hint: &str, dims: &[usize], dtype: i64, raw: Vec<u8>) -> String {
         let name = self.fresh(hint);
         let mut t = Msg::new();
         t.ints(1, &dims.iter().map(|&d| d as i64).collect::<Vec<_>>()).int(2, dtype).string(8, &name);
@@ -130,7 +134,7 @@ impl Builder {
         name
     }
 
-    fn init_i64(&mut self, hint: &str, data: &[i64]) -> String {
+    pub(crate) fn init_i64(&mut self, hint: &str, data: &[i64]) -> String {
         let name = self.fresh(hint);
         let mut t = Msg::new();
         t.int(1, data.len() as i64).int(2, INT64).string(8, &name);
@@ -140,28 +144,28 @@ impl Builder {
         name
     }
 
-    fn tensor<const D: usize>(&mut self, hint: &str, t: Tensor<D>) -> String {
+    pub(crate) fn tensor<const D: usize>(&mut self, hint: &str, t: Tensor<D>) -> String {
         let dims = t.dims();
         let data = t.try_into_vec_as::<f32>().expect("f32 weights");
         self.init_f32(hint, &dims, &data)
     }
 
-    fn scalar(&mut self, v: f32) -> String {
+    pub(crate) fn scalar(&mut self, v: f32) -> String {
         self.init_f32("const", &[], &[v])
     }
 
-    fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
+    pub(crate) fn binary(&mut self, op: &str, a: &str, b: &str) -> String {
         self.node(op, &[a, b], vec![])
     }
 
     /// Reshape to a constant target (`0` copies the input's dimension, `-1` is inferred).
-    fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
+    pub(crate) fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
         let s = self.init_i64("shape", shape);
         self.node("Reshape", &[x, &s], vec![])
     }
 
     /// The shape of `x` as an int64 tensor, or the dims of it at `idx` (Gather).
-    fn shape_of(&mut self, x: &str, idx: Option<&[i64]>) -> String {
+    pub(crate) fn shape_of(&mut self, x: &str, idx: Option<&[i64]>) -> String {
         let shp = self.node("Shape", &[x], vec![]);
         match idx {
             Some(idx) => {
@@ -172,25 +176,25 @@ impl Builder {
         }
     }
 
-    fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+    pub(crate) fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
         self.node("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
     }
 
-    fn split(&mut self, x: &str, axis: i64, sizes: &[usize]) -> Vec<String> {
+    pub(crate) fn split(&mut self, x: &str, axis: i64, sizes: &[usize]) -> Vec<String> {
         let s = self.init_i64("split", &sizes.iter().map(|&d| d as i64).collect::<Vec<_>>());
         self.node_n("Split", &[x, &s], sizes.len(), vec![("axis", Attr::Int(axis))])
     }
 
-    fn silu(&mut self, x: &str) -> String {
+    pub(crate) fn silu(&mut self, x: &str) -> String {
         let s = self.node("Sigmoid", &[x], vec![]);
         self.binary("Mul", x, &s)
     }
 
-    fn add(&mut self, a: &V, b: &V) -> V {
+    pub(crate) fn add(&mut self, a: &V, b: &V) -> V {
         V { name: self.binary("Add", &a.name, &b.name), ..a.clone() }
     }
 
-    fn concat(&mut self, xs: &[V], axis: i64) -> V {
+    pub(crate) fn concat(&mut self, xs: &[V], axis: i64) -> V {
         let names: Vec<&str> = xs.iter().map(|v| v.name.as_str()).collect();
         let name = self.node("Concat", &names, vec![("axis", Attr::Int(axis))]);
         let mut out = xs[0].clone();
@@ -203,7 +207,7 @@ impl Builder {
 
     // ---- modules ----
 
-    fn conv2d(&mut self, x: &V, conv: &Conv2d) -> V {
+    pub(crate) fn conv2d(&mut self, x: &V, conv: &Conv2d) -> V {
         let [co, _, kh, kw] = conv.weight.dims();
         let (t, l, b, r) = match conv.padding {
             PaddingConfig2d::Explicit(t, l, b, r) => (t, l, b, r),
@@ -234,7 +238,7 @@ impl Builder {
         V { name, c: co, h, w }
     }
 
-    fn batch_norm(&mut self, x: &V, bn: &BatchNorm) -> V {
+    pub(crate) fn batch_norm(&mut self, x: &V, bn: &BatchNorm) -> V {
         let scale = self.tensor("bn_scale", bn.gamma.val());
         let bias = self.tensor("bn_bias", bn.beta.val());
         let mean = self.tensor("bn_mean", bn.running_mean.value_sync());
@@ -247,90 +251,14 @@ impl Builder {
         V { name, ..x.clone() }
     }
 
-    fn conv(&mut self, x: &V, m: &Conv) -> V {
-        let mut y = self.conv2d(x, &m.conv);
-        if let Some(bn) = &m.bn {
-            y = self.batch_norm(&y, bn);
-        }
-        if m.act {
-            y.name = self.silu(&y.name);
-        }
-        y
-    }
 
-    fn bottleneck(&mut self, x: &V, m: &Bottleneck) -> V {
-        let a = self.conv(x, &m.cv1);
-        let y = self.conv(&a, &m.cv2);
-        if m.add {
-            self.add(x, &y)
-        } else {
-            y
-        }
-    }
 
-    fn c3(&mut self, x: &V, m: &C3) -> V {
-        let mut a = self.conv(x, &m.cv1);
-        for b in &m.m {
-            a = self.bottleneck(&a, b);
-        }
-        let b = self.conv(x, &m.cv2);
-        let cat = self.concat(&[a, b], 1);
-        self.conv(&cat, &m.cv3)
-    }
 
-    fn inner(&mut self, x: &V, m: &Inner) -> V {
-        match m {
-            Inner::Bottleneck(b) => self.bottleneck(x, b),
-            Inner::C3k(c) => self.c3(x, c),
-            Inner::BottleneckPsa(bp) => {
-                let y = self.bottleneck(x, &bp.bottleneck);
-                self.psa_block(&y, &bp.psa)
-            }
-            Inner::Cib(c) => self.cib(x, c),
-        }
-    }
 
-    fn c2f(&mut self, x: &V, m: &C2f) -> V {
-        let y = self.conv(x, &m.cv1);
-        let half = y.c / 2;
-        let parts = self.split(&y.name, 1, &[half, y.c - half]);
-        let mut ys: Vec<V> = parts.into_iter().map(|name| V { name, c: half, ..y.clone() }).collect();
-        for inner in &m.m {
-            let last = ys.last().expect("two halves").clone();
-            let o = self.inner(&last, inner);
-            ys.push(o);
-        }
-        let cat = self.concat(&ys, 1);
-        self.conv(&cat, &m.cv2)
-    }
 
-    fn sppf(&mut self, x: &V, m: &Sppf) -> V {
-        let (k, p) = (m.k as i64, (m.k / 2) as i64);
-        let mut ys = vec![self.conv(x, &m.cv1)];
-        for _ in 0..m.n {
-            let last = ys.last().expect("one map").clone();
-            let name = self.node(
-                "MaxPool",
-                &[&last.name],
-                vec![
-                    ("kernel_shape", Attr::Ints(vec![k, k])),
-                    ("pads", Attr::Ints(vec![p, p, p, p])),
-                    ("strides", Attr::Ints(vec![1, 1])),
-                ],
-            );
-            ys.push(V { name, ..last });
-        }
-        let cat = self.concat(&ys, 1);
-        let y = self.conv(&cat, &m.cv2);
-        if m.add {
-            self.add(x, &y)
-        } else {
-            y
-        }
-    }
 
     /// softmax(qᵀk · scale) applied to v: returns v·attnᵀ. q, k, v: [*, nh, d, n].
-    fn attend(&mut self, q: &str, k: &str, v: &str, scale: f32) -> String {
+    pub(crate) fn attend(&mut self, q: &str, k: &str, v: &str, scale: f32) -> String {
         let qt = self.transpose(q, &[0, 1, 3, 2]);
         let qk = self.binary("MatMul", &qt, k);
         let s = self.scalar(scale);
@@ -340,146 +268,17 @@ impl Builder {
         self.binary("MatMul", v, &at)
     }
 
-    fn attention(&mut self, x: &V, m: &Attention) -> V {
-        let (nh, kd, hd) = (m.num_heads, m.key_dim, m.head_dim);
-        let qkv = self.conv(x, &m.qkv);
-        let qkv = self.reshape(&qkv.name, &[0, nh as i64, (2 * kd + hd) as i64, -1]);
-        let p = self.split(&qkv, 2, &[kd, kd, hd]);
-        let o = self.attend(&p[0], &p[1], &p[2], (kd as f64).powf(-0.5) as f32);
-        let shp = self.shape_of(&x.name, None);
-        let o = V { name: self.node("Reshape", &[&o, &shp], vec![]), ..x.clone() };
-        let v = V { name: self.node("Reshape", &[&p[2], &shp], vec![]), ..x.clone() };
-        let pe = self.conv(&v, &m.pe);
-        let sum = self.add(&o, &pe);
-        self.conv(&sum, &m.proj)
-    }
 
-    fn mlp(&mut self, x: &V, m: &Mlp) -> V {
-        let h = self.conv(x, &m.fc1);
-        self.conv(&h, &m.fc2)
-    }
 
-    fn psa_block(&mut self, x: &V, m: &PsaBlock) -> V {
-        let a = self.attention(x, &m.attn);
-        let x = if m.add { self.add(x, &a) } else { a };
-        let f = self.mlp(&x, &m.ffn);
-        if m.add {
-            self.add(&x, &f)
-        } else {
-            f
-        }
-    }
 
-    fn c2psa(&mut self, x: &V, m: &C2Psa) -> V {
-        let y = self.conv(x, &m.cv1);
-        let mut sizes = vec![m.c; y.c / m.c];
-        if y.c % m.c != 0 {
-            sizes.push(y.c % m.c);
-        }
-        let parts = self.split(&y.name, 1, &sizes);
-        let a = V { name: parts[0].clone(), c: sizes[0], ..y.clone() };
-        let mut b = V { name: parts[1].clone(), c: sizes[1], ..y.clone() };
-        for blk in &m.m {
-            b = self.psa_block(&b, blk);
-        }
-        let cat = self.concat(&[a, b], 1);
-        self.conv(&cat, &m.cv2)
-    }
 
-    fn aattn(&mut self, x: &V, m: &AAttn) -> V {
-        let (nh, hd, area) = (m.num_heads, m.head_dim, m.area.max(1));
-        let qkv = self.conv(x, &m.qkv);
-        let t = self.reshape(&qkv.name, &[0, qkv.c as i64, -1]);
-        let t = self.transpose(&t, &[0, 2, 1]);
-        // (B, N, 3C) → (B·area, N/area, nh, 3hd), sizes read from the tensor
-        let bn = self.shape_of(&t, Some(&[0, 1]));
-        let num = self.init_i64("area_num", &[area as i64, 1]);
-        let den = self.init_i64("area_den", &[1, area as i64]);
-        let scaled = self.binary("Mul", &bn, &num);
-        let bana = self.binary("Div", &scaled, &den);
-        let rest = self.init_i64("shape", &[nh as i64, 3 * hd as i64]);
-        let shp = self.node("Concat", &[&bana, &rest], vec![("axis", Attr::Int(0))]);
-        let t = self.node("Reshape", &[&t, &shp], vec![]);
-        let t = self.transpose(&t, &[0, 2, 3, 1]);
-        let p = self.split(&t, 2, &[hd, hd, hd]);
-        let o = self.attend(&p[0], &p[1], &p[2], (hd as f64).powf(-0.5) as f32);
-        // (B, H, W, C) from the input's shape
-        let bhwc = self.shape_of(&x.name, Some(&[0, 2, 3, 1]));
-        let to_map = |b: &mut Self, t: &str| -> V {
-            let t = b.transpose(t, &[0, 3, 1, 2]);
-            let t = b.node("Reshape", &[&t, &bhwc], vec![]);
-            V { name: b.transpose(&t, &[0, 3, 1, 2]), ..x.clone() }
-        };
-        let o = to_map(self, &o);
-        let v = to_map(self, &p[2]);
-        let pe = self.conv(&v, &m.pe);
-        let sum = self.add(&o, &pe);
-        self.conv(&sum, &m.proj)
-    }
 
-    fn ablock(&mut self, x: &V, m: &ABlock) -> V {
-        let a = self.aattn(x, &m.attn);
-        let x = self.add(x, &a);
-        let f = self.mlp(&x, &m.mlp);
-        self.add(&x, &f)
-    }
 
-    fn a2c2f(&mut self, x: &V, m: &A2C2f) -> V {
-        let mut ys = vec![self.conv(x, &m.cv1)];
-        for inner in &m.m {
-            let mut y = ys.last().expect("one map").clone();
-            match inner {
-                A2Inner::Area(blocks) => {
-                    for blk in blocks {
-                        y = self.ablock(&y, blk);
-                    }
-                }
-                A2Inner::C3k(c) => y = self.c3(&y, c),
-            }
-            ys.push(y);
-        }
-        let cat = self.concat(&ys, 1);
-        let y = self.conv(&cat, &m.cv2);
-        match &m.gamma {
-            Some(g) => {
-                let [c] = g.dims();
-                let g = self.tensor("gamma", g.val().reshape([1, c, 1, 1]));
-                let gy = V { name: self.binary("Mul", &g, &y.name), ..y };
-                self.add(x, &gy)
-            }
-            None => y,
-        }
-    }
 
-    fn scdown(&mut self, x: &V, m: &SCDown) -> V {
-        let y = self.conv(x, &m.cv1);
-        self.conv(&y, &m.cv2)
-    }
 
-    fn repvggdw(&mut self, x: &V, m: &RepVggDw) -> V {
-        let a = self.conv(x, &m.conv);
-        let b = self.conv(x, &m.conv1);
-        let s = self.add(&a, &b);
-        V { name: self.silu(&s.name), ..s }
-    }
 
-    fn cib(&mut self, x: &V, m: &Cib) -> V {
-        let y = self.conv(x, &m.c0);
-        let y = self.conv(&y, &m.c1);
-        let y = match &m.mid {
-            CibMid::Conv(c) => self.conv(&y, c),
-            CibMid::Rep(r) => self.repvggdw(&y, r),
-        };
-        let y = self.conv(&y, &m.c3);
-        let y = self.conv(&y, &m.c4);
-        if m.add {
-            self.add(x, &y)
-        } else {
-            y
-        }
-    }
 
-    fn upsample(&mut self, x: &V, s: usize) -> V {
+    pub(crate) fn upsample(&mut self, x: &V, s: usize) -> V {
         let scales = self.init_exact_f32("scales", &[4], &[1.0, 1.0, s as f32, s as f32]);
         let name = self.node(
             "Resize",
@@ -493,27 +292,11 @@ impl Builder {
         V { name, c: x.c, h: x.h * s, w: x.w * s }
     }
 
-    fn box_branch(&mut self, x: &V, m: &BoxBranch) -> V {
-        let y = self.conv(x, &m.c0);
-        let y = self.conv(&y, &m.c1);
-        self.conv2d(&y, &m.out)
-    }
 
-    fn cls_branch(&mut self, x: &V, m: &ClsBranch) -> V {
-        let mut y = self.conv(x, &m.a);
-        if let Some(c) = &m.a2 {
-            y = self.conv(&y, c);
-        }
-        y = self.conv(&y, &m.b);
-        if let Some(c) = &m.b2 {
-            y = self.conv(&y, c);
-        }
-        self.conv2d(&y, &m.out)
-    }
 
     /// Anchor centres [1, 2, A] and strides [1, 1, A] computed from the level
     /// maps' runtime sizes (Shape → Range), for inputs of any size.
-    fn anchors_in_graph(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
+    pub(crate) fn anchors_in_graph(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
         // Computed in float32 (Range has no float16 kernel), cast at the end for half graphs.
         let half_graph = std::mem::replace(&mut self.half, false);
         let (xy, st) = self.anchors_f32(xs, strides);
@@ -527,7 +310,7 @@ impl Builder {
         (xy, st)
     }
 
-    fn anchors_f32(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
+    pub(crate) fn anchors_f32(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
         let zero = self.scalar(0.0);
         let one = self.scalar(1.0);
         let half = self.scalar(0.5);
@@ -570,14 +353,14 @@ impl Builder {
 
     /// The one-to-many branches and their decoding to [B, 4 + nc, A].
     /// The output is named `output0`; returns the anchor count.
-    fn detect(&mut self, xs: &[V], d: &Detect, dynamic: bool) -> Result<usize> {
+    pub(crate) fn detect(&mut self, xs: &[V], d: &Detect, dynamic: bool) -> Result<usize> {
         if xs.len() != d.cv2.len() {
             bail!("Detect has {} levels but receives {} inputs", d.cv2.len(), xs.len());
         }
         let (mut boxes, mut scores, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let b = self.box_branch(x, &d.cv2[i]);
-            let s = self.cls_branch(x, &d.cv3[i]);
+            let b = d.cv2[i].to_onnx(self, x);
+            let s = d.cv3[i].to_onnx(self, x);
             let hw = x.h * x.w;
             boxes.push(V { name: self.reshape(&b.name, &[0, b.c as i64, -1]), c: b.c, h: 1, w: hw });
             scores.push(V { name: self.reshape(&s.name, &[0, s.c as i64, -1]), c: s.c, h: 1, w: hw });
@@ -710,29 +493,16 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
             }
             other => {
                 let inp = get(spec.from[0], &x)?;
-                match other {
-                    Layer::Conv(m) => b.conv(&inp, m),
-                    Layer::Convs(v) => v.iter().fold(inp, |t, m| b.conv(&t, m)),
-                    Layer::C2f(m) => b.c2f(&inp, m),
-                    Layer::C3(m) => b.c3(&inp, m),
-                    Layer::Sppf(m) => b.sppf(&inp, m),
-                    Layer::C2Psa(m) => b.c2psa(&inp, m),
-                    Layer::A2C2f(m) => {
-                        let area = m.m.iter().find_map(|a| match a {
-                            A2Inner::Area(blocks) => blocks.first().map(|blk| blk.attn.area.max(1)),
-                            A2Inner::C3k(_) => None,
-                        });
-                        if let Some(area) = area {
-                            if (inp.h * inp.w) % area != 0 {
-                                bail!("layer {i}: area attention needs H·W ({}) divisible by area ({area})", inp.h * inp.w);
-                            }
-                        }
-                        b.a2c2f(&inp, m)
+                if let Layer::A2C2f(m) = other {
+                    let area = m.m.iter().find_map(|a| match a {
+                        A2Inner::Area(blocks) => blocks.first().map(|blk| blk.attn.area.max(1)),
+                        A2Inner::C3k(_) => None,
+                    });
+                    if let Some(area) = area.filter(|a| (inp.h * inp.w) % a != 0) {
+                        bail!("layer {i}: area attention needs H·W ({}) divisible by area ({area})", inp.h * inp.w);
                     }
-                    Layer::SCDown(m) => b.scdown(&inp, m),
-                    Layer::Upsample(s) => b.upsample(&inp, *s),
-                    Layer::Concat(_) | Layer::Detect(_) => unreachable!(),
                 }
+                other.to_onnx(&mut b, &inp)
             }
         };
         outs[i] = Some(y.clone());

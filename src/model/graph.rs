@@ -16,6 +16,7 @@ use super::layers::head::{Detect, HeadOutput};
 use super::layers::v10::{Cib, SCDown};
 use super::spec::{LayerKind, ModelSpec};
 use super::walk::{child, Slot, Visit, Walk};
+use crate::export::onnx::{Builder, ToOnnx, V};
 
 #[derive(Module, Debug)]
 pub enum Layer {
@@ -42,6 +43,24 @@ impl Layer {
             Layer::C2Psa(m) => m.matmul_macs(n),
             Layer::A2C2f(m) => m.matmul_macs(n),
             _ => 0.0,
+        }
+    }
+}
+
+impl ToOnnx for Layer {
+    /// A layer with one input (Concat and Detect are built by the exporter from their inputs).
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        match self {
+            Layer::Conv(m) => m.to_onnx(onnx, x),
+            Layer::Convs(v) => v.iter().fold(x.clone(), |t, m| m.to_onnx(onnx, &t)),
+            Layer::C2f(m) => m.to_onnx(onnx, x),
+            Layer::C3(m) => m.to_onnx(onnx, x),
+            Layer::Sppf(m) => m.to_onnx(onnx, x),
+            Layer::C2Psa(m) => m.to_onnx(onnx, x),
+            Layer::A2C2f(m) => m.to_onnx(onnx, x),
+            Layer::SCDown(m) => m.to_onnx(onnx, x),
+            Layer::Upsample(s) => onnx.upsample(x, *s),
+            Layer::Concat(_) | Layer::Detect(_) => unreachable!("multi-input layers are built by the exporter"),
         }
     }
 }

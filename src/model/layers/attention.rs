@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use super::blocks::C3;
 use super::conv::{Conv, ConvCfg};
 use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::export::onnx::{Attr, Builder, ToOnnx, V};
 
 /// Multi-head self-attention over all positions with a depthwise positional conv.
 #[derive(Module, Debug)]
@@ -342,5 +343,130 @@ impl Walk for A2C2f {
         self.cv1.walk(&child(prefix, "cv1"), f);
         self.cv2.walk(&child(prefix, "cv2"), f);
         self.m.walk(&child(prefix, "m"), f);
+    }
+}
+
+impl ToOnnx for Attention {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let (nh, kd, hd) = (self.num_heads, self.key_dim, self.head_dim);
+        let qkv = self.qkv.to_onnx(onnx, x);
+        let qkv = onnx.reshape(&qkv.name, &[0, nh as i64, (2 * kd + hd) as i64, -1]);
+        let p = onnx.split(&qkv, 2, &[kd, kd, hd]);
+        let o = onnx.attend(&p[0], &p[1], &p[2], (kd as f64).powf(-0.5) as f32);
+        let shp = onnx.shape_of(&x.name, None);
+        let o = V { name: onnx.node("Reshape", &[&o, &shp], vec![]), ..x.clone() };
+        let v = V { name: onnx.node("Reshape", &[&p[2], &shp], vec![]), ..x.clone() };
+        let pe = self.pe.to_onnx(onnx, &v);
+        let sum = onnx.add(&o, &pe);
+        self.proj.to_onnx(onnx, &sum)
+    }
+}
+
+impl ToOnnx for Mlp {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let h = self.fc1.to_onnx(onnx, x);
+        self.fc2.to_onnx(onnx, &h)
+    }
+}
+
+impl ToOnnx for PsaBlock {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let a = self.attn.to_onnx(onnx, x);
+        let x = if self.add { onnx.add(x, &a) } else { a };
+        let f = self.ffn.to_onnx(onnx, &x);
+        if self.add {
+            onnx.add(&x, &f)
+        } else {
+            f
+        }
+    }
+}
+
+impl ToOnnx for C2Psa {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let y = self.cv1.to_onnx(onnx, x);
+        let mut sizes = vec![self.c; y.c / self.c];
+        if y.c % self.c != 0 {
+            sizes.push(y.c % self.c);
+        }
+        let parts = onnx.split(&y.name, 1, &sizes);
+        let a = V { name: parts[0].clone(), c: sizes[0], ..y.clone() };
+        let mut b = V { name: parts[1].clone(), c: sizes[1], ..y.clone() };
+        for blk in &self.m {
+            b = blk.to_onnx(onnx, &b);
+        }
+        let cat = onnx.concat(&[a, b], 1);
+        self.cv2.to_onnx(onnx, &cat)
+    }
+}
+
+impl ToOnnx for AAttn {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let (nh, hd, area) = (self.num_heads, self.head_dim, self.area.max(1));
+        let qkv = self.qkv.to_onnx(onnx, x);
+        let t = onnx.reshape(&qkv.name, &[0, qkv.c as i64, -1]);
+        let t = onnx.transpose(&t, &[0, 2, 1]);
+        // (B, N, 3C) → (B·area, N/area, nh, 3hd), sizes read from the tensor
+        let bn = onnx.shape_of(&t, Some(&[0, 1]));
+        let num = onnx.init_i64("area_num", &[area as i64, 1]);
+        let den = onnx.init_i64("area_den", &[1, area as i64]);
+        let scaled = onnx.binary("Mul", &bn, &num);
+        let bana = onnx.binary("Div", &scaled, &den);
+        let rest = onnx.init_i64("shape", &[nh as i64, 3 * hd as i64]);
+        let shp = onnx.node("Concat", &[&bana, &rest], vec![("axis", Attr::Int(0))]);
+        let t = onnx.node("Reshape", &[&t, &shp], vec![]);
+        let t = onnx.transpose(&t, &[0, 2, 3, 1]);
+        let p = onnx.split(&t, 2, &[hd, hd, hd]);
+        let o = onnx.attend(&p[0], &p[1], &p[2], (hd as f64).powf(-0.5) as f32);
+        // (B, H, W, C) from the input's shape
+        let bhwc = onnx.shape_of(&x.name, Some(&[0, 2, 3, 1]));
+        let to_map = |onnx: &mut Builder, t: &str| -> V {
+            let t = onnx.transpose(t, &[0, 3, 1, 2]);
+            let t = onnx.node("Reshape", &[&t, &bhwc], vec![]);
+            V { name: onnx.transpose(&t, &[0, 3, 1, 2]), ..x.clone() }
+        };
+        let o = to_map(onnx, &o);
+        let v = to_map(onnx, &p[2]);
+        let pe = self.pe.to_onnx(onnx, &v);
+        let sum = onnx.add(&o, &pe);
+        self.proj.to_onnx(onnx, &sum)
+    }
+}
+
+impl ToOnnx for ABlock {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let a = self.attn.to_onnx(onnx, x);
+        let x = onnx.add(x, &a);
+        let f = self.mlp.to_onnx(onnx, &x);
+        onnx.add(&x, &f)
+    }
+}
+
+impl ToOnnx for A2C2f {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let mut ys = vec![self.cv1.to_onnx(onnx, x)];
+        for inner in &self.m {
+            let mut y = ys.last().expect("one map").clone();
+            match inner {
+                A2Inner::Area(blocks) => {
+                    for blk in blocks {
+                        y = blk.to_onnx(onnx, &y);
+                    }
+                }
+                A2Inner::C3k(c) => y = c.to_onnx(onnx, &y),
+            }
+            ys.push(y);
+        }
+        let cat = onnx.concat(&ys, 1);
+        let y = self.cv2.to_onnx(onnx, &cat);
+        match &self.gamma {
+            Some(g) => {
+                let [c] = g.dims();
+                let g = onnx.tensor("gamma", g.val().reshape([1, c, 1, 1]));
+                let gy = V { name: onnx.binary("Mul", &g, &y.name), ..y };
+                onnx.add(x, &gy)
+            }
+            None => y,
+        }
     }
 }

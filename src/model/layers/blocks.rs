@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use super::attention::PsaBlock;
 use super::conv::{Conv, ConvCfg};
 use crate::model::walk::{child, Visit, Walk};
+use crate::export::onnx::{Attr, Builder, ToOnnx, V};
 
 #[derive(Module, Debug)]
 pub struct Bottleneck {
@@ -252,5 +253,86 @@ impl Walk for Sppf {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
         self.cv1.walk(&child(prefix, "cv1"), f);
         self.cv2.walk(&child(prefix, "cv2"), f);
+    }
+}
+
+impl ToOnnx for Bottleneck {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let a = self.cv1.to_onnx(onnx, x);
+        let y = self.cv2.to_onnx(onnx, &a);
+        if self.add {
+            onnx.add(x, &y)
+        } else {
+            y
+        }
+    }
+}
+
+impl ToOnnx for C3 {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let mut a = self.cv1.to_onnx(onnx, x);
+        for b in &self.m {
+            a = b.to_onnx(onnx, &a);
+        }
+        let b = self.cv2.to_onnx(onnx, x);
+        let cat = onnx.concat(&[a, b], 1);
+        self.cv3.to_onnx(onnx, &cat)
+    }
+}
+
+impl ToOnnx for Inner {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        match self {
+            Inner::Bottleneck(b) => b.to_onnx(onnx, x),
+            Inner::C3k(c) => c.to_onnx(onnx, x),
+            Inner::BottleneckPsa(bp) => {
+                let y = bp.bottleneck.to_onnx(onnx, x);
+                bp.psa.to_onnx(onnx, &y)
+            }
+            Inner::Cib(c) => c.to_onnx(onnx, x),
+        }
+    }
+}
+
+impl ToOnnx for C2f {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let y = self.cv1.to_onnx(onnx, x);
+        let half = y.c / 2;
+        let parts = onnx.split(&y.name, 1, &[half, y.c - half]);
+        let mut ys: Vec<V> = parts.into_iter().map(|name| V { name, c: half, ..y.clone() }).collect();
+        for inner in &self.m {
+            let last = ys.last().expect("two halves").clone();
+            let o = inner.to_onnx(onnx, &last);
+            ys.push(o);
+        }
+        let cat = onnx.concat(&ys, 1);
+        self.cv2.to_onnx(onnx, &cat)
+    }
+}
+
+impl ToOnnx for Sppf {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let (k, p) = (self.k as i64, (self.k / 2) as i64);
+        let mut ys = vec![self.cv1.to_onnx(onnx, x)];
+        for _ in 0..self.n {
+            let last = ys.last().expect("one map").clone();
+            let name = onnx.node(
+                "MaxPool",
+                &[&last.name],
+                vec![
+                    ("kernel_shape", Attr::Ints(vec![k, k])),
+                    ("pads", Attr::Ints(vec![p, p, p, p])),
+                    ("strides", Attr::Ints(vec![1, 1])),
+                ],
+            );
+            ys.push(V { name, ..last });
+        }
+        let cat = onnx.concat(&ys, 1);
+        let y = self.cv2.to_onnx(onnx, &cat);
+        if self.add {
+            onnx.add(x, &y)
+        } else {
+            y
+        }
     }
 }

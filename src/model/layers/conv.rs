@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::kernels;
 use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::export::onnx::{Builder, ToOnnx, V};
 
 /// Convolution options of [`Conv`], Ultralytics' argument order.
 #[derive(Debug, Clone, Copy)]
@@ -114,4 +115,17 @@ impl Walk for Conv {
 /// A plain Conv2d with bias (the last 1×1 of each head branch).
 pub fn conv2d_bias(c1: usize, c2: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new([c1, c2], [1, 1]).with_bias(true).init(device)
+}
+
+impl ToOnnx for Conv {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let mut y = onnx.conv2d(x, &self.conv);
+        if let Some(bn) = &self.bn {
+            y = onnx.batch_norm(&y, bn);
+        }
+        if self.act {
+            y.name = onnx.silu(&y.name);
+        }
+        y
+    }
 }

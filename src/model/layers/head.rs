@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::conv::{conv2d_bias, Conv, ConvCfg};
 use crate::model::spec::DetectSpec;
 use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::export::onnx::{Builder, ToOnnx, V};
 
 /// Box branch: two 3×3 Convs and a 1×1 Conv2d to 4·reg_max channels.
 #[derive(Module, Debug)]
@@ -288,5 +289,27 @@ impl Walk for Detect {
         }
         self.one2one_cv2.walk(&child(prefix, "one2one_cv2"), f);
         self.one2one_cv3.walk(&child(prefix, "one2one_cv3"), f);
+    }
+}
+
+impl ToOnnx for BoxBranch {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let y = self.c0.to_onnx(onnx, x);
+        let y = self.c1.to_onnx(onnx, &y);
+        onnx.conv2d(&y, &self.out)
+    }
+}
+
+impl ToOnnx for ClsBranch {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let mut y = self.a.to_onnx(onnx, x);
+        if let Some(c) = &self.a2 {
+            y = c.to_onnx(onnx, &y);
+        }
+        y = self.b.to_onnx(onnx, &y);
+        if let Some(c) = &self.b2 {
+            y = c.to_onnx(onnx, &y);
+        }
+        onnx.conv2d(&y, &self.out)
     }
 }

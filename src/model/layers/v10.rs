@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::conv::{Conv, ConvCfg};
 use crate::model::walk::{child, Visit, Walk};
+use crate::export::onnx::{Builder, ToOnnx, V};
 
 /// Spatial-channel decoupled downsampling: 1×1 conv, then a strided depthwise conv.
 #[derive(Module, Debug)]
@@ -119,5 +120,39 @@ impl Walk for Cib {
         }
         self.c3.walk(&child(&p, 3), f);
         self.c4.walk(&child(&p, 4), f);
+    }
+}
+
+impl ToOnnx for SCDown {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let y = self.cv1.to_onnx(onnx, x);
+        self.cv2.to_onnx(onnx, &y)
+    }
+}
+
+impl ToOnnx for RepVggDw {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let a = self.conv.to_onnx(onnx, x);
+        let b = self.conv1.to_onnx(onnx, x);
+        let s = onnx.add(&a, &b);
+        V { name: onnx.silu(&s.name), ..s }
+    }
+}
+
+impl ToOnnx for Cib {
+    fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        let y = self.c0.to_onnx(onnx, x);
+        let y = self.c1.to_onnx(onnx, &y);
+        let y = match &self.mid {
+            CibMid::Conv(c) => c.to_onnx(onnx, &y),
+            CibMid::Rep(r) => r.to_onnx(onnx, &y),
+        };
+        let y = self.c3.to_onnx(onnx, &y);
+        let y = self.c4.to_onnx(onnx, &y);
+        if self.add {
+            onnx.add(x, &y)
+        } else {
+            y
+        }
     }
 }
