@@ -16,6 +16,7 @@ use burn::tensor::Tensor;
 
 use super::onnx_proto::{read_fields, Msg};
 use crate::model::graph::{DetectionModel, Layer};
+use crate::model::spec::source;
 use crate::model::layers::attention::A2Inner;
 use crate::model::layers::head::{anchor_points, Detect};
 
@@ -478,8 +479,7 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
             if f == -1 {
                 return Ok(x.clone());
             }
-            let j = if f < 0 { i as i64 + f } else { f };
-            usize::try_from(j).ok().and_then(|j| outs.get(j).cloned().flatten()).with_context(|| format!("layer {i}: bad input {f}"))
+            source(f, i).and_then(|j| outs.get(j).cloned().flatten()).with_context(|| format!("layer {i}: bad input {f}"))
         };
         let y = match layer {
             Layer::Concat(dim) => {

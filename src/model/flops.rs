@@ -21,12 +21,7 @@ pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
     for (i, layer) in m.layers.iter_mut().enumerate() {
         let l = &spec.layers[i];
         let out_res = res(strides[i]);
-        let in_res = if l.from[0] == -1 && i == 0 {
-            res(1.0)
-        } else {
-            let j = if l.from[0] < 0 { (i as i64 + l.from[0]) as usize } else { l.from[0] as usize };
-            res(strides[j])
-        };
+        let in_res = super::spec::source(l.from[0], i).map_or(res(1.0), |j| res(strides[j]));
         ops += layer.matmul_macs(out_res);
         let prefix = child("model.", i);
         let is_scdown = matches!(l.kind, LayerKind::SCDown { .. });

@@ -14,7 +14,7 @@ use super::layers::blocks::{Inner, Sppf, C2f, C3};
 use super::layers::conv::{Conv, ConvCfg};
 use super::layers::head::{Detect, HeadOutput};
 use super::layers::v10::{Cib, SCDown};
-use super::spec::{LayerKind, ModelSpec};
+use super::spec::{source, LayerKind, ModelSpec};
 use super::walk::{child, Slot, Visit, Walk};
 use crate::export::onnx::{Builder, ToOnnx, V};
 
@@ -105,18 +105,7 @@ pub struct DetectionModel {
 pub fn layer_strides(spec: &ModelSpec) -> Vec<f64> {
     let mut st: Vec<f64> = Vec::new();
     for l in &spec.layers {
-        let input = |f: i64| -> f64 {
-            if f < 0 {
-                let i = l.index as i64 + f;
-                if i < 0 {
-                    1.0
-                } else {
-                    st[i as usize]
-                }
-            } else {
-                st[f as usize]
-            }
-        };
+        let input = |f: i64| -> f64 { source(f, l.index).map_or(1.0, |j| st[j]) };
         let s_in = input(l.from[0]);
         let s = match &l.kind {
             LayerKind::Conv { s, .. } | LayerKind::DWConv { s, .. } | LayerKind::SCDown { s, .. } => {
@@ -238,7 +227,7 @@ impl DetectionModel {
                 if f == -1 {
                     x.clone()
                 } else {
-                    let j = if f < 0 { (i as i64 + f) as usize } else { f as usize };
+                    let j = source(f, i).expect("parse checks every input index");
                     outs[j].clone().expect("save set holds every referenced layer")
                 }
             };

@@ -80,12 +80,16 @@ impl ModelSpec {
     }
 }
 
+/// Where entry `f` of layer `i`'s `from` points: `Some(j)` for layer `j`'s output, `None` for
+/// the input image (the first layer's `-1`). Every reader of `from` resolves it here; `parse`
+/// checks that each entry points to the image or an earlier layer.
+pub fn source(f: i64, i: usize) -> Option<usize> {
+    let j = if f < 0 { i as i64 + f } else { f };
+    usize::try_from(j).ok()
+}
+
 fn resolve(f: i64, i: usize) -> usize {
-    if f < 0 {
-        (f + i as i64) as usize
-    } else {
-        f as usize
-    }
+    source(f, i).expect("parse checks every input index")
 }
 
 /// `ceil(x / 8) * 8`.
@@ -264,14 +268,11 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
         }
         let n = if n0 > 1 { ((n0 as f64 * depth).round_ties_even() as usize).max(1) } else { n0 };
         let input = |f: i64| -> Result<usize> {
-            let idx = if f < 0 { f + i as i64 } else { f };
-            if f == -1 && i == 0 {
-                return Ok(3);
+            match source(f, i) {
+                None if f == -1 => Ok(3), // the image
+                Some(j) if j < i => Ok(ch[j]),
+                _ => bail!("layer {i}: input index {f} does not refer to an earlier layer"),
             }
-            if idx < 0 || idx as usize >= i {
-                bail!("layer {i}: input index {f} does not refer to an earlier layer");
-            }
-            Ok(ch[idx as usize])
         };
         let c1 = input(from[0])?;
         let scale_c2 = |v: &Value| -> Result<usize> {

@@ -111,10 +111,7 @@ fn conv_out(size: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize
 pub fn dry_run(layers: &[LayerSpec], size: usize) -> Result<Vec<usize>> {
     let mut out: Vec<usize> = Vec::with_capacity(layers.len());
     for l in layers {
-        let at = |f: i64| -> usize {
-            let j = if f < 0 { l.index as i64 + f } else { f };
-            if j < 0 { size } else { out[j as usize] }
-        };
+        let at = |f: i64| -> usize { super::spec::source(f, l.index).map_or(size, |j| out[j]) };
         let x = at(l.from[0]);
         let same = |k: usize, s: usize, p: Option<usize>, d: usize| {
             conv_out(x, k, s, p.unwrap_or((d * (k - 1) + 1) / 2), d)
