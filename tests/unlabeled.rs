@@ -106,7 +106,7 @@ fn pseudo_labels_are_the_teachers_confident_detections() {
     files.sort();
     let mut images = Vec::new();
     for f in &files[..2] {
-        let img = yolodistill::infer::predict::load_rgb(f).unwrap();
+        let img = yolodistill::pixels::load::load_rgb(f).unwrap();
         let (t, _) = yolodistill::infer::predict::preprocess(&img, 320, 32, &dev);
         images.push(t);
     }

@@ -5,7 +5,8 @@ use clap::Args;
 
 use crate::infer::draw::annotate;
 use crate::infer::nms::NmsConfig;
-use crate::infer::predict::{list_images, load_rgb, predict_image};
+use crate::infer::predict::predict_image;
+use crate::pixels::load::{list_images, load_rgb};
 use crate::model;
 
 #[derive(Args)]

@@ -10,8 +10,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Label;
-use crate::infer::letterbox::{letterbox, resize_bilinear, Placement};
-use crate::infer::predict::load_rgb;
+use crate::pixels::letterbox::{letterbox, resize_bilinear, Placement};
+use crate::pixels::load::load_rgb;
 
 /// Gray used for padding and borders, as Ultralytics.
 pub const FILL: u8 = 114;

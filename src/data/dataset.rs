@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::loader::derive_seed;
-use crate::infer::predict::{load_rgb, IMAGE_EXTS};
+use crate::pixels::load::{load_rgb, IMAGE_EXTS};
 
 /// How many of `n` images keep their labels under `--label-fraction fraction` (at least one).
 pub fn labeled_count(n: usize, fraction: f64) -> usize {
@@ -696,7 +696,7 @@ fn write_cache(ds: &Dataset, hash: &str, locations: &[PathBuf]) -> Option<PathBu
         }
     };
     for (i, loc) in locations.iter().enumerate() {
-        match write_atomic(loc, &json) {
+        match write_file(loc, &json) {
             Ok(()) => return Some(loc.clone()),
             Err(e) => {
                 let next = match locations.get(i + 1) {
@@ -710,23 +710,17 @@ fn write_cache(ds: &Dataset, hash: &str, locations: &[PathBuf]) -> Option<PathBu
     None
 }
 
-/// Write to a temporary name, then rename, so a crash never leaves half a cache.
-/// A folder without any write permission bit counts as read-only even for root,
-/// who could write there anyway (data mounts meant to stay untouched).
-fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes atomically (see [`crate::files::write_atomic`]). A folder without any write
+/// permission bit counts as read-only even for root, who could write there anyway (data mounts
+/// meant to stay untouched).
+fn write_file(path: &Path, text: &str) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
         if fs::metadata(dir)?.permissions().readonly() {
-            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "folder is read-only"));
+            bail!("folder is read-only");
         }
     }
-    let mut tmp = OsString::from(path.as_os_str());
-    tmp.push(format!(".tmp{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    crate::files::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

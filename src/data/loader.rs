@@ -15,7 +15,7 @@ use rand::SeedableRng;
 
 use super::augment::{letterbox_sample, load_resized, train_sample, AugConfig, ImageSource, Sample, FILL};
 use super::dataset::Dataset;
-use crate::infer::letterbox::{to_chw, Placement};
+use crate::pixels::letterbox::{to_chw, Placement};
 
 /// One collated batch.
 #[derive(Debug, Clone, PartialEq)]

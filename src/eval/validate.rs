@@ -190,5 +190,5 @@ pub fn save_coco_json(dets: &[CocoDet], path: &Path) -> Result<()> {
                 "bbox": d.bbox.map(|x| (x * 1000.0).round() / 1000.0), "score": (d.score * 1e5).round() / 1e5})
         })
         .collect();
-    crate::weights::write_atomic(path, serde_json::to_string(&v)?.as_bytes())
+    crate::files::write_atomic(path, serde_json::to_string(&v)?.as_bytes())
 }

@@ -1,6 +1,5 @@
 //! Inference: letterbox preprocessing, decoding, NMS, drawing.
 
 pub mod draw;
-pub mod letterbox;
 pub mod nms;
 pub mod predict;

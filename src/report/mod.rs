@@ -75,7 +75,7 @@ impl Results {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::weights::write_atomic(path, self.to_csv().as_bytes())
+        crate::files::write_atomic(path, self.to_csv().as_bytes())
     }
 
     /// results.png: one small chart per column (except epoch/time), in a grid.

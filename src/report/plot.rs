@@ -3,7 +3,7 @@
 
 use image::{Rgb, RgbImage};
 
-use crate::infer::draw::{class_color, draw_text};
+use crate::pixels::draw::{class_color, draw_text};
 
 const BG: Rgb<u8> = Rgb([255, 255, 255]);
 const AXIS: Rgb<u8> = Rgb([90, 90, 90]);

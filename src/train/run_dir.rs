@@ -43,7 +43,7 @@ pub fn claim(dir: &Path) -> Result<RunLock> {
     for folder in [dir, wdir.as_path()] {
         for entry in std::fs::read_dir(folder).with_context(|| format!("cannot list {}", folder.display()))? {
             let p = entry?.path();
-            if crate::weights::is_partial_write(&p) {
+            if crate::files::is_partial_write(&p) {
                 eprintln!("removing {}, a write that a stopped run did not finish", p.display());
                 std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             }

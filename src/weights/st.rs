@@ -8,7 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use super::{write_atomic, HostTensor};
+use super::HostTensor;
+use crate::files::write_atomic;
 
 pub const FORMAT_KEY: &str = "format";
 pub const FORMAT: &str = "yolodistill";
