@@ -3,6 +3,7 @@
 
 pub mod flops;
 pub mod graph;
+pub mod named;
 pub mod layers;
 pub mod spec;
 pub mod validate;
@@ -12,15 +13,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use burn::module::Param;
-use burn::module::RunningState;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 pub use graph::{DetectionModel, Forward};
 pub use spec::{LayerKind, ModelSpec};
-use walk::Slot;
+use named::Fit;
 
-use crate::weights::{pt, st, HostTensor};
+use crate::weights::{pt, st};
 
 /// Built-in model families (file name → YAML text).
 const BUILTIN: &[(&str, &str)] = &[
@@ -101,7 +100,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             let spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
-            apply_tensors(&mut model, ck.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            named::write(&mut model, ck.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
             Ok(Loaded { model })
         }
         "safetensors" => {
@@ -113,7 +112,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             if f.extra.get(FUSED_KEY).map(String::as_str) == Some("true") {
                 model.fuse();
             }
-            apply_tensors(&mut model, f.tensors, device).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            named::write(&mut model, f.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
             Ok(Loaded { model })
         }
         "yaml" | "yml" | "" => {
@@ -160,75 +159,9 @@ fn check_nc(want: Option<usize>, have: usize, m: &str) -> Result<()> {
     }
 }
 
-/// Copies named host tensors into the model. Fails on the first missing name,
-/// shape mismatch or unexpected tensor.
-pub fn apply_tensors(model: &mut DetectionModel, tensors: Vec<(String, HostTensor)>, device: &Device) -> Result<()> {
-    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
-    let mut err: Option<anyhow::Error> = None;
-    model.walk_all(&mut |name, slot: Slot<'_>| {
-        if err.is_some() || matches!(slot, Slot::Conv(_)) {
-            return;
-        }
-        let Some(t) = by_name.remove(name) else {
-            err = Some(anyhow!("tensor '{name}' (shape {:?}) is missing from the checkpoint", slot.shape()));
-            return;
-        };
-        let want = slot.shape();
-        if t.shape != want {
-            err = Some(anyhow!("tensor '{name}' has shape {:?} in the checkpoint but the model expects {want:?}", t.shape));
-            return;
-        }
-        match slot {
-            Slot::P4(p) => {
-                let v: Tensor<4> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
-                *p = Param::initialized(p.id, v);
-            }
-            Slot::P1(p) => {
-                let v: Tensor<1> = Tensor::from_data(TensorData::new(t.data, t.shape), device);
-                *p = Param::initialized(p.id, v);
-            }
-            Slot::Conv(_) => {}
-            Slot::Stat(s) => {
-                *s = RunningState::new(Tensor::from_data(TensorData::new(t.data, t.shape), device));
-            }
-        }
-    });
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some(extra) = by_name.keys().min() {
-        bail!("the checkpoint has tensor '{extra}' that this architecture does not have");
-    }
-    Ok(())
-}
-
-/// Reads every named tensor of the model to the host.
-pub fn collect_tensors(model: &mut DetectionModel) -> Vec<(String, HostTensor)> {
-    let mut out = Vec::new();
-    model.walk_all(&mut |name, slot: Slot<'_>| {
-        let (shape, data) = match slot {
-            Slot::P4(p) => {
-                let t = p.val();
-                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
-            }
-            Slot::P1(p) => {
-                let t = p.val();
-                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
-            }
-            Slot::Stat(s) => {
-                let t = s.value_sync();
-                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32 data"))
-            }
-            Slot::Conv(_) => return,
-        };
-        out.push((name.to_string(), HostTensor::new(shape, data)));
-    });
-    out
-}
-
 /// Whether every weight and BatchNorm statistic of the model is finite.
 pub fn all_finite(model: &mut DetectionModel) -> bool {
-    collect_tensors(model).iter().all(|(_, t)| t.data.iter().all(|v| v.is_finite()))
+    named::read(model).iter().all(|(_, t)| t.data.iter().all(|v| v.is_finite()))
 }
 
 /// Saves the model as one safetensors file (weights, YAML, class names).
@@ -236,28 +169,6 @@ pub fn save_safetensors(model: &DetectionModel, path: &Path, mut extra: HashMap<
     if model.fused {
         extra.insert(FUSED_KEY.into(), "true".into());
     }
-    let mut m = model.clone();
-    let tensors = collect_tensors(&mut m);
+    let tensors = named::read(&mut model.clone());
     st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra, state: Vec::new() })
-}
-
-/// Copies the tensors of `tensors` whose name and shape match into `model`
-/// (fine-tuning with a different class count); returns how many were copied.
-pub fn transfer_matching(model: &mut DetectionModel, tensors: Vec<(String, HostTensor)>, device: &Device) -> usize {
-    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
-    let mut n = 0;
-    model.walk_all(&mut |name, slot: Slot<'_>| {
-        let Some(t) = by_name.remove(name) else { return };
-        if t.shape != slot.shape() {
-            return;
-        }
-        n += 1;
-        match slot {
-            Slot::P4(p) => *p = Param::initialized(p.id, Tensor::from_data(TensorData::new(t.data, t.shape), device)),
-            Slot::P1(p) => *p = Param::initialized(p.id, Tensor::from_data(TensorData::new(t.data, t.shape), device)),
-            Slot::Stat(s) => *s = RunningState::new(Tensor::from_data(TensorData::new(t.data, t.shape), device)),
-            Slot::Conv(_) => n -= 1,
-        }
-    });
-    n
 }

@@ -39,6 +39,18 @@ impl Slot<'_> {
 
 pub type Visit<'f> = dyn FnMut(&str, Slot<'_>) + 'f;
 
+/// Anything with named tensors: the model, and the distiller's adapters (what the optimizer
+/// trains, checkpoints save and `named` reads and writes).
+pub trait Trainable {
+    fn walk_params(&mut self, f: &mut Visit<'_>);
+}
+
+impl Trainable for crate::model::DetectionModel {
+    fn walk_params(&mut self, f: &mut Visit<'_>) {
+        self.walk_all(f);
+    }
+}
+
 pub trait Walk {
     /// Calls `f` with every tensor of `self`, named `prefix` + Ultralytics' key.
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>);

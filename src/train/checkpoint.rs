@@ -8,12 +8,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use burn::module::{Param, RunningState};
-use burn::tensor::{Tensor, TensorData};
 
 use super::optim::{GradStore, Optimizer, Trainable};
-use crate::model::walk::Slot;
-use crate::model::{collect_tensors, DetectionModel};
+use crate::model::{named, DetectionModel};
 use crate::weights::st::{self, StModel, STATE_PREFIX};
 use crate::weights::HostTensor;
 
@@ -42,11 +39,6 @@ fn no_step() -> i64 {
 /// Metadata key of the (1-based) epoch whose weights a checkpoint holds.
 pub const EPOCH_KEY: &str = "epoch";
 
-fn flat(t: burn::tensor::Tensor<1>) -> HostTensor {
-    let v: Vec<f32> = t.try_into_vec_as::<f32>().expect("f32 tensor");
-    HostTensor::new(vec![v.len()], v)
-}
-
 /// The training state that `--resume` needs besides the EMA weights.
 pub struct ResumeState<'a> {
     pub model: &'a mut DetectionModel,
@@ -61,29 +53,22 @@ pub struct ResumeState<'a> {
 /// Writes `path` with the EMA model of `epoch` (0-based) as the model and, when `resume` is
 /// given, the training model, the hook's tensors and the optimizer moments as `state.` tensors.
 pub fn save(path: &Path, ema: &DetectionModel, epoch: usize, resume: Option<ResumeState<'_>>) -> Result<()> {
-    let mut e = ema.clone();
-    let tensors = collect_tensors(&mut e);
+    let tensors = named::read(&mut ema.clone());
     let mut extra = HashMap::from([(EPOCH_KEY.to_string(), (epoch + 1).to_string())]);
     let mut state = Vec::new();
     if let Some(r) = resume {
         let opt = r.optimizer;
         extra.insert(STATE_KEY.to_string(), serde_json::to_string(r.state)?);
-        for (n, t) in collect_tensors(r.model) {
-            state.push((format!("{STATE_PREFIX}model.{n}"), t));
-        }
-        if let Some(h) = r.hook {
-            for (n, t) in trainable_tensors(h) {
-                state.push((format!("{STATE_PREFIX}hook.{n}"), t));
-            }
-        }
-        for (n, t) in &r.grads.grads {
-            state.push((format!("{STATE_PREFIX}grad.{n}"), flat(t.clone())));
-        }
-        for (n, t) in &opt.m {
-            state.push((format!("{STATE_PREFIX}m.{n}"), flat(t.clone())));
-        }
-        for (n, t) in &opt.v {
-            state.push((format!("{STATE_PREFIX}v.{n}"), flat(t.clone())));
+        let hook = r.hook.map(|h| named::read(h)).unwrap_or_default();
+        let groups = [
+            ("model", named::read(r.model)),
+            ("hook", hook),
+            ("grad", named::read_flat(&r.grads.grads)),
+            ("m", named::read_flat(&opt.m)),
+            ("v", named::read_flat(&opt.v)),
+        ];
+        for (group, tensors) in groups {
+            state.extend(tensors.into_iter().map(|(n, t)| (format!("{STATE_PREFIX}{group}.{n}"), t)));
         }
     }
     st::save(path, &StModel { yaml: ema.spec.yaml.clone(), names: ema.names.clone(), tensors, extra, state })
@@ -102,49 +87,6 @@ pub struct Restored {
     pub hook: Vec<(String, HostTensor)>,
     /// Gradients accumulated since the last optimizer step, by parameter name.
     pub grads: Vec<(String, HostTensor)>,
-}
-
-/// Parameters of a trainable (e.g. the distiller) on the host, by name.
-pub fn trainable_tensors(t: &mut dyn Trainable) -> Vec<(String, HostTensor)> {
-    let mut out = Vec::new();
-    t.walk_params(&mut |name, slot: Slot<'_>| {
-        let (shape, v): (Vec<usize>, Vec<f32>) = match slot {
-            Slot::P4(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
-            Slot::P1(p) => (p.val().dims().to_vec(), p.val().inner().try_into_vec_as::<f32>().expect("f32")),
-            Slot::Stat(rs) => {
-                let t = rs.value_sync();
-                (t.dims().to_vec(), t.try_into_vec_as::<f32>().expect("f32"))
-            }
-            _ => return,
-        };
-        out.push((name.to_string(), HostTensor::new(shape, v)));
-    });
-    out
-}
-
-/// Restores a trainable's parameters saved by [`trainable_tensors`] (as trainable leaves).
-pub fn restore_trainable(t: &mut dyn Trainable, tensors: Vec<(String, HostTensor)>) -> Result<()> {
-    let mut by_name: HashMap<String, HostTensor> = tensors.into_iter().collect();
-    let device = crate::default_device().autodiff();
-    let mut missing = None;
-    t.walk_params(&mut |name, slot: Slot<'_>| {
-        let Some(h) = by_name.remove(name) else {
-            if slot.is_param() && missing.is_none() {
-                missing = Some(name.to_string());
-            }
-            return;
-        };
-        match slot {
-            Slot::P4(p) => *p = Param::initialized(p.id, Tensor::<4>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
-            Slot::P1(p) => *p = Param::initialized(p.id, Tensor::<1>::from_data(TensorData::new(h.data, h.shape), &device).require_grad()),
-            Slot::Stat(rs) => *rs = RunningState::new(Tensor::<1>::from_data(TensorData::new(h.data, h.shape), &crate::default_device())),
-            _ => {}
-        }
-    });
-    match missing {
-        Some(n) => bail!("resume: the checkpoint has no '{n}' (different distillation settings?)"),
-        None => Ok(()),
-    }
 }
 
 /// The run's arguments saved in a `last` checkpoint; only the file's header is read.

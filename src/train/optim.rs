@@ -10,19 +10,9 @@ use std::collections::HashMap;
 use burn::module::Param;
 use burn::tensor::Tensor;
 
-use crate::model::walk::{Slot, Visit};
-use crate::model::DetectionModel;
+use crate::model::walk::Slot;
 
-/// Anything with named trainable tensors: the model, and the distiller's adapters.
-pub trait Trainable {
-    fn walk_params(&mut self, f: &mut Visit<'_>);
-}
-
-impl Trainable for DetectionModel {
-    fn walk_params(&mut self, f: &mut Visit<'_>) {
-        self.walk_all(f);
-    }
-}
+pub use crate::model::walk::Trainable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -11,6 +11,7 @@ use super::hook::Extension;
 use super::optim::{Method, OptimizerKind};
 use super::run_dir::run_dir;
 use super::TrainArgs;
+use crate::model::named::{self, Fit};
 use crate::model::{self, DetectionModel};
 
 /// Held from seeding the backend's generator until the model and the extension are initialised:
@@ -102,7 +103,7 @@ pub fn initial_model(a: &TrainArgs, names: &[String], device: &Device) -> Result
             let spec = crate::model::spec::parse(&loaded.spec.yaml, loaded.spec.scale.as_deref().and_then(|s| s.chars().next()), Some(nc))?;
             let mut fresh = DetectionModel::new(spec, names.to_vec(), device)?;
             let mut src = loaded;
-            let n = model::transfer_matching(&mut fresh, model::collect_tensors(&mut src), device);
+            let n = named::write(&mut fresh, named::read(&mut src), device, Fit::Matching)?;
             eprintln!("Transferred {n} matching tensors from {source} ({} → {nc} classes)", src.nc());
             fresh
         }

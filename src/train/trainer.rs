@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self, Restored};
@@ -25,6 +25,7 @@ use crate::data::loader::{Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate, ValResult};
 use crate::infer::nms::NmsConfig;
 use crate::loss::LossConfig;
+use crate::model::named::{self, Fit};
 use crate::model::{self, DetectionModel};
 use crate::report::Results;
 
@@ -207,15 +208,12 @@ impl Trainer {
     fn restore(&mut self, r: Restored) -> Result<Vec<(String, crate::weights::HostTensor)>> {
         let plain = &self.plain;
         self.p.last_opt_step = r.state.last_opt_step;
-        model::apply_tensors(&mut self.model, r.model, plain).context("resume: training weights")?;
+        named::write(&mut self.model, r.model, plain, Fit::Strict).context("resume: training weights")?;
         self.ema = Ema::new(&self.model, r.state.ema_updates);
-        model::apply_tensors(&mut self.ema.model, r.ema, plain).context("resume: EMA weights")?;
-        let to_map = |v: Vec<(String, crate::weights::HostTensor)>| {
-            v.into_iter().map(|(n, t)| (n, Tensor::<1>::from_data(TensorData::new(t.data, t.shape), plain))).collect()
-        };
-        self.opt.m = to_map(r.m);
-        self.opt.v = to_map(r.v);
-        self.p.grads.grads = to_map(r.grads);
+        named::write(&mut self.ema.model, r.ema, plain, Fit::Strict).context("resume: EMA weights")?;
+        self.opt.m = named::write_flat(r.m, plain);
+        self.opt.v = named::write_flat(r.v, plain);
+        self.p.grads.grads = named::write_flat(r.grads, plain);
         self.opt.steps = r.state.optimizer_steps;
         self.p.start_epoch = r.state.epoch + 1;
         self.p.epochs_done = self.p.start_epoch;
@@ -234,10 +232,10 @@ impl Trainer {
         let ctx = RunContext { student: &self.model, args: &self.a, device: &self.plain, unlabeled: self.unlabeled.is_some() };
         let mut hook = ext.attach(&ctx)?;
         if let Some(t) = hook.trainable() {
-            make_trainable(t);
             if !restored.is_empty() {
-                checkpoint::restore_trainable(t, restored)?;
+                named::write(t, restored, &self.plain, Fit::Strict).context("resume: the extension's tensors (different distillation settings?)")?;
             }
+            make_trainable(t);
         }
         self.taps = hook.taps();
         self.hook = Some(hook);
