@@ -8,10 +8,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use super::args::Response;
 use super::args::{flag_value, DistillArgs};
-use super::losses::{
-    attention_transfer, batch_relation, cwd, gram, kd_binary, kd_mixed, localisation_kl, logit_mse, mgd, mimic, random_keep_mask,
-    schedule_weight, score_weighted_l2, seed_pipeline, dense_response, Adapter, MgdGenerator, Projector,
-};
+use super::losses::{dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
+pub use super::methods::{parse_methods, Feature};
+use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use crate::infer::nms::{nms, NmsConfig};
 use crate::loss::{model_loss, LossConfig, Targets};
 use crate::model::layers::head::HeadMaps;
@@ -20,66 +19,6 @@ use crate::model::graph::Forward;
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
 use crate::train::{HookInput, HookLoss, StepHook, StepPos};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Feature {
-    Mimic,
-    Cwd,
-    Mgd,
-    At,
-    Gram,
-    Relation,
-    Sl2,
-}
-
-impl Feature {
-    fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "mimic" => Self::Mimic,
-            "cwd" => Self::Cwd,
-            "mgd" => Self::Mgd,
-            "at" => Self::At,
-            "gram" => Self::Gram,
-            "relation" => Self::Relation,
-            "sl2" => Self::Sl2,
-            o => bail!("unknown distillation method '{o}' (mimic, cwd, mgd, at, gram, relation, sl2, none)"),
-        })
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Self::Mimic => "mimic",
-            Self::Cwd => "cwd",
-            Self::Mgd => "mgd",
-            Self::At => "at",
-            Self::Gram => "gram",
-            Self::Relation => "relation",
-            Self::Sl2 => "sl2",
-        }
-    }
-    /// Methods comparing maps channel by channel need the student adapted to the teacher's channels.
-    fn needs_adapter(self) -> bool {
-        matches!(self, Self::Mimic | Self::Cwd | Self::Mgd | Self::Gram)
-    }
-}
-
-/// Parses `cwd:1.0,at:0.5` into methods with weights.
-pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f32)>> {
-    let spec = spec.trim();
-    if spec.is_empty() || spec == "none" {
-        return Ok(Vec::new());
-    }
-    spec.split(',')
-        .map(|part| {
-            let mut it = part.trim().splitn(2, ':');
-            let m = Feature::parse(it.next().unwrap_or("").trim())?;
-            let w = match it.next() {
-                Some(w) => w.trim().parse::<f32>().with_context(|| format!("bad weight in '{part}'"))?,
-                None => default_weight,
-            };
-            Ok((m, w))
-        })
-        .collect()
-}
 
 fn parse_layers(s: &str) -> Result<Vec<usize>> {
     s.split(',').map(|x| x.trim().parse::<usize>().with_context(|| format!("bad layer index '{x}'"))).collect()
@@ -139,16 +78,22 @@ pub fn plan_pairs(student: &DetectionModel, teacher: &DetectionModel, args: &Dis
         .collect())
 }
 
+/// A feature method of the run and its written weight.
+pub struct Method {
+    pub feature: Feature,
+    pub weight: f32,
+    pub imp: Box<dyn FeatureMethod>,
+}
+
 pub struct Distiller {
     pub teacher: DetectionModel,
     pub pairs: Vec<Pair>,
-    pub methods: Vec<(Feature, f32)>,
+    /// The feature methods with their written weights, in the order given.
+    pub methods: Vec<Method>,
     pub response: Response,
     pub args: DistillArgs,
     /// One adapter per pair whose channels differ (for the methods that need it).
     pub adapters: Vec<Option<Adapter>>,
-    pub generators: Vec<MgdGenerator>,
-    pub projectors: Vec<Projector>,
     /// Last epoch (0-based, exclusive bound) with distillation.
     pub stop_epoch: usize,
     /// Online mode: the teacher's own loss settings (copied from the student's).
@@ -204,10 +149,18 @@ impl Distiller {
             .iter()
             .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| Adapter::new(p.student_shape[0], p.teacher_shape[0], device)))
             .collect();
+        // Modules in a fixed order (adapters, MGD generators, sl2 projectors): a seed gives the
+        // same initial weights whatever order the methods are written in.
         let has = |f: Feature| methods.iter().any(|(m, _)| *m == f);
-        let generators = if has(Feature::Mgd) { pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], device)).collect() } else { Vec::new() };
-        let projectors =
-            if has(Feature::Sl2) { pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], device)).collect() } else { Vec::new() };
+        let mut generators = has(Feature::Mgd).then(|| pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], device)).collect());
+        let mut projectors = has(Feature::Sl2).then(|| pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], device)).collect());
+        let methods = methods
+            .into_iter()
+            .map(|(feature, weight)| {
+                let imp = feature.build(&mut generators, &mut projectors, args.cwd_tau, args.mgd_alpha, args.mgd_lambda);
+                Method { feature, weight, imp }
+            })
+            .collect();
         // Default: distil while mosaic is on (the whole run when mosaic never opens).
         let mosaic_epochs = if epochs > close_mosaic { epochs - close_mosaic } else { epochs };
         let stop_epoch = args.distill_stop_epoch.unwrap_or(mosaic_epochs).min(epochs);
@@ -218,8 +171,6 @@ impl Distiller {
             response,
             args: args.clone(),
             adapters,
-            generators,
-            projectors,
             stop_epoch,
             teacher_loss: None,
             mask_seed: 0,
@@ -260,7 +211,7 @@ impl Distiller {
                 if p.resize { ", student map resized to the teacher's size" } else { "" }
             ));
         }
-        let methods: Vec<String> = self.methods.iter().map(|(m, w)| format!("{}:{w}", m.name())).collect();
+        let methods: Vec<String> = self.methods.iter().map(|m| format!("{}:{}", m.imp.name(), m.weight)).collect();
         s.push_str(&format!(
             "methods: {} | response: {} | schedule: {} until epoch {}\n",
             if methods.is_empty() { "none".into() } else { methods.join(",") },
@@ -316,7 +267,7 @@ impl Distiller {
     }
 }
 
-fn resize_to(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+pub(super) fn resize_to(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
     let d = x.dims();
     if d[2] == h && d[3] == w {
         return x;
@@ -353,7 +304,7 @@ impl Distiller {
             .map(|(name, norm)| {
                 // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
                 let written = match name.strip_prefix("d_") {
-                    Some(m) => self.methods.iter().find(|(f, _)| f.name() == m).map(|p| p.1),
+                    Some(m) => self.methods.iter().find(|f| f.imp.name() == m).map(|f| f.weight),
                     None if name.starts_with("l_") => Some(self.args.logit_weight),
                     None => None, // the online teacher's own loss: not a distillation term
                 };
@@ -407,58 +358,22 @@ impl Distiller {
         let adapted: Vec<Tensor<4>> =
             student_maps.iter().zip(&self.adapters).map(|(s, a)| a.as_ref().map(|a| a.forward(s.clone())).unwrap_or_else(|| s.clone())).collect();
         let levels = student_maps.len();
-        let t_scores = if self.methods.iter().any(|(m, _)| *m == Feature::Sl2) {
+        let t_scores = if self.methods.iter().any(|m| m.imp.needs_teacher_scores()) {
             level_maps(&t_head.scores, &t_fwd.head.shapes)
         } else {
             Vec::new()
         };
-        let maps = LevelMaps { student: &student_maps, adapted: &adapted, teacher: teacher_maps, teacher_scores: &t_scores };
-        for &(method, mw) in &self.methods {
-            let per_level: Vec<Tensor<1>> = (0..levels).map(|l| self.level_loss(method, l, &maps, ctx)).collect();
-            let averaged = matches!(method, Feature::At | Feature::Gram | Feature::Relation);
-            let scale = mw * w / if averaged { levels as f32 } else { 1.0 };
+        let maps = LevelMaps { student: &student_maps, adapted: &adapted, adapters: &self.adapters, teacher: teacher_maps, teacher_scores: &t_scores };
+        let step = StepKey { seed: self.mask_seed, epoch: ctx.epoch, batch: ctx.batch };
+        for m in &self.methods {
+            let per_level: Vec<Tensor<1>> = (0..levels).map(|l| m.imp.level_loss(l, &maps, step)).collect();
+            let scale = m.weight * w / if m.imp.averaged() { levels as f32 } else { 1.0 };
+            let name = m.imp.name();
             for (l, v) in per_level.iter().enumerate() {
-                out.logs.push((format!("d_{}.l{l}", method.name()), (v.clone().into_scalar::<f32>() * scale) as f64));
+                out.logs.push((format!("d_{name}.l{l}"), (v.clone().into_scalar::<f32>() * scale) as f64));
             }
             let term = per_level.into_iter().reduce(|x, y| x + y).expect("levels") * scale;
-            out.terms.push((format!("d_{}", method.name()), term));
-        }
-    }
-
-    /// One feature method's loss at paired level `l`.
-    fn level_loss(&self, method: Feature, l: usize, maps: &LevelMaps<'_>, ctx: &HookInput<'_>) -> Tensor<1> {
-        let (s, a, t) = (&maps.student[l..=l], &maps.adapted[l..=l], &maps.teacher[l..=l]);
-        let t_scores = maps.teacher_scores;
-        let device = ctx.images.device();
-        match method {
-            Feature::Mimic | Feature::Cwd => {
-                let (sn, tn) = seed_pipeline(s[0].clone(), t[0].clone(), self.adapters[l].as_ref());
-                let (sn, tn) = ([sn], [tn]);
-                if method == Feature::Mimic {
-                    mimic(&sn, &tn)
-                } else {
-                    cwd(&sn, &tn, self.args.cwd_tau)
-                }
-            }
-            Feature::Mgd => {
-                let d = a[0].dims();
-                let key = [self.mask_seed, ctx.epoch as u64, ctx.batch as u64, l as u64];
-                let mask = [random_keep_mask(d[0], d[2], d[3], self.args.mgd_lambda, key, &device)];
-                mgd(a, t, &mask, &self.generators[l..=l], self.args.mgd_alpha)
-            }
-            Feature::At => attention_transfer(s, t),
-            Feature::Gram => gram(a, t),
-            Feature::Relation => batch_relation(s, t),
-            Feature::Sl2 => {
-                let [n, c, h, ww] = t_scores[l].dims();
-                let td = t[0].dims();
-                let logits: Tensor<3> = if h * ww == td[2] * td[3] {
-                    t_scores[l].clone().reshape([n, c, h * ww])
-                } else {
-                    resize_to(t_scores[l].clone(), td[2], td[3]).reshape([n, c, td[2] * td[3]])
-                };
-                score_weighted_l2(self.projectors[l].forward(s[0].clone()), t[0].clone(), logits)
-            }
+            out.terms.push((format!("d_{name}"), term));
         }
     }
 
@@ -553,15 +468,6 @@ impl Distiller {
     }
 }
 
-/// The maps of every paired level that the feature methods compare.
-struct LevelMaps<'a> {
-    student: &'a [Tensor<4>],
-    /// The student's maps through the adapters (to the teacher's channels).
-    adapted: &'a [Tensor<4>],
-    teacher: &'a [Tensor<4>],
-    /// The teacher's class logits per level (sl2 only).
-    teacher_scores: &'a [Tensor<4>],
-}
 
 impl StepHook for Distiller {
     fn taps(&self) -> Vec<usize> {
@@ -640,15 +546,11 @@ impl Trainable for Distiller {
                 a.conv.walk(&child(&child("distill.adapter.", i), "conv"), f);
             }
         }
-        for (i, g) in self.generators.iter_mut().enumerate() {
-            let p = child("distill.mgd.", i);
-            g.conv1.walk(&child(&p, "conv1"), f);
-            g.conv2.walk(&child(&p, "conv2"), f);
-        }
-        for (i, g) in self.projectors.iter_mut().enumerate() {
-            let p = child("distill.projector.", i);
-            g.conv1.walk(&child(&p, "conv1"), f);
-            g.conv2.walk(&child(&p, "conv2"), f);
+        // the methods' own modules, in a fixed order (as they were made)
+        let mut order: Vec<&mut Method> = self.methods.iter_mut().collect();
+        order.sort_by_key(|m| m.feature);
+        for m in order {
+            m.imp.walk_params(f);
         }
         // An online teacher trains with the student (same parameter-group rules by name).
         if self.args.online {

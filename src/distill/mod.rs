@@ -12,3 +12,4 @@ pub mod args;
 pub mod distiller;
 pub mod extension;
 pub mod losses;
+pub mod methods;
