@@ -1,11 +1,18 @@
 //! Value checks of command-line options, applied by clap when a flag is parsed, so a bad value is
 //! refused before anything runs, with the accepted range in the message.
 
+/// A group of options parsed from command-line flags (e.g. `["--model", "yolov8n.yaml"]`), with
+/// every other option at its default.
+pub fn from_flags<T: clap::FromArgMatches + clap::Args, S: AsRef<str>>(flags: &[S]) -> anyhow::Result<T> {
+    let argv = std::iter::once("yolodistill").chain(flags.iter().map(|s| s.as_ref()));
+    let matches = T::augment_args(clap::Command::new("yolodistill")).try_get_matches_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    T::from_arg_matches(&matches).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 /// A group of options at its command-line defaults: the clap attributes are the one place a
 /// default is written.
 pub fn defaults<T: clap::FromArgMatches + clap::Args>() -> T {
-    let matches = T::augment_args(clap::Command::new("defaults")).get_matches_from(["defaults"]);
-    T::from_arg_matches(&matches).expect("every option of the group has a default")
+    from_flags::<T, &str>(&[]).expect("every option of the group has a default")
 }
 
 fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {

@@ -146,14 +146,7 @@ impl TrainArgs {
     /// Arguments from command-line flags (e.g. `["--model", "yolov8n.yaml", …]`),
     /// with every other option at its default.
     pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> anyhow::Result<Self> {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Wrap {
-            #[command(flatten)]
-            a: TrainArgs,
-        }
-        let argv = std::iter::once("train").chain(flags.iter().map(|s| s.as_ref()));
-        Ok(Wrap::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?.a)
+        crate::options::from_flags(flags)
     }
 }
 

@@ -67,7 +67,9 @@ pub trait StepHook {
     }
 }
 
-/// Extra loss terms of one step (added to the total, logged) and values only logged.
+/// Extra loss terms of one step (added to the total, logged) and values only logged. Terms are
+/// per image: the trainer multiplies them by the batch size, as Ultralytics' detection loss is
+/// (the one place where batch size scales a term).
 #[derive(Default)]
 pub struct HookLoss {
     pub terms: Vec<(String, Tensor<1>)>,
