@@ -21,13 +21,13 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Confidence threshold.
-    #[arg(long, default_value_t = 0.25, value_parser = crate::options::unit)]
+    #[arg(long, default_value_t = NmsConfig::predict().conf, value_parser = crate::options::unit)]
     pub conf: f32,
     /// IoU threshold for NMS.
-    #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
+    #[arg(long, default_value_t = NmsConfig::predict().iou, value_parser = crate::options::unit)]
     pub iou: f32,
     /// Most detections kept per image.
-    #[arg(long = "max-det", default_value_t = 300)]
+    #[arg(long = "max-det", default_value_t = NmsConfig::predict().max_det)]
     pub max_det: usize,
     /// Folder for annotated images.
     #[arg(long = "save-dir")]

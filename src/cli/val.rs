@@ -34,13 +34,13 @@ pub struct ValArgs {
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Confidence threshold of NMS (Ultralytics validates at 0.001).
-    #[arg(long, default_value_t = 0.001, value_parser = crate::options::unit)]
+    #[arg(long, default_value_t = NmsConfig::val().conf, value_parser = crate::options::unit)]
     pub conf: f32,
     /// IoU threshold of NMS.
-    #[arg(long, default_value_t = 0.7, value_parser = crate::options::unit)]
+    #[arg(long, default_value_t = NmsConfig::val().iou, value_parser = crate::options::unit)]
     pub iou: f32,
     /// Most detections kept per image.
-    #[arg(long = "max-det", default_value_t = 300)]
+    #[arg(long = "max-det", default_value_t = NmsConfig::val().max_det)]
     pub max_det: usize,
     /// Data-loading threads.
     #[arg(long, default_value_t = 2)]
