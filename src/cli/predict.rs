@@ -29,6 +29,10 @@ pub struct PredictArgs {
     /// Most detections kept per image.
     #[arg(long = "max-det", default_value_t = NmsConfig::predict().max_det)]
     pub max_det: usize,
+    /// Ultralytics' `nms`: `false` runs an end-to-end model's one-to-one head (YOLOv10, YOLO26)
+    /// with top-k and no NMS; models without that head ignore it.
+    #[arg(long, default_value_t = NmsConfig::predict().nms, action = clap::ArgAction::Set)]
+    pub nms: bool,
     /// Folder for annotated images.
     #[arg(long = "save-dir")]
     pub save_dir: Option<PathBuf>,
@@ -43,7 +47,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     m.fuse();
     let images = list_images(&a.source)?;
     let imgsz = crate::options::stride_multiple(a.imgsz);
-    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::predict() };
+    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::predict() };
     if let Some(d) = &a.save_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }

@@ -42,6 +42,10 @@ pub struct ValArgs {
     /// Most detections kept per image.
     #[arg(long = "max-det", default_value_t = NmsConfig::val().max_det)]
     pub max_det: usize,
+    /// Ultralytics' `nms`: `false` runs an end-to-end model's one-to-one head (YOLOv10, YOLO26)
+    /// with top-k and no NMS; models without that head ignore it.
+    #[arg(long, default_value_t = NmsConfig::val().nms, action = clap::ArgAction::Set)]
+    pub nms: bool,
     /// Data-loading threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -78,7 +82,7 @@ pub fn run(a: ValArgs) -> Result<()> {
     }
     let ds = Arc::new(Dataset::scan(&sources, data.names.len(), None)?);
     let loader = ValLoader::new(ds, a.imgsz, a.batch, m.max_stride().max(32), a.workers)?;
-    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, ..NmsConfig::val() };
+    let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::val() };
     let exchange = match (&a.dump_inputs, &a.outputs_from) {
         (Some(d), _) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;

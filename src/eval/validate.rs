@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::coco::{self, CocoDet, CocoGt, CocoStats};
 use super::metrics::{Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
-use crate::infer::nms::{nms, NmsConfig};
+use crate::infer::nms::{end2end as end2end_topk_filtered, nms, NmsConfig};
 use crate::loss::{detection_loss, LossConfig, Targets};
 use crate::model::DetectionModel;
 
@@ -90,6 +90,9 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
     let device = crate::default_device();
     let nc = model.nc();
     let head = model.head();
+    // Ultralytics' `nms=False` on an end-to-end model: the one-to-one head's top-k, no NMS
+    // (outputs read from elsewhere are the one-to-many head's).
+    let end2end = !nms_cfg.nms && head.has_one2one() && exchange.is_none();
     let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
     let mut acc = MetricsAccumulator::new(nc);
     let (mut gts, mut dets) = (Vec::new(), Vec::new());
@@ -112,8 +115,8 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
             if let Some(Exchange::DumpInputs(dir)) = exchange {
                 crate::weights::npy::write_f32(&dir.join(format!("input_{n_batches}.npy")), &[b, c, h, w], &batch.images)?;
             }
-            let out = model.forward(x);
-            let pred = head.decode(&out);
+            let out = model.forward_taps(x, &[], end2end).head;
+            let pred = if end2end { head.decode_end2end(&out).expect("the one-to-one branch ran") } else { head.decode(&out) };
             let host = pred.try_into_vec_as::<f32>().expect("f32 output");
             if let Some(Exchange::DumpInputs(dir)) = exchange {
                 let a = host.len() / (b * (4 + nc));
@@ -130,7 +133,8 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
         n_batches += 1;
         let per = host.len() / b;
         for j in 0..b {
-            let found = nms(&host[j * per..(j + 1) * per], nc, nms_cfg);
+            let one = &host[j * per..(j + 1) * per];
+            let found = if end2end { end2end_topk_filtered(one, nc, nms_cfg) } else { nms(one, nc, nms_cfg) };
             let gt = batch_gt(&batch, j);
             n_inst += gt.len();
             let image_id = (n_images + j) as u64;

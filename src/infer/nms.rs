@@ -18,17 +18,44 @@ pub struct NmsConfig {
     pub agnostic: bool,
     /// Cap on candidates entering NMS (Ultralytics' `max_nms`).
     pub max_nms: usize,
+    /// Ultralytics' `nms`: false runs the one-to-one head of an end-to-end model (YOLOv10,
+    /// YOLO26) with top-k and no NMS; models without that head ignore it.
+    pub nms: bool,
 }
 
 impl NmsConfig {
     /// Prediction defaults: conf 0.25, iou 0.7, max_det 300, best class only.
     pub fn predict() -> Self {
-        Self { conf: 0.25, iou: 0.7, max_det: 300, multi_label: false, agnostic: false, max_nms: 30_000 }
+        Self { conf: 0.25, iou: 0.7, max_det: 300, multi_label: false, agnostic: false, max_nms: 30_000, nms: true }
     }
     /// Validation defaults: conf 0.001, iou 0.7, max_det 300, multi-label.
     pub fn val() -> Self {
         Self { conf: 0.001, multi_label: true, ..Self::predict() }
     }
+}
+
+/// The one-to-one head's post-processing (Ultralytics' `get_topk_index`, not class-agnostic):
+/// the `k = min(max_det, A)` anchors with the highest class score, then the `k` highest of their
+/// (anchor, class) scores, best first. `pred` is one image's output laid out `[4 + nc][A]` with
+/// xyxy boxes. No NMS, no confidence threshold.
+pub fn end2end_topk(pred: &[f32], nc: usize, max_det: usize) -> Vec<Detection> {
+    let a = pred.len() / (4 + nc);
+    let at = |c: usize, i: usize| pred[c * a + i];
+    let k = max_det.min(a);
+    let best = |i: usize| (0..nc).map(|c| at(4 + c, i)).fold(f32::NEG_INFINITY, f32::max);
+    let mut anchors: Vec<usize> = (0..a).collect();
+    anchors.sort_by(|&x, &y| best(y).total_cmp(&best(x)));
+    anchors.truncate(k);
+    let mut pairs: Vec<(usize, usize)> = anchors.iter().flat_map(|&i| (0..nc).map(move |c| (i, c))).collect();
+    pairs.sort_by(|&(i, c), &(j, d)| at(4 + d, j).total_cmp(&at(4 + c, i)));
+    pairs.truncate(k);
+    pairs.into_iter().map(|(i, c)| Detection { xyxy: [at(0, i), at(1, i), at(2, i), at(3, i)], conf: at(4 + c, i), cls: c }).collect()
+}
+
+/// One image's detections from the one-to-one head: the top-k above `cfg.conf` (Ultralytics'
+/// validator and predictor filter end-to-end outputs by confidence only).
+pub fn end2end(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
+    end2end_topk(pred, nc, cfg.max_det).into_iter().filter(|d| d.conf > cfg.conf).collect()
 }
 
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {

@@ -1,10 +1,10 @@
-//! Prediction on images: load (EXIF-aware), letterbox, forward, NMS, map back.
+//! Prediction on images: letterbox, forward, NMS (or the end-to-end top-k), map back.
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
 
 use crate::pixels::letterbox::{letterbox, to_chw, Placement};
-use super::nms::{nms, Detection, NmsConfig};
+use super::nms::{Detection, NmsConfig};
 use crate::model::DetectionModel;
 
 /// A letterboxed batch of one image, as the network expects.
@@ -18,9 +18,8 @@ pub fn preprocess(img: &RgbImage, imgsz: usize, stride: usize, device: &Device) 
 /// Detections on one image, in original-image pixels.
 pub fn predict_image(model: &DetectionModel, img: &RgbImage, imgsz: usize, cfg: &NmsConfig, device: &Device) -> Vec<Detection> {
     let (x, place) = preprocess(img, imgsz, model.max_stride().max(32), device);
-    let out = model.predict(x);
-    let data: Vec<f32> = out.try_into_vec_as::<f32>().expect("f32 output");
-    nms(&data, model.nc(), cfg)
+    let found = model.detect(x, cfg).pop().unwrap_or_default();
+    found
         .into_iter()
         .map(|d| Detection { xyxy: place.to_original(d.xyxy), ..d })
         .collect()

@@ -17,6 +17,7 @@ use super::layers::v10::{Cib, SCDown};
 use super::spec::{source, LayerKind, ModelSpec};
 use super::walk::{child, Slot, Visit, Walk};
 use crate::export::onnx::{Builder, ToOnnx, V};
+use crate::infer::nms::{Detection, NmsConfig};
 
 #[derive(Module, Debug)]
 pub enum Layer {
@@ -45,6 +46,23 @@ impl Layer {
             _ => 0.0,
         }
     }
+}
+
+/// Post-processes a decoded batch [B, 4 + nc, A] image by image.
+pub fn per_image(decoded: &Tensor<3>, nc: usize, end2end: bool, cfg: &NmsConfig) -> Vec<Vec<Detection>> {
+    let b = decoded.dims()[0];
+    let host: Vec<f32> = decoded.clone().try_into_vec_as::<f32>().expect("f32 output");
+    let per = host.len() / b.max(1);
+    (0..b)
+        .map(|j| {
+            let one = &host[j * per..(j + 1) * per];
+            if end2end {
+                crate::infer::nms::end2end(one, nc, cfg)
+            } else {
+                crate::infer::nms::nms(one, nc, cfg)
+            }
+        })
+        .collect()
 }
 
 impl ToOnnx for Layer {
@@ -273,6 +291,16 @@ impl DetectionModel {
     pub fn predict(&self, x: Tensor<4>) -> Tensor<3> {
         let out = self.forward(x);
         self.head().decode(&out)
+    }
+
+    /// Detections per image after Ultralytics' post-processing: NMS on the one-to-many head, or,
+    /// with `cfg.nms` false on a model with a one-to-one head, that head's top-k without NMS.
+    pub fn detect(&self, x: Tensor<4>, cfg: &NmsConfig) -> Vec<Vec<Detection>> {
+        let head = self.head();
+        let end2end = !cfg.nms && head.has_one2one();
+        let out = self.forward_taps(x, &[], end2end).head;
+        let decoded = if end2end { head.decode_end2end(&out).expect("the one-to-one branch ran") } else { head.decode(&out) };
+        per_image(&decoded, self.nc(), end2end, cfg)
     }
 
     /// Folds every BatchNorm into its convolution, for faster inference and export.

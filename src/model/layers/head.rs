@@ -236,18 +236,30 @@ impl Detect {
 
     /// Ultralytics' inference output [B, 4 + nc, A]: xywh in input pixels, sigmoid scores.
     pub fn decode(&self, out: &HeadOutput) -> Tensor<3> {
-        let maps = &out.one2many;
+        self.decode_maps(&out.one2many, &out.shapes, true)
+    }
+
+    /// The one-to-one branch's output [B, 4 + nc, A] with xyxy boxes (what Ultralytics' top-k
+    /// post-processing reads), or None when the head has no such branch or it did not run.
+    pub fn decode_end2end(&self, out: &HeadOutput) -> Option<Tensor<3>> {
+        out.one2one.as_ref().map(|maps| self.decode_maps(maps, &out.shapes, false))
+    }
+
+    fn decode_maps(&self, maps: &HeadMaps, shapes: &[(usize, usize)], xywh: bool) -> Tensor<3> {
         let device = maps.boxes.device();
-        let (anc, st) = self.anchors(&out.shapes, &device);
+        let (anc, st) = self.anchors(shapes, &device);
         let d = self.distances(maps.boxes.clone());
         let lt = d.clone().narrow(1, 0, 2);
         let rb = d.narrow(1, 2, 2);
         let x1y1 = anc.clone() - lt;
         let x2y2 = anc + rb;
-        let c = (x1y1.clone() + x2y2.clone()).div_scalar(2.0);
-        let wh = x2y2 - x1y1;
-        let xywh = Tensor::cat(vec![c, wh], 1) * st;
-        Tensor::cat(vec![xywh, sigmoid(maps.scores.clone())], 1)
+        let boxes = if xywh {
+            let c = (x1y1.clone() + x2y2.clone()).div_scalar(2.0);
+            Tensor::cat(vec![c, x2y2 - x1y1], 1)
+        } else {
+            Tensor::cat(vec![x1y1, x2y2], 1)
+        };
+        Tensor::cat(vec![boxes * st, sigmoid(maps.scores.clone())], 1)
     }
 }
 
