@@ -211,7 +211,7 @@ impl Distiller {
                 if p.resize { ", student map resized to the teacher's size" } else { "" }
             ));
         }
-        let methods: Vec<String> = self.methods.iter().map(|m| format!("{}:{}", m.imp.name(), m.weight)).collect();
+        let methods: Vec<String> = self.methods.iter().map(|m| format!("{}:{}", m.feature.name(), m.weight)).collect();
         s.push_str(&format!(
             "methods: {} | response: {} | schedule: {} until epoch {}\n",
             if methods.is_empty() { "none".into() } else { methods.join(",") },
@@ -304,7 +304,7 @@ impl Distiller {
             .map(|(name, norm)| {
                 // The term's written weight (a method's `:w`, or --logit-weight) stays a factor.
                 let written = match name.strip_prefix("d_") {
-                    Some(m) => self.methods.iter().find(|f| f.imp.name() == m).map(|f| f.weight),
+                    Some(m) => self.methods.iter().find(|f| f.feature.name() == m).map(|f| f.weight),
                     None if name.starts_with("l_") => Some(self.args.logit_weight),
                     None => None, // the online teacher's own loss: not a distillation term
                 };
@@ -368,7 +368,7 @@ impl Distiller {
         for m in &self.methods {
             let per_level: Vec<Tensor<1>> = (0..levels).map(|l| m.imp.level_loss(l, &maps, step)).collect();
             let scale = m.weight * w / if m.imp.averaged() { levels as f32 } else { 1.0 };
-            let name = m.imp.name();
+            let name = m.feature.name();
             for (l, v) in per_level.iter().enumerate() {
                 out.logs.push((format!("d_{name}.l{l}"), (v.clone().into_scalar::<f32>() * scale) as f64));
             }

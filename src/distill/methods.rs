@@ -31,8 +31,8 @@ pub struct StepKey {
     pub batch: usize,
 }
 
+/// A method's behaviour; its name is its [`Feature`]'s.
 pub trait FeatureMethod {
-    fn name(&self) -> &'static str;
     /// Whether its levels are averaged (at, gram, relation) rather than summed, as the spec says.
     fn averaged(&self) -> bool {
         false
@@ -120,6 +120,12 @@ pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f3
         .collect()
 }
 
+/// The two convolutions of an MGD generator or an sl2 projector, named `<prefix>.conv1/2`.
+fn walk_pair(prefix: &str, conv1: &mut burn::nn::conv::Conv2d, conv2: &mut burn::nn::conv::Conv2d, f: &mut Visit<'_>) {
+    conv1.walk(&child(prefix, "conv1"), f);
+    conv2.walk(&child(prefix, "conv2"), f);
+}
+
 /// Normalised student (through the adapter) and teacher maps of level `l`, the seed's pipeline.
 fn normalised(l: usize, maps: &LevelMaps<'_>) -> ([Tensor<4>; 1], [Tensor<4>; 1]) {
     let (s, t) = seed_pipeline(maps.student[l].clone(), maps.teacher[l].clone(), maps.adapters[l].as_ref());
@@ -129,9 +135,6 @@ fn normalised(l: usize, maps: &LevelMaps<'_>) -> ([Tensor<4>; 1], [Tensor<4>; 1]
 struct Mimic;
 
 impl FeatureMethod for Mimic {
-    fn name(&self) -> &'static str {
-        "mimic"
-    }
     fn level_loss(&self, l: usize, maps: &LevelMaps<'_>, _: StepKey) -> Tensor<1> {
         let (s, t) = normalised(l, maps);
         mimic(&s, &t)
@@ -143,9 +146,6 @@ struct Cwd {
 }
 
 impl FeatureMethod for Cwd {
-    fn name(&self) -> &'static str {
-        "cwd"
-    }
     fn level_loss(&self, l: usize, maps: &LevelMaps<'_>, _: StepKey) -> Tensor<1> {
         let (s, t) = normalised(l, maps);
         cwd(&s, &t, self.tau)
@@ -159,9 +159,6 @@ struct Mgd {
 }
 
 impl FeatureMethod for Mgd {
-    fn name(&self) -> &'static str {
-        "mgd"
-    }
     fn level_loss(&self, l: usize, maps: &LevelMaps<'_>, step: StepKey) -> Tensor<1> {
         let a = &maps.adapted[l..=l];
         let d = a[0].dims();
@@ -171,9 +168,7 @@ impl FeatureMethod for Mgd {
     }
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         for (i, g) in self.generators.iter_mut().enumerate() {
-            let p = child("distill.mgd.", i);
-            g.conv1.walk(&child(&p, "conv1"), f);
-            g.conv2.walk(&child(&p, "conv2"), f);
+            walk_pair(&child("distill.mgd.", i), &mut g.conv1, &mut g.conv2, f);
         }
     }
 }
@@ -181,9 +176,6 @@ impl FeatureMethod for Mgd {
 struct At;
 
 impl FeatureMethod for At {
-    fn name(&self) -> &'static str {
-        "at"
-    }
     fn averaged(&self) -> bool {
         true
     }
@@ -195,9 +187,6 @@ impl FeatureMethod for At {
 struct Gram;
 
 impl FeatureMethod for Gram {
-    fn name(&self) -> &'static str {
-        "gram"
-    }
     fn averaged(&self) -> bool {
         true
     }
@@ -209,9 +198,6 @@ impl FeatureMethod for Gram {
 struct Relation;
 
 impl FeatureMethod for Relation {
-    fn name(&self) -> &'static str {
-        "relation"
-    }
     fn averaged(&self) -> bool {
         true
     }
@@ -225,9 +211,6 @@ struct Sl2 {
 }
 
 impl FeatureMethod for Sl2 {
-    fn name(&self) -> &'static str {
-        "sl2"
-    }
     fn needs_teacher_scores(&self) -> bool {
         true
     }
@@ -245,9 +228,7 @@ impl FeatureMethod for Sl2 {
     }
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         for (i, g) in self.projectors.iter_mut().enumerate() {
-            let p = child("distill.projector.", i);
-            g.conv1.walk(&child(&p, "conv1"), f);
-            g.conv2.walk(&child(&p, "conv2"), f);
+            walk_pair(&child("distill.projector.", i), &mut g.conv1, &mut g.conv2, f);
         }
     }
 }

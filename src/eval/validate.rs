@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::coco::{self, CocoDet, CocoGt, CocoStats};
 use super::metrics::{Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
-use crate::infer::nms::{end2end as end2end_topk_filtered, nms, NmsConfig};
+use crate::infer::nms::{postprocess, NmsConfig};
 use crate::loss::{detection_loss, LossConfig, Targets};
 use crate::model::DetectionModel;
 
@@ -133,8 +133,7 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
         n_batches += 1;
         let per = host.len() / b;
         for j in 0..b {
-            let one = &host[j * per..(j + 1) * per];
-            let found = if end2end { end2end_topk_filtered(one, nc, nms_cfg) } else { nms(one, nc, nms_cfg) };
+            let found = postprocess(&host[j * per..(j + 1) * per], nc, end2end, nms_cfg);
             let gt = batch_gt(&batch, j);
             n_inst += gt.len();
             let image_id = (n_images + j) as u64;

@@ -58,6 +58,16 @@ pub fn end2end(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
     end2end_topk(pred, nc, cfg.max_det).into_iter().filter(|d| d.conf > cfg.conf).collect()
 }
 
+/// One image's detections from a decoded output: the end-to-end top-k when `end2end` (the
+/// one-to-one head's output), NMS otherwise.
+pub fn postprocess(pred: &[f32], nc: usize, end2end: bool, cfg: &NmsConfig) -> Vec<Detection> {
+    if end2end {
+        self::end2end(pred, nc, cfg)
+    } else {
+        nms(pred, nc, cfg)
+    }
+}
+
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);

@@ -54,14 +54,7 @@ pub fn per_image(decoded: &Tensor<3>, nc: usize, end2end: bool, cfg: &NmsConfig)
     let host: Vec<f32> = decoded.clone().try_into_vec_as::<f32>().expect("f32 output");
     let per = host.len() / b.max(1);
     (0..b)
-        .map(|j| {
-            let one = &host[j * per..(j + 1) * per];
-            if end2end {
-                crate::infer::nms::end2end(one, nc, cfg)
-            } else {
-                crate::infer::nms::nms(one, nc, cfg)
-            }
-        })
+        .map(|j| crate::infer::nms::postprocess(&host[j * per..(j + 1) * per], nc, end2end, cfg))
         .collect()
 }
 
