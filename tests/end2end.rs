@@ -32,39 +32,8 @@ fn one_to_one_head_matches_ultralytics_without_nms() {
         assert!(ours.windows(2).all(|p| p[0].conf >= p[1].conf), "{arch}: not sorted by score");
         let want = get(&format!("{arch}.topk"));
         assert_eq!((want.shape.as_slice(), ours.len()), ([1, 300, 6].as_slice(), 300), "{arch}");
-        // Scores tie across anchors in these briefly trained models, and top-k orders ties its own
-        // way: scores must agree position by position; the rows of each group of tied scores
-        // must agree as a set, except the last group, which the 300th place may cut differently.
-        let row = |d: &yolodistill::infer::nms::Detection| [d.xyxy[0], d.xyxy[1], d.xyxy[2], d.xyxy[3], d.conf, d.cls as f32];
-        let ours: Vec<[f32; 6]> = ours.iter().map(row).collect();
-        let want: Vec<[f32; 6]> = want.data.chunks_exact(6).map(|r| r.try_into().unwrap()).collect();
-        let mut worst = 0f32;
-        for (g, w) in ours.iter().zip(&want) {
-            worst = worst.max((g[4] - w[4]).abs());
-        }
-        let mut start = 0;
-        let mut groups = 0;
-        while start < want.len() {
-            let end = (start..want.len()).find(|&k| (want[k][4] - want[start][4]).abs() > 1e-6).unwrap_or(want.len());
-            if end == want.len() {
-                break; // the group the 300th place cuts
-            }
-            let sorted = |rows: &[[f32; 6]]| -> Vec<[f32; 6]> {
-                let mut v = rows.to_vec();
-                v.sort_by(|a, b| (a[5], a[0], a[1], a[2], a[3]).partial_cmp(&(b[5], b[0], b[1], b[2], b[3])).unwrap());
-                v
-            };
-            for (g, w) in sorted(&ours[start..end]).iter().zip(sorted(&want[start..end]).iter()) {
-                assert_eq!(g[5], w[5], "{arch}: classes differ in the tie group at {start}: {g:?} vs {w:?}");
-                for (x, y) in g.iter().zip(w) {
-                    worst = worst.max((x - y).abs() / y.abs().max(1.0));
-                }
-            }
-            groups += 1;
-            start = end;
-        }
-        assert!(start >= 100, "{arch}: the last tie group starts at {start}; the reference checks too little");
-        eprintln!("{arch}: {groups} groups of tied scores, the first {start} of 300 detections checked");
+        let rows: Vec<[f32; 6]> = ours.iter().map(|d| [d.xyxy[0], d.xyxy[1], d.xyxy[2], d.xyxy[3], d.conf, d.cls as f32]).collect();
+        let worst = common::same_top_k(arch, &rows, &want.data);
         eprintln!("{arch}: 300 detections in Ultralytics' order, worst |Δ|/max(1, |v|) {worst:.2e}");
         assert!(worst <= 1e-3, "{arch}: detections differ by {worst:.2e}");
         // `detect` with `nms` off runs the same path and keeps those above the threshold
@@ -79,7 +48,7 @@ fn one_to_one_head_matches_ultralytics_without_nms() {
 }
 
 /// `val` with and without NMS (`nms=False`: the one-to-one head) matches Ultralytics' mAP50-95
-/// within 0.005 on BCCD val at 320 (mAP50 within 0.01).
+/// and mAP50 within 1e-4 on BCCD val at 320 (the issue asks 0.005).
 #[test]
 fn val_in_both_modes_matches_ultralytics() {
     use yolodistill::data::dataset::{DataConfig, Dataset};
@@ -97,10 +66,10 @@ fn val_in_both_modes_matches_ultralytics() {
             let r = validate(&m, &loader, &NmsConfig { nms, ..NmsConfig::val() }).unwrap();
             let w = &want[format!("{arch}.{mode}")];
             let (m50, m) = (w["map50"].as_f64().unwrap(), w["map"].as_f64().unwrap());
-            eprintln!("{arch} {mode}: mAP50 {:.4} (Ultralytics {m50:.4}), mAP50-95 {:.4} (Ultralytics {m:.4})", r.metrics.map50, r.metrics.map);
-            // the issue's bar is mAP50-95 within 0.005; mAP50 of yolo26n end-to-end is 0.0055 apart
-            // (0.5191 vs 0.5136), so it gets 0.01 until that gap is explained
-            assert!((r.metrics.map - m).abs() <= 0.005 && (r.metrics.map50 - m50).abs() <= 0.01, "{arch} {mode}");
+            eprintln!("{arch} {mode}: mAP50 {:.6} (Ultralytics {m50:.6}), mAP50-95 {:.6} (Ultralytics {m:.6})", r.metrics.map50, r.metrics.map);
+            // The issue asks 0.005. With JPEGs decoded as OpenCV decodes them the numbers agree to 6
+            // decimals (another decoder's chroma rounding had put yolo26n's end-to-end mAP50 0.0055 off).
+            assert!((r.metrics.map - m).abs() <= 1e-4 && (r.metrics.map50 - m50).abs() <= 1e-4, "{arch} {mode}");
         }
     }
 }

@@ -1,12 +1,15 @@
 //! ONNX export: the written bytes decode to the expected graph (ops, input,
 //! output, opset, metadata), and, where the reference environment exists, onnxruntime
-//! computes our forward for every family. scripts/check_onnx.py adds dynamic sizes,
+//! computes our forward for every family and the end-to-end (`--nms false`) graphs give
+//! Ultralytics' detections. scripts/check_onnx.py adds dynamic sizes,
 //! float16 and Ultralytics' outputs.
 
 mod common;
 
+use std::path::Path;
+
 use burn::tensor::{Tensor, TensorData};
-use yolodistill::export::onnx::{export_onnx, export_onnx_with, names_repr, summarize, GraphSummary, OPSET};
+use yolodistill::export::onnx::{export_onnx, export_onnx_with, names_repr, summarize, GraphSummary, OnnxOptions, OPSET};
 use yolodistill::export::onnx_proto::{read_fields, Msg, Value};
 use yolodistill::model;
 use yolodistill::weights::st::read_tensors;
@@ -85,7 +88,7 @@ fn half_graph_is_float16_throughout() {
     let mut model = model::load("yolov8n.yaml", Some(3), &yolodistill::default_device()).unwrap().model;
     model.fuse();
     let full = summarize(&export_onnx(&model, (64, 64), 1, true).unwrap()).unwrap();
-    let bytes = export_onnx_with(&model, (64, 64), 1, true, true).unwrap();
+    let bytes = export_onnx_with(&model, &OnnxOptions { dynamic: true, half: true, ..OnnxOptions::new((64, 64)) }).unwrap();
     let half = summarize(&bytes).unwrap();
     assert_eq!(full.io_types, vec![1, 1]);
     assert_eq!(half.io_types, vec![10, 10], "input and output are float16");
@@ -209,6 +212,26 @@ fn onnxruntime_python() -> Option<std::path::PathBuf> {
     ok.then_some(py)
 }
 
+/// Runs `onnx` in onnxruntime on `input` (shape `shape`) and returns `output0`, flattened.
+fn onnxruntime_run(py: &Path, onnx: &Path, input: &[f32], shape: &[usize], dir: &Path) -> Vec<f32> {
+    let raw: Vec<u8> = input.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(dir.join("input.bin"), raw).unwrap();
+    let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let script = format!(
+        "import numpy as np, onnxruntime as ort\n\
+         s = ort.InferenceSession('{}', providers=['CPUExecutionProvider'])\n\
+         x = np.fromfile('{}', dtype=np.float32).reshape({})\n\
+         s.run(['output0'], {{'images': x}})[0].astype(np.float32).tofile('{}')\n",
+        onnx.display(),
+        dir.join("input.bin").display(),
+        shape.join(", "),
+        dir.join("ort.bin").display()
+    );
+    let out = std::process::Command::new(py).args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}: onnxruntime failed: {}", onnx.display(), String::from_utf8_lossy(&out.stderr));
+    std::fs::read(dir.join("ort.bin")).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
 /// Every family's fixture checkpoint, exported and run by onnxruntime on its fixture input,
 /// gives our fused forward's output within 1e-4·max(1, |v|).
 #[test]
@@ -229,26 +252,53 @@ fn onnxruntime_computes_our_forward_for_every_family() {
         let (h, w) = (input.shape[2], input.shape[3]);
         let onnx = dir.join(format!("{arch}.onnx"));
         std::fs::write(&onnx, export_onnx(&m, (h, w), 1, false).unwrap()).unwrap();
-        let raw = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-        std::fs::write(dir.join("input.bin"), raw(&input.data)).unwrap();
         let x: Tensor<4> = Tensor::from_data(TensorData::new(input.data.clone(), input.shape.clone()), &device);
         let ours = m.predict(x).try_into_vec_as::<f32>().unwrap();
-        let script = format!(
-            "import numpy as np, onnxruntime as ort\n\
-             s = ort.InferenceSession('{}', providers=['CPUExecutionProvider'])\n\
-             x = np.fromfile('{}', dtype=np.float32).reshape(1, 3, {h}, {w})\n\
-             s.run(['output0'], {{'images': x}})[0].astype(np.float32).tofile('{}')\n",
-            onnx.display(),
-            dir.join("input.bin").display(),
-            dir.join("ort.bin").display()
-        );
-        let out = std::process::Command::new(&py).args(["-c", &script]).output().unwrap();
-        assert!(out.status.success(), "{arch}: onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
-        let theirs: Vec<f32> =
-            std::fs::read(dir.join("ort.bin")).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let theirs = onnxruntime_run(&py, &onnx, &input.data, &input.shape, &dir);
         assert_eq!(theirs.len(), ours.len(), "{arch}: output sizes");
         let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
         eprintln!("{arch}: onnxruntime vs our forward, worst |Δ|/max(1, |v|) = {worst:.2e} over {} values", ours.len());
         assert!(worst <= 1e-4, "{arch}: onnxruntime differs from our forward by {worst:.2e}");
+    }
+}
+
+/// The end-to-end graph (`--nms false`: one-to-one head and top-k in the graph, output0
+/// [1, 300, 6]) of the Ultralytics-trained yolov10n and yolo26n (`tests/data/<arch>_bccd.pt`),
+/// run by onnxruntime on a letterboxed BCCD image, gives Ultralytics' 300 detections
+/// (`tests/data/end2end_ref.safetensors`) within 1e-3, with fixed and with dynamic sizes.
+#[test]
+fn onnxruntime_runs_the_end_to_end_graph() {
+    let Some(py) = onnxruntime_python() else {
+        eprintln!("notice: no reference environment with onnxruntime (../shared/tools/ref-env.sh); skipping");
+        return;
+    };
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let (refs, _) = read_tensors(&data.join("end2end_ref.safetensors")).unwrap();
+    let get = |name: &str| refs.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no {name}"));
+    let dir = common::temp_dir("onnx-e2e");
+    let device = yolodistill::default_device();
+    for arch in ["yolov10n", "yolo26n"] {
+        let mut m = model::load(data.join(format!("{arch}_bccd.pt")).to_str().unwrap(), None, &device).unwrap().model;
+        m.fuse();
+        let (input, want) = (get(&format!("{arch}.input")), get(&format!("{arch}.topk")));
+        let (h, w) = (input.shape[2], input.shape[3]);
+        for dynamic in [false, true] {
+            let opts = OnnxOptions { dynamic, end2end: true, ..OnnxOptions::new((h, w)) };
+            let bytes = export_onnx_with(&m, &opts).unwrap();
+            let g = summarize(&bytes).unwrap();
+            let dims = if dynamic { s(&["batch", "detections", "6"]) } else { s(&["1", "300", "6"]) };
+            assert_eq!(g.outputs, vec![("output0".to_string(), dims)], "{arch}");
+            assert_eq!(g.metadata.get("end2end").map(String::as_str), Some("True"));
+            assert!(g.op_counts.contains_key("TopK") && !g.op_counts.contains_key("NonMaxSuppression"));
+            let onnx = dir.join(format!("{arch}_e2e.onnx"));
+            std::fs::write(&onnx, bytes).unwrap();
+            let theirs = onnxruntime_run(&py, &onnx, &input.data, &input.shape, &dir);
+            assert_eq!(theirs.len(), 300 * 6, "{arch}");
+            let rows: Vec<[f32; 6]> = theirs.chunks_exact(6).map(|r| r.try_into().unwrap()).collect();
+            let what = format!("{arch} end-to-end ONNX{}", if dynamic { " (dynamic)" } else { "" });
+            let worst = common::same_top_k(&what, &rows, &want.data);
+            eprintln!("{what}: onnxruntime vs Ultralytics, worst |Δ|/max(1, |v|) {worst:.2e}");
+            assert!(worst <= 1e-3, "{what}: differs from Ultralytics by {worst:.2e}");
+        }
     }
 }

@@ -24,9 +24,10 @@ fn teacher_val_map_matches_ultralytics() {
     let loader = ValLoader::new(ds, 320, 16, 32, 2).unwrap();
     let r = validate(&m, &loader, &NmsConfig::val()).unwrap();
     let (m50, m5095) = (want["mAP50"].as_f64().unwrap(), want["mAP50-95"].as_f64().unwrap());
-    eprintln!("mAP50 {:.4} (Ultralytics {m50:.4}), mAP50-95 {:.4} (Ultralytics {m5095:.4})", r.metrics.map50, r.metrics.map);
-    assert!((r.metrics.map50 - m50).abs() <= 0.005);
-    assert!((r.metrics.map - m5095).abs() <= 0.005);
+    eprintln!("mAP50 {:.6} (Ultralytics {m50:.6}), mAP50-95 {:.6} (Ultralytics {m5095:.6})", r.metrics.map50, r.metrics.map);
+    // JPEGs decode as OpenCV decodes them, so the numbers agree to 6 decimals (the bound was 0.005 before).
+    assert!((r.metrics.map50 - m50).abs() <= 1e-4);
+    assert!((r.metrics.map - m5095).abs() <= 1e-4);
     assert_eq!(r.images, 87);
     // COCO statistics come from the same detections
     assert!(r.coco.ap50 > 0.7 && r.coco.ap > 0.4);

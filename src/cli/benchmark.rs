@@ -2,6 +2,7 @@ use anyhow::Result;
 use burn::tensor::{Distribution, Tensor};
 use clap::Args;
 
+use crate::infer::nms::NmsConfig;
 use crate::model;
 
 #[derive(Args)]
@@ -24,12 +25,17 @@ pub struct BenchmarkArgs {
     /// Keep BatchNorm unfolded (default folds it, as Ultralytics' predictor does).
     #[arg(long)]
     pub no_fuse: bool,
+    /// Ultralytics' `nms`: unset times the decoded forward alone; `true` adds NMS (prediction
+    /// thresholds); `false` runs an end-to-end model's one-to-one head with its top-k instead
+    /// (YOLOv10, YOLO26; other models keep NMS).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub nms: Option<bool>,
     /// Print one JSON object instead of the line.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Times the decoded forward pass (no pre/post-processing) on random input.
+/// Times the decoded forward pass on random input (no pre-processing; post-processing with `--nms`).
 pub fn run(a: BenchmarkArgs) -> Result<()> {
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
@@ -39,8 +45,14 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
     let once = || {
         let t = std::time::Instant::now();
-        let y = m.predict(x.clone());
-        let _ = y.try_into_vec_as::<f32>(); // wait for the result
+        match a.nms {
+            None => {
+                let _ = m.predict(x.clone()).try_into_vec_as::<f32>(); // wait for the result
+            }
+            Some(nms) => {
+                let _ = m.detect(x.clone(), &NmsConfig { nms, ..NmsConfig::predict() });
+            }
+        }
         t.elapsed().as_secs_f64() * 1e3
     };
     for _ in 0..a.warmup {
@@ -50,16 +62,22 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let what = match a.nms {
+        None => "forward",
+        Some(true) => "forward + NMS",
+        Some(false) if m.head().has_one2one() => "one-to-one forward + top-k (no NMS)",
+        Some(false) => "forward + NMS (no one-to-one head)",
+    };
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if a.json {
         println!(
             "{}",
             serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "runs": ms.len(),
-                "median_ms": median, "mean_ms": mean, "min_ms": ms[0], "threads": threads, "fused": !a.no_fuse})
+                "median_ms": median, "mean_ms": mean, "min_ms": ms[0], "threads": threads, "fused": !a.no_fuse, "timed": what})
         );
     } else {
         println!(
-            "{} forward, batch {} at {}: median {median:.1} ms, mean {mean:.1} ms, min {:.1} ms over {} runs ({threads} threads)",
+            "{} {what}, batch {} at {}: median {median:.1} ms, mean {mean:.1} ms, min {:.1} ms over {} runs ({threads} threads)",
             a.model, a.batch, a.imgsz, ms[0], ms.len()
         );
     }

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::export;
+use crate::export::onnx::OnnxOptions;
 use crate::model;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,6 +34,11 @@ pub struct ExportArgs {
     /// Ultralytics' half export; for GPU runtimes (TensorRT, ONNX Runtime CUDA).
     #[arg(long)]
     pub half: bool,
+    /// Ultralytics' `nms`: `false` exports an end-to-end model's one-to-one head (YOLOv10, YOLO26)
+    /// with its top-k in the graph, `output0` [B, 300, 6] (x1, y1, x2, y2, score, class), no NMS
+    /// needed; unset exports the one-to-many head's [B, 4 + nc, A] for NMS outside the graph.
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub nms: Option<bool>,
     /// Output file (default: the model's name with the format's extension).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -62,15 +68,26 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let out = a.output.clone().unwrap_or_else(|| default_output(&a.model, a.format));
     match a.format {
         Format::Onnx => {
-            let bytes = export::onnx::export_onnx_with(&m, (a.imgsz, a.imgsz), a.batch, a.dynamic, a.half)?;
+            let end2end = match a.nms {
+                Some(true) => bail!("--nms true (NMS inside the graph) is not supported: export without --nms and run NMS outside, as `yolodistill predict` does"),
+                Some(false) if !m.head().has_one2one() => {
+                    eprintln!("warning: {} has no one-to-one head; --nms false is ignored", a.model);
+                    false
+                }
+                Some(false) => true,
+                None => false,
+            };
+            let opts = OnnxOptions { batch: a.batch, dynamic: a.dynamic, half: a.half, end2end, ..OnnxOptions::new((a.imgsz, a.imgsz)) };
+            let bytes = export::onnx::export_onnx_with(&m, &opts)?;
             std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
             println!(
-                "exported {} to {} ({:.1} MB, opset {}{})",
+                "exported {} to {} ({:.1} MB, opset {}{}{})",
                 a.model,
                 out.display(),
                 bytes.len() as f64 / 1e6,
                 export::onnx::OPSET,
-                if a.half { ", float16" } else { "" }
+                if a.half { ", float16" } else { "" },
+                if end2end { ", end-to-end: output0 [B, 300, 6]" } else { "" }
             );
         }
         Format::Safetensors => {

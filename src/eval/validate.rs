@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::coco::{self, CocoDet, CocoGt, CocoStats};
 use super::metrics::{Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
-use crate::infer::nms::{postprocess, NmsConfig};
+use crate::infer::nms::{detection_rows, detections_from_rows, end2end_topk, postprocess, Detection, NmsConfig};
 use crate::loss::{detection_loss, LossConfig, Targets};
 use crate::model::DetectionModel;
 
@@ -75,8 +75,8 @@ pub enum Exchange {
     /// Run the model and also write each batch's input as `<dir>/input_<k>.npy`
     /// and its decoded output as `<dir>/ours_<k>.npy`.
     DumpInputs(std::path::PathBuf),
-    /// Read each batch's decoded output [B, 4+nc, A] from `<dir>/output_<k>.npy`
-    /// instead of running the model (validation losses are then 0).
+    /// Read each batch's decoded output [B, 4+nc, A] (end-to-end: detections [B, k, 6]) from
+    /// `<dir>/output_<k>.npy` instead of running the model (validation losses are then 0).
     ReadOutputs(std::path::PathBuf),
 }
 
@@ -90,9 +90,8 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
     let device = crate::default_device();
     let nc = model.nc();
     let head = model.head();
-    // Ultralytics' `nms=False` on an end-to-end model: the one-to-one head's top-k, no NMS
-    // (outputs read from elsewhere are the one-to-many head's).
-    let end2end = !nms_cfg.nms && head.has_one2one() && exchange.is_none();
+    // Ultralytics' `nms=False` on an end-to-end model: the one-to-one head's top-k, no NMS.
+    let end2end = !nms_cfg.nms && head.has_one2one();
     let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
     let mut acc = MetricsAccumulator::new(nc);
     let (mut gts, mut dets) = (Vec::new(), Vec::new());
@@ -100,17 +99,29 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
     let (mut n_batches, mut n_images, mut n_inst) = (0usize, 0usize, 0usize);
     let mut forward_s = 0f64;
     let mut paths: Vec<std::path::PathBuf> = Vec::new();
+    let per_image = |host: &[f32], b: usize| -> Vec<Vec<Detection>> {
+        let per = host.len() / b;
+        (0..b).map(|j| postprocess(&host[j * per..(j + 1) * per], nc, end2end, nms_cfg)).collect()
+    };
     for batch in loader.batches() {
         let [b, c, h, w] = batch.shape;
         let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
         let t0 = std::time::Instant::now();
-        let host: Vec<f32> = if let Some(Exchange::ReadOutputs(dir)) = exchange {
+        let found_per_image = if let Some(Exchange::ReadOutputs(dir)) = exchange {
             let p = dir.join(format!("output_{n_batches}.npy"));
             let (shape, data) = crate::weights::npy::read_f32(&p)?;
-            if shape.len() != 3 || shape[0] != b || shape[1] != 4 + nc {
-                anyhow::bail!("{}: shape {shape:?}, expected [{b}, {}, A]", p.display(), 4 + nc);
+            if end2end {
+                if shape.len() != 3 || shape[0] != b || shape[2] != 6 {
+                    anyhow::bail!("{}: shape {shape:?}, expected end-to-end detections [{b}, k, 6]", p.display());
+                }
+                let per = data.len() / b;
+                (0..b).map(|j| detections_from_rows(&data[j * per..(j + 1) * per], nms_cfg)).collect()
+            } else {
+                if shape.len() != 3 || shape[0] != b || shape[1] != 4 + nc {
+                    anyhow::bail!("{}: shape {shape:?}, expected [{b}, {}, A]", p.display(), 4 + nc);
+                }
+                per_image(&data, b)
             }
-            data
         } else {
             if let Some(Exchange::DumpInputs(dir)) = exchange {
                 crate::weights::npy::write_f32(&dir.join(format!("input_{n_batches}.npy")), &[b, c, h, w], &batch.images)?;
@@ -119,21 +130,18 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
             let pred = if end2end { head.decode_end2end(&out).expect("the one-to-one branch ran") } else { head.decode(&out) };
             let host = pred.try_into_vec_as::<f32>().expect("f32 output");
             if let Some(Exchange::DumpInputs(dir)) = exchange {
-                let a = host.len() / (b * (4 + nc));
-                crate::weights::npy::write_f32(&dir.join(format!("ours_{n_batches}.npy")), &[b, 4 + nc, a], &host)?;
+                dump_outputs(&dir.join(format!("ours_{n_batches}.npy")), &host, b, nc, end2end, nms_cfg.max_det)?;
             }
             let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
             let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
             for k in 0..3 {
                 loss_sum[k] += l.items[k] as f64;
             }
-            host
+            per_image(&host, b)
         };
         forward_s += t0.elapsed().as_secs_f64();
         n_batches += 1;
-        let per = host.len() / b;
-        for j in 0..b {
-            let found = postprocess(&host[j * per..(j + 1) * per], nc, end2end, nms_cfg);
+        for (j, found) in found_per_image.into_iter().enumerate() {
             let gt = batch_gt(&batch, j);
             n_inst += gt.len();
             let image_id = (n_images + j) as u64;
@@ -182,6 +190,18 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
         ms_per_image: forward_s * 1e3 / n_images.max(1) as f64,
         coco_dets: dets,
     })
+}
+
+/// Our decoded output as an exported graph gives it: [B, 4 + nc, A], or an end-to-end
+/// graph's top-k rows [B, k, 6].
+fn dump_outputs(path: &Path, host: &[f32], b: usize, nc: usize, end2end: bool, max_det: usize) -> Result<()> {
+    let per = host.len() / b;
+    if !end2end {
+        return crate::weights::npy::write_f32(path, &[b, 4 + nc, per / (4 + nc)], host);
+    }
+    let rows: Vec<Vec<f32>> = host.chunks(per).map(|p| detection_rows(&end2end_topk(p, nc, max_det))).collect();
+    let k = rows.first().map_or(0, |r| r.len() / 6);
+    crate::weights::npy::write_f32(path, &[b, k, 6], &rows.concat())
 }
 
 /// Writes detections in COCO results format (image_id = index in the sorted file list).

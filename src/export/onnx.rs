@@ -1,7 +1,8 @@
 //! ONNX export (opset 17) of a detection model's decoded inference output,
 //! Ultralytics' convention: input `images` [B, 3, H, W], output `output0`
 //! [B, 4 + nc, A] (xywh in input pixels, sigmoid class scores; anchors of
-//! P3, P4, P5 row-major).
+//! P3, P4, P5 row-major); end-to-end (`nms=False`) graphs of YOLOv10/YOLO26
+//! end in the one-to-one head's top-k: `output0` [B, 300, 6].
 //!
 //! By default every size is fixed (anchors and strides are initializers);
 //! `dynamic` makes batch, height and width symbolic (anchors computed in the
@@ -25,6 +26,8 @@ const IR_VERSION: i64 = 8;
 const FLOAT: i64 = 1;
 const INT64: i64 = 7;
 const FLOAT16: i64 = 10;
+/// Detections kept by an end-to-end graph (Ultralytics' `max_det` default, baked into TopK).
+const MAX_DET: usize = 300;
 
 /// An attribute value of a node.
 pub(crate) enum Attr {
@@ -352,16 +355,18 @@ impl Builder {
         (self.reshape(&xy, &[1, 2, -1]), self.reshape(&st, &[1, 1, -1]))
     }
 
-    /// The one-to-many branches and their decoding to [B, 4 + nc, A].
-    /// The output is named `output0`; returns the anchor count.
-    pub(crate) fn detect(&mut self, xs: &[V], d: &Detect, dynamic: bool) -> Result<usize> {
+    /// The one-to-many branches decoded to [B, 4 + nc, A] (xywh), or with `end2end` the
+    /// one-to-one branches decoded to xyxy and reduced to the top-k detections [B, k, 6].
+    /// The output is named `output0`; returns its second dimension (A, or k).
+    pub(crate) fn detect(&mut self, xs: &[V], d: &Detect, dynamic: bool, end2end: bool) -> Result<usize> {
         if xs.len() != d.cv2.len() {
             bail!("Detect has {} levels but receives {} inputs", d.cv2.len(), xs.len());
         }
+        let (box_branches, cls_branches) = if end2end { (&d.one2one_cv2, &d.one2one_cv3) } else { (&d.cv2, &d.cv3) };
         let (mut boxes, mut scores, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
         for (i, x) in xs.iter().enumerate() {
-            let b = d.cv2[i].to_onnx(self, x);
-            let s = d.cv3[i].to_onnx(self, x);
+            let b = box_branches[i].to_onnx(self, x);
+            let s = cls_branches[i].to_onnx(self, x);
             let hw = x.h * x.w;
             boxes.push(V { name: self.reshape(&b.name, &[0, b.c as i64, -1]), c: b.c, h: 1, w: hw });
             scores.push(V { name: self.reshape(&s.name, &[0, s.c as i64, -1]), c: s.c, h: 1, w: hw });
@@ -393,15 +398,69 @@ impl Builder {
         let lt_rb = self.split(&dist, 1, &[2, 2]);
         let x1y1 = self.binary("Sub", &anchors, &lt_rb[0]);
         let x2y2 = self.binary("Add", &anchors, &lt_rb[1]);
+        let cls = self.node("Sigmoid", &[&scores], vec![]);
+        if end2end {
+            let xyxy = self.node("Concat", &[&x1y1, &x2y2], vec![("axis", Attr::Int(1))]);
+            let xyxy = self.binary("Mul", &xyxy, &strides);
+            return Ok(self.top_k_detections(&xyxy, &cls, d.nc, a, dynamic));
+        }
         let sum = self.binary("Add", &x1y1, &x2y2);
         let half = self.scalar(0.5);
         let c = self.binary("Mul", &sum, &half);
         let wh = self.binary("Sub", &x2y2, &x1y1);
         let xywh = self.node("Concat", &[&c, &wh], vec![("axis", Attr::Int(1))]);
         let xywh = self.binary("Mul", &xywh, &strides);
-        let cls = self.node("Sigmoid", &[&scores], vec![]);
         self.emit("Concat", &[&xywh, &cls], vec!["output0".into()], vec![("axis", Attr::Int(1))]);
         Ok(a)
+    }
+
+    /// The one-to-one head's post-processing in the graph, as Ultralytics' end-to-end export
+    /// (and our `infer::nms::end2end_topk`): the k = min(300, A) anchors with the highest class
+    /// score, then the k highest of their (anchor, class) scores, best first. `boxes` [B, 4, A]
+    /// (xyxy), `scores` [B, nc, A]; writes `output0` [B, k, 6] = x1, y1, x2, y2, score, class.
+    /// Float32 throughout (TopK has no float16 kernel on CPU runtimes); returns k.
+    fn top_k_detections(&mut self, boxes: &str, scores: &str, nc: usize, anchors: usize, dynamic: bool) -> usize {
+        let half_graph = self.half;
+        let as_f32 = |b: &mut Self, x: &str| if half_graph { b.node("Cast", &[x], vec![("to", Attr::Int(FLOAT))]) } else { x.to_string() };
+        let boxes = as_f32(self, boxes);
+        let scores = as_f32(self, scores);
+        let boxes = self.transpose(&boxes, &[0, 2, 1]);
+        let scores = self.transpose(&scores, &[0, 2, 1]);
+        let best = self.node("ReduceMax", &[&scores], vec![("axes", Attr::Ints(vec![2])), ("keepdims", Attr::Int(0))]);
+        let k_fixed = MAX_DET.min(anchors);
+        let k = if dynamic {
+            // k = min(300, A) from the runtime anchor count.
+            let a = self.shape_of(&best, Some(&[1]));
+            let cap = self.init_i64("max_det", &[MAX_DET as i64]);
+            self.node("Min", &[&a, &cap], vec![])
+        } else {
+            self.init_i64("k", &[k_fixed as i64])
+        };
+        let top = |b: &mut Self, x: &str| b.node_n("TopK", &[x, &k], 2, vec![("axis", Attr::Int(-1)), ("largest", Attr::Int(1)), ("sorted", Attr::Int(1))]);
+        let last = self.init_i64("axis", &[-1]);
+        let gather = |b: &mut Self, x: &str, idx: &str| {
+            let idx = b.node("Unsqueeze", &[idx, &last], vec![]);
+            b.node("GatherND", &[x, &idx], vec![("batch_dims", Attr::Int(1))])
+        };
+        let anchor_idx = top(self, &best).remove(1);
+        let boxes = gather(self, &boxes, &anchor_idx);
+        let scores = gather(self, &scores, &anchor_idx);
+        let flat = self.reshape(&scores, &[0, -1]);
+        let mut best_k = top(self, &flat);
+        let (conf, flat_idx) = (best_k.remove(0), best_k.remove(0));
+        let nc_i = self.init_i64("nc", &[nc as i64]);
+        let which = self.binary("Div", &flat_idx, &nc_i);
+        let class = self.binary("Mod", &flat_idx, &nc_i);
+        let boxes = gather(self, &boxes, &which);
+        let conf = self.node("Unsqueeze", &[&conf, &last], vec![]);
+        let class = self.node("Unsqueeze", &[&class, &last], vec![]);
+        let class = self.node("Cast", &[&class], vec![("to", Attr::Int(FLOAT))]);
+        let out = if half_graph { "output0_f32".to_string() } else { "output0".to_string() };
+        self.emit("Concat", &[&boxes, &conf, &class], vec![out.clone()], vec![("axis", Attr::Int(2))]);
+        if half_graph {
+            self.emit("Cast", &[&out], vec!["output0".into()], vec![("to", Attr::Int(FLOAT16))]);
+        }
+        k_fixed
     }
 }
 
@@ -451,15 +510,40 @@ pub fn names_repr(names: &[String]) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
+/// What to export: sizes, and the choices Ultralytics' exporter offers.
+#[derive(Debug, Clone, Copy)]
+pub struct OnnxOptions {
+    /// Input size (H, W), multiples of the model stride.
+    pub imgsz: (usize, usize),
+    /// Batch size (ignored with `dynamic`).
+    pub batch: usize,
+    /// Symbolic batch, height and width (anchors computed in the graph).
+    pub dynamic: bool,
+    /// Whole graph in float16 (weights, activations, input `images` and output `output0`),
+    /// as Ultralytics' `half=True` export.
+    pub half: bool,
+    /// The one-to-one head with its top-k in the graph (Ultralytics' `nms=False` on YOLOv10 and
+    /// YOLO26): `output0` is [B, 300, 6] = x1, y1, x2, y2, score, class. Ignored by models
+    /// without a one-to-one head.
+    pub end2end: bool,
+}
+
+impl OnnxOptions {
+    pub fn new(imgsz: (usize, usize)) -> Self {
+        Self { imgsz, batch: 1, dynamic: false, half: false, end2end: false }
+    }
+}
+
 /// Builds the ONNX model of `model.predict(x)` for inputs of size `imgsz` (H, W).
 /// `model` should be fused (unfused BatchNorms are exported as BatchNormalization).
 pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, dynamic: bool) -> Result<Vec<u8>> {
-    export_onnx_with(model, imgsz, batch, dynamic, false)
+    export_onnx_with(model, &OnnxOptions { batch, dynamic, ..OnnxOptions::new(imgsz) })
 }
 
-/// As [`export_onnx`]; `half` makes the whole graph float16 (weights, activations,
-/// input `images` and output `output0`), as Ultralytics' `half=True` export does.
-pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: usize, dynamic: bool, half: bool) -> Result<Vec<u8>> {
+/// As [`export_onnx`], with every option.
+pub fn export_onnx_with(model: &DetectionModel, opts: &OnnxOptions) -> Result<Vec<u8>> {
+    let OnnxOptions { imgsz, batch, dynamic, half, end2end } = *opts;
+    let end2end = end2end && model.head().has_one2one();
     let (h, w) = imgsz;
     let stride = model.max_stride().max(1);
     if h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
@@ -488,7 +572,7 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
             }
             Layer::Detect(d) => {
                 let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
-                result = Some(b.detect(&xs, d, dynamic)?);
+                result = Some(b.detect(&xs, d, dynamic, end2end)?);
                 break;
             }
             other => {
@@ -508,7 +592,7 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
         outs[i] = Some(y.clone());
         x = y;
     }
-    let anchors = result.context("the model has no Detect layer")?;
+    let rows = result.context("the model has no Detect layer")?;
     let dim = |name: &'static str, v: usize| -> Result<usize, &'static str> { if dynamic { Err(name) } else { Ok(v) } };
     let mut graph = Msg::new();
     for nd in &b.nodes {
@@ -520,7 +604,12 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
     }
     let elem = b.elem();
     graph.msg(11, &value_info("images", &[dim("batch", batch), Ok(3), dim("height", h), dim("width", w)], elem));
-    graph.msg(12, &value_info("output0", &[dim("batch", batch), Ok(4 + model.nc()), dim("anchors", anchors)], elem));
+    let output = if end2end {
+        [dim("batch", batch), dim("detections", rows), Ok(6)]
+    } else {
+        [dim("batch", batch), Ok(4 + model.nc()), dim("anchors", rows)]
+    };
+    graph.msg(12, &value_info("output0", &output, elem));
 
     let stem = model.spec.yaml.get("yaml_file").and_then(|v| v.as_str()).unwrap_or("model");
     let stem = std::path::Path::new(stem).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
@@ -533,6 +622,7 @@ pub fn export_onnx_with(model: &DetectionModel, imgsz: (usize, usize), batch: us
         ("batch", batch.to_string()),
         ("imgsz", format!("[{h}, {w}]")),
         ("names", names_repr(&model.names)),
+        ("end2end", if end2end { "True" } else { "False" }.into()),
     ];
     let mut opset = Msg::new();
     opset.string(1, "").int(2, OPSET);

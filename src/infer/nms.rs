@@ -58,6 +58,21 @@ pub fn end2end(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
     end2end_topk(pred, nc, cfg.max_det).into_iter().filter(|d| d.conf > cfg.conf).collect()
 }
 
+/// Detections as an end-to-end graph's rows: x1, y1, x2, y2, score, class.
+pub fn detection_rows(dets: &[Detection]) -> Vec<f32> {
+    dets.iter().flat_map(|d| [d.xyxy[0], d.xyxy[1], d.xyxy[2], d.xyxy[3], d.conf, d.cls as f32]).collect()
+}
+
+/// One image's detections from an end-to-end graph's rows (as [`detection_rows`] writes
+/// them): those above `cfg.conf`, at most `cfg.max_det`.
+pub fn detections_from_rows(rows: &[f32], cfg: &NmsConfig) -> Vec<Detection> {
+    rows.chunks_exact(6)
+        .map(|r| Detection { xyxy: [r[0], r[1], r[2], r[3]], conf: r[4], cls: r[5].max(0.0) as usize })
+        .filter(|d| d.conf > cfg.conf)
+        .take(cfg.max_det)
+        .collect()
+}
+
 /// One image's detections from a decoded output: the end-to-end top-k when `end2end` (the
 /// one-to-one head's output), NMS otherwise.
 pub fn postprocess(pred: &[f32], nc: usize, end2end: bool, cfg: &NmsConfig) -> Vec<Detection> {

@@ -223,6 +223,12 @@ impl DetectionModel {
     /// Forward pass that also returns the outputs of `taps` (layer indices).
     /// `one2one` also runs the end-to-end head branches when the head has them.
     pub fn forward_taps(&self, x: Tensor<4>, taps: &[usize], one2one: bool) -> Forward {
+        let (xs, taps) = self.trunk(x, taps);
+        Forward { head: self.head().forward(xs, one2one), taps }
+    }
+
+    /// Every layer before the head: the head's level inputs and the outputs of `taps`.
+    fn trunk(&self, x: Tensor<4>, taps: &[usize]) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
         let n = self.layers.len();
         let mut keep = vec![false; n];
         for &i in self.spec.save.iter().chain(taps) {
@@ -232,7 +238,7 @@ impl DetectionModel {
         }
         let mut outs: Vec<Option<Tensor<4>>> = vec![None; n];
         let mut x = x;
-        let mut head = None;
+        let mut head_inputs = None;
         for (i, (layer, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
             let get = |f: i64, x: &Tensor<4>| -> Tensor<4> {
                 if f == -1 {
@@ -244,9 +250,8 @@ impl DetectionModel {
             };
             let y = match layer {
                 Layer::Concat(dim) => Tensor::cat(spec.from.iter().map(|&f| get(f, &x)).collect(), *dim),
-                Layer::Detect(d) => {
-                    let xs = spec.from.iter().map(|&f| get(f, &x)).collect();
-                    head = Some(d.forward(xs, one2one));
+                Layer::Detect(_) => {
+                    head_inputs = Some(spec.from.iter().map(|&f| get(f, &x)).collect());
                     break;
                 }
                 other => {
@@ -277,7 +282,7 @@ impl DetectionModel {
             .iter()
             .map(|&i| outs.get(i).cloned().flatten().unwrap_or_else(|| panic!("layer {i} has no feature-map output")))
             .collect();
-        Forward { head: head.expect("model ends with Detect"), taps }
+        (head_inputs.expect("model ends with Detect"), taps)
     }
 
     /// Decoded inference output [B, 4 + nc, A] (xywh pixels + class scores).
@@ -291,8 +296,12 @@ impl DetectionModel {
     pub fn detect(&self, x: Tensor<4>, cfg: &NmsConfig) -> Vec<Vec<Detection>> {
         let head = self.head();
         let end2end = !cfg.nms && head.has_one2one();
-        let out = self.forward_taps(x, &[], end2end).head;
-        let decoded = if end2end { head.decode_end2end(&out).expect("the one-to-one branch ran") } else { head.decode(&out) };
+        let decoded = if end2end {
+            // Only the one-to-one branches run, as in Ultralytics' fused end-to-end model.
+            head.predict_end2end(self.trunk(x, &[]).0).expect("a one-to-one head")
+        } else {
+            self.predict(x)
+        };
         per_image(&decoded, self.nc(), end2end, cfg)
     }
 

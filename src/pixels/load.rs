@@ -1,26 +1,47 @@
 //! Image files: reading them as RGB (EXIF-aware) and finding them in folders.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 /// Image suffixes accepted in folders (the decodable subset of Ultralytics' list).
 pub const IMAGE_EXTS: &[&str] = &["bmp", "jpeg", "jpg", "png", "tif", "tiff", "webp"];
 
 /// Reads an image as RGB, applying its EXIF orientation. Errors name the file.
+/// JPEGs decode as OpenCV decodes them (see [`libjpeg_rgb`]).
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let reader = ImageReader::new(Cursor::new(&bytes))
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?;
+    let jpeg = reader.format() == Some(ImageFormat::Jpeg);
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("{}: unreadable image ({e})", path.display()))?;
     let orientation = decoder.orientation().ok();
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{}: corrupt image ({e})", path.display()))?;
+    let mut img = match jpeg.then(|| libjpeg_rgb(&bytes)).flatten() {
+        Some(rgb) => DynamicImage::ImageRgb8(rgb),
+        None => DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{}: corrupt image ({e})", path.display()))?,
+    };
     if let Some(o) = orientation {
         img.apply_orientation(o);
     }
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
+}
+
+/// A JPEG decoded by libjpeg-turbo's algorithms with its defaults (integer IDCT, fancy
+/// upsampling), as OpenCV's `imread` decodes it, so pixels and therefore detections match
+/// Ultralytics'. None when libjpeg refuses the file (e.g. CMYK); `image` then decodes it or says
+/// why not. libjpeg reports errors by unwinding, which is caught here.
+fn libjpeg_rgb(bytes: &[u8]) -> Option<RgbImage> {
+    let decode = || -> std::io::Result<RgbImage> {
+        let mut started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
+        started.finish()?;
+        RgbImage::from_raw(w, h, pixels.concat()).ok_or_else(|| std::io::Error::other("short image"))
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).ok()?.ok()
 }
 
 /// Image files of a file or a folder (recursive, sorted).

@@ -94,3 +94,41 @@ pub fn toy_batch(b: usize, s: usize, labeled: usize) -> yolodistill::data::loade
         labeled,
     }
 }
+
+/// Compares two end-to-end top-k outputs, rows of (x1, y1, x2, y2, score, class), and returns
+/// the worst |Δ|/max(1, |v|). Scores tie across anchors in briefly trained models and top-k
+/// orders ties its own way: scores must agree position by position; the rows of each group of
+/// tied scores must agree as a set (same classes), except the last group, which the k-th place
+/// may cut differently. Panics when the groups checked cover fewer than 100 rows.
+#[allow(dead_code)]
+pub fn same_top_k(what: &str, ours: &[[f32; 6]], want: &[f32]) -> f32 {
+    let want: Vec<[f32; 6]> = want.chunks_exact(6).map(|r| r.try_into().unwrap()).collect();
+    assert_eq!(ours.len(), want.len(), "{what}: row counts");
+    let mut worst = 0f32;
+    for (g, w) in ours.iter().zip(&want) {
+        worst = worst.max((g[4] - w[4]).abs());
+    }
+    let sorted = |rows: &[[f32; 6]]| -> Vec<[f32; 6]> {
+        let mut v = rows.to_vec();
+        v.sort_by(|a, b| (a[5], a[0], a[1], a[2], a[3]).partial_cmp(&(b[5], b[0], b[1], b[2], b[3])).unwrap());
+        v
+    };
+    let (mut start, mut groups) = (0, 0);
+    while start < want.len() {
+        let end = (start..want.len()).find(|&k| (want[k][4] - want[start][4]).abs() > 1e-6).unwrap_or(want.len());
+        if end == want.len() {
+            break; // the group the k-th place cuts
+        }
+        for (g, w) in sorted(&ours[start..end]).iter().zip(sorted(&want[start..end]).iter()) {
+            assert_eq!(g[5], w[5], "{what}: classes differ in the tie group at {start}: {g:?} vs {w:?}");
+            for (x, y) in g.iter().zip(w) {
+                worst = worst.max((x - y).abs() / y.abs().max(1.0));
+            }
+        }
+        groups += 1;
+        start = end;
+    }
+    assert!(start >= 100, "{what}: the last tie group starts at {start}; the comparison checks too little");
+    eprintln!("{what}: {groups} groups of tied scores, the first {start} of {} rows checked", want.len());
+    worst
+}

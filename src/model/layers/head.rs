@@ -201,19 +201,16 @@ impl Detect {
     /// Runs the branches on the level inputs. `one2one` also runs the
     /// end-to-end branches (on detached inputs, as Ultralytics trains them).
     pub fn forward(&self, xs: Vec<Tensor<4>>, one2one: bool) -> HeadOutput {
-        let shapes = xs.iter().map(|x| (x.dims()[2], x.dims()[3])).collect();
-        let run = |bb: &[BoxBranch], cb: &[ClsBranch], detach: bool| {
-            let (mut b, mut s) = (Vec::new(), Vec::new());
-            for (i, x) in xs.iter().enumerate() {
-                let x = if detach { x.clone().detach() } else { x.clone() };
-                b.push(bb[i].forward(x.clone()).flatten::<3>(2, 3));
-                s.push(cb[i].forward(x).flatten::<3>(2, 3));
-            }
-            HeadMaps { boxes: Tensor::cat(b, 2), scores: Tensor::cat(s, 2) }
-        };
-        let one2many = run(&self.cv2, &self.cv3, false);
-        let o2o = (one2one && self.has_one2one()).then(|| run(&self.one2one_cv2, &self.one2one_cv3, true));
+        let shapes = level_shapes(&xs);
+        let one2many = run_branches(&xs, &self.cv2, &self.cv3, false);
+        let o2o = (one2one && self.has_one2one()).then(|| run_branches(&xs, &self.one2one_cv2, &self.one2one_cv3, true));
         HeadOutput { one2many, one2one: o2o, shapes }
+    }
+
+    /// Inference with the one-to-one branches alone (the one-to-many ones are not run):
+    /// decoded [B, 4 + nc, A] with xyxy boxes, for the end-to-end top-k. None without them.
+    pub fn predict_end2end(&self, xs: Vec<Tensor<4>>) -> Option<Tensor<3>> {
+        self.has_one2one().then(|| self.decode_maps(&run_branches(&xs, &self.one2one_cv2, &self.one2one_cv3, false), &level_shapes(&xs), false))
     }
 
     /// Anchor centres (grid units) and strides for the given level shapes: ([1, 2, A], [1, 1, A]).
@@ -261,6 +258,22 @@ impl Detect {
         };
         Tensor::cat(vec![boxes * st, sigmoid(maps.scores.clone())], 1)
     }
+}
+
+fn level_shapes(xs: &[Tensor<4>]) -> Vec<(usize, usize)> {
+    xs.iter().map(|x| (x.dims()[2], x.dims()[3])).collect()
+}
+
+/// One set of branches (box and class) over the level inputs, flattened and concatenated
+/// to [B, C, A].
+fn run_branches(xs: &[Tensor<4>], boxes: &[BoxBranch], classes: &[ClsBranch], detach: bool) -> HeadMaps {
+    let (mut b, mut s) = (Vec::new(), Vec::new());
+    for (i, x) in xs.iter().enumerate() {
+        let x = if detach { x.clone().detach() } else { x.clone() };
+        b.push(boxes[i].forward(x.clone()).flatten::<3>(2, 3));
+        s.push(classes[i].forward(x).flatten::<3>(2, 3));
+    }
+    HeadMaps { boxes: Tensor::cat(b, 2), scores: Tensor::cat(s, 2) }
 }
 
 /// DFL: softmax over the `reg_max` bins of each side, then the expected bin
