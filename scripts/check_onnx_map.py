@@ -29,7 +29,7 @@ BIN = ROOT / "target" / "debug" / "yolodistill"
 
 
 def val(model, data, imgsz, *extra):
-    out = subprocess.run([str(BIN), "val", "--model", model, "--data", data, "--imgsz", str(imgsz), "--json", *extra],
+    out = subprocess.run([str(BIN), "val", "--model", model, "--data", data, "--imgsz", str(imgsz), "--json", "--plots", "false", *extra],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

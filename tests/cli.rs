@@ -108,6 +108,35 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     // a second call reuses the finished runs
     let out = bin().args(args).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("reusing the finished run"));
+    // the chart of the seeds' runs and gains next to compare.md, for demo and compare
+    common::assert_pictures(&dir.join("runs/students"), &["compare.png"]);
+    common::assert_pictures(&project.join("ab"), &["compare.png", "plain-s0/results.png", "distilled-s0/results.png"]);
+}
+
+/// `val` draws Ultralytics' validation pictures into runs/val (here --project/--name).
+#[test]
+fn val_writes_curves_confusion_matrices_and_batches() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("val-plots");
+    let data = common::bccd_subset(&shared, &dir, 20);
+    let out = bin()
+        .args(["val", "--model", shared.join("fixtures/teacher_v8s_bccd.pt").to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--imgsz", "160", "--batch", "8", "--project", dir.to_str().unwrap(), "--name", "val"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files = [
+        "BoxPR_curve.png", "BoxF1_curve.png", "BoxP_curve.png", "BoxR_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+        "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_labels.jpg", "val_batch1_pred.jpg", "val_batch2_labels.jpg", "val_batch2_pred.jpg",
+    ];
+    common::assert_pictures(&dir.join("val"), &files);
+    // --plots false draws nothing
+    let out = bin()
+        .args(["val", "--model", shared.join("fixtures/teacher_v8s_bccd.pt").to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--imgsz", "160", "--plots", "false", "--project", dir.to_str().unwrap(), "--name", "quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !dir.join("quiet").exists());
 }
 
 /// An image size that is not a multiple of the stride is rounded up with a warning, as

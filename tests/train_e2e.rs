@@ -39,8 +39,19 @@ fn short_training_learns_and_resumes() {
     // Seed 0 reaches a final mAP50 of 0.217 on the AVX-512 machine the figures come from (the
     // run is seeded, so it is the same run every time there); another CPU's rounding may move it.
     assert!(map[0] < 0.01 && *map.last().unwrap() > 0.12, "mAP50 should rise above 0.12 (0.217 observed): {map:?}");
-    assert!(s.best.exists() && s.last.exists() && s.run_dir.join("results.png").exists());
-    assert!(s.run_dir.join("PR_curve.png").exists());
+    assert!(s.best.exists() && s.last.exists());
+    // Ultralytics' pictures: the first batches of the run and of the first epoch without mosaic
+    // (epoch 25 of 30, 4 batches each), the final validation's curves, matrices and batches
+    common::assert_pictures(
+        &s.run_dir,
+        &[
+            "results.png", "train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg", "train_batch100.jpg", "BoxPR_curve.png",
+            "BoxF1_curve.png", "BoxP_curve.png", "BoxR_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
+            "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_labels.jpg", "val_batch1_pred.jpg",
+        ],
+    );
+    // 16 validation images in batches of 8 (twice the training batch, as Ultralytics)
+    assert!(!s.run_dir.join("train_batch3.jpg").exists() && !s.run_dir.join("val_batch2_pred.jpg").exists());
     // best.safetensors is a complete model
     let m = yolodistill::model::load(s.best.to_str().unwrap(), None, &yolodistill::default_device()).unwrap().model;
     assert_eq!(m.names, vec!["RBC", "WBC", "Platelets"]);

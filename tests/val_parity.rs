@@ -1,4 +1,5 @@
-//! `val` of Ultralytics' BCCD teacher reproduces Ultralytics' own mAP (rect batches at 320).
+//! `val` of Ultralytics' BCCD teacher reproduces Ultralytics' own mAP (rect batches at 320), and
+//! its pictures show what Ultralytics' do.
 
 mod common;
 
@@ -6,8 +7,11 @@ use std::sync::Arc;
 
 use yolodistill::data::dataset::{DataConfig, Dataset};
 use yolodistill::data::loader::ValLoader;
-use yolodistill::eval::validate::validate;
+use yolodistill::eval::metrics::Curves;
+use yolodistill::eval::validate::{validate, validate_full};
 use yolodistill::infer::nms::NmsConfig;
+use yolodistill::report::mosaic::ValBatch;
+use yolodistill::report::val_plots;
 
 #[test]
 fn teacher_val_map_matches_ultralytics() {
@@ -31,4 +35,42 @@ fn teacher_val_map_matches_ultralytics() {
     assert_eq!(r.images, 87);
     // COCO statistics come from the same detections
     assert!(r.coco.ap50 > 0.7 && r.coco.ap > 0.4);
+}
+
+/// What the validation pictures show matches Ultralytics' validator on the same run
+/// (`tests/data/val_plots_ref.json`, `scripts/val_plots_reference.py`): the confusion matrix
+/// counts exactly, the "all classes F1 at confidence" of BoxF1_curve.png, AP50 per class in the
+/// PR legend, and the same files written.
+#[test]
+fn validation_pictures_match_ultralytics() {
+    let Some(shared) = common::shared() else { return };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/val_plots_ref.json");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let device = yolodistill::default_device();
+    let m = yolodistill::model::load(shared.join("fixtures/teacher_v8s_bccd.pt").to_str().unwrap(), None, &device).unwrap().model;
+    let data = DataConfig::load(&shared.join("data/bccd/data.yaml")).unwrap();
+    let ds = Arc::new(Dataset::scan(&data.val, data.names.len(), None).unwrap());
+    let loader = ValLoader::new(ds, 320, 16, 32, 2).unwrap();
+    let mut batches = Vec::new();
+    let r = validate_full(&m, &loader, &NmsConfig::val(), None, &mut ValBatch::keeper(&mut batches)).unwrap();
+    let counts: Vec<Vec<f64>> = want["confusion"].as_array().unwrap().iter().map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()).collect();
+    assert_eq!(r.confusion.counts, counts, "confusion matrix [predicted][true]");
+    let f1 = Curves::smoothed_mean(&r.curves.f1);
+    let best = (0..f1.len()).fold(0, |b, i| if f1[i] > f1[b] { i } else { b });
+    let (f1_want, conf_want) = (want["f1_best"]["f1"].as_f64().unwrap(), want["f1_best"]["conf"].as_f64().unwrap());
+    eprintln!("all classes F1 {:.6} at {:.5} (Ultralytics {f1_want:.6} at {conf_want:.5})", f1[best], r.curves.x[best]);
+    assert!((f1[best] - f1_want).abs() < 1e-4 && (r.curves.x[best] - conf_want).abs() < 1e-6);
+    for (ours, theirs) in r.curves.ap50.iter().zip(want["ap50_per_class"].as_array().unwrap()) {
+        assert!((ours - theirs.as_f64().unwrap()).abs() < 1e-4, "AP50 {ours} vs {theirs}");
+    }
+    let dir = common::temp_dir("val-plots-parity");
+    let mut files: Vec<String> = val_plots::write(&dir, &r, &batches, &data.names)
+        .unwrap()
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let theirs: Vec<String> = want["files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+    assert_eq!(files, theirs);
+    common::assert_pictures(&dir, &files.iter().map(String::as_str).collect::<Vec<_>>());
 }

@@ -1,11 +1,12 @@
 //! `compare`: the A/B harness. Trains a plain and a distilled student per seed
 //! with identical settings and reports the paired mAP gain, mean ± 95% CI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use crate::report::compare_chart::{self, SeedPair};
 use crate::report::Results;
 use crate::run::{train, RunArgs};
 
@@ -72,12 +73,17 @@ pub struct PairResult {
 
 /// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
 /// arm) no teacher.
+/// The run folder of one arm of a seed, under the comparison's folder.
+fn arm_name(seed: u64, distilled: bool) -> String {
+    format!("{}-s{seed}", if distilled { "distilled" } else { "plain" })
+}
+
 fn arm(base: &RunArgs, project: &Path, seed: u64, distilled: bool) -> RunArgs {
     let mut r = base.clone();
     let t = &mut r.train;
     t.seed = seed;
     t.project = project.to_path_buf();
-    t.name = format!("{}-s{seed}", if distilled { "distilled" } else { "plain" });
+    t.name = arm_name(seed, distilled);
     t.exist_ok = true;
     t.resume = None;
     if !distilled {
@@ -130,10 +136,23 @@ pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side
     }
     std::fs::write(project.join("compare.csv"), csv)?;
     std::fs::write(project.join("compare.md"), &table)?;
+    chart(&rows, project)?;
     Ok((rows, table))
 }
 
 /// The per-seed table and the mean gains with their 95% confidence intervals.
+/// compare.png next to compare.md: every seed's two runs per epoch, and the gains.
+fn chart(rows: &[PairResult], project: &Path) -> Result<()> {
+    let dirs: Vec<(PathBuf, PathBuf)> = rows.iter().map(|r| (project.join(arm_name(r.seed, false)), project.join(arm_name(r.seed, true)))).collect();
+    let pairs: Vec<SeedPair> = rows
+        .iter()
+        .zip(&dirs)
+        .map(|(r, (p, d))| SeedPair { seed: r.seed, plain: p, distilled: d, gain: r.distilled.1 - r.plain.1 })
+        .collect();
+    let gains: Vec<f64> = pairs.iter().map(|p| p.gain).collect();
+    compare_chart::write(&project.join("compare.png"), &pairs, mean_ci95(&gains))
+}
+
 fn report(rows: &[PairResult]) -> String {
     let mut out = String::from("| seed | plain mAP50 | plain mAP50-95 | distilled mAP50 | distilled mAP50-95 | gain mAP50-95 |\n|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {

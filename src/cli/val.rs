@@ -6,9 +6,11 @@ use clap::{Args, ValueEnum};
 
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::ValLoader;
-use crate::eval::validate::{save_coco_json, validate_with, Exchange};
+use crate::eval::validate::{save_coco_json, validate_full, validate_with, Exchange};
 use crate::infer::nms::NmsConfig;
 use crate::model;
+use crate::report::mosaic::ValBatch;
+use crate::report::val_plots;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Split {
@@ -55,6 +57,19 @@ pub struct ValArgs {
     /// Print one JSON object with the metrics.
     #[arg(long)]
     pub json: bool,
+    /// Draw the validation's pictures (PR/F1/P/R curves, confusion matrices, the first batches'
+    /// labels and predictions) into --project/--name, as Ultralytics' `plots=True`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub plots: bool,
+    /// Folder of the validation folders (for the plots).
+    #[arg(long, default_value = "runs")]
+    pub project: PathBuf,
+    /// Validation folder name under --project (name2, name3, … when taken, unless --exist-ok).
+    #[arg(long, default_value = "val")]
+    pub name: String,
+    /// Reuse an existing validation folder instead of making name2, name3, …
+    #[arg(long = "exist-ok")]
+    pub exist_ok: bool,
     /// Dev check of exported models: write each batch's input to DIR/input_<k>.npy.
     #[arg(long = "dump-inputs", hide = true)]
     pub dump_inputs: Option<PathBuf>,
@@ -91,7 +106,18 @@ pub fn run(a: ValArgs) -> Result<()> {
         (None, Some(d)) => Some(Exchange::ReadOutputs(d.clone())),
         _ => None,
     };
-    let r = validate_with(&m, &loader, &cfg, exchange.as_ref())?;
+    let mut batches = Vec::new();
+    let r = if a.plots {
+        validate_full(&m, &loader, &cfg, exchange.as_ref(), &mut ValBatch::keeper(&mut batches))?
+    } else {
+        validate_with(&m, &loader, &cfg, exchange.as_ref())?
+    };
+    if a.plots {
+        let dir = crate::train::run_dir(&a.project, &a.name, a.exist_ok);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        val_plots::write(&dir, &r, &batches, &data.names)?;
+        eprintln!("plots written to {}", dir.display());
+    }
     if let Some(p) = &a.save_json {
         save_coco_json(&r.coco_dets, p)?;
         eprintln!("COCO-format detections written to {}", p.display());

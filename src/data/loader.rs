@@ -39,6 +39,21 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The labels of image `j` as (x1, y1, x2, y2) in input pixels, with their classes.
+    pub fn labels_xyxy(&self, j: usize) -> Vec<([f32; 4], usize)> {
+        let [_, _, h, w] = self.shape;
+        self.batch_idx
+            .iter()
+            .zip(&self.cls)
+            .zip(&self.bboxes)
+            .filter(|((&i, _), _)| i == j)
+            .map(|((_, &c), b)| {
+                let (cx, cy, bw, bh) = (b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32);
+                ([cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0], c)
+            })
+            .collect()
+    }
+
     /// Adds `u`'s images after this batch's as unlabeled images (their labels, if any, are
     /// dropped). Both must have the same image size.
     pub fn append_unlabeled(&mut self, u: Batch) {

@@ -183,24 +183,13 @@ impl MetricsAccumulator {
         }
     }
 
-    /// Precision–recall points (recall, precision) at IoU 0.5 for every class with labels, for plots.
-    pub fn pr_curves(&self) -> Vec<(usize, Vec<(f64, f64)>)> {
-        let mut preds = self.preds.clone();
-        preds.sort_by(|a, b| b.conf.total_cmp(&a.conf));
-        self.n_labels
-            .iter()
-            .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(c, &n_l)| {
-                let mine: Vec<&PredRecord> = preds.iter().filter(|p| p.cls == c).collect();
-                let (r, p) = pr_curve(&mine, 0, n_l);
-                (c, r.into_iter().zip(p).collect())
-            })
-            .collect()
-    }
-
     /// Computes the metrics over everything added so far.
     pub fn compute(&self) -> DetMetrics {
+        self.compute_with_curves().0
+    }
+
+    /// The metrics and the curves Ultralytics plots from the same arithmetic.
+    pub fn compute_with_curves(&self) -> (DetMetrics, Curves) {
         let mut preds = self.preds.clone();
         // Stable sort; ties in confidence keep the order images were added in.
         preds.sort_by(|a, b| b.conf.total_cmp(&a.conf));
@@ -223,7 +212,7 @@ impl MetricsAccumulator {
             .collect();
         let col = |f: &dyn Fn(&ClassCurves) -> f64| mean(&curves.iter().map(f).collect::<Vec<_>>());
         let map = mean(&curves.iter().flat_map(|c| c.ap).collect::<Vec<_>>());
-        DetMetrics {
+        let metrics = DetMetrics {
             precision: mean(&per_class.iter().map(|c| c.precision).collect::<Vec<_>>()),
             recall: mean(&per_class.iter().map(|c| c.recall).collect::<Vec<_>>()),
             map50: col(&|c| c.ap[0]),
@@ -231,15 +220,59 @@ impl MetricsAccumulator {
             map,
             per_class,
             fitness: map,
-        }
+        };
+        let f1 = |cc: &ClassCurves| cc.p_curve.iter().zip(&cc.r_curve).map(|(p, r)| 2.0 * p * r / (p + r + EPS)).collect();
+        let plots = Curves {
+            classes: classes.iter().map(|c| c.0).collect(),
+            ap50: curves.iter().map(|c| c.ap[0]).collect(),
+            pr: curves.iter().map(|c| c.pr.clone()).collect(),
+            f1: curves.iter().map(f1).collect(),
+            p: curves.iter().map(|c| c.p_curve.clone()).collect(),
+            r: curves.iter().map(|c| c.r_curve.clone()).collect(),
+            x: grid,
+        };
+        (metrics, plots)
     }
 }
 
-/// Per-class AP at the ten thresholds and precision/recall on the confidence grid.
+/// What Ultralytics plots after a validation (`BoxPR/F1/P/R_curve.png`), per class with labels,
+/// all at IoU 0.5 on a 1000-point grid.
+#[derive(Clone, Debug, Default)]
+pub struct Curves {
+    /// The classes with labels, in index order.
+    pub classes: Vec<usize>,
+    /// AP50 per class.
+    pub ap50: Vec<f64>,
+    /// The grid: confidence for `p`, `r` and `f1`; recall for `pr`.
+    pub x: Vec<f64>,
+    /// Per class: the precision envelope at recall x (the PR curve).
+    pub pr: Vec<Vec<f64>>,
+    /// Per class: precision, recall and F1 at confidence x.
+    pub p: Vec<Vec<f64>>,
+    pub r: Vec<Vec<f64>>,
+    pub f1: Vec<Vec<f64>>,
+}
+
+impl Curves {
+    /// The mean over classes of `rows` at each grid point.
+    pub fn mean(rows: &[Vec<f64>]) -> Vec<f64> {
+        let n = rows.first().map_or(0, Vec::len);
+        (0..n).map(|i| mean(&rows.iter().map(|r| r[i]).collect::<Vec<_>>())).collect()
+    }
+
+    /// Ultralytics' box filter (fraction 0.1) over the mean of a confidence curve.
+    pub fn smoothed_mean(rows: &[Vec<f64>]) -> Vec<f64> {
+        smooth(&Self::mean(rows), 0.1)
+    }
+}
+
+/// Per-class AP at the ten thresholds, precision/recall on the confidence grid and the
+/// precision envelope on the recall grid.
 struct ClassCurves {
     ap: [f64; N_IOU],
     p_curve: Vec<f64>,
     r_curve: Vec<f64>,
+    pr: Vec<f64>,
 }
 
 /// AP and P/R curves for class `c` with `n_l` labels; `preds` sorted by descending confidence.
@@ -247,22 +280,24 @@ struct ClassCurves {
 fn class_curves(preds: &[PredRecord], c: usize, n_l: usize, grid: &[f64]) -> ClassCurves {
     let mine: Vec<&PredRecord> = preds.iter().filter(|p| p.cls == c).collect();
     if mine.is_empty() || n_l == 0 {
-        return ClassCurves { ap: [0.0; N_IOU], p_curve: vec![0.0; grid.len()], r_curve: vec![0.0; grid.len()] };
+        let zeros = vec![0.0; grid.len()];
+        return ClassCurves { ap: [0.0; N_IOU], p_curve: zeros.clone(), r_curve: zeros.clone(), pr: zeros };
     }
     // x-coordinates for the confidence curves: −conf is ascending.
     let neg_conf: Vec<f64> = mine.iter().map(|p| -(p.conf as f64)).collect();
     let mut ap = [0.0; N_IOU];
-    let mut p_curve = Vec::new();
-    let mut r_curve = Vec::new();
+    let (mut p_curve, mut r_curve, mut pr) = (Vec::new(), Vec::new(), Vec::new());
     for (j, ap_j) in ap.iter_mut().enumerate() {
         let (recall, precision) = pr_curve(&mine, j, n_l);
+        let (ap, mrec, mpre) = ap_and_envelope(&recall, &precision);
         if j == 0 {
             r_curve = grid.iter().map(|&x| interp(-x, &neg_conf, &recall, Some(0.0), None)).collect();
             p_curve = grid.iter().map(|&x| interp(-x, &neg_conf, &precision, Some(1.0), None)).collect();
+            pr = grid.iter().map(|&x| interp(x, &mrec, &mpre, None, None)).collect();
         }
-        *ap_j = compute_ap(&recall, &precision);
+        *ap_j = ap;
     }
-    ClassCurves { ap, p_curve, r_curve }
+    ClassCurves { ap, p_curve, r_curve, pr }
 }
 
 /// Cumulative recall and precision at IoU column `j` over `preds` (already sorted).
@@ -288,6 +323,11 @@ fn pr_curve(preds: &[&PredRecord], j: usize, n_l: usize) -> (Vec<f64>, Vec<f64>)
 /// 0 right after the last recall reached), then the monotone precision envelope, sampled with
 /// linear interpolation at recall 0, 0.01, …, 1 and integrated with the trapezoid rule.
 pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
+    ap_and_envelope(recall, precision).0
+}
+
+/// [`compute_ap`] with the recall points and the precision envelope it integrates.
+fn ap_and_envelope(recall: &[f64], precision: &[f64]) -> (f64, Vec<f64>, Vec<f64>) {
     let last = recall.last().copied().unwrap_or(0.0);
     let mrec: Vec<f64> = std::iter::once(0.0).chain(recall.iter().copied()).chain([last, 1.0]).collect();
     let mut mpre: Vec<f64> = std::iter::once(1.0).chain(precision.iter().copied()).chain([0.0, 0.0]).collect();
@@ -296,7 +336,7 @@ pub fn compute_ap(recall: &[f64], precision: &[f64]) -> f64 {
     }
     let x = linspace(0.0, 1.0, 101);
     let y: Vec<f64> = x.iter().map(|&xi| interp(xi, &mrec, &mpre, None, None)).collect();
-    trapezoid(&y, &x)
+    (trapezoid(&y, &x), mrec, mpre)
 }
 
 /// Index on the confidence grid where the box-smoothed (fraction 0.1) mean F1 over classes peaks

@@ -1,5 +1,6 @@
 //! Detection evaluation: Ultralytics-style validator metrics and a COCOeval reimplementation.
 
 pub mod coco;
+pub mod confusion;
 pub mod metrics;
 pub mod validate;

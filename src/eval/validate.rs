@@ -8,7 +8,8 @@ use anyhow::Result;
 use burn::tensor::{Tensor, TensorData};
 
 use super::coco::{self, CocoDet, CocoGt, CocoStats};
-use super::metrics::{Det, DetMetrics, ImageEval, MetricsAccumulator};
+use super::confusion::ConfusionMatrix;
+use super::metrics::{Curves, Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
 use crate::infer::nms::{detection_rows, detections_from_rows, end2end_topk, postprocess, Detection, NmsConfig};
 use crate::loss::{detection_loss, LossConfig, Targets};
@@ -27,41 +28,10 @@ pub struct ValResult {
     pub ms_per_image: f64,
     /// COCO-format detections (original pixels), for `--save-json`.
     pub coco_dets: Vec<CocoDet>,
-    /// Per class: (recall, precision) points at IoU 0.5.
-    pub pr_curves: Vec<(usize, Vec<(f64, f64)>)>,
-}
-
-/// Draws the precision–recall curves of a validation (one line per class) to `path`.
-pub fn plot_pr(r: &ValResult, names: &[String], path: &Path) -> Result<()> {
-    use crate::report::plot::{chart, Series};
-    let series: Vec<Series> = r
-        .pr_curves
-        .iter()
-        .map(|(c, pts)| {
-            let ap = r.metrics.per_class.iter().find(|a| a.class == *c).map(|a| a.ap50).unwrap_or(0.0);
-            Series { label: format!("{} {ap:.3}", names.get(*c).cloned().unwrap_or_else(|| c.to_string())), points: pts.clone() }
-        })
-        .collect();
-    let title = format!("PR curve (IoU 0.5), mAP50 {:.3}", r.metrics.map50);
-    chart(&title, &series, 640, 480, Some((0.0, 1.0)))
-        .save(path)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
-}
-
-/// Ground truth of image `j` of a batch as xyxy in the batch's input pixels.
-fn batch_gt(batch: &Batch, j: usize) -> Vec<([f32; 4], usize)> {
-    let [_, _, h, w] = batch.shape;
-    batch
-        .batch_idx
-        .iter()
-        .zip(&batch.cls)
-        .zip(&batch.bboxes)
-        .filter(|((&i, _), _)| i == j)
-        .map(|((_, &c), b)| {
-            let (cx, cy, bw, bh) = (b[0] * w as f32, b[1] * h as f32, b[2] * w as f32, b[3] * h as f32);
-            ([cx - bw / 2.0, cy - bh / 2.0, cx + bw / 2.0, cy + bh / 2.0], c)
-        })
-        .collect()
+    /// PR, F1, P and R curves per class (IoU 0.5), for the plots.
+    pub curves: Curves,
+    /// Detections against labels (Ultralytics' confusion matrix at the validation confidence).
+    pub confusion: ConfusionMatrix,
 }
 
 fn xyxy_to_xywh(b: [f32; 4]) -> [f64; 4] {
@@ -87,6 +57,18 @@ pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig)
 
 /// As [`validate`], with network inputs dumped or outputs read from files.
 pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig, exchange: Option<&Exchange>) -> Result<ValResult> {
+    validate_full(model, loader, nms_cfg, exchange, &mut |_, _, _| {})
+}
+
+/// As [`validate_with`]; `on_batch(k, batch, detections)` sees every batch with its detections
+/// (input pixels), e.g. to draw the first ones.
+pub fn validate_full(
+    model: &DetectionModel,
+    loader: &ValLoader,
+    nms_cfg: &NmsConfig,
+    exchange: Option<&Exchange>,
+    on_batch: &mut dyn FnMut(usize, &Batch, &[Vec<Detection>]),
+) -> Result<ValResult> {
     let device = crate::default_device();
     let nc = model.nc();
     let head = model.head();
@@ -94,6 +76,7 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
     let end2end = !nms_cfg.nms && head.has_one2one();
     let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
     let mut acc = MetricsAccumulator::new(nc);
+    let mut confusion = ConfusionMatrix::new(nc);
     let (mut gts, mut dets) = (Vec::new(), Vec::new());
     let mut loss_sum = [0f64; 3];
     let (mut n_batches, mut n_images, mut n_inst) = (0usize, 0usize, 0usize);
@@ -140,9 +123,10 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
             per_image(&host, b)
         };
         forward_s += t0.elapsed().as_secs_f64();
+        on_batch(n_batches, &batch, &found_per_image);
         n_batches += 1;
         for (j, found) in found_per_image.into_iter().enumerate() {
-            let gt = batch_gt(&batch, j);
+            let gt = batch.labels_xyxy(j);
             n_inst += gt.len();
             let image_id = (n_images + j) as u64;
             let place = &batch.placements[j];
@@ -159,6 +143,7 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
                 });
             }
             let img_eval = ImageEval { gt, dets: found.iter().map(|d| Det { xyxy: d.xyxy, conf: d.conf, cls: d.cls }).collect() };
+            confusion.add(&img_eval.gt, &img_eval.dets, nms_cfg.conf);
             acc.add(&img_eval);
         }
         paths.extend(batch.paths.iter().cloned());
@@ -180,9 +165,11 @@ pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsCo
     let image_ids: Vec<u64> = (0..n_images as u64).collect();
     let coco = coco::evaluate_with_images(&gts, &dets, &image_ids);
     let nb = n_batches.max(1) as f64;
+    let (metrics, curves) = acc.compute_with_curves();
     Ok(ValResult {
-        metrics: acc.compute(),
-        pr_curves: acc.pr_curves(),
+        metrics,
+        curves,
+        confusion,
         coco,
         loss: loss_sum.map(|v| (v / nb) as f32),
         images: n_images,

@@ -1,26 +1,21 @@
 //! Annotated images: boxes in per-class colours with a "name conf" label.
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 
 use super::nms::Detection;
-use crate::pixels::draw::{class_color, draw_text, fill_rect};
+use crate::pixels::draw::{draw_boxes, LabeledBox};
 
-/// Draws every detection with its label onto `img`.
+/// Draws every detection with its label onto `img`, sized as Ultralytics' annotator sizes them.
 pub fn annotate(img: &mut RgbImage, dets: &[Detection], names: &[String]) {
-    let lw = ((img.width() + img.height()) as f32 * 0.002).round().max(2.0) as i64;
-    let scale = (lw / 2).max(1);
-    for d in dets {
-        let c = class_color(d.cls);
-        let [x1, y1, x2, y2] = d.xyxy.map(|v| v.round() as i64);
-        fill_rect(img, x1, y1, x2, y1 + lw, c);
-        fill_rect(img, x1, y2 - lw, x2, y2, c);
-        fill_rect(img, x1, y1, x1 + lw, y2, c);
-        fill_rect(img, x2 - lw, y1, x2, y2, c);
-        let name = names.get(d.cls).cloned().unwrap_or_else(|| d.cls.to_string());
-        let label = format!("{name} {:.2}", d.conf);
-        let (tw, th) = (label.len() as i64 * 6 * scale, 9 * scale);
-        let ty = if y1 - th >= 0 { y1 - th } else { y1 };
-        fill_rect(img, x1, ty, x1 + tw + scale, ty + th, c);
-        draw_text(img, x1 + scale, ty + scale, &label, scale, Rgb([255, 255, 255]));
-    }
+    let size = (img.width() + img.height() + 3) as f32 / 2.0;
+    let lw = (size * 0.003).round().max(2.0) as u32;
+    let font_px = (size * 0.035).round().max(12.0) as u32;
+    let boxes: Vec<LabeledBox> = dets
+        .iter()
+        .map(|d| {
+            let name = names.get(d.cls).cloned().unwrap_or_else(|| d.cls.to_string());
+            LabeledBox { xyxy: d.xyxy, cls: d.cls, label: format!("{name} {:.2}", d.conf) }
+        })
+        .collect();
+    draw_boxes(img, &boxes, lw, font_px);
 }

@@ -1,96 +1,100 @@
-//! Drawing on RGB images: per-class colours, filled rectangles and text in a built-in 5×7
-//! bitmap font (no font files needed).
+//! Drawing on RGB images: boxes in Ultralytics' per-class colours with a filled label, in the
+//! bundled DejaVu Sans (no system fonts, so the same input gives the same pixels).
 
-use image::{Rgb, RgbImage};
+use std::sync::Once;
 
+use image::RgbImage;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 
-/// Ultralytics-like palette (hex colours), cycled by class index.
+/// The font family of every label and chart (registered from the bundled font).
+pub const FONT: &str = "sans-serif";
+
+/// Registers the bundled font once; plotters' text drawing needs it before any text.
+pub fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The bundled files are valid fonts, so registration cannot fail.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(FONT, FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+/// Ultralytics 8.4's palette, cycled by class index.
 const PALETTE: [u32; 20] = [
-    0xFF3838, 0xFF9D97, 0xFF701F, 0xFFB21D, 0xCFD231, 0x48F90A, 0x92CC17, 0x3DDB86, 0x1A9334, 0x00D4BB,
-    0x2C99A8, 0x00C2FF, 0x344593, 0x6473FF, 0x0018EC, 0x8438FF, 0x520085, 0xCB38FF, 0xFF95C8, 0xFF37C7,
+    0x042AFF, 0x0BDBEB, 0xF3F3F3, 0x00DFB7, 0x111F68, 0xFF6FDD, 0xFF444F, 0xCCED00, 0x00F344, 0xBD00FF, 0x00B4FF, 0xDD00BA,
+    0x00FFFF, 0x26C000, 0x01FFB3, 0x7D24FF, 0x7B0068, 0xFF1B6C, 0xFC6D2F, 0xA2FF0B,
 ];
 
-pub fn class_color(cls: usize) -> Rgb<u8> {
+pub fn class_color(cls: usize) -> RGBColor {
     let c = PALETTE[cls % PALETTE.len()];
-    Rgb([(c >> 16) as u8, (c >> 8) as u8, c as u8])
+    RGBColor((c >> 16) as u8, (c >> 8) as u8, c as u8)
 }
 
-/// 5×7 glyphs, one byte per row (low 5 bits, MSB = left column).
-fn glyph(ch: char) -> [u8; 7] {
-    match ch.to_ascii_uppercase() {
-        '0' => [14, 17, 19, 21, 25, 17, 14],
-        '1' => [4, 12, 4, 4, 4, 4, 14],
-        '2' => [14, 17, 1, 2, 4, 8, 31],
-        '3' => [31, 2, 4, 2, 1, 17, 14],
-        '4' => [2, 6, 10, 18, 31, 2, 2],
-        '5' => [31, 16, 30, 1, 1, 17, 14],
-        '6' => [6, 8, 16, 30, 17, 17, 14],
-        '7' => [31, 1, 2, 4, 8, 8, 8],
-        '8' => [14, 17, 17, 14, 17, 17, 14],
-        '9' => [14, 17, 17, 15, 1, 2, 12],
-        'A' => [14, 17, 17, 31, 17, 17, 17],
-        'B' => [30, 17, 17, 30, 17, 17, 30],
-        'C' => [14, 17, 16, 16, 16, 17, 14],
-        'D' => [28, 18, 17, 17, 17, 18, 28],
-        'E' => [31, 16, 16, 30, 16, 16, 31],
-        'F' => [31, 16, 16, 30, 16, 16, 16],
-        'G' => [14, 17, 16, 23, 17, 17, 15],
-        'H' => [17, 17, 17, 31, 17, 17, 17],
-        'I' => [14, 4, 4, 4, 4, 4, 14],
-        'J' => [7, 2, 2, 2, 2, 18, 12],
-        'K' => [17, 18, 20, 24, 20, 18, 17],
-        'L' => [16, 16, 16, 16, 16, 16, 31],
-        'M' => [17, 27, 21, 21, 17, 17, 17],
-        'N' => [17, 17, 25, 21, 19, 17, 17],
-        'O' => [14, 17, 17, 17, 17, 17, 14],
-        'P' => [30, 17, 17, 30, 16, 16, 16],
-        'Q' => [14, 17, 17, 17, 21, 18, 13],
-        'R' => [30, 17, 17, 30, 20, 18, 17],
-        'S' => [15, 16, 16, 14, 1, 1, 30],
-        'T' => [31, 4, 4, 4, 4, 4, 4],
-        'U' => [17, 17, 17, 17, 17, 17, 14],
-        'V' => [17, 17, 17, 17, 17, 10, 4],
-        'W' => [17, 17, 17, 21, 21, 21, 10],
-        'X' => [17, 17, 10, 4, 10, 17, 17],
-        'Y' => [17, 17, 17, 10, 4, 4, 4],
-        'Z' => [31, 1, 2, 4, 8, 16, 31],
-        '.' => [0, 0, 0, 0, 0, 12, 12],
-        '-' => [0, 0, 0, 31, 0, 0, 0],
-        '_' => [0, 0, 0, 0, 0, 0, 31],
-        ':' => [0, 12, 12, 0, 12, 12, 0],
-        _ => [0; 7],
+/// Label text colour on a class's colour: white, dark on the near-white one (as Ultralytics).
+fn text_color(cls: usize) -> RGBColor {
+    if cls % PALETTE.len() == 2 {
+        RGBColor(104, 31, 17)
+    } else {
+        WHITE
     }
 }
 
-fn put(img: &mut RgbImage, x: i64, y: i64, c: Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
+/// A box to draw (image pixels) and its label text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabeledBox {
+    pub xyxy: [f32; 4],
+    pub cls: usize,
+    pub label: String,
 }
 
-pub fn fill_rect(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>) {
-    for y in y0.max(0)..y1.min(img.height() as i64) {
-        for x in x0.max(0)..x1.min(img.width() as i64) {
-            img.put_pixel(x as u32, y as u32, c);
+/// Draws the boxes with outlines `lw` pixels wide and labels `font_px` high on the box's top
+/// edge (inside the box when there is no room above), as Ultralytics' annotator places them.
+pub fn draw_boxes(img: &mut RgbImage, boxes: &[LabeledBox], lw: u32, font_px: u32) {
+    fonts();
+    let (w, h) = img.dimensions();
+    let area = BitMapBackend::with_buffer(img, (w, h)).into_drawing_area();
+    let font = (FONT, font_px as f64).into_font();
+    for b in boxes {
+        let color = class_color(b.cls);
+        let [x1, y1, x2, y2] = b.xyxy.map(|v| v.round() as i32);
+        // Drawing outside the image is clipped by the backend; errors cannot happen on a buffer.
+        let _ = area.draw(&Rectangle::new([(x1, y1), (x2, y2)], color.stroke_width(lw.max(1))));
+        if b.label.is_empty() {
+            continue;
         }
+        let (tw, th) = font.box_size(&b.label).map(|(a, b)| (a as i32, b as i32)).unwrap_or((0, 0));
+        let x = x1.min(w as i32 - tw).max(0);
+        let outside = y1 >= th;
+        let top = if outside { y1 - th } else { y1 };
+        let _ = area.draw(&Rectangle::new([(x, top), (x + tw + 1, top + th + 1)], color.filled()));
+        let _ = area.draw(&Text::new(b.label.clone(), (x, top), font.clone().color(&text_color(b.cls))));
     }
+    let _ = area.present();
 }
 
-/// Draws `text` with its top-left corner at (x, y), each font pixel `scale`×`scale`.
-pub fn draw_text(img: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, c: Rgb<u8>) {
-    for (i, ch) in text.chars().enumerate() {
-        let g = glyph(ch);
-        let ox = x + i as i64 * 6 * scale;
-        for (row, bits) in g.iter().enumerate() {
-            for col in 0..5 {
-                if bits & (1 << (4 - col)) != 0 {
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            put(img, ox + col * scale + dx, y + row as i64 * scale + dy, c);
-                        }
-                    }
-                }
-            }
-        }
+/// Writes `text` at (x, y) (top-left) in `color`, `font_px` high.
+pub fn draw_text(img: &mut RgbImage, (x, y): (i32, i32), text: &str, font_px: u32, color: RGBColor) {
+    fonts();
+    let (w, h) = img.dimensions();
+    let area = BitMapBackend::with_buffer(img, (w, h)).into_drawing_area();
+    let _ = area.draw(&Text::new(text.to_string(), (x, y), (FONT, font_px as f64).into_font().color(&color)));
+    let _ = area.present();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_and_labels_are_drawn_in_class_colours() {
+        let mut img = RgbImage::from_pixel(200, 120, image::Rgb([0, 0, 0]));
+        let b = LabeledBox { xyxy: [20.0, 40.0, 120.0, 100.0], cls: 0, label: "cell 0.9".into() };
+        draw_boxes(&mut img, &[b], 2, 14);
+        assert_eq!(img.get_pixel(70, 99).0, [0x04, 0x2A, 0xFF], "outline in class 0's colour");
+        // white (anti-aliased) text on the class colour above the box
+        let label_px = (20..120).flat_map(|x| (20..40).map(move |y| (x, y))).filter(|&(x, y)| img.get_pixel(x, y).0[0] > 200).count();
+        assert!(label_px > 20, "white label text above the box: {label_px}");
+        assert_eq!(img.get_pixel(150, 20).0, [0, 0, 0], "nothing drawn elsewhere");
     }
 }

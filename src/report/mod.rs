@@ -1,12 +1,16 @@
-//! Run outputs a person reads: results.csv, results.png, PR curves.
+//! Run outputs a person reads: results.csv and the pictures (results.png, validation curves,
+//! confusion matrices, batch mosaics, the compare chart).
 
+pub mod compare_chart;
+pub mod mosaic;
 pub mod plot;
+pub mod val_plots;
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use plot::{chart, grid, Series};
+use plot::{gaussian_smooth, line_chart, Axes, Canvas, Series, Stroke, TAB10};
 
 /// results.csv: one row per epoch, a column per value any row had.
 #[derive(Debug, Clone, Default)]
@@ -78,24 +82,40 @@ impl Results {
         crate::files::write_atomic(path, self.to_csv().as_bytes())
     }
 
-    /// results.png: one small chart per column (except epoch/time), in a grid.
+    /// The columns results.png draws: every loss (distillation terms included) and metric, in
+    /// the table's order; not epoch, time or learning rates.
+    pub fn plotted_columns(&self) -> Vec<&str> {
+        self.columns.iter().map(String::as_str).filter(|c| *c != "epoch" && *c != "time" && !c.starts_with("lr/")).collect()
+    }
+
+    /// results.png: a panel per plotted column with the raw values per epoch and, dashed, their
+    /// Gaussian smoothing (σ = 3), as Ultralytics draws them; five panels per row.
     pub fn plot(&self, path: &Path) -> Result<()> {
-        let epochs = self.column("epoch").unwrap_or_default();
-        let charts: Vec<_> = self
-            .columns
-            .iter()
-            .filter(|c| *c != "epoch" && *c != "time")
-            .map(|c| {
-                let ys = self.column(c).unwrap_or_default();
-                let points = epochs.iter().zip(&ys).map(|(&x, &y)| (x, y)).collect();
-                chart(c, &[Series { label: String::new(), points }], 320, 200, None)
-            })
-            .collect();
-        if charts.is_empty() {
+        let columns = self.plotted_columns();
+        if columns.is_empty() {
             return Ok(());
         }
-        let img = grid(&charts, 5);
-        img.save(path).with_context(|| format!("cannot write {}", path.display()))
+        let epochs = self.column("epoch").unwrap_or_default();
+        let cols = columns.len().min(5);
+        let rows = columns.len().div_ceil(cols);
+        let mut canvas = Canvas::new(340 * cols as u32, 280 * rows as u32);
+        let area = canvas.area();
+        let panels = area.split_evenly((rows, cols));
+        for (i, (name, panel)) in columns.iter().zip(&panels).enumerate() {
+            let points: Vec<(f64, f64)> =
+                epochs.iter().zip(self.column(name).unwrap_or_default()).map(|(&x, y)| (x, y)).filter(|p| p.1.is_finite()).collect();
+            let smooth = gaussian_smooth(&points.iter().map(|p| p.1).collect::<Vec<_>>(), 3.0);
+            let smooth = points.iter().zip(smooth).map(|(p, s)| (p.0, s)).collect();
+            let series = [
+                Series::new("results", TAB10[0], Stroke::Points, points),
+                Series::new("smooth", TAB10[1], Stroke::Dashed, smooth),
+            ];
+            let axes = Axes { title: name, x: "epoch", y: "", x_range: None, y_range: None, x_names: None };
+            line_chart(panel, &axes, &series, i == 0)?;
+        }
+        drop(panels);
+        drop(area);
+        canvas.save_png(path).with_context(|| format!("cannot write {}", path.display()))
     }
 }
 

@@ -22,12 +22,13 @@ use super::unlabeled::{self, Unlabeled};
 use super::{TrainArgs, TrainSummary};
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader, ValLoader};
-use crate::eval::validate::{validate, ValResult};
+use crate::eval::validate::{validate_full, ValResult};
 use crate::infer::nms::NmsConfig;
 use crate::loss::LossConfig;
 use crate::model::named::{self, Fit};
 use crate::model::{self, DetectionModel};
-use crate::report::Results;
+use crate::report::mosaic::{self, ValBatch};
+use crate::report::{val_plots, Results};
 
 /// Consecutive batches with a non-finite loss after which training stops.
 const MAX_NONFINITE_BATCHES: usize = 3;
@@ -48,6 +49,8 @@ struct Progress {
     total_batches: usize,
     epochs_done: usize,
     final_val: Option<ValResult>,
+    /// The last validation's first batches, for val_batch*_{labels,pred}.jpg.
+    final_batches: Vec<ValBatch>,
 }
 
 impl Progress {
@@ -65,6 +68,7 @@ impl Progress {
             total_batches: 0,
             epochs_done: 0,
             final_val: None,
+            final_batches: Vec::new(),
         }
     }
 }
@@ -248,12 +252,20 @@ impl Trainer {
             let t_epoch = Instant::now();
             let (mean, lrs) = self.train_epoch(epoch)?;
             let last_epoch = epoch + 1 == self.a.epochs || self.a.max_batches.is_some_and(|m| self.p.total_batches >= m);
-            let val = if self.a.val || last_epoch { Some(validate(&self.ema.model, &self.val_loader, &NmsConfig::val())?) } else { None };
+            let mut batches = Vec::new();
+            let val = if self.a.val || last_epoch {
+                Some(validate_full(&self.ema.model, &self.val_loader, &NmsConfig::val(), None, &mut ValBatch::keeper(&mut batches))?)
+            } else {
+                None
+            };
             self.record(epoch, &mean, lrs, val.as_ref());
             self.checkpoint(epoch, val.as_ref())?;
             self.report_epoch(epoch, val.as_ref(), t_epoch);
             self.p.epochs_done = epoch + 1;
-            self.p.final_val = val;
+            if val.is_some() {
+                self.p.final_val = val;
+                self.p.final_batches = batches;
+            }
             if last_epoch {
                 break;
             }
@@ -294,6 +306,7 @@ impl Trainer {
             if let Some(u) = unlabeled_batches.as_mut().and_then(|it| it.next()) {
                 batch.append_unlabeled(u);
             }
+            self.draw_train_batch(&batch, epoch, i);
             let pos = StepPos { epoch, epochs: self.a.epochs, batch: i, batches: nb };
             let (items, step_lrs) = self.train_batch(&batch, pos)?;
             lrs = step_lrs;
@@ -322,6 +335,19 @@ impl Trainer {
             }
         }
         Ok((mean, lrs))
+    }
+
+    /// `train_batch{ni}.jpg` for the first three batches of the run and of the first epoch
+    /// without mosaic (ni = the global batch index), as Ultralytics draws them.
+    fn draw_train_batch(&self, batch: &Batch, epoch: usize, i: usize) {
+        let ni = i + self.nb * epoch;
+        let close = self.a.epochs.saturating_sub(self.a.close_mosaic) * self.nb;
+        if i < 3 && (ni < 3 || (self.a.close_mosaic > 0 && ni >= close && ni < close + 3)) {
+            let path = self.dir.join(format!("train_batch{ni}.jpg"));
+            if let Err(e) = mosaic::save(&mosaic::label_tiles(batch), &self.names, &path) {
+                eprintln!("warning: could not draw {}: {e:#}", path.display());
+            }
+        }
     }
 
     /// Warm-up at iteration `ni`: batches to accumulate, learning rates of the three parameter
@@ -471,9 +497,11 @@ impl Trainer {
     }
 
     fn finish(self) -> Result<TrainSummary> {
+        // The final validation's pictures (curves, confusion matrices, batches), as Ultralytics
+        // draws them after training.
         if let Some(v) = &self.p.final_val {
-            if let Err(e) = crate::eval::validate::plot_pr(v, &self.names, &self.dir.join("PR_curve.png")) {
-                eprintln!("warning: {e:#}");
+            if let Err(e) = val_plots::write(&self.dir, v, &self.p.final_batches, &self.names) {
+                eprintln!("warning: could not draw the validation plots: {e:#}");
             }
         }
         let wdir = self.weights_dir();

@@ -132,3 +132,16 @@ pub fn same_top_k(what: &str, ours: &[[f32; 6]], want: &[f32]) -> f32 {
     eprintln!("{what}: {groups} groups of tied scores, the first {start} of {} rows checked", want.len());
     worst
 }
+
+/// Asserts that each file exists in `dir` and decodes as the image format its suffix names
+/// (PNG or JPEG) with a non-empty size.
+pub fn assert_pictures(dir: &Path, files: &[&str]) {
+    for f in files {
+        let p = dir.join(f);
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let want = if f.ends_with(".png") { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+        assert_eq!(image::guess_format(&bytes).ok(), Some(want), "{} is not a {want:?} file", p.display());
+        let img = image::load_from_memory(&bytes).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert!(img.width() > 0 && img.height() > 0, "{}", p.display());
+    }
+}

@@ -1,0 +1,182 @@
+//! Batch mosaics (`train_batch0.jpg`, `val_batch0_labels.jpg`, `val_batch0_pred.jpg`): up to 16
+//! images of a batch tiled column by column, scaled to fit 1920 pixels, each with its file name
+//! and its boxes, as Ultralytics' `plot_images` lays them out, so a user sees at a glance that
+//! labels, augmentation and predictions are right.
+
+use std::path::{Path, PathBuf};
+
+use image::{imageops, Rgb, RgbImage};
+use plotters::style::RGBColor;
+
+use crate::data::loader::Batch;
+use crate::infer::nms::Detection;
+use crate::pixels::draw::{draw_boxes, draw_text, LabeledBox};
+
+/// Most images in one mosaic.
+const MAX_TILES: usize = 16;
+/// Largest side of a mosaic in pixels.
+const MAX_SIZE: f64 = 1920.0;
+/// Predictions drawn on `val_batch*_pred.jpg` score above this (Ultralytics' `conf_thres`).
+pub const DRAW_CONF: f32 = 0.25;
+
+/// One image of a mosaic with its boxes (pixels of that image).
+#[derive(Clone, Debug)]
+pub struct Tile {
+    pub image: RgbImage,
+    pub path: PathBuf,
+    pub boxes: Vec<(Detection, Option<f32>)>,
+}
+
+/// The first images of `batch` (network input, RGB 0–1) with their labels.
+pub fn label_tiles(batch: &Batch) -> Vec<Tile> {
+    (0..batch.shape[0].min(MAX_TILES))
+        .map(|j| {
+            let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| (Detection { xyxy, conf: 1.0, cls }, None)).collect();
+            Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes }
+        })
+        .collect()
+}
+
+/// The same images with detections (input pixels) instead of labels; only those scoring above
+/// [`DRAW_CONF`] are kept.
+pub fn prediction_tiles(batch: &Batch, dets: &[Vec<Detection>]) -> Vec<Tile> {
+    label_tiles(batch)
+        .into_iter()
+        .zip(dets)
+        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).map(|d| (*d, Some(d.conf))).collect(), ..t })
+        .collect()
+}
+
+/// How many validation batches get mosaics (Ultralytics' `val_batch0..2`).
+pub const VAL_BATCHES: usize = 3;
+
+/// A validation batch's two mosaics: its labels and its predictions.
+pub struct ValBatch {
+    pub labels: Vec<Tile>,
+    pub predictions: Vec<Tile>,
+}
+
+impl ValBatch {
+    pub fn new(batch: &Batch, dets: &[Vec<Detection>]) -> Self {
+        Self { labels: label_tiles(batch), predictions: prediction_tiles(batch, dets) }
+    }
+
+    /// A validation callback keeping the first [`VAL_BATCHES`] batches into `kept`.
+    pub fn keeper(kept: &mut Vec<ValBatch>) -> impl FnMut(usize, &Batch, &[Vec<Detection>]) + '_ {
+        move |i, batch, dets| {
+            if i < VAL_BATCHES {
+                kept.push(ValBatch::new(batch, dets));
+            }
+        }
+    }
+}
+
+/// Image `j` of a batch as 8-bit RGB (values truncated, as Ultralytics' cast does).
+fn image_of(batch: &Batch, j: usize) -> RgbImage {
+    let [_, c, h, w] = batch.shape;
+    let plane = h * w;
+    let base = j * c * plane;
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        let at = |ch: usize| (batch.images[base + ch.min(c - 1) * plane + i] * 255.0).clamp(0.0, 255.0) as u8;
+        Rgb([at(0), at(1), at(2)])
+    })
+}
+
+/// Tiles up to 16 images into an n×n grid (n = ⌈√count⌉), filled column by column, on white;
+/// scaled down so the mosaic is at most 1920 pixels; white tile borders, file names and boxes
+/// labelled with class names (and scores for predictions).
+pub fn mosaic(tiles: &[Tile], names: &[String]) -> RgbImage {
+    let tiles = &tiles[..tiles.len().min(MAX_TILES)];
+    let Some(first) = tiles.first() else { return RgbImage::from_pixel(1, 1, Rgb([255, 255, 255])) };
+    let n = (tiles.len() as f64).sqrt().ceil() as u32;
+    let (w0, h0) = first.image.dimensions();
+    let scale = (MAX_SIZE / n as f64 / w0.max(h0) as f64).min(1.0);
+    let (w, h) = ((w0 as f64 * scale).ceil() as u32, (h0 as f64 * scale).ceil() as u32);
+    let mut out = RgbImage::from_pixel(w * n, h * n, Rgb([255, 255, 255]));
+    let font_px = (((h + w) * n) as f64 * 0.01).max(18.0) as u32;
+    let lw = ((font_px as f64) / 10.0).round().max(1.0) as u32;
+    for (i, t) in tiles.iter().enumerate() {
+        let (x0, y0) = (w * (i as u32 / n), h * (i as u32 % n));
+        let img = if scale < 1.0 { imageops::resize(&t.image, w, h, imageops::FilterType::Triangle) } else { t.image.clone() };
+        imageops::replace(&mut out, &img, x0 as i64, y0 as i64);
+        let (sx, sy) = (w as f32 / w0 as f32, h as f32 / h0 as f32);
+        let boxes: Vec<LabeledBox> = t
+            .boxes
+            .iter()
+            .map(|(d, conf)| {
+                let [a, b, c, e] = d.xyxy;
+                let name = names.get(d.cls).cloned().unwrap_or_else(|| d.cls.to_string());
+                let label = conf.map_or(name.clone(), |s| format!("{name} {s:.1}"));
+                LabeledBox { xyxy: [x0 as f32 + a * sx, y0 as f32 + b * sy, x0 as f32 + c * sx, y0 as f32 + e * sy], cls: d.cls, label }
+            })
+            .collect();
+        border(&mut out, (x0, y0, w, h));
+        let name: String = t.path.file_name().map(|f| f.to_string_lossy().chars().take(40).collect()).unwrap_or_default();
+        draw_text(&mut out, (x0 as i32 + 5, y0 as i32 + 5), &name, font_px, RGBColor(220, 220, 220));
+        draw_boxes(&mut out, &boxes, lw, font_px);
+    }
+    out
+}
+
+/// A white frame 2 pixels wide around a tile.
+fn border(img: &mut RgbImage, (x0, y0, w, h): (u32, u32, u32, u32)) {
+    let (iw, ih) = img.dimensions();
+    for y in y0..(y0 + h).min(ih) {
+        for x in x0..(x0 + w).min(iw) {
+            if x < x0 + 2 || y < y0 + 2 || x + 2 >= x0 + w || y + 2 >= y0 + h {
+                img.put_pixel(x, y, Rgb([255, 255, 255]));
+            }
+        }
+    }
+}
+
+/// Writes a mosaic as JPEG (quality 75).
+pub fn save(tiles: &[Tile], names: &[String], path: &Path) -> anyhow::Result<()> {
+    super::plot::save_jpeg(&mosaic(tiles, names), path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(b: usize, s: usize) -> Batch {
+        let mut batch = Batch {
+            images: vec![0.5; b * 3 * s * s],
+            shape: [b, 3, s, s],
+            batch_idx: vec![0, 1],
+            cls: vec![0, 1],
+            bboxes: vec![[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.2, 0.2]],
+            paths: (0..b).map(|i| PathBuf::from(format!("img{i}.jpg"))).collect(),
+            ori_sizes: vec![(s as u32, s as u32); b],
+            placements: Vec::new(),
+            labeled: b,
+        };
+        batch.images[0] = 1.0;
+        batch
+    }
+
+    #[test]
+    fn layout_follows_ultralytics() {
+        // 5 images of 320: a 3×3 grid (column by column), no scaling, 960 pixels
+        let tiles = label_tiles(&batch(5, 320));
+        assert_eq!(tiles.len(), 5);
+        assert_eq!(tiles[0].boxes.len(), 1);
+        let m = mosaic(&tiles, &["a".into(), "b".into()]);
+        assert_eq!(m.dimensions(), (960, 960));
+        assert_eq!(m.get_pixel(700, 700).0, [255, 255, 255], "the empty ninth tile stays white");
+        assert_eq!(m.get_pixel(160, 640 + 200).0, [127, 127, 127], "the third image sits below the second (column-major)");
+        // 16 images of 640: 4×4 scaled by 0.75 to 1920
+        let big = label_tiles(&batch(16, 640));
+        assert_eq!(mosaic(&big, &[]).dimensions(), (1920, 1920));
+    }
+
+    #[test]
+    fn predictions_below_the_drawing_threshold_are_left_out() {
+        let b = batch(2, 64);
+        let d = |conf| Detection { xyxy: [1.0, 1.0, 20.0, 20.0], conf, cls: 0 };
+        let tiles = prediction_tiles(&b, &[vec![d(0.9), d(0.2)], vec![]]);
+        assert_eq!(tiles[0].boxes.len(), 1);
+        assert_eq!(tiles[0].boxes[0].1, Some(0.9));
+    }
+}
