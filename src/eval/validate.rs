@@ -91,18 +91,11 @@ pub fn validate_full(
         let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
         let t0 = std::time::Instant::now();
         let found_per_image = if let Some(Exchange::ReadOutputs(dir)) = exchange {
-            let p = dir.join(format!("output_{n_batches}.npy"));
-            let (shape, data) = crate::weights::npy::read_f32(&p)?;
+            let data = read_outputs(&dir.join(format!("output_{n_batches}.npy")), b, nc, end2end)?;
             if end2end {
-                if shape.len() != 3 || shape[0] != b || shape[2] != 6 {
-                    anyhow::bail!("{}: shape {shape:?}, expected end-to-end detections [{b}, k, 6]", p.display());
-                }
                 let per = data.len() / b;
                 (0..b).map(|j| detections_from_rows(&data[j * per..(j + 1) * per], nms_cfg)).collect()
             } else {
-                if shape.len() != 3 || shape[0] != b || shape[1] != 4 + nc {
-                    anyhow::bail!("{}: shape {shape:?}, expected [{b}, {}, A]", p.display(), 4 + nc);
-                }
                 per_image(&data, b)
             }
         } else {
@@ -177,6 +170,18 @@ pub fn validate_full(
         ms_per_image: forward_s * 1e3 / n_images.max(1) as f64,
         coco_dets: dets,
     })
+}
+
+/// An exported graph's output for a batch of `b`: end-to-end detection rows [b, k, 6], or the
+/// decoded head [b, 4 + nc, A]; a file of another shape is an error naming it.
+fn read_outputs(p: &Path, b: usize, nc: usize, end2end: bool) -> Result<Vec<f32>> {
+    let (shape, data) = crate::weights::npy::read_f32(p)?;
+    let want = if end2end { shape.len() == 3 && shape[0] == b && shape[2] == 6 } else { shape.len() == 3 && shape[0] == b && shape[1] == 4 + nc };
+    if !want {
+        let expected = if end2end { format!("end-to-end detections [{b}, k, 6]") } else { format!("[{b}, {}, A]", 4 + nc) };
+        anyhow::bail!("{}: shape {shape:?}, expected {expected}", p.display());
+    }
+    Ok(data)
 }
 
 /// Our decoded output as an exported graph gives it: [B, 4 + nc, A], or an end-to-end
