@@ -46,6 +46,15 @@ pub fn stride_multiple(imgsz: usize) -> usize {
     fitted
 }
 
+/// Inference size when neither `--imgsz` nor the model file gives one (Ultralytics' default).
+pub const DEFAULT_IMGSZ: usize = 640;
+
+/// The size `predict`, `val` and `export` run at: `--imgsz`, else the size the model was
+/// trained at (as Ultralytics takes it from the checkpoint), else 640; rounded up to the stride.
+pub fn inference_size(flag: Option<usize>, trained: Option<usize>) -> usize {
+    stride_multiple(flag.or(trained).unwrap_or(DEFAULT_IMGSZ))
+}
+
 /// A finite number of 0 or more.
 pub fn non_negative(s: &str) -> Result<f64, String> {
     let v = number::<f64>(s)?;

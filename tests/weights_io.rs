@@ -132,3 +132,33 @@ fn folded_batchnorm_keeps_outputs_and_round_trips() {
     assert!(!b.is_empty() && b.len() == c.len(), "output lengths {} and {}", b.len(), c.len());
     assert!(b.iter().zip(&c).all(|(p, q)| p.to_bits() == q.to_bits()));
 }
+
+/// The size a model was trained at travels with it (Ultralytics' `train_args["imgsz"]` in a
+/// `.pt`, our `imgsz` metadata in a safetensors file), and `predict`, `val` and `export`
+/// default to it as Ultralytics does: the BCCD teacher was trained at 320.
+#[test]
+fn the_training_image_size_is_the_default_inference_size() {
+    let Some(shared) = common::shared() else { return };
+    let device = yolodistill::default_device();
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let m = model::load(teacher.to_str().unwrap(), None, &device).unwrap().model;
+    assert_eq!(m.train_imgsz, Some(320));
+    let dir = common::temp_dir("train-imgsz");
+    let file = dir.join("t.safetensors");
+    model::save_safetensors(&m, &file, Default::default()).unwrap();
+    assert_eq!(model::load(file.to_str().unwrap(), None, &device).unwrap().model.train_imgsz, Some(320));
+    let built = model::load("yolov8n.yaml", None, &device).unwrap().model;
+    assert_eq!(built.train_imgsz, None);
+    assert_eq!(yolodistill::options::inference_size(None, m.train_imgsz), 320);
+    assert_eq!(yolodistill::options::inference_size(Some(640), m.train_imgsz), 640);
+    assert_eq!(yolodistill::options::inference_size(None, None), 640);
+    // export without --imgsz makes a 320 graph
+    let onnx = dir.join("t.onnx");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["export", "--model", file.to_str().unwrap(), "--output", onnx.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let g = yolodistill::export::onnx::summarize(&std::fs::read(&onnx).unwrap()).unwrap();
+    assert_eq!(g.metadata.get("imgsz").map(String::as_str), Some("[320, 320]"));
+}

@@ -21,9 +21,10 @@ pub struct ExportArgs {
     /// onnx, or safetensors with BatchNorm folded (inference only).
     #[arg(long, value_enum, default_value = "onnx")]
     pub format: Format,
-    /// Square input size of the exported graph (a multiple of the model stride).
-    #[arg(long, default_value_t = 640)]
-    pub imgsz: usize,
+    /// Square input size of the exported graph (default: the size the model was trained at, else 640; rounded up to a
+    /// multiple of 32).
+    #[arg(long, value_parser = crate::options::image_size)]
+    pub imgsz: Option<usize>,
     /// Batch size of the exported graph (ignored with --dynamic).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
@@ -77,7 +78,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
                 Some(false) => true,
                 None => false,
             };
-            let opts = OnnxOptions { batch: a.batch, dynamic: a.dynamic, half: a.half, end2end, ..OnnxOptions::new((a.imgsz, a.imgsz)) };
+            let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
+            let opts = OnnxOptions { batch: a.batch, dynamic: a.dynamic, half: a.half, end2end, ..OnnxOptions::new((imgsz, imgsz)) };
             let bytes = export::onnx::export_onnx_with(&m, &opts)?;
             std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
             println!(

@@ -17,9 +17,10 @@ pub struct PredictArgs {
     /// An image or a folder of images.
     #[arg(long)]
     pub source: PathBuf,
-    /// Inference size (rounded up to a multiple of 32).
-    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
-    pub imgsz: usize,
+    /// Inference size (default: the size the model was trained at, else 640; rounded up to a
+    /// multiple of 32).
+    #[arg(long, value_parser = crate::options::image_size)]
+    pub imgsz: Option<usize>,
     /// Confidence threshold.
     #[arg(long, default_value_t = NmsConfig::predict().conf, value_parser = crate::options::unit)]
     pub conf: f32,
@@ -46,7 +47,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mut m = model::load(&a.model, None, &device)?.model;
     m.fuse();
     let images = list_images(&a.source)?;
-    let imgsz = crate::options::stride_multiple(a.imgsz);
+    let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::predict() };
     if let Some(d) = &a.save_dir {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;

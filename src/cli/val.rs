@@ -29,9 +29,10 @@ pub struct ValArgs {
     /// Which split of data.yaml to validate.
     #[arg(long, value_enum, default_value_t = Split::Val)]
     pub split: Split,
-    /// Validation image size (rounded up to a multiple of 32).
-    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
-    pub imgsz: usize,
+    /// Validation image size (default: the size the model was trained at, else 640; rounded up to a
+    /// multiple of 32).
+    #[arg(long, value_parser = crate::options::image_size)]
+    pub imgsz: Option<usize>,
     /// Images per batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -96,7 +97,8 @@ pub fn run(a: ValArgs) -> Result<()> {
         bail!("{} has no {} split", a.data.display(), if matches!(a.split, Split::Val) { "val" } else { "test" });
     }
     let ds = Arc::new(Dataset::scan(&sources, data.names.len(), None)?);
-    let loader = ValLoader::new(ds, a.imgsz, a.batch, m.max_stride().max(32), a.workers)?;
+    let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
+    let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), a.workers)?;
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::val() };
     let exchange = match (&a.dump_inputs, &a.outputs_from) {
         (Some(d), _) => {

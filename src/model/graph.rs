@@ -110,6 +110,10 @@ pub struct DetectionModel {
     pub fused: bool,
     #[module(skip)]
     pub spec: Arc<ModelSpec>,
+    /// The image size the weights were trained at, when the file says: prediction, validation
+    /// and export default to it, as Ultralytics' do.
+    #[module(skip)]
+    pub train_imgsz: Option<usize>,
 }
 
 /// Output stride of every layer, derived from the layer arguments.
@@ -196,7 +200,7 @@ impl DetectionModel {
         // A model without names (a YAML build) gets Ultralytics' defaults.
         let names = if names.is_empty() { (0..spec.nc).map(|i| format!("class{i}")).collect() } else { names };
         super::check_class_names(&names, spec.nc)?;
-        Ok(Self { layers, names, fused: false, spec: Arc::new(spec) })
+        Ok(Self { layers, names, fused: false, spec: Arc::new(spec), train_imgsz: None })
     }
 
     pub fn nc(&self) -> usize {

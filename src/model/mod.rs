@@ -80,6 +80,8 @@ pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
 
 /// Metadata key marking a file whose BatchNorms are folded into the convolutions.
 const FUSED_KEY: &str = "fused";
+/// Metadata key of the image size the weights were trained at.
+pub const IMGSZ_KEY: &str = "imgsz";
 
 /// A loaded model, ready to run.
 pub struct Loaded {
@@ -101,6 +103,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
             named::write(&mut model, ck.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            model.train_imgsz = ck.imgsz;
             Ok(Loaded { model })
         }
         "safetensors" => {
@@ -113,6 +116,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
                 model.fuse();
             }
             named::write(&mut model, f.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
+            model.train_imgsz = f.extra.get(IMGSZ_KEY).and_then(|s| s.parse().ok()).filter(|s| (32..=8192).contains(s));
             Ok(Loaded { model })
         }
         "yaml" | "yml" | "" => {
@@ -168,6 +172,9 @@ pub fn all_finite(model: &mut DetectionModel) -> bool {
 pub fn save_safetensors(model: &DetectionModel, path: &Path, mut extra: HashMap<String, String>) -> Result<()> {
     if model.fused {
         extra.insert(FUSED_KEY.into(), "true".into());
+    }
+    if let Some(s) = model.train_imgsz {
+        extra.insert(IMGSZ_KEY.into(), s.to_string());
     }
     let tensors = named::read(&mut model.clone());
     st::save(path, &st::StModel { yaml: model.spec.yaml.clone(), names: model.names.clone(), tensors, extra, state: Vec::new() })

@@ -55,6 +55,9 @@ pub struct ResumeState<'a> {
 pub fn save(path: &Path, ema: &DetectionModel, epoch: usize, resume: Option<ResumeState<'_>>) -> Result<()> {
     let tensors = named::read(&mut ema.clone());
     let mut extra = HashMap::from([(EPOCH_KEY.to_string(), (epoch + 1).to_string())]);
+    if let Some(s) = ema.train_imgsz {
+        extra.insert(crate::model::IMGSZ_KEY.to_string(), s.to_string());
+    }
     let mut state = Vec::new();
     if let Some(r) = resume {
         let opt = r.optimizer;

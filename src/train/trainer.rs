@@ -134,7 +134,8 @@ impl Trainer {
         // data order, so two runs that differ in one setting start from the same model.
         let init_turn = INIT_TURN.lock().unwrap_or_else(|e| e.into_inner());
         plain.seed(a.seed);
-        let model = setup::initial_model(&a, &data.config.names, &plain)?;
+        let mut model = setup::initial_model(&a, &data.config.names, &plain)?;
+        model.train_imgsz = Some(a.imgsz);
         let head = model.head();
         let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
         loss_cfg.gains = a.gains;

@@ -21,6 +21,8 @@ pub struct PtCheckpoint {
     pub names: Vec<String>,
     /// Floating-point parameters and buffers in state-dict order, cast to f32.
     pub tensors: Vec<(String, HostTensor)>,
+    /// The image size it was trained at (`train_args`), when recorded.
+    pub imgsz: Option<usize>,
 }
 
 /// Nesting deeper than this is refused: Ultralytics' module trees are a few levels deep,
@@ -64,7 +66,7 @@ pub fn read_pt_from<R: Read + Seek>(reader: R, path: &Path) -> Result<PtCheckpoi
             .with_context(|| format!("{}: tensor {name}", path.display()))?;
         tensors.push((name, HostTensor { shape: t.shape.clone(), data }));
     }
-    Ok(PtCheckpoint { yaml: model.yaml, names: model.names, tensors })
+    Ok(PtCheckpoint { yaml: model.yaml, names: model.names, tensors, imgsz: model.imgsz })
 }
 
 /// What the pickle of a checkpoint describes: the model and where its tensors live.
@@ -72,6 +74,7 @@ pub struct PickledModel {
     pub yaml: serde_yaml::Value,
     pub names: Vec<String>,
     pub tensors: Vec<(String, Rc<TensorRef>)>,
+    pub imgsz: Option<usize>,
 }
 
 /// Interprets a checkpoint's `data.pkl` (public so that the fuzz tests reach it).
@@ -81,12 +84,25 @@ pub fn parse_model(pkl: &[u8]) -> Result<PickledModel> {
     let yaml = model.attr("yaml").context("the model has no `yaml` description")?;
     let yaml = to_yaml(&yaml, 0)?;
     let names = model.attr("names").map(|n| names_of(&n)).unwrap_or_default();
+    let imgsz = train_imgsz(&root, &model);
     let mut tensors = Vec::new();
     walk_module(&model, "", 0, &mut tensors)?;
     if tensors.is_empty() {
         bail!("the checkpoint's model holds no tensors");
     }
-    Ok(PickledModel { yaml, names, tensors })
+    Ok(PickledModel { yaml, names, tensors, imgsz })
+}
+
+/// The image size the checkpoint was trained at: `train_args["imgsz"]`, or the model's `args`
+/// (an int, or the larger side of an [h, w] list); None when absent or out of range.
+fn train_imgsz(root: &Value, model: &Value) -> Option<usize> {
+    let args = root.get("train_args").filter(|v| !v.is_none()).or_else(|| model.attr("args"))?;
+    let side = |v: &Value| match v {
+        Value::Int(i) => usize::try_from(*i).ok(),
+        _ => None,
+    };
+    let imgsz = args.get("imgsz")?;
+    side(&imgsz).or_else(|| imgsz.items().iter().filter_map(side).max()).filter(|s| (32..=8192).contains(s))
 }
 
 /// One archive entry, refused when it inflates beyond `limit` bytes.
