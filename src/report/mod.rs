@@ -139,6 +139,15 @@ mod tests {
         assert_eq!(back.rows.len(), 1);
         r.plot(&dir.join("results.png")).unwrap();
         assert!(dir.join("results.png").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn results_png_has_a_panel_per_loss_term_and_metric() {
+        let mut r = Results::default();
+        let cols = ["epoch", "time", "train/box_loss", "train/d_cwd", "train/l_ld", "metrics/mAP50(B)", "val/box_loss", "lr/pg0"];
+        r.push(&cols.iter().map(|c| (c.to_string(), 1.0)).collect::<Vec<_>>());
+        assert_eq!(r.plotted_columns(), ["train/box_loss", "train/d_cwd", "train/l_ld", "metrics/mAP50(B)", "val/box_loss"]);
     }
 
     #[test]
