@@ -21,8 +21,8 @@ pub struct ExportArgs {
     /// onnx, or safetensors with BatchNorm folded (inference only).
     #[arg(long, value_enum, default_value = "onnx")]
     pub format: Format,
-    /// Square input size of the exported graph (default: the size the model was trained at, else 640; rounded up to a
-    /// multiple of 32).
+    /// Square input size of the exported graph (default: the size the model was trained at,
+    /// else 640; rounded up to a multiple of 32).
     #[arg(long, value_parser = crate::options::image_size)]
     pub imgsz: Option<usize>,
     /// Batch size of the exported graph (ignored with --dynamic).
