@@ -45,7 +45,7 @@ fn short_training_learns_and_resumes() {
     common::assert_pictures(
         &s.run_dir,
         &[
-            "results.png", "train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg", "train_batch100.jpg", "BoxPR_curve.png",
+            "results.png", "labels.jpg", "train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg", "train_batch100.jpg", "BoxPR_curve.png",
             "BoxF1_curve.png", "BoxP_curve.png", "BoxR_curve.png", "confusion_matrix.png", "confusion_matrix_normalized.png",
             "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_labels.jpg", "val_batch1_pred.jpg",
         ],

@@ -212,6 +212,27 @@ pub fn tick(v: f64, span: f64) -> String {
     }
 }
 
+/// matplotlib's "Blues" colour map at t in [0, 1].
+pub fn blues(t: f64) -> RGBColor {
+    const STOPS: [(u8, u8, u8); 9] = [
+        (247, 251, 255),
+        (222, 235, 247),
+        (198, 219, 239),
+        (158, 202, 225),
+        (107, 174, 214),
+        (66, 146, 198),
+        (33, 113, 181),
+        (8, 81, 156),
+        (8, 48, 107),
+    ];
+    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f64;
+    let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
 /// Gaussian smoothing as scipy's `gaussian_filter1d(y, sigma)` (truncate 4, reflected edges),
 /// the dotted line Ultralytics draws over each results.png curve.
 pub fn gaussian_smooth(y: &[f64], sigma: f64) -> Vec<f64> {
@@ -254,6 +275,12 @@ mod tests {
             }
         }
         assert_eq!(gaussian_smooth(&[2.0; 5], 3.0).iter().map(|v| (v * 1e9).round() / 1e9).collect::<Vec<_>>(), vec![2.0; 5]);
+    }
+
+    #[test]
+    fn blues_runs_from_white_to_dark_blue() {
+        assert_eq!(blues(0.0), RGBColor(247, 251, 255));
+        assert_eq!(blues(1.0), RGBColor(8, 48, 107));
     }
 
     #[test]

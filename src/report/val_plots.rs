@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::mosaic::{self, ValBatch};
-use super::plot::{drawing, line_chart, side_legend, Axes, Canvas, Series, Stroke, FONT, MEAN_BLUE, TAB10};
+use super::plot::{blues, drawing, line_chart, side_legend, Axes, Canvas, Series, Stroke, FONT, MEAN_BLUE, TAB10};
 use crate::eval::confusion::ConfusionMatrix;
 use crate::eval::metrics::Curves;
 use crate::eval::validate::ValResult;
@@ -101,27 +101,6 @@ fn confidence_curve(c: &Curves, rows: &[Vec<f64>], metric: &str, names: &[String
     curve_chart(path, &axes, lines, all)
 }
 
-/// matplotlib's "Blues" colour map at t in [0, 1].
-fn blues(t: f64) -> RGBColor {
-    const STOPS: [(u8, u8, u8); 9] = [
-        (247, 251, 255),
-        (222, 235, 247),
-        (198, 219, 239),
-        (158, 202, 225),
-        (107, 174, 214),
-        (66, 146, 198),
-        (33, 113, 181),
-        (8, 81, 156),
-        (8, 48, 107),
-    ];
-    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - i as f64;
-    let mix = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
-}
-
 /// `confusion_matrix[_normalized].png`: predicted class (rows) against true class (columns),
 /// background last; the normalised version divides each true class's column by its total.
 /// Values under 0.005 are left blank; the cells carry their value up to 29 rows.
@@ -185,15 +164,4 @@ fn colorbar<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, (x, y, w, h): (i3
         root.draw(&Text::new(text, (x + w + 6, y + h - (h * k) / 4), font.clone())).map_err(drawing)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blues_runs_from_white_to_dark_blue() {
-        assert_eq!(blues(0.0), RGBColor(247, 251, 255));
-        assert_eq!(blues(1.0), RGBColor(8, 48, 107));
-    }
 }

@@ -127,6 +127,7 @@ impl Trainer {
         }
         std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&saved_args)?)?;
         let data = load_data(&a, config, &dir, ext.is_some())?;
+        draw_labels(&data.train, &data.config.names, &dir);
         let nc = data.config.names.len();
         let n_train = data.train.items.len();
 
@@ -537,6 +538,14 @@ fn load_data(a: &TrainArgs, config: DataConfig, dir: &Path, extended: bool) -> R
     };
     let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, a.aug, extended, &say)?;
     Ok(RunData { config, train: Arc::new(train), val: Arc::new(val), unlabeled })
+}
+
+/// labels.jpg: the training labels' classes, shapes and positions (as Ultralytics draws it).
+fn draw_labels(train: &Dataset, names: &[String], dir: &Path) {
+    let labels: Vec<_> = train.items.iter().flat_map(|i| i.labels.iter().cloned()).collect();
+    if let Err(e) = crate::report::labels_plot::write(&dir.join("labels.jpg"), &labels, names) {
+        eprintln!("warning: could not draw labels.jpg: {e:#}");
+    }
 }
 
 /// Writes results.csv and its plot.
