@@ -50,6 +50,9 @@ fn short_training_learns_and_resumes() {
             "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_labels.jpg", "val_batch1_pred.jpg",
         ],
     );
+    // the final validation (and its pictures) is of the best weights, as Ultralytics' final evaluation
+    let v = s.final_val.as_ref().expect("a final validation");
+    assert_eq!(Some((v.metrics.map50, v.metrics.map)), s.best_map, "final validation of best.safetensors");
     // 16 validation images in batches of 8 (twice the training batch, as Ultralytics)
     assert!(!s.run_dir.join("train_batch3.jpg").exists() && !s.run_dir.join("val_batch2_pred.jpg").exists());
     // best.safetensors is a complete model
@@ -96,6 +99,25 @@ fn short_training_learns_and_resumes() {
 
 /// `--seed` decides the run: the same seed gives the same losses (initial weights and data
 /// order), another seed other ones.
+/// The final validation is of best.safetensors, as Ultralytics' final evaluation: fine-tuning
+/// the BCCD teacher with a learning rate far too high makes the first epoch the best.
+#[test]
+fn the_final_validation_is_of_the_best_weights() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("final-best");
+    let data = common::bccd_subset(&shared, &dir, 16);
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let mut a = args(teacher.to_str().unwrap(), &data, &dir.join("runs"), 3);
+    (a.nbs, a.lr0, a.warmup_epochs, a.close_mosaic) = (8, 0.2, 0.0, 10);
+    let s = train(a, None).unwrap();
+    let map = Results::load(&s.run_dir.join("results.csv")).unwrap().column("metrics/mAP50-95(B)").unwrap();
+    eprintln!("mAP50-95 per epoch: {map:?}");
+    assert!(map[0] > map[2], "the first epoch should be the best: {map:?}");
+    let v = s.final_val.as_ref().expect("a final validation");
+    assert_eq!(Some((v.metrics.map50, v.metrics.map)), s.best_map);
+    assert!((v.metrics.map - map[0]).abs() < 1e-6, "{} vs {}", v.metrics.map, map[0]);
+}
+
 #[test]
 fn same_seed_same_run() {
     let Some(shared) = common::shared() else { return };

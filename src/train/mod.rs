@@ -33,6 +33,8 @@ pub struct TrainSummary {
     pub run_dir: PathBuf,
     pub best: PathBuf,
     pub last: PathBuf,
+    /// The validation of the best weights at the end (Ultralytics' final evaluation), which the
+    /// validation pictures show.
     pub final_val: Option<ValResult>,
     /// (mAP50, mAP50-95) of the best epoch (the one saved as best).
     pub best_map: Option<(f64, f64)>,

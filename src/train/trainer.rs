@@ -498,15 +498,25 @@ impl Trainer {
         }
     }
 
-    fn finish(self) -> Result<TrainSummary> {
-        // The final validation's pictures (curves, confusion matrices, batches), as Ultralytics
-        // draws them after training.
+    fn finish(mut self) -> Result<TrainSummary> {
+        let wdir = self.weights_dir();
+        // As Ultralytics' final evaluation: the best weights validated once more (unless the last
+        // validation was of them), and that validation's pictures drawn.
+        if self.p.final_val.is_some() && self.p.stale > 0 {
+            let best = wdir.join("best.safetensors");
+            let mut batches = Vec::new();
+            let val = model::load(&best.to_string_lossy(), None, &self.plain)
+                .and_then(|l| validate_full(&l.model, &self.val_loader, &NmsConfig::val(), None, &mut ValBatch::keeper(&mut batches)));
+            match val {
+                Ok(v) => (self.p.final_val, self.p.final_batches) = (Some(v), batches),
+                Err(e) => eprintln!("warning: could not validate {}: {e:#}", best.display()),
+            }
+        }
         if let Some(v) = &self.p.final_val {
             if let Err(e) = val_plots::write(&self.dir, v, &self.p.final_batches, &self.names) {
                 eprintln!("warning: could not draw the validation plots: {e:#}");
             }
         }
-        let wdir = self.weights_dir();
         Ok(TrainSummary {
             best: wdir.join("best.safetensors"),
             last: wdir.join("last.safetensors"),
