@@ -24,26 +24,28 @@ pub const DRAW_CONF: f32 = 0.25;
 pub struct Tile {
     pub image: RgbImage,
     pub path: PathBuf,
-    pub boxes: Vec<(Detection, Option<f32>)>,
+    pub boxes: Vec<Detection>,
+    /// Predictions: labelled "name score"; labels: the name alone.
+    pub scored: bool,
 }
 
 /// The first images of `batch` (network input, RGB 0–1) with their labels.
 pub fn label_tiles(batch: &Batch) -> Vec<Tile> {
     (0..batch.shape[0].min(MAX_TILES))
         .map(|j| {
-            let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| (Detection { xyxy, conf: 1.0, cls }, None)).collect();
-            Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes }
+            let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| Detection { xyxy, conf: 1.0, cls }).collect();
+            Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes, scored: false }
         })
         .collect()
 }
 
-/// The same images with detections (input pixels) instead of labels; only those scoring above
+/// `tiles` with detections (input pixels) instead of labels; only those scoring above
 /// [`DRAW_CONF`] are kept.
-pub fn prediction_tiles(batch: &Batch, dets: &[Vec<Detection>]) -> Vec<Tile> {
-    label_tiles(batch)
-        .into_iter()
+pub fn prediction_tiles(tiles: &[Tile], dets: &[Vec<Detection>]) -> Vec<Tile> {
+    tiles
+        .iter()
         .zip(dets)
-        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).map(|d| (*d, Some(d.conf))).collect(), ..t })
+        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).copied().collect(), scored: true, ..t.clone() })
         .collect()
 }
 
@@ -58,7 +60,8 @@ pub struct ValBatch {
 
 impl ValBatch {
     pub fn new(batch: &Batch, dets: &[Vec<Detection>]) -> Self {
-        Self { labels: label_tiles(batch), predictions: prediction_tiles(batch, dets) }
+        let labels = label_tiles(batch);
+        Self { predictions: prediction_tiles(&labels, dets), labels }
     }
 
     /// A validation callback keeping the first [`VAL_BATCHES`] batches into `kept`.
@@ -104,10 +107,10 @@ pub fn mosaic(tiles: &[Tile], names: &[String]) -> RgbImage {
         let boxes: Vec<LabeledBox> = t
             .boxes
             .iter()
-            .map(|(d, conf)| {
+            .map(|d| {
                 let [a, b, c, e] = d.xyxy;
                 let name = names.get(d.cls).cloned().unwrap_or_else(|| d.cls.to_string());
-                let label = conf.map_or(name.clone(), |s| format!("{name} {s:.1}"));
+                let label = if t.scored { format!("{name} {:.1}", d.conf) } else { name };
                 LabeledBox { xyxy: [x0 as f32 + a * sx, y0 as f32 + b * sy, x0 as f32 + c * sx, y0 as f32 + e * sy], cls: d.cls, label }
             })
             .collect();
@@ -175,8 +178,8 @@ mod tests {
     fn predictions_below_the_drawing_threshold_are_left_out() {
         let b = batch(2, 64);
         let d = |conf| Detection { xyxy: [1.0, 1.0, 20.0, 20.0], conf, cls: 0 };
-        let tiles = prediction_tiles(&b, &[vec![d(0.9), d(0.2)], vec![]]);
-        assert_eq!(tiles[0].boxes.len(), 1);
-        assert_eq!(tiles[0].boxes[0].1, Some(0.9));
+        let tiles = prediction_tiles(&label_tiles(&b), &[vec![d(0.9), d(0.2)], vec![]]);
+        assert_eq!(tiles[0].boxes, [d(0.9)]);
+        assert!(tiles[0].scored && tiles[1].boxes.is_empty());
     }
 }

@@ -93,8 +93,7 @@ fn pr_curve(c: &Curves, names: &[String], path: &Path) -> Result<()> {
 fn confidence_curve(c: &Curves, rows: &[Vec<f64>], metric: &str, names: &[String], path: &Path) -> Result<()> {
     let lines = class_lines(c, rows, |i| class_name(names, c.classes[i]));
     let mean = Curves::smoothed_mean(rows);
-    let best = (0..mean.len()).fold(0, |b, i| if mean[i] > mean[b] { i } else { b });
-    let (top, at) = (mean.get(best).copied().unwrap_or(0.0), c.x.get(best).copied().unwrap_or(0.0));
+    let (top, at) = c.peak(rows);
     let all = Series::new(format!("all classes {top:.2} at {at:.3}"), MEAN_BLUE, Stroke::Line(4), c.x.iter().copied().zip(mean).collect());
     let title = format!("{metric}-Confidence Curve");
     let axes = Axes { title: &title, x: "Confidence", y: metric, x_range: Some((0.0, 1.0)), y_range: Some((0.0, 1.0)), x_names: None };
