@@ -180,6 +180,15 @@ fn cli_exports_onnx_and_fused_safetensors() {
     let o = cli(&["export", "--model", "yolov8n.yaml", "--half", "--format", "safetensors", "--output", onnx.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--half applies to --format onnx"));
+    // --nms: `true` (NMS in the graph) is refused; `false` on a model without a one-to-one head
+    // warns and exports the usual graph; a value that is not a bool names the option
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--imgsz", "64", "--nms", "true", "--output", onnx.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--nms true (NMS inside the graph) is not supported"));
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--imgsz", "64", "--nms", "false", "--output", onnx.to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no one-to-one head; --nms false is ignored"));
+    assert_eq!(summarize(&std::fs::read(&onnx).unwrap()).unwrap().outputs[0].1, s(&["1", "84", "84"]));
+    let o = cli(&["export", "--model", "yolov8n.yaml", "--nms", "maybe"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("invalid value 'maybe' for '--nms"));
 
     // fused safetensors: loads back fused and predicts what the fused model predicts
     let st = dir.join("m.safetensors");
