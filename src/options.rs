@@ -19,6 +19,16 @@ fn number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.trim().parse::<T>().map_err(|_| format!("'{s}' is not a number"))
 }
 
+/// A number that `ok` accepts; otherwise "must be `range`" with the value.
+fn checked<T: std::str::FromStr + std::fmt::Display + Copy>(s: &str, ok: impl Fn(T) -> bool, range: &str) -> Result<T, String> {
+    let v = number::<T>(s)?;
+    if ok(v) {
+        Ok(v)
+    } else {
+        Err(format!("must be {range}, got {v}"))
+    }
+}
+
 /// An integer of at least 1.
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     match number::<usize>(s)? {
@@ -29,10 +39,7 @@ pub fn at_least_one(s: &str) -> Result<usize, String> {
 
 /// An image size in 32..=8192 pixels.
 pub fn image_size(s: &str) -> Result<usize, String> {
-    match number::<usize>(s)? {
-        n @ 32..=8192 => Ok(n),
-        n => Err(format!("must be in 32..=8192, got {n}")),
-    }
+    checked(s, |n: usize| (32..=8192).contains(&n), "in 32..=8192")
 }
 
 /// `imgsz` rounded up to a multiple of the largest stride of our detection heads (32), with
@@ -57,12 +64,7 @@ pub fn inference_size(flag: Option<usize>, trained: Option<usize>) -> usize {
 
 /// A finite number of 0 or more.
 pub fn non_negative(s: &str) -> Result<f64, String> {
-    let v = number::<f64>(s)?;
-    if v.is_finite() && v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("must be a finite number of 0 or more, got {v}"))
-    }
+    checked(s, |v: f64| v.is_finite() && v >= 0.0, "a finite number of 0 or more")
 }
 
 /// A finite number of 0 or more, as f32.
@@ -72,42 +74,22 @@ pub fn non_negative_f32(s: &str) -> Result<f32, String> {
 
 /// A finite number above 0.
 pub fn positive_f32(s: &str) -> Result<f32, String> {
-    let v = number::<f32>(s)?;
-    if v.is_finite() && v > 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("must be a finite number above 0, got {v}"))
-    }
+    checked(s, |v: f32| v.is_finite() && v > 0.0, "a finite number above 0")
 }
 
 /// A share in (0, 1].
 pub fn share(s: &str) -> Result<f64, String> {
-    let v = number::<f64>(s)?;
-    if v > 0.0 && v <= 1.0 {
-        Ok(v)
-    } else {
-        Err(format!("must be in (0, 1], got {v}"))
-    }
+    checked(s, |v: f64| v > 0.0 && v <= 1.0, "in (0, 1]")
 }
 
 /// A probability or threshold in [0, 1].
 pub fn unit(s: &str) -> Result<f32, String> {
-    let v = number::<f32>(s)?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("must be in [0, 1], got {v}"))
-    }
+    checked(s, |v: f32| (0.0..=1.0).contains(&v), "in [0, 1]")
 }
 
 /// A confidence strictly between 0 and 1.
 pub fn open_unit(s: &str) -> Result<f32, String> {
-    let v = number::<f32>(s)?;
-    if v > 0.0 && v < 1.0 {
-        Ok(v)
-    } else {
-        Err(format!("must be in (0, 1), got {v}"))
-    }
+    checked(s, |v: f32| v > 0.0 && v < 1.0, "in (0, 1)")
 }
 
 #[cfg(test)]

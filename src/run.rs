@@ -47,13 +47,9 @@ fn saved_distillation(given: &DistillArgs, last: &std::path::Path) -> Result<Opt
         eprintln!("warning: --resume continues {} with its own settings; ignored: {}", last.display(), ignored.join(", "));
     }
     let args = train::checkpoint::saved_args(last)?;
-    match args.get(SECTION) {
-        Some(v) => {
-            let d: DistillArgs = serde_json::from_value(v.clone()).with_context(|| format!("{}: bad distillation settings", last.display()))?;
-            Ok(Some(d).filter(|d| d.teacher.is_some()))
-        }
-        None => Ok(None),
-    }
+    let Some(v) = args.get(SECTION) else { return Ok(None) };
+    let d: DistillArgs = serde_json::from_value(v.clone()).with_context(|| format!("{}: bad distillation settings", last.display()))?;
+    Ok(Some(d).filter(|d| d.teacher.is_some()))
 }
 
 #[cfg(test)]

@@ -46,12 +46,8 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     let once = || {
         let t = std::time::Instant::now();
         match a.nms {
-            None => {
-                let _ = m.predict(x.clone()).try_into_vec_as::<f32>(); // wait for the result
-            }
-            Some(nms) => {
-                let _ = m.detect(x.clone(), &NmsConfig { nms, ..NmsConfig::predict() });
-            }
+            None => _ = m.predict(x.clone()).try_into_vec_as::<f32>(), // wait for the result
+            Some(nms) => _ = m.detect(x.clone(), &NmsConfig { nms, ..NmsConfig::predict() }),
         }
         t.elapsed().as_secs_f64() * 1e3
     };

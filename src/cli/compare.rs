@@ -71,13 +71,13 @@ pub struct PairResult {
     pub distilled: (f64, f64),
 }
 
-/// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
-/// arm) no teacher.
 /// The run folder of one arm of a seed, under the comparison's folder.
 fn arm_name(seed: u64, distilled: bool) -> String {
     format!("{}-s{seed}", if distilled { "distilled" } else { "plain" })
 }
 
+/// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
+/// arm) no teacher.
 fn arm(base: &RunArgs, project: &Path, seed: u64, distilled: bool) -> RunArgs {
     let mut r = base.clone();
     let t = &mut r.train;
@@ -140,7 +140,6 @@ pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side
     Ok((rows, table))
 }
 
-/// The per-seed table and the mean gains with their 95% confidence intervals.
 /// compare.png next to compare.md: every seed's two runs per epoch, and the gains.
 fn chart(rows: &[PairResult], project: &Path) -> Result<()> {
     let dirs: Vec<(PathBuf, PathBuf)> = rows.iter().map(|r| (project.join(arm_name(r.seed, false)), project.join(arm_name(r.seed, true)))).collect();
@@ -153,6 +152,7 @@ fn chart(rows: &[PairResult], project: &Path) -> Result<()> {
     compare_chart::write(&project.join("compare.png"), &pairs, mean_ci95(&gains))
 }
 
+/// The per-seed table and the mean gains with their 95% confidence intervals.
 fn report(rows: &[PairResult]) -> String {
     let mut out = String::from("| seed | plain mAP50 | plain mAP50-95 | distilled mAP50 | distilled mAP50-95 | gain mAP50-95 |\n|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {

@@ -1,6 +1,7 @@
 use anyhow::Result;
 use clap::Args;
 
+use crate::model::walk::{Slot, Walk};
 use crate::model::{self, flops::gflops};
 
 #[derive(Args)]
@@ -21,13 +22,11 @@ pub struct InfoArgs {
 
 pub fn run(a: InfoArgs) -> Result<()> {
     let device = crate::default_device();
-    let loaded = model::load(&a.model, a.nc, &device)?;
-    let m = loaded.model;
+    let m = model::load(&a.model, a.nc, &device)?.model;
     let mut rows = Vec::new();
     let mut mm = m.clone();
     for (i, layer) in mm.layers.iter_mut().enumerate() {
         let mut n = 0usize;
-        use crate::model::walk::{Slot, Walk};
         layer.walk("", &mut |_, s: Slot<'_>| {
             if s.is_param() {
                 n += s.shape().iter().product::<usize>();

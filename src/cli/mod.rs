@@ -36,13 +36,10 @@ pub enum Command {
     /// Detect objects in an image or a folder of images.
     Predict(predict::PredictArgs),
     /// Time training iterations and the data pipeline on this machine.
-    #[command(name = "bench-train")]
     BenchTrain(bench_train::BenchTrainArgs),
     /// GFLOP/s of each convolution of a model (forward and both backwards), ours vs burn-flex.
-    #[command(name = "bench-conv")]
     BenchConv(bench_conv::BenchConvArgs),
     /// Show how a student would be paired with a teacher for distillation, without training.
-    #[command(name = "distill-plan")]
     DistillPlan(distill_plan::DistillPlanArgs),
     /// Train a detector on a YOLO-format dataset (with `--teacher`: distil it).
     Train(crate::run::RunArgs),

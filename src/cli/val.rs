@@ -89,14 +89,14 @@ pub fn run(a: ValArgs) -> Result<()> {
     if m.nc() != data.names.len() {
         bail!("{} predicts {} classes but {} has {}", a.model, m.nc(), a.data.display(), data.names.len());
     }
-    let sources = match a.split {
-        Split::Val => data.val.clone(),
-        Split::Test => data.test.clone(),
+    let (sources, split) = match a.split {
+        Split::Val => (&data.val, "val"),
+        Split::Test => (&data.test, "test"),
     };
     if sources.is_empty() {
-        bail!("{} has no {} split", a.data.display(), if matches!(a.split, Split::Val) { "val" } else { "test" });
+        bail!("{} has no {split} split", a.data.display());
     }
-    let ds = Arc::new(Dataset::scan(&sources, data.names.len(), None)?);
+    let ds = Arc::new(Dataset::scan(sources, data.names.len(), None)?);
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), a.workers)?;
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::val() };

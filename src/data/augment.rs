@@ -1,9 +1,6 @@
 //! Training augmentations in Ultralytics' order (mosaic → random perspective → mixup →
 //! HSV → flips) and the validation letterbox, on 8-bit RGB images with pixel boxes.
 
-use std::path::Path;
-
-use anyhow::Result;
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -11,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use super::dataset::Label;
 use crate::pixels::letterbox::{letterbox, resize_bilinear, Placement};
-use crate::pixels::load::load_rgb;
 
 /// Gray used for padding and borders, as Ultralytics.
 pub const FILL: u8 = 114;
@@ -94,12 +90,6 @@ impl Sample {
             .map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h])
             .collect()
     }
-
-    fn keep(&mut self, keep: impl Fn(&[f32; 4]) -> bool) {
-        let (boxes, cls) = self.boxes.iter().zip(&self.cls).filter(|(b, _)| keep(b)).map(|(b, c)| (*b, *c)).unzip();
-        self.boxes = boxes;
-        self.cls = cls;
-    }
 }
 
 /// Where training samples come from: resized images with pixel boxes, by index.
@@ -115,17 +105,7 @@ pub trait ImageSource {
 
 // ---------------------------------------------------------------- loading
 
-/// Decodes an image and resizes it so the long side is `imgsz` (see [`resize_long_side`]).
-/// Returns the image and its original (w, h).
-pub fn load_resized(path: &Path, imgsz: u32) -> Result<(RgbImage, (u32, u32))> {
-    let img = load_rgb(path)?;
-    let orig = img.dimensions();
-    Ok((resize_long_side(img, imgsz), orig))
-}
-
-/// Long side to `imgsz`, the short side `ceil`ed (capped at imgsz). Bilinear when
-/// augmenting or enlarging; area averaging when shrinking for validation, which keeps
-/// thin structures that bilinear sampling would skip.
+/// Long side to `imgsz`, the short side `ceil`ed (capped at imgsz), bilinear.
 pub fn resize_long_side(img: RgbImage, imgsz: u32) -> RgbImage {
     let (w0, h0) = img.dimensions();
     let r = imgsz as f64 / w0.max(h0) as f64;
@@ -193,33 +173,28 @@ pub fn mosaic4(parts: [Sample; 4], s: u32, rng: &mut StdRng) -> Sample {
     let xc = rng.random_range(half..3.0 * half) as i64;
     let yc = rng.random_range(half..3.0 * half) as i64;
     let mut canvas = RgbImage::from_pixel(s2 as u32, s2 as u32, Rgb([FILL; 3]));
-    let mut out = Sample { img: RgbImage::new(0, 0), boxes: Vec::new(), cls: Vec::new() };
+    let (mut boxes, mut cls) = (Vec::new(), Vec::new());
+    // One axis: the canvas span [a1, a2) before (or after) the centre c, and its start in a part n long.
+    let span = |c: i64, n: i64, before: bool| {
+        let (a1, a2) = if before { ((c - n).max(0), c) } else { (c, (c + n).min(s2)) };
+        (a1, a2, if before { n - (a2 - a1) } else { 0 })
+    };
     for (i, part) in parts.into_iter().enumerate() {
         let (w, h) = (part.img.width() as i64, part.img.height() as i64);
-        // Destination rectangle on the canvas (a) and source rectangle in the part (b).
-        let (ax1, ay1, ax2, ay2) = match i {
-            0 => ((xc - w).max(0), (yc - h).max(0), xc, yc),
-            1 => (xc, (yc - h).max(0), (xc + w).min(s2), yc),
-            2 => ((xc - w).max(0), yc, xc, (yc + h).min(s2)),
-            _ => (xc, yc, (xc + w).min(s2), (yc + h).min(s2)),
-        };
-        let (bx1, by1) = match i {
-            0 => (w - (ax2 - ax1), h - (ay2 - ay1)),
-            1 => (0, h - (ay2 - ay1)),
-            2 => (w - (ax2 - ax1), 0),
-            _ => (0, 0),
-        };
+        // Destination on the canvas (a), source in the part (b); parts 0, 2 left, 0, 1 on top.
+        let (ax1, ax2, bx1) = span(xc, w, i.is_multiple_of(2));
+        let (ay1, ay2, by1) = span(yc, h, i < 2);
         copy_rect(&part.img, (bx1, by1), &mut canvas, (ax1, ay1), (ax2 - ax1, ay2 - ay1));
         let (dx, dy) = ((ax1 - bx1) as f32, (ay1 - by1) as f32);
         for (b, c) in part.boxes.iter().zip(&part.cls) {
-            out.boxes.push([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy]);
-            out.cls.push(*c);
+            let b = clip([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy], s2 as f32);
+            if b[2] > b[0] && b[3] > b[1] {
+                boxes.push(b);
+                cls.push(*c);
+            }
         }
     }
-    out.img = canvas;
-    clip_boxes(&mut out.boxes, s2 as f32, s2 as f32);
-    out.keep(|b| b[2] > b[0] && b[3] > b[1]);
-    out
+    Sample { img: canvas, boxes, cls }
 }
 
 /// Copies a `size` (w, h) block from `src` at `from` to `dst` at `to`.
@@ -237,13 +212,9 @@ fn copy_rect(src: &RgbImage, from: (i64, i64), dst: &mut RgbImage, to: (i64, i64
     }
 }
 
-fn clip_boxes(boxes: &mut [[f32; 4]], w: f32, h: f32) {
-    for b in boxes {
-        b[0] = b[0].clamp(0.0, w);
-        b[2] = b[2].clamp(0.0, w);
-        b[1] = b[1].clamp(0.0, h);
-        b[3] = b[3].clamp(0.0, h);
-    }
+/// A box clipped to an `s`×`s` image.
+fn clip(b: [f32; 4], s: f32) -> [f32; 4] {
+    b.map(|v| v.clamp(0.0, s))
 }
 
 type Mat3 = [[f64; 3]; 3];
@@ -294,11 +265,9 @@ pub fn random_perspective(sample: Sample, s: u32, cfg: &AugConfig, rng: &mut Std
     let (m, scale) = perspective_matrix(w as f64, h as f64, s as f64, cfg, rng);
     let projective = cfg.perspective != 0.0;
     let img = if m == EYE && (w, h) == (s, s) { sample.img } else { warp(&sample.img, &m, s, s, projective) };
-    let mut boxes = Vec::with_capacity(sample.boxes.len());
-    let mut cls = Vec::with_capacity(sample.boxes.len());
+    let (mut boxes, mut cls) = (Vec::new(), Vec::new());
     for (b, c) in sample.boxes.iter().zip(&sample.cls) {
-        let mut nb = transform_box(b, &m, projective);
-        clip_boxes(std::slice::from_mut(&mut nb), s as f32, s as f32);
+        let nb = clip(transform_box(b, &m, projective), s as f32);
         if box_candidate(b, &nb, scale as f32) {
             boxes.push(nb);
             cls.push(*c);
@@ -424,11 +393,7 @@ pub fn mixup(a: Sample, b: Sample, rng: &mut StdRng) -> Sample {
         // Truncation, as numpy's astype(uint8).
         *p = (*p as f32 * r + *q as f32 * (1.0 - r)) as u8;
     }
-    let mut boxes = a.boxes;
-    boxes.extend(b.boxes);
-    let mut cls = a.cls;
-    cls.extend(b.cls);
-    Sample { img, boxes, cls }
+    Sample { img, boxes: [a.boxes, b.boxes].concat(), cls: [a.cls, b.cls].concat() }
 }
 
 /// Beta(a, b) from two Gamma draws (Marsaglia–Tsang), avoiding a dependency for one use.
@@ -471,20 +436,14 @@ pub fn random_hsv(img: &mut RgbImage, gains: [f32; 3], rng: &mut StdRng) {
 
 /// Applies fixed HSV gains `r` (hue as a fraction of the circle).
 pub fn apply_hsv(img: &mut RgbImage, r: [f64; 3]) {
-    let mut lut_h = [0u8; 256];
-    let mut lut_s = [0u8; 256];
-    let mut lut_v = [0u8; 256];
-    for x in 0..256 {
-        let xf = x as f64;
-        lut_h[x] = (xf + r[0] * 180.0).rem_euclid(180.0) as u8;
-        lut_s[x] = (xf * (1.0 + r[1])).clamp(0.0, 255.0) as u8;
-        lut_v[x] = (xf * (1.0 + r[2])).clamp(0.0, 255.0) as u8;
-    }
+    let lut_h: [u8; 256] = std::array::from_fn(|x| (x as f64 + r[0] * 180.0).rem_euclid(180.0) as u8);
+    let gain = |g: f64| -> [u8; 256] { std::array::from_fn(|x| (x as f64 * (1.0 + g)).clamp(0.0, 255.0) as u8) };
+    let (mut lut_s, lut_v) = (gain(r[1]), gain(r[2]));
     // Gray stays gray: zero saturation must not gain any (Ultralytics 8.3.79+).
     lut_s[0] = 0;
     let tables = hsv_tables();
     for p in img.pixels_mut() {
-        let [h, s, v] = rgb_to_hsv_with(tables, p.0);
+        let [h, s, v] = rgb_to_hsv(tables, p.0);
         p.0 = hsv_to_rgb([lut_h[h as usize], lut_s[s as usize], lut_v[v as usize]]);
     }
 }
@@ -506,11 +465,7 @@ fn hsv_tables() -> &'static ([i32; 256], [i32; 256]) {
 
 /// OpenCV's 8-bit RGB → HSV (H in 0..180, S and V in 0..255), integer arithmetic with
 /// its rounded reciprocal tables.
-pub fn rgb_to_hsv(rgb: [u8; 3]) -> [u8; 3] {
-    rgb_to_hsv_with(hsv_tables(), rgb)
-}
-
-fn rgb_to_hsv_with((sdiv, hdiv): &([i32; 256], [i32; 256]), [r, g, b]: [u8; 3]) -> [u8; 3] {
+fn rgb_to_hsv((sdiv, hdiv): &([i32; 256], [i32; 256]), [r, g, b]: [u8; 3]) -> [u8; 3] {
     let (r, g, b) = (r as i32, g as i32, b as i32);
     let v = r.max(g).max(b);
     let diff = v - r.min(g).min(b);
@@ -735,18 +690,19 @@ mod tests {
     #[test]
     fn opencv_hsv_values() {
         // Both conversions matched cv2.cvtColor on every 8-bit input (RGB order here).
-        assert_eq!(rgb_to_hsv([255, 0, 0]), [0, 255, 255]);
-        assert_eq!(rgb_to_hsv([0, 255, 0]), [60, 255, 255]);
-        assert_eq!(rgb_to_hsv([0, 0, 255]), [120, 255, 255]);
-        assert_eq!(rgb_to_hsv([128, 128, 128]), [0, 0, 128]);
-        assert_eq!(rgb_to_hsv([255, 0, 1]), [0, 255, 255]); // -0.1 degree rounds to 0, not 180
-        assert_eq!(rgb_to_hsv([10, 20, 30]), [105, 170, 30]);
+        let to_hsv = |rgb| rgb_to_hsv(hsv_tables(), rgb);
+        assert_eq!(to_hsv([255, 0, 0]), [0, 255, 255]);
+        assert_eq!(to_hsv([0, 255, 0]), [60, 255, 255]);
+        assert_eq!(to_hsv([0, 0, 255]), [120, 255, 255]);
+        assert_eq!(to_hsv([128, 128, 128]), [0, 0, 128]);
+        assert_eq!(to_hsv([255, 0, 1]), [0, 255, 255]); // -0.1 degree rounds to 0, not 180
+        assert_eq!(to_hsv([10, 20, 30]), [105, 170, 30]);
         assert_eq!(hsv_to_rgb([0, 255, 255]), [255, 0, 0]);
         assert_eq!(hsv_to_rgb([0, 0, 77]), [77, 77, 77]);
         assert_eq!(hsv_to_rgb([105, 170, 30]), [10, 19, 30]); // truncated, as OpenCV
-                                                              // Round trip stays within a few levels (hue has 2-degree steps).
+        // Round trip stays within a few levels (hue has 2-degree steps).
         for c in [[200u8, 30, 60], [12, 240, 99], [80, 80, 200]] {
-            let back = hsv_to_rgb(rgb_to_hsv(c));
+            let back = hsv_to_rgb(to_hsv(c));
             for i in 0..3 {
                 assert!((back[i] as i32 - c[i] as i32).abs() <= 4, "{c:?} -> {back:?}");
             }

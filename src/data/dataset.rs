@@ -2,7 +2,7 @@
 //! with a JSON label cache so later runs skip the scan.
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::loader::derive_seed;
-use crate::pixels::load::{load_rgb, IMAGE_EXTS};
+use crate::pixels::load::{is_image, load_rgb, walk_images};
 
 /// How many of `n` images keep their labels under `--label-fraction fraction` (at least one).
 pub fn labeled_count(n: usize, fraction: f64) -> usize {
@@ -62,47 +62,32 @@ impl DataConfig {
             .ok_or_else(|| anyhow!("{}: expected a mapping of keys (train, val, names, ...)", path.display()))?;
         let get = |key: &str| map.get(key).filter(|v| !v.is_null());
 
-        let yaml_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let yaml_dir = path.parent().unwrap_or(Path::new(""));
+        // An absolute `path` replaces the folder when joined.
         let root = match get("path") {
-            None => yaml_dir.clone(),
-            Some(v) => {
-                let p = PathBuf::from(v.as_str().ok_or_else(|| doc.err("path", "must be a string"))?);
-                if p.is_absolute() {
-                    p
-                } else {
-                    yaml_dir.join(p)
-                }
-            }
+            None => yaml_dir.to_path_buf(),
+            Some(v) => yaml_dir.join(v.as_str().ok_or_else(|| doc.err("path", "must be a string"))?),
         };
-        let sources = |key: &str, v: Option<&Value>| -> Result<Vec<PathBuf>> {
-            let Some(v) = v else { return Ok(Vec::new()) };
-            let list = match v {
-                Value::String(s) => vec![s.clone()],
-                Value::Sequence(items) => items
+        let sources = |key: &str| -> Result<Vec<PathBuf>> {
+            let list: Vec<&str> = match get(key) {
+                None => return Ok(Vec::new()),
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Sequence(items)) => items
                     .iter()
-                    .map(|x| x.as_str().map(str::to_owned).ok_or_else(|| doc.err(key, "entries must be strings")))
+                    .map(|x| x.as_str().ok_or_else(|| doc.err(key, "entries must be strings")))
                     .collect::<Result<_>>()?,
-                _ => return Err(doc.err(key, "must be a path or a list of paths")),
+                Some(_) => return Err(doc.err(key, "must be a path or a list of paths")),
             };
-            let mut out = Vec::new();
-            for s in list {
-                let p = root.join(&s);
-                if !p.exists() {
-                    return Err(doc.err(key, &format!("{} does not exist", p.display())));
-                }
-                out.push(p);
-            }
-            Ok(out)
+            list.into_iter()
+                .map(|s| root.join(s))
+                .map(|p| if p.exists() { Ok(p) } else { Err(doc.err(key, &format!("{} does not exist", p.display()))) })
+                .collect()
         };
-        let train = sources("train", get("train"))?;
+        let train = sources("train")?;
         // Ultralytics accepts `validation` as an alias of `val`.
-        let (val_key, val_v) = match get("val") {
-            Some(v) => ("val", Some(v)),
-            None => ("validation", get("validation")),
-        };
-        let val = sources(val_key, val_v)?;
-        let test = sources("test", get("test"))?;
-        let unlabeled = sources("unlabeled", get("unlabeled"))?;
+        let val = sources(if get("val").is_some() { "val" } else { "validation" })?;
+        let test = sources("test")?;
+        let unlabeled = sources("unlabeled")?;
         if train.is_empty() {
             bail!("{}: missing required key 'train'", path.display());
         }
@@ -135,10 +120,8 @@ impl YamlDoc<'_> {
     }
 
     fn err(&self, key: &str, msg: &str) -> anyhow::Error {
-        match self.line_of(key) {
-            Some(n) => anyhow!("{} line {n}: '{key}' {msg}", self.path.display()),
-            None => anyhow!("{}: '{key}' {msg}", self.path.display()),
-        }
+        let line = self.line_of(key).map(|n| format!(" line {n}")).unwrap_or_default();
+        anyhow!("{}{line}: '{key}' {msg}", self.path.display())
     }
 }
 
@@ -256,24 +239,11 @@ impl Dataset {
         let images = list_images(sources)?;
         let hash = scan_hash(&images, nc);
         let locations = cache_locations(&images, cache_dir);
-        for loc in &locations {
-            if let Some(ds) = read_cache(loc, &hash, nc) {
-                for w in &ds.warnings {
-                    eprintln!("warning: {w}");
-                }
-                eprintln!("{}", summary(&ds.stats, ds.items.len(), Some(loc)));
-                return Ok(ds);
-            }
+        if let Some(ds) = locations.iter().find_map(|loc| read_cache(loc, &hash, nc)) {
+            ds.report(true);
+            return Ok(ds);
         }
-        let (items, warnings, stats) = scan_items(&images, Some(nc));
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
-        eprintln!("{}", summary(&stats, items.len(), None));
-        if items.is_empty() {
-            bail!("no usable images in {} ({} listed, {} skipped)", show_sources(sources), images.len(), stats.corrupt);
-        }
-        let mut ds = Dataset { items, nc, warnings, stats, cache_path: None };
+        let mut ds = Self::check(sources, &images, Some(nc))?;
         ds.cache_path = write_cache(&ds, &hash, &locations);
         Ok(ds)
     }
@@ -282,15 +252,35 @@ impl Dataset {
     /// checked as for training and bad ones are skipped with a warning; no label file is read,
     /// even where one exists.
     pub fn scan_unlabeled(sources: &[PathBuf]) -> Result<Dataset> {
-        let images = list_images(sources)?;
-        let (items, warnings, stats) = scan_items(&images, None);
-        for w in &warnings {
+        Self::check(sources, &list_images(sources)?, None)
+    }
+
+    /// Checks the `images` listed from `sources` (`nc = None`: unlabeled), reports them and
+    /// fails when none is usable.
+    fn check(sources: &[PathBuf], images: &[PathBuf], nc: Option<usize>) -> Result<Dataset> {
+        let (items, warnings, stats) = scan_items(images, nc);
+        let ds = Dataset { items, nc: nc.unwrap_or(0), warnings, stats, cache_path: None };
+        ds.report(nc.is_some());
+        if ds.is_empty() {
+            let what = if nc.is_some() { "" } else { " unlabeled" };
+            bail!("no usable{what} images in {} ({} listed, {} skipped)", show_sources(sources), images.len(), ds.stats.corrupt);
+        }
+        Ok(ds)
+    }
+
+    /// Prints the warnings and, with `labels`, the summary line (naming the cache read, if any).
+    fn report(&self, labels: bool) {
+        for w in &self.warnings {
             eprintln!("warning: {w}");
         }
-        if items.is_empty() {
-            bail!("no usable unlabeled images in {} ({} listed, {} skipped)", show_sources(sources), images.len(), stats.corrupt);
+        if labels {
+            let (s, usable) = (&self.stats, self.items.len());
+            let from = self.cache_path.as_ref().map(|c| format!(" (from cache {})", c.display())).unwrap_or_default();
+            eprintln!(
+                "scanned labels{from}: {usable} usable images, {} label files, {} missing, {} empty, {} skipped",
+                s.found, s.missing, s.empty, s.corrupt
+            );
         }
-        Ok(Dataset { items, nc: 0, warnings, stats, cache_path: None })
     }
 
     /// Keeps a seeded random `fraction` of the images (at least one) with their labels, in their
@@ -330,14 +320,6 @@ fn show_sources(sources: &[PathBuf]) -> String {
     sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-fn summary(s: &ScanStats, usable: usize, cache: Option<&Path>) -> String {
-    let from = cache.map(|c| format!(" (from cache {})", c.display())).unwrap_or_default();
-    format!(
-        "scanned labels{from}: {usable} usable images, {} label files, {} missing, {} empty, {} skipped",
-        s.found, s.missing, s.empty, s.corrupt
-    )
-}
-
 // ---------------------------------------------------------------- listing
 
 /// Image files under the sources, sorted (Ultralytics sorts the whole list).
@@ -345,7 +327,7 @@ pub fn list_images(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for src in sources {
         if src.is_dir() {
-            walk(src, &mut files)?;
+            files.extend(walk_images(src)?);
         } else if src.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
             files.extend(read_list(src)?);
         } else if src.is_file() {
@@ -360,25 +342,6 @@ pub fn list_images(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
         bail!("no images found in {}", show_sources(sources));
     }
     Ok(images)
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension().and_then(|x| x.to_str()).is_some_and(|x| IMAGE_EXTS.contains(&x.to_ascii_lowercase().as_str()))
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-            let p = e.with_context(|| format!("cannot list {}", d.display()))?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A `.txt` image list: `./x` lines are relative to the list's folder, others kept as written.
@@ -398,27 +361,19 @@ fn read_list(txt: &Path) -> Result<Vec<PathBuf>> {
 
 /// Label file of an image: the last `images` folder becomes `labels`, the suffix `.txt`.
 pub fn label_path(image: &Path) -> PathBuf {
-    let comps: Vec<_> = image.components().collect();
+    let mut comps: Vec<&OsStr> = image.components().map(|c| c.as_os_str()).collect();
     // The file name itself never counts as the `images` folder.
-    let last = comps[..comps.len().saturating_sub(1)].iter().rposition(|c| c.as_os_str() == "images");
-    let mut out = PathBuf::new();
-    for (i, c) in comps.iter().enumerate() {
-        if Some(i) == last {
-            out.push("labels");
-        } else {
-            out.push(c.as_os_str());
-        }
+    if let Some(i) = comps[..comps.len().saturating_sub(1)].iter().rposition(|c| *c == "images") {
+        comps[i] = OsStr::new("labels");
     }
-    out.with_extension("txt")
+    comps.into_iter().collect::<PathBuf>().with_extension("txt")
 }
 
 // ---------------------------------------------------------------- checking
 
-/// What checking one image + label pair gave.
-enum Checked {
-    Ok { item: Item, label: LabelState, warning: Option<String> },
-    Bad(String),
-}
+/// What checking one image + label pair gave: the item, its label file and any warning, or
+/// why the image is skipped.
+type Checked = std::result::Result<(Item, LabelState, Option<String>), String>;
 
 enum LabelState {
     Found,
@@ -441,7 +396,7 @@ fn scan_items(images: &[PathBuf], nc: Option<usize>) -> (Vec<Item>, Vec<String>,
     let (mut items, mut warnings, mut stats) = (Vec::new(), Vec::new(), ScanStats::default());
     for c in checked {
         match c {
-            Checked::Ok { item, label, warning } => {
+            Ok((item, label, warning)) => {
                 match label {
                     LabelState::Found => stats.found += 1,
                     LabelState::Missing => stats.missing += 1,
@@ -450,7 +405,7 @@ fn scan_items(images: &[PathBuf], nc: Option<usize>) -> (Vec<Item>, Vec<String>,
                 warnings.extend(warning);
                 items.push(item);
             }
-            Checked::Bad(w) => {
+            Err(w) => {
                 stats.corrupt += 1;
                 warnings.push(w);
             }
@@ -467,40 +422,30 @@ fn scan_items(images: &[PathBuf], nc: Option<usize>) -> (Vec<Item>, Vec<String>,
 
 /// A decoder that panics on a malformed file costs that file, not the scan.
 fn check_guarded(image: &Path, nc: Option<usize>) -> Checked {
-    std::panic::catch_unwind(|| check_pair(image, nc)).unwrap_or_else(|_| {
-        Checked::Bad(format!("{}: the image decoder crashed on this file; skipped", image.display()))
-    })
+    std::panic::catch_unwind(|| check_pair(image, nc))
+        .unwrap_or_else(|_| Err(format!("{}: the image decoder crashed on this file; skipped", image.display())))
 }
 
 fn check_pair(image: &Path, nc: Option<usize>) -> Checked {
-    let (size, mut warning) = match check_image(image) {
-        Ok(x) => x,
-        Err(e) => return Checked::Bad(format!("{}: skipping corrupt image: {e:#}", image.display())),
-    };
-    let Some(nc) = nc else {
-        return Checked::Ok { item: Item { image: image.to_path_buf(), size, labels: Vec::new() }, label: LabelState::Missing, warning };
-    };
+    let (size, mut warning) =
+        check_image(image).map_err(|e| format!("{}: skipping corrupt image: {e:#}", image.display()))?;
+    let item = |labels: Vec<Label>| Item { image: image.to_path_buf(), size, labels };
+    let Some(nc) = nc else { return Ok((item(Vec::new()), LabelState::Missing, warning)) };
     let lpath = label_path(image);
-    let (labels, state) = match fs::read(&lpath) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), LabelState::Missing),
-        Err(e) => {
-            return Checked::Bad(format!("{}: cannot read ({e}); skipping image {}", lpath.display(), image.display()))
-        }
-        Ok(bytes) => match parse_labels(&bytes, nc) {
-            Err((line, msg)) => {
-                let at = line.map(|n| format!(":{n}")).unwrap_or_default();
-                return Checked::Bad(format!("{}{at}: {msg}; skipping image {}", lpath.display(), image.display()));
-            }
-            Ok((labels, dups)) => {
-                if dups > 0 {
-                    warning = Some(format!("{}: {dups} duplicate labels removed", lpath.display()));
-                }
-                let state = if labels.is_empty() { LabelState::Empty } else { LabelState::Found };
-                (labels, state)
-            }
-        },
+    let skip = |why: String| format!("{}{why}; skipping image {}", lpath.display(), image.display());
+    let bytes = match fs::read(&lpath) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((item(Vec::new()), LabelState::Missing, warning)),
+        read => read.map_err(|e| skip(format!(": cannot read ({e})")))?,
     };
-    Checked::Ok { item: Item { image: image.to_path_buf(), size, labels }, label: state, warning }
+    let (labels, dups) = parse_labels(&bytes, nc).map_err(|(line, msg)| {
+        let at = line.map(|n| format!(":{n}")).unwrap_or_default();
+        skip(format!("{at}: {msg}"))
+    })?;
+    if dups > 0 {
+        warning = Some(format!("{}: {dups} duplicate labels removed", lpath.display()));
+    }
+    let state = if labels.is_empty() { LabelState::Empty } else { LabelState::Found };
+    Ok((item(labels), state, warning))
 }
 
 /// Image size (w, h) after EXIF orientation, from the header. A file whose end marker is
@@ -688,24 +633,11 @@ fn write_cache(ds: &Dataset, hash: &str, locations: &[PathBuf]) -> Option<PathBu
         warnings: ds.warnings.clone(),
         stats: ds.stats,
     };
-    let json = match serde_json::to_string(&file) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("note: label cache not written ({e})");
-            return None;
-        }
-    };
+    let json = serde_json::to_string(&file).inspect_err(|e| eprintln!("note: label cache not written ({e})")).ok()?;
     for (i, loc) in locations.iter().enumerate() {
-        match write_file(loc, &json) {
-            Ok(()) => return Some(loc.clone()),
-            Err(e) => {
-                let next = match locations.get(i + 1) {
-                    Some(n) => format!("using {} instead", n.display()),
-                    None => "not caching labels".to_string(),
-                };
-                eprintln!("note: cannot write label cache {} ({e}); {next}", loc.display());
-            }
-        }
+        let Err(e) = write_file(loc, &json) else { return Some(loc.clone()) };
+        let next = locations.get(i + 1).map_or("not caching labels".into(), |n| format!("using {} instead", n.display()));
+        eprintln!("note: cannot write label cache {} ({e}); {next}", loc.display());
     }
     None
 }
@@ -844,8 +776,7 @@ pub(crate) mod tests {
         let a = write_sample(&d, "train", "a", (20, 20), Some("0 0.5 0.5 0.2 0.2\n"));
         let b = write_sample(&d, "train", "b", (20, 20), None);
         fs::write(d.join("train.txt"), "./images/train/b.png\n./images/train/a.png\n\n").unwrap();
-        fs::write(d.join("data.yaml"), "train: train.txt\nval: images/train\nnames: [x]\n").unwrap();
-        let c = DataConfig::load(&d.join("data.yaml")).unwrap();
+        let c = yaml(&d, "train: train.txt\nval: images/train\nnames: [x]\n").unwrap();
         assert_eq!(list_images(&c.train).unwrap(), vec![a.clone(), b.clone()]);
         let ds = Dataset::scan(&c.train, 1, None).unwrap();
         assert_eq!(ds.len(), 2);

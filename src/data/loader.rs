@@ -13,12 +13,13 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::augment::{letterbox_sample, load_resized, train_sample, AugConfig, ImageSource, Sample, FILL};
+use super::augment::{letterbox_sample, resize_long_side, train_sample, AugConfig, ImageSource, Sample, FILL};
 use super::dataset::Dataset;
 use crate::pixels::letterbox::{to_chw, Placement};
+use crate::pixels::load::load_rgb;
 
 /// One collated batch.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Batch {
     /// [B, 3, H, W] RGB in 0..1.
     pub images: Vec<f32>,
@@ -76,17 +77,8 @@ struct Part {
 /// Stacks same-size images and concatenates their labels.
 fn collate(parts: Vec<Part>) -> Batch {
     let (w, h) = parts.first().map_or((0, 0), |p| p.sample.img.dimensions());
-    let mut b = Batch {
-        images: Vec::with_capacity(parts.len() * 3 * (w * h) as usize),
-        shape: [parts.len(), 3, h as usize, w as usize],
-        batch_idx: Vec::new(),
-        cls: Vec::new(),
-        bboxes: Vec::new(),
-        paths: Vec::with_capacity(parts.len()),
-        ori_sizes: Vec::with_capacity(parts.len()),
-        placements: Vec::new(),
-        labeled: parts.len(),
-    };
+    let n = parts.len();
+    let mut b = Batch { images: Vec::with_capacity(n * 3 * (w * h) as usize), shape: [n, 3, h as usize, w as usize], labeled: n, ..Default::default() };
     for (i, p) in parts.into_iter().enumerate() {
         debug_assert_eq!(p.sample.img.dimensions(), (w, h));
         b.images.extend(to_chw(&p.sample.img));
@@ -203,19 +195,9 @@ impl TrainLoader {
         })
     }
 
-    /// Keeps every resized image in RAM (about imgsz²·3·N·0.75 bytes).
-    pub fn cache_all(mut self) -> TrainLoader {
-        self.cache = Arc::new(ImageCache::new(self.dataset.len()));
-        self
-    }
-
     /// Batches per epoch (the last partial batch included).
     pub fn len(&self) -> usize {
         self.dataset.len().div_ceil(self.batch)
-    }
-
-    pub fn dataset(&self) -> &Arc<Dataset> {
-        &self.dataset
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,14 +216,7 @@ impl TrainLoader {
     /// (reshuffled) when the images run out: the unlabeled images that go with an epoch's
     /// labeled batches. Depends only on (seed, epoch), so a resumed run draws the same ones.
     pub fn epoch_batches(&self, epoch: usize, mosaic_on: bool, n: usize) -> BatchIter {
-        let mut order = Vec::with_capacity(n * self.batch);
-        for pass in 0.. {
-            if order.len() >= n * self.batch {
-                break;
-            }
-            order.extend(self.shuffled(epoch, pass));
-        }
-        order.truncate(n * self.batch);
+        let order = (0..).flat_map(|pass| self.shuffled(epoch, pass)).take(n * self.batch).collect();
         self.batches_of(order, n, epoch, mosaic_on)
     }
 
@@ -313,8 +288,8 @@ impl ImageSource for TrainSource {
 /// Decodes and resizes; a failure (or a decoder panic) is a warning and `None`, so one
 /// file that broke after the scan cannot stop a run.
 fn load_or_warn(path: &Path, imgsz: u32) -> Option<RgbImage> {
-    match std::panic::catch_unwind(|| load_resized(path, imgsz)) {
-        Ok(Ok((img, _))) => Some(img),
+    match std::panic::catch_unwind(|| load_rgb(path).map(|img| resize_long_side(img, imgsz))) {
+        Ok(Ok(img)) => Some(img),
         Ok(Err(e)) => {
             eprintln!("warning: {e:#}; using a blank image");
             None
@@ -338,7 +313,6 @@ pub struct ValLoader {
     order: Vec<usize>,
     /// (h, w) of each batch.
     shapes: Vec<(u32, u32)>,
-    cache: Arc<ImageCache>,
 }
 
 impl ValLoader {
@@ -357,7 +331,6 @@ impl ValLoader {
             workers,
             order,
             shapes,
-            cache: Arc::new(ImageCache::new(0)),
             dataset,
         })
     }
@@ -366,12 +339,6 @@ impl ValLoader {
     pub fn square(mut self) -> ValLoader {
         self.order = (0..self.dataset.len()).collect();
         self.shapes = vec![(self.imgsz, self.imgsz); self.dataset.len().div_ceil(self.batch)];
-        self
-    }
-
-    /// Keeps every resized image in RAM across validation passes.
-    pub fn cache_all(mut self) -> ValLoader {
-        self.cache = Arc::new(ImageCache::new(self.dataset.len()));
         self
     }
 
@@ -391,11 +358,11 @@ impl ValLoader {
     /// All batches, in order.
     pub fn batches(&self) -> BatchIter {
         let (dataset, order, shapes) = (self.dataset.clone(), self.order.clone(), self.shapes.clone());
-        let (imgsz, batch, cache) = (self.imgsz, self.batch, self.cache.clone());
+        let (imgsz, batch) = (self.imgsz, self.batch);
         let make = move |j: usize| {
             let parts = order[j * batch..((j + 1) * batch).min(order.len())]
                 .iter()
-                .map(|&idx| val_part(&dataset, idx, imgsz, shapes[j], &cache))
+                .map(|&idx| val_part(&dataset, idx, imgsz, shapes[j]))
                 .collect();
             collate(parts)
         };
@@ -403,10 +370,10 @@ impl ValLoader {
     }
 }
 
-/// Loads (area-resized), letterboxes, and records the mapping back to the original.
-fn val_part(dataset: &Dataset, idx: usize, imgsz: u32, shape: (u32, u32), cache: &ImageCache) -> Part {
+/// Loads (resized), letterboxes, and records the mapping back to the original.
+fn val_part(dataset: &Dataset, idx: usize, imgsz: u32, shape: (u32, u32)) -> Part {
     let item = &dataset.items[idx];
-    let loaded = cache.get_or_load(idx, || load_or_warn(&item.image, imgsz));
+    let loaded = load_or_warn(&item.image, imgsz);
     let (w0, h0) = item.size;
     let Some(img) = loaded else {
         let blank = Sample::new(RgbImage::from_pixel(shape.1, shape.0, Rgb([FILL; 3])), &[]);
@@ -414,7 +381,7 @@ fn val_part(dataset: &Dataset, idx: usize, imgsz: u32, shape: (u32, u32), cache:
         return Part { sample: blank, path: item.image.clone(), ori: item.size, place: Some(place) };
     };
     let load_gain = img.width().max(img.height()) as f32 / w0.max(h0) as f32;
-    let (sample, lb) = letterbox_sample(Sample::new((*img).clone(), &item.labels), shape);
+    let (sample, lb) = letterbox_sample(Sample::new(img, &item.labels), shape);
     let place = Placement { gain: lb.gain * load_gain, pad: lb.pad, orig: item.size };
     Part { sample, path: item.image.clone(), ori: item.size, place: Some(place) }
 }
@@ -578,7 +545,7 @@ impl Drop for Pool {
 mod tests {
     use super::*;
     use crate::data::dataset::tests::{bccd_yaml, temp_dir, write_sample, TempDir};
-    use crate::data::dataset::{DataConfig, Item, Label};
+    use crate::data::dataset::{DataConfig, Item};
     use std::time::Instant;
 
     /// n synthetic images (alternating 64x48 and 40x64) with one or two boxes each.
@@ -589,13 +556,7 @@ mod tests {
                 let size = if i % 2 == 0 { (64, 48) } else { (40, 64) };
                 let labels = if i % 3 == 0 { "0 0.5 0.5 0.4 0.4\n1 0.2 0.3 0.2 0.2\n" } else { "1 0.6 0.4 0.3 0.5\n" };
                 let image = write_sample(&d, "train", &format!("im{i:02}"), size, Some(labels));
-                let labels = labels
-                    .lines()
-                    .map(|l| {
-                        let v: Vec<f32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
-                        Label { cls: v[0] as usize, xywhn: [v[1], v[2], v[3], v[4]] }
-                    })
-                    .collect();
+                let labels = crate::data::dataset::parse_labels(labels.as_bytes(), 2).unwrap().0;
                 Item { image, size, labels }
             })
             .collect();

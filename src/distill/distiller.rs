@@ -90,7 +90,6 @@ pub struct Distiller {
     pub pairs: Vec<Pair>,
     /// The feature methods with their written weights, in the order given.
     pub methods: Vec<Method>,
-    pub response: Response,
     pub args: DistillArgs,
     /// One adapter per pair whose channels differ (for the methods that need it).
     pub adapters: Vec<Option<Adapter>>,
@@ -124,6 +123,28 @@ fn constant<const D: usize>(t: &Tensor<D>, online: bool) -> Tensor<D> {
     }
 }
 
+pub(super) fn resize_to(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
+    let d = x.dims();
+    if d[2] == h && d[3] == w {
+        return x;
+    }
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h, w]))
+}
+
+/// Per-level slices [B, C, H, W] of flattened head maps [B, C, A].
+fn level_maps(flat: &Tensor<3>, shapes: &[(usize, usize)]) -> Vec<Tensor<4>> {
+    let [b, c, _] = flat.dims();
+    let mut start = 0;
+    shapes
+        .iter()
+        .map(|&(h, w)| {
+            let m = flat.clone().narrow(2, start, h * w).reshape([b, c, h, w]);
+            start += h * w;
+            m
+        })
+        .collect()
+}
+
 impl Distiller {
     pub fn new(args: &DistillArgs, student: &DetectionModel, imgsz: usize, epochs: usize, close_mosaic: usize, device: &Device) -> Result<Self> {
         let path = args.teacher.as_deref().context("no --teacher")?;
@@ -139,8 +160,7 @@ impl Distiller {
             bail!("the teacher {path} has {} classes but the student has {}: they must agree", teacher.nc(), student.nc());
         }
         let methods = parse_methods(&args.distill, args.distill_weight)?;
-        let response = args.logit;
-        if response == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
+        if args.logit == Response::Ld && (student.head().reg_max == 1 || teacher.head().reg_max != student.head().reg_max) {
             bail!("--logit ld needs DFL heads with the same reg_max on both sides");
         }
         let pairs = plan_pairs(student, &teacher, args, imgsz)?;
@@ -168,7 +188,6 @@ impl Distiller {
             teacher,
             pairs,
             methods,
-            response,
             args: args.clone(),
             adapters,
             stop_epoch,
@@ -215,7 +234,7 @@ impl Distiller {
         s.push_str(&format!(
             "methods: {} | response: {} | schedule: {} until epoch {}\n",
             if methods.is_empty() { "none".into() } else { methods.join(",") },
-            flag_value(&self.response),
+            flag_value(&self.args.logit),
             flag_value(&self.args.distill_schedule),
             self.stop_epoch
         ));
@@ -262,34 +281,6 @@ impl Distiller {
         t
     }
 
-    fn weight(&self, ctx: &HookInput<'_>) -> f32 {
-        schedule_weight(self.args.distill_schedule, ctx.epoch, ctx.batch, ctx.batches, self.stop_epoch)
-    }
-}
-
-pub(super) fn resize_to(x: Tensor<4>, h: usize, w: usize) -> Tensor<4> {
-    let d = x.dims();
-    if d[2] == h && d[3] == w {
-        return x;
-    }
-    interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h, w]))
-}
-
-/// Per-level slices [B, C, H, W] of flattened head maps [B, C, A].
-fn level_maps(flat: &Tensor<3>, shapes: &[(usize, usize)]) -> Vec<Tensor<4>> {
-    let [b, c, _] = flat.dims();
-    let mut start = 0;
-    shapes
-        .iter()
-        .map(|&(h, w)| {
-            let m = flat.clone().narrow(2, start, h * w).reshape([b, c, h, w]);
-            start += h * w;
-            m
-        })
-        .collect()
-}
-
-impl Distiller {
     /// While calibration is asked for and not done: the asked fraction of the detection gradient.
     pub fn calibration_pending(&self) -> Option<f32> {
         self.args.distill_calibrate.filter(|_| self.scales.is_none())
@@ -321,9 +312,7 @@ impl Distiller {
         self.scales = Some(scales.clone());
         scales
     }
-}
 
-impl Distiller {
     /// An online teacher learns from the labels too: its own detection loss, over the labeled
     /// images only.
     fn online_teacher_loss(&mut self, ctx: &HookInput<'_>, t_fwd: &Forward, out: &mut HookLoss) {
@@ -336,7 +325,7 @@ impl Distiller {
         // The online teacher learns from the labels only: its loss covers the labeled images.
         let b = ctx.images.dims()[0];
         let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
-        let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.epoch, ctx.epochs);
+        let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.pos.epoch, ctx.pos.epochs);
         out.terms.push(("t_det".into(), tl.total / b as f32));
         for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
             out.logs.push((n.to_string(), v as f64));
@@ -364,7 +353,7 @@ impl Distiller {
             Vec::new()
         };
         let maps = LevelMaps { student: &student_maps, adapted: &adapted, adapters: &self.adapters, teacher: teacher_maps, teacher_scores: &t_scores };
-        let step = StepKey { seed: self.mask_seed, epoch: ctx.epoch, batch: ctx.batch };
+        let step = StepKey { seed: self.mask_seed, epoch: ctx.pos.epoch, batch: ctx.pos.batch };
         for m in &self.methods {
             let per_level: Vec<Tensor<1>> = (0..levels).map(|l| m.imp.level_loss(l, &maps, step)).collect();
             let scale = m.weight * w / if m.imp.averaged() { levels as f32 } else { 1.0 };
@@ -381,7 +370,7 @@ impl Distiller {
     fn response_term(&self, ctx: &HookInput<'_>, t_fwd: &Forward, t_head: &HeadMaps, w: f32, out: &mut HookLoss) {
         let s_head = &ctx.student.one2many;
         let device = ctx.images.device();
-        let resp: Option<(&str, Tensor<1>)> = match self.response {
+        let resp: Option<(&str, Tensor<1>)> = match self.args.logit {
             Response::None => None,
             Response::Mse => {
                 if s_head.scores.dims() != t_head.scores.dims() || s_head.boxes.dims() != t_head.boxes.dims() {
@@ -432,7 +421,7 @@ impl Distiller {
         };
         if let Some((name, term)) = resp {
             out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
-        } else if self.response == Response::Mse {
+        } else if self.args.logit == Response::Mse {
             out.logs.push(("l_mse_skipped".into(), 1.0));
         }
     }
@@ -462,12 +451,11 @@ impl Distiller {
         }
         let all_zero = out.terms.iter().all(|(_, t)| t.clone().into_scalar::<f32>() == 0.0);
         self.zero_steps = if all_zero && !out.terms.is_empty() { self.zero_steps + 1 } else { 0 };
-        if self.zero_steps == ctx.batches.max(1) {
+        if self.zero_steps == ctx.pos.batches.max(1) {
             eprintln!("warning: every distillation term was zero for a whole epoch");
         }
     }
 }
-
 
 impl StepHook for Distiller {
     fn taps(&self) -> Vec<usize> {
@@ -476,12 +464,12 @@ impl StepHook for Distiller {
 
     fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
         let mut out = HookLoss::default();
-        if ctx.epoch >= self.stop_epoch {
+        if ctx.pos.epoch >= self.stop_epoch {
             // Distillation is over: its columns read 0 in the logs from here on.
             out.logs = self.logged.iter().map(|n| (n.clone(), 0.0)).collect();
             return out;
         }
-        let w = self.weight(ctx);
+        let w = schedule_weight(self.args.distill_schedule, ctx.pos.epoch, ctx.pos.batch, ctx.pos.batches, self.stop_epoch);
         self.last_weight = w;
         let t_fwd = match self.pass.take() {
             Some(p) => p,

@@ -27,8 +27,6 @@ pub const MGD_ALPHA: f32 = 2e-5;
 pub const MGD_LAMBDA: f32 = 0.65;
 /// Seed default of the logit-MSE weight `α`.
 pub const LOGIT_MSE_ALPHA: f32 = 0.25;
-/// Ultralytics' default distillation gain `dis` of its native method.
-pub const NATIVE_DIS: f32 = 6.0;
 /// Epsilon of the affine-free BatchNorm of the seed pipeline.
 pub const NORM_EPS: f32 = 1e-5;
 /// Floor of the seed's per-epoch cosine weight (reached at the end of an epoch).
@@ -243,10 +241,7 @@ pub fn mgd(s: &[Tensor<4>], t: &[Tensor<4>], keep_masks: &[Tensor<4>], gens: &[M
 /// class channels together): `α · Σ_l mean((z_s − z_t)²)`, `α` = 0.25 by default.
 /// Needs matching head shapes (same nc and reg_max).
 pub fn logit_mse(s: &[Tensor<4>], t: &[Tensor<4>], alpha: f32) -> Tensor<1> {
-    sum_levels(s, t, |s, t| {
-        assert_same_shape(&s, &t, "logit mse");
-        mse(s, t)
-    }) * alpha
+    mimic(s, t) * alpha
 }
 
 /// Hinton KD on rows of logits `[rows, classes]`: softmax over the last dim,
@@ -425,11 +420,6 @@ pub struct Projector {
 impl Projector {
     pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
         Self { conv1: conv_config(c_student, c_teacher, 1).init(device), conv2: conv_config(c_teacher, c_teacher, 1).init(device) }
-    }
-
-    /// Projector with explicit weights `[Ct, Cs, 1, 1]`, `[Ct]`, `[Ct, Ct, 1, 1]`, `[Ct]`.
-    pub fn from_weights(w1: Tensor<4>, b1: Tensor<1>, w2: Tensor<4>, b2: Tensor<1>) -> Self {
-        Self { conv1: conv_from_weights(w1, b1, 0), conv2: conv_from_weights(w2, b2, 0) }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

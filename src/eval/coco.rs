@@ -48,26 +48,6 @@ pub struct CocoStats {
     pub ar_large: f64,
 }
 
-impl CocoStats {
-    /// The 12 numbers in pycocotools' `stats` order.
-    pub fn to_array(&self) -> [f64; 12] {
-        [
-            self.ap,
-            self.ap50,
-            self.ap75,
-            self.ap_small,
-            self.ap_medium,
-            self.ap_large,
-            self.ar1,
-            self.ar10,
-            self.ar100,
-            self.ar_small,
-            self.ar_medium,
-            self.ar_large,
-        ]
-    }
-}
-
 /// COCO-format ground truth: box x, y, w, h with area and iscrowd.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CocoGt {
@@ -80,7 +60,7 @@ pub struct CocoGt {
 }
 
 /// COCO-format detection: box x, y, w, h with score.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
 pub struct CocoDet {
     pub image_id: u64,
     pub category_id: u64,
@@ -338,11 +318,7 @@ fn precision_at_recalls(rc: &[f64], mut pr: Vec<f64>, rec_thrs: &[f64]) -> Vec<f
 
 /// Mean of the values that are not −1 (−1 when there are none).
 fn mean_valid(values: impl Iterator<Item = f64>) -> f64 {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for v in values.filter(|&v| v > -1.0) {
-        sum += v;
-        n += 1;
-    }
+    let (sum, n) = values.filter(|&v| v > -1.0).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     if n == 0 {
         -1.0
     } else {
@@ -411,14 +387,6 @@ struct RawGtFile {
     annotations: Vec<RawGt>,
 }
 
-#[derive(Deserialize)]
-struct RawDet {
-    image_id: u64,
-    category_id: u64,
-    bbox: [f64; 4],
-    score: f64,
-}
-
 /// Parses a COCO ground-truth JSON (`images`, `categories`, `annotations`); a missing `area`
 /// becomes w·h.
 pub fn parse_gt_json(text: &str) -> Result<CocoGtFile, serde_json::Error> {
@@ -442,11 +410,7 @@ pub fn parse_gt_json(text: &str) -> Result<CocoGtFile, serde_json::Error> {
 
 /// Parses a COCO results JSON (a list of `image_id`, `category_id`, `bbox`, `score`).
 pub fn parse_dets_json(text: &str) -> Result<Vec<CocoDet>, serde_json::Error> {
-    let raw: Vec<RawDet> = serde_json::from_str(text)?;
-    Ok(raw
-        .into_iter()
-        .map(|d| CocoDet { image_id: d.image_id, category_id: d.category_id, bbox: d.bbox, score: d.score })
-        .collect())
+    serde_json::from_str(text)
 }
 
 #[cfg(test)]

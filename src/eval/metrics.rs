@@ -197,7 +197,10 @@ impl MetricsAccumulator {
         let classes: Vec<(usize, usize)> =
             self.n_labels.iter().enumerate().filter(|(_, &n)| n > 0).map(|(c, &n)| (c, n)).collect();
         let curves: Vec<ClassCurves> = classes.iter().map(|&(c, n_l)| class_curves(&preds, c, n_l, &grid)).collect();
-        let i = best_f1_index(&curves);
+        let f1 = |cc: &ClassCurves| cc.p_curve.iter().zip(&cc.r_curve).map(|(p, r)| 2.0 * p * r / (p + r + EPS)).collect();
+        let f1: Vec<Vec<f64>> = curves.iter().map(f1).collect();
+        // P and R are read where the box-smoothed mean F1 over classes peaks (first index on ties).
+        let i = argmax_first(&Curves::smoothed_mean(&f1));
         let per_class: Vec<ClassAp> = classes
             .iter()
             .zip(&curves)
@@ -221,12 +224,11 @@ impl MetricsAccumulator {
             per_class,
             fitness: map,
         };
-        let f1 = |cc: &ClassCurves| cc.p_curve.iter().zip(&cc.r_curve).map(|(p, r)| 2.0 * p * r / (p + r + EPS)).collect();
         let plots = Curves {
             classes: classes.iter().map(|c| c.0).collect(),
             ap50: curves.iter().map(|c| c.ap[0]).collect(),
             pr: curves.iter().map(|c| c.pr.clone()).collect(),
-            f1: curves.iter().map(f1).collect(),
+            f1,
             p: curves.iter().map(|c| c.p_curve.clone()).collect(),
             r: curves.iter().map(|c| c.r_curve.clone()).collect(),
             x: grid,
@@ -347,28 +349,6 @@ fn ap_and_envelope(recall: &[f64], precision: &[f64]) -> (f64, Vec<f64>, Vec<f64
     (trapezoid(&y, &x), mrec, mpre)
 }
 
-/// Index on the confidence grid where the box-smoothed (fraction 0.1) mean F1 over classes peaks
-/// (first index on ties).
-fn best_f1_index(curves: &[ClassCurves]) -> usize {
-    if curves.is_empty() {
-        return 0;
-    }
-    let n = curves[0].p_curve.len();
-    let mean_f1: Vec<f64> = (0..n)
-        .map(|k| {
-            let s: f64 = curves
-                .iter()
-                .map(|c| {
-                    let (p, r) = (c.p_curve[k], c.r_curve[k]);
-                    2.0 * p * r / (p + r + EPS)
-                })
-                .sum();
-            s / curves.len() as f64
-        })
-        .collect();
-    argmax_first(&smooth(&mean_f1, 0.1))
-}
-
 /// Box filter of width `round(2·f·n)//2 + 1`, the ends padded with the edge values (same length
 /// out as in).
 fn smooth(y: &[f64], f: f64) -> Vec<f64> {
@@ -386,13 +366,7 @@ fn smooth(y: &[f64], f: f64) -> Vec<f64> {
 
 /// Index of the first maximum.
 fn argmax_first(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best })
 }
 
 /// `n` evenly spaced values from `start` to `stop` inclusive, computed as numpy does

@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::Tensor;
 
 use super::onnx_proto::{read_fields, Msg};
 use crate::model::graph::{DetectionModel, Layer};
-use crate::model::spec::source;
 use crate::model::layers::attention::A2Inner;
 use crate::model::layers::head::{anchor_points, Detect};
 
@@ -139,13 +138,8 @@ impl Builder {
     }
 
     pub(crate) fn init_i64(&mut self, hint: &str, data: &[i64]) -> String {
-        let name = self.fresh(hint);
-        let mut t = Msg::new();
-        t.int(1, data.len() as i64).int(2, INT64).string(8, &name);
-        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        t.bytes(9, &raw);
-        self.inits.push(t);
-        name
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.init_raw(hint, &[data.len()], INT64, raw)
     }
 
     pub(crate) fn tensor<const D: usize>(&mut self, hint: &str, t: Tensor<D>) -> String {
@@ -180,6 +174,10 @@ impl Builder {
         }
     }
 
+    pub(crate) fn cast(&mut self, x: &str, to: i64) -> String {
+        self.node("Cast", &[x], vec![("to", Attr::Int(to))])
+    }
+
     pub(crate) fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
         self.node("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))])
     }
@@ -196,6 +194,10 @@ impl Builder {
 
     pub(crate) fn add(&mut self, a: &V, b: &V) -> V {
         V { name: self.binary("Add", &a.name, &b.name), ..a.clone() }
+    }
+    /// `x + y` for a residual block with a shortcut, else `y`.
+    pub(crate) fn residual(&mut self, add: bool, x: &V, y: V) -> V {
+        if add { self.add(x, &y) } else { y }
     }
 
     pub(crate) fn concat(&mut self, xs: &[V], axis: i64) -> V {
@@ -255,12 +257,6 @@ impl Builder {
         V { name, ..x.clone() }
     }
 
-
-
-
-
-
-
     /// softmax(qᵀk · scale) applied to v: returns v·attnᵀ. q, k, v: [*, nh, d, n].
     pub(crate) fn attend(&mut self, q: &str, k: &str, v: &str, scale: f32) -> String {
         let qt = self.transpose(q, &[0, 1, 3, 2]);
@@ -271,16 +267,6 @@ impl Builder {
         let at = self.transpose(&attn, &[0, 1, 3, 2]);
         self.binary("MatMul", v, &at)
     }
-
-
-
-
-
-
-
-
-
-
 
     pub(crate) fn upsample(&mut self, x: &V, s: usize) -> V {
         let scales = self.init_exact_f32("scales", &[4], &[1.0, 1.0, s as f32, s as f32]);
@@ -296,8 +282,6 @@ impl Builder {
         V { name, c: x.c, h: x.h * s, w: x.w * s }
     }
 
-
-
     /// Anchor centres [1, 2, A] and strides [1, 1, A] computed from the level
     /// maps' runtime sizes (Shape → Range), for inputs of any size.
     pub(crate) fn anchors_in_graph(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
@@ -308,10 +292,7 @@ impl Builder {
         if !half_graph {
             return (xy, st);
         }
-        let to = vec![("to", Attr::Int(FLOAT16))];
-        let xy = self.node("Cast", &[&xy], to);
-        let st = self.node("Cast", &[&st], vec![("to", Attr::Int(FLOAT16))]);
-        (xy, st)
+        (self.cast(&xy, FLOAT16), self.cast(&st, FLOAT16))
     }
 
     pub(crate) fn anchors_f32(&mut self, xs: &[V], strides: &[f64]) -> (String, String) {
@@ -322,10 +303,8 @@ impl Builder {
         for (x, &s) in xs.iter().zip(strides) {
             let mut coords = Vec::new();
             for (axis, shape) in [(2i64, [-1i64, 1]), (3, [1, -1])] {
-                let shp = self.node("Shape", &[&x.name], vec![]);
-                let i = self.init_i64("idx", &[axis]);
-                let n = self.node("Gather", &[&shp, &i], vec![("axis", Attr::Int(0))]);
-                let n = self.node("Cast", &[&n], vec![("to", Attr::Int(self.elem()))]);
+                let n = self.shape_of(&x.name, Some(&[axis]));
+                let n = self.cast(&n, self.elem());
                 let n = self.reshape(&n, &[]);
                 let r = self.node("Range", &[&zero, &n, &one], vec![]);
                 let r = self.binary("Add", &r, &half);
@@ -421,7 +400,7 @@ impl Builder {
     /// Float32 throughout (TopK has no float16 kernel on CPU runtimes); returns k.
     fn top_k_detections(&mut self, boxes: &str, scores: &str, nc: usize, anchors: usize, dynamic: bool) -> usize {
         let half_graph = self.half;
-        let as_f32 = |b: &mut Self, x: &str| if half_graph { b.node("Cast", &[x], vec![("to", Attr::Int(FLOAT))]) } else { x.to_string() };
+        let as_f32 = |b: &mut Self, x: &str| if half_graph { b.cast(x, FLOAT) } else { x.to_string() };
         let boxes = as_f32(self, boxes);
         let scores = as_f32(self, scores);
         let boxes = self.transpose(&boxes, &[0, 2, 1]);
@@ -454,7 +433,7 @@ impl Builder {
         let boxes = gather(self, &boxes, &which);
         let conf = self.node("Unsqueeze", &[&conf, &last], vec![]);
         let class = self.node("Unsqueeze", &[&class, &last], vec![]);
-        let class = self.node("Cast", &[&class], vec![("to", Attr::Int(FLOAT))]);
+        let class = self.cast(&class, FLOAT);
         let out = if half_graph { "output0_f32".to_string() } else { "output0".to_string() };
         self.emit("Concat", &[&boxes, &conf, &class], vec![out.clone()], vec![("axis", Attr::Int(2))]);
         if half_graph {
@@ -554,45 +533,24 @@ pub fn export_onnx_with(model: &DetectionModel, opts: &OnnxOptions) -> Result<Ve
     }
     let mut b = Builder { half, ..Default::default() };
     let input = V { name: "images".into(), c: 3, h, w };
-    let n = model.layers.len();
-    let mut outs: Vec<Option<V>> = vec![None; n];
-    let mut x = input;
-    let mut result = None;
-    for (i, (layer, spec)) in model.layers.iter().zip(&model.spec.layers).enumerate() {
-        let get = |f: i64, x: &V| -> Result<V> {
-            if f == -1 {
-                return Ok(x.clone());
+    let step = |i: usize, layer: &Layer, mut xs: Vec<V>| -> Result<V> {
+        if let Layer::Concat(dim) = layer {
+            return Ok(b.concat(&xs, *dim as i64));
+        }
+        let inp = xs.swap_remove(0);
+        if let Layer::A2C2f(m) = layer {
+            let area = m.m.iter().find_map(|a| match a {
+                A2Inner::Area(blocks) => blocks.first().map(|blk| blk.attn.area.max(1)),
+                A2Inner::C3k(_) => None,
+            });
+            if let Some(area) = area.filter(|a| (inp.h * inp.w) % a != 0) {
+                bail!("layer {i}: area attention needs H·W ({}) divisible by area ({area})", inp.h * inp.w);
             }
-            source(f, i).and_then(|j| outs.get(j).cloned().flatten()).with_context(|| format!("layer {i}: bad input {f}"))
-        };
-        let y = match layer {
-            Layer::Concat(dim) => {
-                let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
-                b.concat(&xs, *dim as i64)
-            }
-            Layer::Detect(d) => {
-                let xs = spec.from.iter().map(|&f| get(f, &x)).collect::<Result<Vec<_>>>()?;
-                result = Some(b.detect(&xs, d, dynamic, end2end)?);
-                break;
-            }
-            other => {
-                let inp = get(spec.from[0], &x)?;
-                if let Layer::A2C2f(m) = other {
-                    let area = m.m.iter().find_map(|a| match a {
-                        A2Inner::Area(blocks) => blocks.first().map(|blk| blk.attn.area.max(1)),
-                        A2Inner::C3k(_) => None,
-                    });
-                    if let Some(area) = area.filter(|a| (inp.h * inp.w) % a != 0) {
-                        bail!("layer {i}: area attention needs H·W ({}) divisible by area ({area})", inp.h * inp.w);
-                    }
-                }
-                other.to_onnx(&mut b, &inp)
-            }
-        };
-        outs[i] = Some(y.clone());
-        x = y;
-    }
-    let rows = result.context("the model has no Detect layer")?;
+        }
+        Ok(layer.to_onnx(&mut b, &inp))
+    };
+    let (head_inputs, _) = model.run_layers(input, &[], step)?;
+    let rows = b.detect(&head_inputs, model.head(), dynamic, end2end)?;
     let dim = |name: &'static str, v: usize| -> Result<usize, &'static str> { if dynamic { Err(name) } else { Ok(v) } };
     let mut graph = Msg::new();
     for nd in &b.nodes {

@@ -59,13 +59,6 @@ impl Msg {
         }
         self
     }
-    /// Repeated floats, one tag each (unpacked).
-    pub fn floats(&mut self, field: u32, vs: &[f32]) -> &mut Self {
-        for &v in vs {
-            self.float(field, v);
-        }
-        self
-    }
     /// Repeated varints in one length-delimited (packed) field.
     pub fn packed_ints(&mut self, field: u32, vs: &[i64]) -> &mut Self {
         let mut b = Vec::new();

@@ -112,14 +112,8 @@ pub fn nms(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
                 }
             }
         } else {
-            let (mut best, mut bc) = (f32::NEG_INFINITY, 0);
-            for c in 0..nc {
-                let s = at(4 + c, i);
-                if s > best {
-                    best = s;
-                    bc = c;
-                }
-            }
+            // the first class with the highest score (NaN scores never win)
+            let (best, bc) = (0..nc).map(|c| (at(4 + c, i), c)).fold((f32::NEG_INFINITY, 0), |b, x| if x.0 > b.0 { x } else { b });
             if best > cfg.conf {
                 cands.push(Detection { xyxy, conf: best, cls: bc });
             }

@@ -238,14 +238,10 @@ impl Backward<Flex, 3> for NormBackward {
             &f32s(&dy),
         );
         let c = Shape::new([planes(&shape).c]);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(dx, shape));
-        }
-        if let Some(node) = node_g {
-            grads.register::<Flex>(node.id, tensor(dg, c.clone()));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(db, c));
+        for (node, d, s) in [(node_x, dx, shape), (node_g, dg, c.clone()), (node_b, db, c)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, tensor(d, s));
+            }
         }
     }
 }

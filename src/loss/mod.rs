@@ -81,15 +81,6 @@ pub struct LossOutput {
     pub total: Tensor<1>,
     /// box, cls, dfl after gains, not multiplied by the batch size (as logged).
     pub items: [f32; 3],
-    /// The same three terms as tensors (for callers that combine them).
-    pub parts: [Tensor<1>; 3],
-}
-
-/// Host copies of what the assigner and the targets need, per anchor.
-struct Anchors {
-    /// Centres in grid units.
-    pts: Vec<[f32; 2]>,
-    stride: Vec<f32>,
 }
 
 fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -97,7 +88,7 @@ fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// Targets assigned to one batch (constants for the gradient).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Assigned {
     /// [B, nc, A] soft class targets.
     pub target_scores: Vec<f32>,
@@ -121,17 +112,7 @@ pub struct Assigned {
 impl Assigned {
     /// The assignment of a batch without labeled images: nothing is foreground.
     pub fn empty(img_hw: (f32, f32)) -> Assigned {
-        Assigned {
-            target_scores: Vec::new(),
-            tss: 1.0,
-            fg_index: Vec::new(),
-            fg_target: Vec::new(),
-            fg_anchor: Vec::new(),
-            fg_stride: Vec::new(),
-            fg_weight: Vec::new(),
-            fg_class: Vec::new(),
-            img_hw,
-        }
+        Assigned { tss: 1.0, img_hw, ..Default::default() }
     }
 }
 
@@ -163,8 +144,7 @@ pub fn model_loss(cfg: &LossConfig, head: &HeadOutput, targets: &Targets, epoch:
     cfg2.assigner.topk2 = 1;
     let o2o = detection_loss(&cfg2, one2one, &head.shapes, targets);
     let w = e2e_one2many_weight(epoch, epochs);
-    let parts = [0, 1, 2].map(|i| o2m.parts[i].clone() * w + o2o.parts[i].clone() * (1.0 - w));
-    let out = LossOutput { total: o2m.total * w + o2o.total * (1.0 - w), items: o2o.items, parts };
+    let out = LossOutput { total: o2m.total * w + o2o.total * (1.0 - w), items: o2o.items };
     (out, asg)
 }
 
@@ -173,7 +153,6 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let [b, nc, a_n] = maps.scores.dims();
     let r = cfg.reg_max;
     let (pts, stride) = anchor_points(shapes, &cfg.strides);
-    let anchors = Anchors { pts, stride };
     let img_h = shapes[0].0 as f32 * cfg.strides[0] as f32;
     let img_w = shapes[0].1 as f32 * cfg.strides[0] as f32;
 
@@ -192,23 +171,17 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let dist_host = to_host(dfl_expectation(maps.boxes.clone().detach(), r));
 
     // Assignment and targets.
-    let mut target_scores = vec![0f32; b * nc * a_n];
-    let mut fg_index: Vec<i64> = Vec::new();
-    let mut fg_target: Vec<f32> = Vec::new(); // [N, 4] xyxy in grid units
-    let mut fg_anchor: Vec<f32> = Vec::new(); // [N, 2] grid units
-    let mut fg_stride: Vec<f32> = Vec::new();
-    let mut fg_weight: Vec<f32> = Vec::new();
-    let mut fg_class: Vec<usize> = Vec::new();
+    let mut out = Assigned { target_scores: vec![0f32; b * nc * a_n], img_hw: (img_h, img_w), ..Default::default() };
     for (bi, image_gts) in gts.iter().enumerate() {
         let d = &dist_host[bi * 4 * a_n..(bi + 1) * 4 * a_n];
         let boxes: Vec<[f32; 4]> = (0..a_n)
             .map(|a| {
-                let [ax, ay] = anchors.pts[a];
-                let s = anchors.stride[a];
+                let [ax, ay] = pts[a];
+                let s = stride[a];
                 [(ax - d[a]) * s, (ay - d[a_n + a]) * s, (ax + d[2 * a_n + a]) * s, (ay + d[3 * a_n + a]) * s]
             })
             .collect();
-        let px: Vec<[f32; 2]> = (0..a_n).map(|a| [anchors.pts[a][0] * anchors.stride[a], anchors.pts[a][1] * anchors.stride[a]]).collect();
+        let px: Vec<[f32; 2]> = (0..a_n).map(|a| [pts[a][0] * stride[a], pts[a][1] * stride[a]]).collect();
         let sc = &scores_host[bi * a_n * nc..(bi + 1) * a_n * nc];
         let asg = assign(&cfg.assigner, sc, nc, &boxes, &px, image_gts);
         for a in 0..a_n {
@@ -216,18 +189,18 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
                 continue;
             }
             let g = &image_gts[asg.gt_idx[a]];
-            target_scores[(bi * nc + g.cls) * a_n + a] = asg.score[a];
-            let s = anchors.stride[a];
-            fg_index.push((bi * a_n + a) as i64);
-            fg_target.extend(g.xyxy.map(|v| v / s));
-            fg_anchor.extend(anchors.pts[a]);
-            fg_stride.push(s);
-            fg_weight.push(asg.score[a]);
-            fg_class.push(g.cls);
+            out.target_scores[(bi * nc + g.cls) * a_n + a] = asg.score[a];
+            let s = stride[a];
+            out.fg_index.push((bi * a_n + a) as i64);
+            out.fg_target.extend(g.xyxy.map(|v| v / s));
+            out.fg_anchor.extend(pts[a]);
+            out.fg_stride.push(s);
+            out.fg_weight.push(asg.score[a]);
+            out.fg_class.push(g.cls);
         }
     }
-    let tss: f32 = target_scores.iter().sum::<f32>().max(1.0);
-    Assigned { target_scores, tss, fg_index, fg_target, fg_anchor, fg_stride, fg_weight, fg_class, img_hw: (img_h, img_w) }
+    out.tss = out.target_scores.iter().sum::<f32>().max(1.0);
+    out
 }
 
 /// The three loss terms for fixed targets.
@@ -306,5 +279,5 @@ pub fn loss_from_assigned(cfg: &LossConfig, maps: &HeadMaps, asg: &Assigned) -> 
     let parts = [loss_box * g.boxes, loss_cls * g.cls, loss_dfl * g.dfl];
     let items = [0, 1, 2].map(|i| parts[i].clone().into_scalar::<f32>());
     let total = (parts[0].clone() + parts[1].clone() + parts[2].clone()) * b as f32;
-    LossOutput { total, items, parts }
+    LossOutput { total, items }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -56,6 +56,27 @@ pub fn per_image(decoded: &Tensor<3>, nc: usize, end2end: bool, cfg: &NmsConfig)
     (0..b)
         .map(|j| crate::infer::nms::postprocess(&host[j * per..(j + 1) * per], nc, end2end, cfg))
         .collect()
+}
+
+impl Layer {
+    /// A layer with one input (Concat and Detect take several).
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Layer::Conv(m) => m.forward(x),
+            Layer::Convs(v) => v.iter().fold(x, |t, m| m.forward(t)),
+            Layer::C2f(m) => m.forward(x),
+            Layer::C3(m) => m.forward(x),
+            Layer::Sppf(m) => m.forward(x),
+            Layer::C2Psa(m) => m.forward(x),
+            Layer::A2C2f(m) => m.forward(x),
+            Layer::SCDown(m) => m.forward(x),
+            Layer::Upsample(s) => {
+                let [_, _, h, w] = x.dims();
+                interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
+            }
+            Layer::Concat(_) | Layer::Detect(_) => unreachable!("multi-input layers are joined by the graph walk"),
+        }
+    }
 }
 
 impl ToOnnx for Layer {
@@ -141,21 +162,16 @@ impl DetectionModel {
         for l in &spec.layers {
             let layer = match &l.kind {
                 LayerKind::Conv { c1, c2, k, s, p, g, d, act } => {
-                    let cfg = ConvCfg { c1: *c1, c2: *c2, k: *k, s: *s, p: *p, g: *g, d: *d, act: *act };
+                    // the copies after the first map c2 to c2
+                    let conv = |cin| ConvCfg { c1: cin, c2: *c2, k: *k, s: *s, p: *p, g: *g, d: *d, act: *act }.init(device);
                     if l.repeats > 1 {
-                        let mut v = vec![cfg.init(device)];
-                        for _ in 1..l.repeats {
-                            v.push(ConvCfg { c1: *c2, ..cfg }.init(device));
-                        }
-                        Layer::Convs(v)
+                        Layer::Convs((0..l.repeats).map(|i| conv(if i == 0 { *c1 } else { *c2 })).collect())
                     } else {
-                        Layer::Conv(cfg.init(device))
+                        Layer::Conv(conv(*c1))
                     }
                 }
                 LayerKind::DWConv { c1, c2, k, s, act } => {
-                    let mut cfg = ConvCfg::new(*c1, *c2, *k).s(*s).dw();
-                    cfg.act = *act;
-                    Layer::Conv(cfg.init(device))
+                    Layer::Conv(ConvCfg { act: *act, ..ConvCfg::new(*c1, *c2, *k).s(*s).dw() }.init(device))
                 }
                 LayerKind::C2f { c1, c2, n, shortcut, e } => Layer::C2f(C2f::c2f(*c1, *c2, *n, *shortcut, *e, device)),
                 LayerKind::C3 { c1, c2, n, shortcut, e } => Layer::C3(C3::c3(*c1, *c2, *n, *shortcut, *e, device)),
@@ -168,23 +184,11 @@ impl DetectionModel {
                 LayerKind::Sppf { c1, c2, k, n, shortcut, act } => {
                     Layer::Sppf(Sppf::new(*c1, *c2, *k, *n, *shortcut, *act, device))
                 }
-                LayerKind::C2Psa { c1, c2, n, e } => {
-                    if c1 != c2 {
-                        bail!("layer {}: C2PSA needs equal input and output channels ({c1} vs {c2})", l.index);
-                    }
-                    Layer::C2Psa(C2Psa::c2psa(*c1, *n, *e, device))
-                }
-                LayerKind::Psa { c1, c2, e } => {
-                    if c1 != c2 {
-                        bail!("layer {}: PSA needs equal input and output channels ({c1} vs {c2})", l.index);
-                    }
-                    Layer::C2Psa(C2Psa::psa(*c1, *e, device))
-                }
+                // validate::check (run by spec::parse) has checked c1 == c2 of (C2)PSA and the
+                // A2C2f hidden width
+                LayerKind::C2Psa { c1, n, e, .. } => Layer::C2Psa(C2Psa::c2psa(*c1, *n, *e, device)),
+                LayerKind::Psa { c1, e, .. } => Layer::C2Psa(C2Psa::psa(*c1, *e, device)),
                 LayerKind::A2C2f { c1, c2, n, a2, area, residual, mlp_ratio, e } => {
-                    let c_ = (*c2 as f64 * e) as usize;
-                    if *a2 && c_ % 32 != 0 {
-                        bail!("layer {}: A2C2f hidden width {c_} must be a multiple of 32", l.index);
-                    }
                     Layer::A2C2f(A2C2f::new(*c1, *c2, *n, *a2, *area, *residual, *mlp_ratio, *e, device))
                 }
                 LayerKind::SCDown { c1, c2, k, s } => Layer::SCDown(SCDown::new(*c1, *c2, *k, *s, device)),
@@ -233,60 +237,46 @@ impl DetectionModel {
 
     /// Every layer before the head: the head's level inputs and the outputs of `taps`.
     fn trunk(&self, x: Tensor<4>, taps: &[usize]) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
-        let n = self.layers.len();
-        let mut keep = vec![false; n];
-        for &i in self.spec.save.iter().chain(taps) {
-            if i < n {
-                keep[i] = true;
-            }
-        }
-        let mut outs: Vec<Option<Tensor<4>>> = vec![None; n];
-        let mut x = x;
-        let mut head_inputs = None;
-        for (i, (layer, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
-            let get = |f: i64, x: &Tensor<4>| -> Tensor<4> {
-                if f == -1 {
-                    x.clone()
-                } else {
-                    let j = source(f, i).expect("parse checks every input index");
-                    outs[j].clone().expect("save set holds every referenced layer")
-                }
-            };
-            let y = match layer {
-                Layer::Concat(dim) => Tensor::cat(spec.from.iter().map(|&f| get(f, &x)).collect(), *dim),
-                Layer::Detect(_) => {
-                    head_inputs = Some(spec.from.iter().map(|&f| get(f, &x)).collect());
-                    break;
-                }
-                other => {
-                    let inp = get(spec.from[0], &x);
-                    match other {
-                        Layer::Conv(m) => m.forward(inp),
-                        Layer::Convs(v) => v.iter().fold(inp, |t, m| m.forward(t)),
-                        Layer::C2f(m) => m.forward(inp),
-                        Layer::C3(m) => m.forward(inp),
-                        Layer::Sppf(m) => m.forward(inp),
-                        Layer::C2Psa(m) => m.forward(inp),
-                        Layer::A2C2f(m) => m.forward(inp),
-                        Layer::SCDown(m) => m.forward(inp),
-                        Layer::Upsample(s) => {
-                            let [_, _, h, w] = inp.dims();
-                            interpolate(inp, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
-                        }
-                        Layer::Concat(_) | Layer::Detect(_) => unreachable!(),
-                    }
-                }
-            };
-            if keep[i] {
-                outs[i] = Some(y.clone());
-            }
-            x = y;
-        }
+        let step = |_: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
+            Ok(if let Layer::Concat(dim) = layer { Tensor::cat(xs, *dim) } else { layer.forward(xs.swap_remove(0)) })
+        };
+        let (head_inputs, outs) = self.run_layers(x, taps, step).expect("parse checks every input index");
         let taps = taps
             .iter()
             .map(|&i| outs.get(i).cloned().flatten().unwrap_or_else(|| panic!("layer {i} has no feature-map output")))
             .collect();
-        (head_inputs.expect("model ends with Detect"), taps)
+        (head_inputs, taps)
+    }
+
+    /// The one walk of the layer graph, for any value (tensors for the forward, named ONNX
+    /// values for export): each layer before Detect gets its inputs by `from` and `step` makes its
+    /// output. Returns Detect's inputs and the outputs kept (those later layers read, and `keep`).
+    pub(crate) fn run_layers<T: Clone>(&self, x: T, keep: &[usize], mut step: impl FnMut(usize, &Layer, Vec<T>) -> Result<T>) -> Result<(Vec<T>, Vec<Option<T>>)> {
+        let n = self.layers.len();
+        let mut kept = vec![false; n];
+        for &i in self.spec.save.iter().chain(keep).filter(|&&i| i < n) {
+            kept[i] = true;
+        }
+        let mut outs: Vec<Option<T>> = vec![None; n];
+        let mut x = x;
+        for (i, (layer, spec)) in self.layers.iter().zip(&self.spec.layers).enumerate() {
+            let input = |f: i64| -> Result<T> {
+                if f == -1 {
+                    return Ok(x.clone());
+                }
+                source(f, i).and_then(|j| outs.get(j).cloned().flatten()).with_context(|| format!("layer {i}: bad input {f}"))
+            };
+            let inputs = spec.from.iter().map(|&f| input(f)).collect::<Result<Vec<T>>>()?;
+            if let Layer::Detect(_) = layer {
+                return Ok((inputs, outs));
+            }
+            let y = step(i, layer, inputs)?;
+            if kept[i] {
+                outs[i] = Some(y.clone());
+            }
+            x = y;
+        }
+        bail!("the model has no Detect layer")
     }
 
     /// Decoded inference output [B, 4 + nc, A] (xywh pixels + class scores).

@@ -51,8 +51,6 @@ pub struct DetectSpec {
     pub end2end: bool,
     /// Legacy class branch (two 3×3 Convs) of v5u/v8; otherwise depthwise.
     pub legacy: bool,
-    /// v10Detect: the class branch adds an extra depthwise conv per stage.
-    pub v10: bool,
 }
 
 /// A parsed model: layers plus the metadata needed elsewhere.
@@ -68,12 +66,6 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
-    pub fn detect(&self) -> &DetectSpec {
-        match &self.layers.last().expect("model has layers").kind {
-            LayerKind::Detect(d) => d,
-            _ => unreachable!("parse() guarantees a Detect head last"),
-        }
-    }
     pub fn detect_from(&self) -> Vec<usize> {
         let last = self.layers.last().expect("model has layers");
         last.from.iter().map(|&f| resolve(f, last.index)).collect()
@@ -317,6 +309,7 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                 if is_repeat {
                     shown.push(Value::Number(n.into()));
                 }
+                legacy &= !matches!(module.as_str(), "C3k2" | "A2C2f" | "C2fCIB");
                 let kind = match module.as_str() {
                     "Conv" => LayerKind::Conv {
                         c1,
@@ -337,19 +330,15 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                     },
                     "C2f" => LayerKind::C2f { c1, c2, n, shortcut: rest.bool_or(0, false)?, e: rest.f64_or(2, 0.5)? },
                     "C3" => LayerKind::C3 { c1, c2, n, shortcut: rest.bool_or(0, true)?, e: rest.f64_or(2, 0.5)? },
-                    "C3k2" => {
-                        legacy = false;
-                        let c3k = rest.bool_or(0, false)?;
-                        LayerKind::C3k2 {
-                            c1,
-                            c2,
-                            n,
-                            c3k,
-                            e: rest.f64_or(1, 0.5)?,
-                            attn: rest.bool_or(2, false)?,
-                            shortcut: rest.bool_or(4, true)?,
-                        }
-                    }
+                    "C3k2" => LayerKind::C3k2 {
+                        c1,
+                        c2,
+                        n,
+                        c3k: rest.bool_or(0, false)?,
+                        e: rest.f64_or(1, 0.5)?,
+                        attn: rest.bool_or(2, false)?,
+                        shortcut: rest.bool_or(4, true)?,
+                    },
                     "SPPF" => LayerKind::Sppf {
                         c1,
                         c2,
@@ -361,32 +350,26 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                     },
                     "C2PSA" => LayerKind::C2Psa { c1, c2, n, e: rest.f64_or(0, 0.5)? },
                     "PSA" => LayerKind::Psa { c1, c2, e: rest.f64_or(0, 0.5)? },
-                    "A2C2f" => {
-                        legacy = false;
-                        LayerKind::A2C2f {
-                            c1,
-                            c2,
-                            n,
-                            a2: rest.bool_or(0, true)?,
-                            // head rows write -1 (unused without attention)
-                            area: rest.f64_or(1, 1.0)?.max(1.0) as usize,
-                            residual: rest.bool_or(2, false)?,
-                            mlp_ratio: rest.f64_or(3, 2.0)?,
-                            e: rest.f64_or(4, 0.5)?,
-                        }
-                    }
+                    "A2C2f" => LayerKind::A2C2f {
+                        c1,
+                        c2,
+                        n,
+                        a2: rest.bool_or(0, true)?,
+                        // head rows write -1 (unused without attention)
+                        area: rest.f64_or(1, 1.0)?.max(1.0) as usize,
+                        residual: rest.bool_or(2, false)?,
+                        mlp_ratio: rest.f64_or(3, 2.0)?,
+                        e: rest.f64_or(4, 0.5)?,
+                    },
                     "SCDown" => LayerKind::SCDown { c1, c2, k: rest.usize_or(0, 1)?, s: rest.usize_or(1, 1)? },
-                    "C2fCIB" => {
-                        legacy = false;
-                        LayerKind::C2fCib {
-                            c1,
-                            c2,
-                            n,
-                            shortcut: rest.bool_or(0, false)?,
-                            lk: rest.bool_or(1, false)?,
-                            e: rest.f64_or(2, 0.5)?,
-                        }
-                    }
+                    "C2fCIB" => LayerKind::C2fCib {
+                        c1,
+                        c2,
+                        n,
+                        shortcut: rest.bool_or(0, false)?,
+                        lk: rest.bool_or(1, false)?,
+                        e: rest.f64_or(2, 0.5)?,
+                    },
                     _ => unreachable!(),
                 };
                 shown.extend(a[1..].iter().cloned());
@@ -419,7 +402,6 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                     reg_max,
                     end2end: v10 || end2end_yaml,
                     legacy: legacy && !v10,
-                    v10,
                 })
             }
             other => bail!("layer {i}: unknown module '{other}'"),

@@ -58,10 +58,7 @@ fn check_layer(l: &LayerSpec) -> Result<()> {
             kernel(*k)?;
             stride(*s)?;
         }
-        LayerKind::C2f { c2, e, .. } | LayerKind::C3 { c2, e, .. } | LayerKind::C3k2 { c2, e, .. } => {
-            hidden(l, *c2, *e)?;
-        }
-        LayerKind::C2fCib { c2, e, .. } => {
+        LayerKind::C2f { c2, e, .. } | LayerKind::C3 { c2, e, .. } | LayerKind::C3k2 { c2, e, .. } | LayerKind::C2fCib { c2, e, .. } => {
             hidden(l, *c2, *e)?;
         }
         LayerKind::Sppf { k, n, .. } => {
@@ -113,18 +110,12 @@ pub fn dry_run(layers: &[LayerSpec], size: usize) -> Result<Vec<usize>> {
     for l in layers {
         let at = |f: i64| -> usize { super::spec::source(f, l.index).map_or(size, |j| out[j]) };
         let x = at(l.from[0]);
-        let same = |k: usize, s: usize, p: Option<usize>, d: usize| {
+        let same = |x: usize, k: usize, s: usize, p: Option<usize>, d: usize| {
             conv_out(x, k, s, p.unwrap_or((d * (k - 1) + 1) / 2), d)
         };
         let y = match &l.kind {
-            LayerKind::Conv { k, s, p, d, .. } => {
-                let mut y = Some(x);
-                for _ in 0..l.repeats {
-                    y = y.and_then(|x| conv_out(x, *k, *s, p.unwrap_or((d * (k - 1) + 1) / 2), *d));
-                }
-                y
-            }
-            LayerKind::DWConv { k, s, .. } | LayerKind::SCDown { k, s, .. } => same(*k, *s, None, 1),
+            LayerKind::Conv { k, s, p, d, .. } => (0..l.repeats).try_fold(x, |x, _| same(x, *k, *s, *p, *d)),
+            LayerKind::DWConv { k, s, .. } | LayerKind::SCDown { k, s, .. } => same(x, *k, *s, None, 1),
             LayerKind::Upsample { scale } => Some(x * scale),
             LayerKind::Concat { .. } => {
                 let sizes: Vec<usize> = l.from.iter().map(|&f| at(f)).collect();

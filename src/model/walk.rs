@@ -86,3 +86,25 @@ impl<T: Walk> Walk for Vec<T> {
         }
     }
 }
+
+/// `impl Walk` for a module that walks each listed field, in order, under the field's
+/// own name or the given key: `walk_fields!(Mlp: fc1 = 0, fc2 = 1);`.
+macro_rules! walk_fields {
+    (@key $field:ident $key:literal) => {
+        $key
+    };
+    (@key $field:ident) => {
+        stringify!($field)
+    };
+    ($ty:ty: $($field:ident $(= $key:literal)?),+) => {
+        impl $crate::model::walk::Walk for $ty {
+            fn walk(&mut self, prefix: &str, f: &mut $crate::model::walk::Visit<'_>) {
+                $(
+                    let key = $crate::model::walk::walk_fields!(@key $field $($key)?);
+                    $crate::model::walk::Walk::walk(&mut self.$field, &$crate::model::walk::child(prefix, key), f);
+                )+
+            }
+        }
+    };
+}
+pub(crate) use walk_fields;

@@ -27,10 +27,6 @@ impl Placement {
     }
 }
 
-fn round_half_even(x: f64) -> f64 {
-    x.round_ties_even()
-}
-
 /// Letterboxes `img` into `new_shape` (h, w). `auto` pads only to a multiple of
 /// `stride` (prediction); `scaleup = false` never enlarges (validation).
 pub fn letterbox(img: &RgbImage, new_shape: (u32, u32), auto: bool, scaleup: bool, stride: u32) -> (RgbImage, Placement) {
@@ -40,8 +36,8 @@ pub fn letterbox(img: &RgbImage, new_shape: (u32, u32), auto: bool, scaleup: boo
     if !scaleup {
         r = r.min(1.0);
     }
-    let uw = (round_half_even(w0 as f64 * r) as u32).max(1);
-    let uh = (round_half_even(h0 as f64 * r) as u32).max(1);
+    let uw = ((w0 as f64 * r).round_ties_even() as u32).max(1);
+    let uh = ((h0 as f64 * r).round_ties_even() as u32).max(1);
     let (mut dw, mut dh) = (nw as f64 - uw as f64, nh as f64 - uh as f64);
     if auto {
         dw = dw.rem_euclid(stride as f64);
@@ -50,10 +46,10 @@ pub fn letterbox(img: &RgbImage, new_shape: (u32, u32), auto: bool, scaleup: boo
     dw /= 2.0;
     dh /= 2.0;
     let resized = if (uw, uh) != (w0, h0) { resize_bilinear(img, uw, uh) } else { img.clone() };
-    let top = round_half_even(dh - 0.1) as u32;
-    let bottom = round_half_even(dh + 0.1) as u32;
-    let left = round_half_even(dw - 0.1) as u32;
-    let right = round_half_even(dw + 0.1) as u32;
+    let top = (dh - 0.1).round_ties_even() as u32;
+    let bottom = (dh + 0.1).round_ties_even() as u32;
+    let left = (dw - 0.1).round_ties_even() as u32;
+    let right = (dw + 0.1).round_ties_even() as u32;
     let (ow, oh) = (uw + left + right, uh + top + bottom);
     let mut out = RgbImage::from_pixel(ow, oh, image::Rgb([114, 114, 114]));
     image::imageops::replace(&mut out, &resized, left as i64, top as i64);

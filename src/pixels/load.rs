@@ -52,25 +52,31 @@ pub fn list_images(source: &Path) -> Result<Vec<PathBuf>> {
     if !source.is_dir() {
         bail!("source {} does not exist", source.display());
     }
-    let mut out = Vec::new();
-    let mut stack = vec![source.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
-            let p = e?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| IMAGE_EXTS.contains(&x.to_ascii_lowercase().as_str()))
-            {
-                out.push(p);
-            }
-        }
-    }
+    let mut out = walk_images(source)?;
     out.sort();
     if out.is_empty() {
         bail!("no images found in {}", source.display());
     }
     Ok(out)
+}
+
+/// Image files under the folder `dir`, recursively, unsorted.
+pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    let (mut out, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
+            let p = e.with_context(|| format!("cannot list {}", d.display()))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if is_image(&p) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the file has one of the [`IMAGE_EXTS`] suffixes (any case).
+pub fn is_image(p: &Path) -> bool {
+    p.extension().and_then(|x| x.to_str()).is_some_and(|x| IMAGE_EXTS.contains(&x.to_ascii_lowercase().as_str()))
 }

@@ -59,16 +59,12 @@ pub struct ValBatch {
 }
 
 impl ValBatch {
-    pub fn new(batch: &Batch, dets: &[Vec<Detection>]) -> Self {
-        let labels = label_tiles(batch);
-        Self { predictions: prediction_tiles(&labels, dets), labels }
-    }
-
     /// A validation callback keeping the first [`VAL_BATCHES`] batches into `kept`.
     pub fn keeper(kept: &mut Vec<ValBatch>) -> impl FnMut(usize, &Batch, &[Vec<Detection>]) + '_ {
         move |i, batch, dets| {
             if i < VAL_BATCHES {
-                kept.push(ValBatch::new(batch, dets));
+                let labels = label_tiles(batch);
+                kept.push(ValBatch { predictions: prediction_tiles(&labels, dets), labels });
             }
         }
     }

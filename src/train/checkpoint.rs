@@ -8,7 +8,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-
 use super::optim::{GradStore, Optimizer, Trainable};
 use crate::model::{named, DetectionModel};
 use crate::weights::st::{self, StModel, STATE_PREFIX};
@@ -103,33 +102,29 @@ pub fn saved_args(path: &Path) -> Result<serde_json::Value> {
     let mut header = Vec::new();
     f.take(len).read_to_end(&mut header).with_context(what)?;
     let header: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let Some(s) = header.get("__metadata__").and_then(|m| m.get(STATE_KEY)).and_then(|s| s.as_str()) else {
+    let s = header.get("__metadata__").and_then(|m| m.get(STATE_KEY)).and_then(|s| s.as_str());
+    Ok(parse_state(path, s)?.args)
+}
+
+/// The training state of a checkpoint from its metadata entry (`None`: the file has none).
+fn parse_state(path: &Path, s: Option<&str>) -> Result<TrainState> {
+    let Some(s) = s else {
         bail!("{} holds no training state (was it written by `train`? best.safetensors cannot resume)", path.display());
     };
-    let state: TrainState = serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))?;
-    Ok(state.args)
+    serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))
 }
 
 pub fn load(path: &Path) -> Result<Restored> {
     let f = st::load(path).with_context(|| format!("cannot resume from {}", path.display()))?;
-    let Some(s) = f.extra.get(STATE_KEY) else {
-        bail!("{} holds no training state (was it written by `train`? best.safetensors cannot resume)", path.display());
-    };
-    let state: TrainState = serde_json::from_str(s).with_context(|| format!("{}: bad training state", path.display()))?;
-    let (mut model, mut m, mut v, mut hook, mut grads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let state = parse_state(path, f.extra.get(STATE_KEY).map(String::as_str))?;
+    // The `state.` tensors by the group `save` wrote them under.
+    let mut groups: [(&str, Vec<(String, HostTensor)>); 5] = ["model", "hook", "grad", "m", "v"].map(|g| (g, Vec::new()));
     for (n, t) in f.state {
-        let rest = &n[STATE_PREFIX.len()..];
-        if let Some(k) = rest.strip_prefix("model.") {
-            model.push((k.to_string(), t));
-        } else if let Some(k) = rest.strip_prefix("m.") {
-            m.push((k.to_string(), t));
-        } else if let Some(k) = rest.strip_prefix("v.") {
-            v.push((k.to_string(), t));
-        } else if let Some(k) = rest.strip_prefix("hook.") {
-            hook.push((k.to_string(), t));
-        } else if let Some(k) = rest.strip_prefix("grad.") {
-            grads.push((k.to_string(), t));
+        let Some((group, k)) = n[STATE_PREFIX.len()..].split_once('.') else { continue };
+        if let Some((_, g)) = groups.iter_mut().find(|(name, _)| *name == group) {
+            g.push((k.to_string(), t));
         }
     }
+    let [model, hook, grads, m, v] = groups.map(|(_, g)| g);
     Ok(Restored { state, model, ema: f.tensors, m, v, hook, grads })
 }

@@ -21,15 +21,13 @@ pub struct Ema {
 pub fn snapshot(model: &mut DetectionModel) -> HashMap<String, Tensor<1>> {
     let mut out = HashMap::new();
     model.walk_all(&mut |name, slot: Slot<'_>| {
-        let t: Option<Tensor<1>> = match slot {
-            Slot::P4(p) => Some(p.val().inner().flatten(0, 3)),
-            Slot::P1(p) => Some(p.val().inner()),
-            Slot::Stat(s) => Some(s.value_sync().inner()),
-            Slot::Conv(_) => None,
+        let t: Tensor<1> = match slot {
+            Slot::P4(p) => p.val().inner().flatten(0, 3),
+            Slot::P1(p) => p.val().inner(),
+            Slot::Stat(s) => s.value_sync().inner(),
+            Slot::Conv(_) => return,
         };
-        if let Some(t) = t {
-            out.insert(name.to_string(), t);
-        }
+        out.insert(name.to_string(), t);
     });
     out
 }

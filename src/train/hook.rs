@@ -89,11 +89,8 @@ pub struct HookInput<'a> {
     pub assigned: &'a Assigned,
     /// The student's loss settings (an online teacher copies them).
     pub loss_cfg: &'a LossConfig,
-    pub epoch: usize,
-    pub epochs: usize,
-    /// Batch index within the epoch and batches per epoch (for per-epoch schedules).
-    pub batch: usize,
-    pub batches: usize,
+    /// Epoch and batch of the step (for per-epoch schedules).
+    pub pos: StepPos,
 }
 
 /// Where a training step is: epoch (0-based) of `epochs`, batch of `batches`.

@@ -57,17 +57,10 @@ impl GradStore {
                 Slot::P1(p) => p.val().grad(grads),
                 _ => None,
             };
-            if let Some(g) = g {
-                let e = self.grads.entry(name.to_string());
-                match e {
-                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                        let v = o.get().clone() + g;
-                        o.insert(v);
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(g);
-                    }
-                }
+            match (self.grads.get_mut(name), g) {
+                (Some(sum), Some(g)) => *sum = sum.clone() + g,
+                (None, Some(g)) => drop(self.grads.insert(name.to_string(), g)),
+                (_, None) => {}
             }
         });
     }
@@ -143,10 +136,7 @@ impl Optimizer {
                 match method {
                     Method::Sgd { nesterov } => {
                         // torch SGD: weight decay added to the gradient, dampening 0
-                        let mut d = g.clone();
-                        if wd != 0.0 {
-                            d = d + w.clone() * wd;
-                        }
+                        let d = if wd != 0.0 { g.clone() + w.clone() * wd } else { g.clone() };
                         let buf = match m.get(name) {
                             Some(b) => b.clone() * hp.momentum + d.clone(),
                             None => d.clone(),
@@ -158,14 +148,9 @@ impl Optimizer {
                     Method::AdamW { beta1, beta2, eps } => {
                         // decoupled decay, bias-corrected moments
                         let w = if wd != 0.0 { w * (1.0 - lr * wd) } else { w };
-                        let mm = match m.get(name) {
-                            Some(x) => x.clone() * beta1 + g.clone() * (1.0 - beta1),
-                            None => g.clone() * (1.0 - beta1),
-                        };
-                        let vv = match v.get(name) {
-                            Some(x) => x.clone() * beta2 + g.clone().square() * (1.0 - beta2),
-                            None => g.clone().square() * (1.0 - beta2),
-                        };
+                        let (gm, gv) = (g.clone() * (1.0 - beta1), g.clone().square() * (1.0 - beta2));
+                        let mm = m.get(name).map_or(gm.clone(), |x| x.clone() * beta1 + gm);
+                        let vv = v.get(name).map_or(gv.clone(), |x| x.clone() * beta2 + gv);
                         m.insert(name.to_string(), mm.clone());
                         v.insert(name.to_string(), vv.clone());
                         let bc1 = 1.0 - beta1.powi(t);

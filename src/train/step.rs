@@ -37,7 +37,7 @@ fn step_losses(
     batch: &Batch,
     ad: &Device,
     taps: &[usize],
-    hook: Option<&mut dyn StepHook>,
+    mut hook: Option<&mut dyn StepHook>,
     pos: StepPos,
 ) -> (Tensor<1>, Vec<(String, Tensor<1>)>, Vec<(String, f64)>) {
     let [b, c, h, w] = batch.shape;
@@ -45,7 +45,6 @@ fn step_losses(
     let e2e = model.head().has_one2one();
     let fwd = model.forward_taps(x.clone(), taps, e2e);
     let labeled = batch.labeled.min(b);
-    let mut hook = hook;
     let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
     // Unlabeled images enter the detection loss only with pseudo-labels.
     let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos)) } else { None };
@@ -67,10 +66,7 @@ fn step_losses(
             targets: &targets,
             assigned: &assigned,
             loss_cfg,
-            epoch: pos.epoch,
-            epochs: pos.epochs,
-            batch: pos.batch,
-            batches: pos.batches,
+            pos,
         };
         let extra = h.extra_loss(&ctx);
         for (name, term) in extra.terms {
@@ -91,7 +87,7 @@ fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n
     }
     if n == 0 {
         let zero = head.one2many.scores.clone().sum() * 0.0;
-        let out = LossOutput { total: zero.clone(), items: [0.0; 3], parts: [zero.clone(), zero.clone(), zero] };
+        let out = LossOutput { total: zero, items: [0.0; 3] };
         let (h, w) = head.shapes[0];
         let s = loss_cfg.strides[0] as f32;
         return (out, Assigned::empty((h as f32 * s, w as f32 * s)));
@@ -108,12 +104,11 @@ pub fn forward_backward<'h>(
     batch: &Batch,
     ad: &Device,
     taps: &[usize],
-    hook: Option<&mut (dyn StepHook + 'h)>,
+    mut hook: Option<&mut (dyn StepHook + 'h)>,
     pos: StepPos,
     grads: &mut GradStore,
 ) -> Vec<(String, f64)> {
     let b = batch.shape[0] as f32;
-    let mut hook = hook;
     let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), pos);
     // The terms are per image: scaled by the batch size like the detection loss.
     let total = terms.into_iter().fold(det, |t, (_, term)| t + term * b);

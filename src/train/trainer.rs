@@ -18,7 +18,7 @@ use super::run_dir::{self, RunLock};
 use super::schedule::{interp, lr_factor, warmup_iters};
 use super::setup::{self, OptimPlan, INIT_TURN};
 use super::step::{forward_backward, gradient_norms, make_trainable};
-use super::unlabeled::{self, Unlabeled};
+use super::unlabeled;
 use super::{TrainArgs, TrainSummary};
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader, ValLoader};
@@ -34,6 +34,7 @@ use crate::report::{val_plots, Results};
 const MAX_NONFINITE_BATCHES: usize = 3;
 
 /// Where the run stands: what resume restores and what the epochs update.
+#[derive(Default)]
 struct Progress {
     start_epoch: usize,
     best_fitness: f64,
@@ -55,21 +56,7 @@ struct Progress {
 
 impl Progress {
     fn new(results: Results) -> Self {
-        Progress {
-            start_epoch: 0,
-            best_fitness: f64::NEG_INFINITY,
-            best_map: None,
-            results,
-            grads: GradStore::default(),
-            last_opt_step: -1,
-            time_before: 0.0,
-            stale: 0,
-            nonfinite: 0,
-            total_batches: 0,
-            epochs_done: 0,
-            final_val: None,
-            final_batches: Vec::new(),
-        }
+        Progress { results, best_fitness: f64::NEG_INFINITY, last_opt_step: -1, ..Default::default() }
     }
 }
 
@@ -77,7 +64,6 @@ pub struct Trainer {
     a: TrainArgs,
     dir: PathBuf,
     _lock: RunLock,
-    names: Vec<String>,
     plain: Device,
     ad: Device,
     model: DetectionModel,
@@ -91,7 +77,8 @@ pub struct Trainer {
     taps: Vec<usize>,
     train_loader: TrainLoader,
     val_loader: ValLoader,
-    unlabeled: Option<Unlabeled>,
+    /// The unlabeled images' loader (its batch joins each labeled batch).
+    unlabeled: Option<TrainLoader>,
     /// Batches per epoch and warm-up iterations.
     nb: usize,
     nw: usize,
@@ -106,7 +93,7 @@ struct RunData {
     config: DataConfig,
     train: Arc<Dataset>,
     val: Arc<Dataset>,
-    unlabeled: Option<Unlabeled>,
+    unlabeled: Option<TrainLoader>,
 }
 
 impl Trainer {
@@ -158,7 +145,6 @@ impl Trainer {
             hook_section: ext.as_deref().map(|e| e.name().to_string()).unwrap_or_default(),
             taps: Vec::new(),
             unlabeled: data.unlabeled,
-            names: data.config.names.clone(),
             saved_args,
             // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
             p: Progress::new(if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() }),
@@ -301,7 +287,7 @@ impl Trainer {
         let mut lrs = [0f64; 3];
         // Unlabeled images join this epoch's batches while the hook (the teacher) uses them.
         let mut unlabeled_batches = match (&self.unlabeled, self.hook.as_deref()) {
-            (Some(u), Some(h)) if h.wants_unlabeled(epoch) => Some(u.loader.epoch_batches(epoch, mosaic_on, nb)),
+            (Some(u), Some(h)) if h.wants_unlabeled(epoch) => Some(u.epoch_batches(epoch, mosaic_on, nb)),
             _ => None,
         };
         for (i, mut batch) in self.train_loader.epoch(epoch, mosaic_on).enumerate() {
@@ -346,7 +332,7 @@ impl Trainer {
         let close = self.a.epochs.saturating_sub(self.a.close_mosaic) * self.nb;
         if i < 3 && (ni < 3 || (self.a.close_mosaic > 0 && ni >= close && ni < close + 3)) {
             let path = self.dir.join(format!("train_batch{ni}.jpg"));
-            if let Err(e) = mosaic::save(&mosaic::label_tiles(batch), &self.names, &path) {
+            if let Err(e) = mosaic::save(&mosaic::label_tiles(batch), &self.model.names, &path) {
                 eprintln!("warning: could not draw {}: {e:#}", path.display());
             }
         }
@@ -433,15 +419,9 @@ impl Trainer {
         row.extend(mean.iter().map(|(n, v)| (format!("train/{n}"), *v)));
         if let Some(v) = val {
             let m = &v.metrics;
-            row.extend([
-                ("metrics/precision(B)".to_string(), m.precision),
-                ("metrics/recall(B)".to_string(), m.recall),
-                ("metrics/mAP50(B)".to_string(), m.map50),
-                ("metrics/mAP50-95(B)".to_string(), m.map),
-                ("val/box_loss".to_string(), v.loss[0] as f64),
-                ("val/cls_loss".to_string(), v.loss[1] as f64),
-                ("val/dfl_loss".to_string(), v.loss[2] as f64),
-            ]);
+            let metrics = [("precision", m.precision), ("recall", m.recall), ("mAP50", m.map50), ("mAP50-95", m.map)];
+            row.extend(metrics.map(|(n, x)| (format!("metrics/{n}(B)"), x)));
+            row.extend(["box", "cls", "dfl"].iter().zip(v.loss).map(|(n, l)| (format!("val/{n}_loss"), l as f64)));
             self.say(format!(
                 "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}  ({:.1} ms/image)",
                 "val:", v.images, v.instances, m.precision, m.recall, m.map50, m.map, v.ms_per_image
@@ -513,7 +493,7 @@ impl Trainer {
             }
         }
         if let Some(v) = &self.p.final_val {
-            if let Err(e) = val_plots::write(&self.dir, v, &self.p.final_batches, &self.names) {
+            if let Err(e) = val_plots::write(&self.dir, v, &self.p.final_batches, &self.model.names) {
                 eprintln!("warning: could not draw the validation plots: {e:#}");
             }
         }
@@ -540,13 +520,7 @@ fn load_data(a: &TrainArgs, config: DataConfig, dir: &Path, extended: bool) -> R
         train.items.truncate(keep);
     }
     let val = Dataset::scan(&config.val, nc, Some(&cache_dir)).context("validation images")?;
-    let quiet = a.quiet;
-    let say = move |msg: String| {
-        if !quiet {
-            eprintln!("{msg}");
-        }
-    };
-    let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, a.aug, extended, &say)?;
+    let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, extended)?;
     Ok(RunData { config, train: Arc::new(train), val: Arc::new(val), unlabeled })
 }
 

@@ -9,29 +9,21 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::TrainArgs;
-use crate::data::augment::AugConfig;
 use crate::data::dataset::{DataConfig, Dataset, Item};
 use crate::data::loader::{derive_seed, TrainLoader};
 
 /// Seed stream of the unlabeled images' order and augmentation (apart from the labeled ones').
 const UNLABELED_KEY: u64 = 0x7abe1ed;
 
-/// The unlabeled images of a run (the loader's batch: how many join each labeled batch).
-pub struct Unlabeled {
-    pub loader: TrainLoader,
-}
-
 /// Applies `--label-fraction` to `train` and gathers the unlabeled images; returns their loader
-/// when an extension (a teacher: `extended`) will use them. `say` prints what was decided.
-pub fn prepare(
-    a: &TrainArgs,
-    data: &DataConfig,
-    train: &mut Dataset,
-    val: &Dataset,
-    aug: AugConfig,
-    extended: bool,
-    say: &dyn Fn(String),
-) -> Result<Option<Unlabeled>> {
+/// (its batch: how many join each labeled batch) when an extension (a teacher: `extended`) will
+/// use them. What was decided is printed unless --quiet.
+pub fn prepare(a: &TrainArgs, data: &DataConfig, train: &mut Dataset, val: &Dataset, extended: bool) -> Result<Option<TrainLoader>> {
+    let say = |msg: String| {
+        if !a.quiet {
+            eprintln!("{msg}");
+        }
+    };
     let total = train.items.len();
     let rest = if a.label_fraction < 1.0 { train.split_labels(a.label_fraction, a.seed) } else { Vec::new() };
     let mut sources: Vec<PathBuf> = data.unlabeled.clone();
@@ -70,8 +62,7 @@ pub fn prepare(
         a.batch
     ));
     let dataset = Arc::new(Dataset::from_items(items, train.nc));
-    let loader = TrainLoader::new(dataset, a.imgsz, per_batch, aug, a.workers, derive_seed(&[a.seed, UNLABELED_KEY]))?;
-    Ok(Some(Unlabeled { loader }))
+    Ok(Some(TrainLoader::new(dataset, a.imgsz, per_batch, a.aug, a.workers, derive_seed(&[a.seed, UNLABELED_KEY]))?))
 }
 
 /// `items` minus any image of the validation set (compared as canonical paths).

@@ -119,13 +119,6 @@ impl Value {
         }
     }
 
-    pub fn class(&self) -> Option<String> {
-        match self {
-            Value::Object(o) => Some(o.borrow().class.clone()),
-            _ => None,
-        }
-    }
-
     pub fn dict_items(&self) -> Vec<(Value, Value)> {
         match self {
             Value::Dict(d) => d.borrow().clone(),
@@ -231,19 +224,29 @@ impl<'a> Reader<'a> {
         self.pos += n + 1;
         Ok(s)
     }
-    /// A length prefix of LONG4: a signed 32-bit count that must not be negative.
-    fn len_i32(&mut self) -> Result<usize> {
+    /// The length prefix (or memo index) an opcode carries: u8 for LONG1,
+    /// SHORT_BINUNICODE, SHORT_BINBYTES and BINPUT/BINGET, u32 for BINUNICODE,
+    /// BINBYTES and LONG_BINPUT/LONG_BINGET, a signed i32 that must not be
+    /// negative for LONG4 and u64 for BINUNICODE8/BINBYTES8.
+    fn len(&mut self, op: u8) -> Result<usize> {
         let at = self.pos;
-        let n = self.i32()?;
-        usize::try_from(n).map_err(|_| anyhow::anyhow!("negative length {n} in pickle at byte {at}"))
+        Ok(match op {
+            0x8a | 0x8c | b'C' | b'q' | b'h' => self.u8()? as usize,
+            b'X' | b'B' | b'r' | b'j' => self.u32()? as usize,
+            0x8b => {
+                let n = self.i32()?;
+                usize::try_from(n).map_err(|_| anyhow::anyhow!("negative length {n} in pickle at byte {at}"))?
+            }
+            _ => {
+                let n = self.u64()?;
+                usize::try_from(n).map_err(|_| anyhow::anyhow!("length {n} in pickle is too large"))?
+            }
+        })
     }
-    /// A 64-bit length prefix (BINUNICODE8, BINBYTES8).
-    fn len_u64(&mut self) -> Result<usize> {
-        let n = self.u64()?;
-        usize::try_from(n).map_err(|_| anyhow::anyhow!("length {n} in pickle is too large"))
-    }
-    fn string(&mut self, n: usize) -> Result<String> {
-        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
+    /// The bytes of a length-prefixed argument.
+    fn sized(&mut self, op: u8) -> Result<&'a [u8]> {
+        let n = self.len(op)?;
+        self.take(n)
     }
 }
 
@@ -279,7 +282,7 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
             b'.' => return stack.pop().context("empty pickle"),
             b'(' => marks.push(stack.len()),
             b'}' => stack.push(new_dict(Vec::new())),
-            b']' => stack.push(new_list(Vec::new())),
+            b']' | 0x8f => stack.push(new_list(Vec::new())), // 0x8f: EMPTY_SET as a list
             b')' => stack.push(Value::Tuple(Vec::new())),
             b'N' => stack.push(Value::None),
             0x88 => stack.push(Value::Bool(true)),
@@ -287,17 +290,7 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
             b'J' => stack.push(Value::Int(r.i32()? as i64)),
             b'K' => stack.push(Value::Int(r.u8()? as i64)),
             b'M' => stack.push(Value::Int(r.u16()? as i64)),
-            0x8a => {
-                // LONG1
-                let n = r.u8()? as usize;
-                let bytes = r.take(n)?;
-                stack.push(Value::Int(long_from_le(bytes)?));
-            }
-            0x8b => {
-                let n = r.len_i32()?;
-                let bytes = r.take(n)?;
-                stack.push(Value::Int(long_from_le(bytes)?));
-            }
+            0x8a | 0x8b => stack.push(Value::Int(long_from_le(r.sized(op)?)?)), // LONG1, LONG4
             b'I' => {
                 let l = r.line()?;
                 stack.push(match l.as_str() {
@@ -307,77 +300,30 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                 });
             }
             b'G' => stack.push(Value::Float(f64::from_be_bytes(r.take(8)?.try_into()?))),
-            b'X' => {
-                let n = r.u32()? as usize;
-                stack.push(Value::Str(r.string(n)?));
-            }
-            0x8c => {
-                let n = r.u8()? as usize;
-                stack.push(Value::Str(r.string(n)?));
-            }
-            0x8d => {
-                let n = r.len_u64()?;
-                stack.push(Value::Str(r.string(n)?));
-            }
+            b'X' | 0x8c | 0x8d => stack.push(Value::Str(String::from_utf8_lossy(r.sized(op)?).into_owned())),
             b'V' => stack.push(Value::Str(r.line()?)),
-            b'B' => {
-                let n = r.u32()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
-            }
-            b'C' => {
-                let n = r.u8()? as usize;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
-            }
-            0x8e => {
-                let n = r.len_u64()?;
-                stack.push(Value::Bytes(r.take(n)?.to_vec()));
-            }
-            b'q' => {
-                let k = r.u8()? as u32;
+            b'B' | b'C' | 0x8e => stack.push(Value::Bytes(r.sized(op)?.to_vec())),
+            b'q' | b'r' | 0x94 => {
+                let k = if op == 0x94 { memo.len() as u32 } else { r.len(op)? as u32 };
                 memo.insert(k, stack.last().context("memo of empty stack")?.clone());
             }
-            b'r' => {
-                let k = r.u32()?;
-                memo.insert(k, stack.last().context("memo of empty stack")?.clone());
-            }
-            0x94 => {
-                let k = memo.len() as u32;
-                memo.insert(k, stack.last().context("memo of empty stack")?.clone());
-            }
-            b'h' => {
-                let k = r.u8()? as u32;
+            b'h' | b'j' => {
+                let k = r.len(op)? as u32;
                 stack.push(memo.get(&k).context("pickle memo key missing")?.clone());
             }
-            b'j' => {
-                let k = r.u32()?;
-                stack.push(memo.get(&k).context("pickle memo key missing")?.clone());
-            }
-            b't' => {
+            b't' | b'l' | b'd' | 0x91 => {
                 let items = pop_mark(&mut stack, &mut marks)?;
+                stack.push(match op {
+                    b't' => Value::Tuple(items),
+                    b'd' => new_dict(pairs(items)),
+                    _ => new_list(items), // LIST, FROZENSET
+                });
+            }
+            0x85..=0x87 => {
+                // TUPLE1..TUPLE3
+                let at = stack.len().checked_sub(usize::from(op - 0x84)).context("pickle stack underflow")?;
+                let items = stack.split_off(at);
                 stack.push(Value::Tuple(items));
-            }
-            0x85 => {
-                let a = pop!();
-                stack.push(Value::Tuple(vec![a]));
-            }
-            0x86 => {
-                let b = pop!();
-                let a = pop!();
-                stack.push(Value::Tuple(vec![a, b]));
-            }
-            0x87 => {
-                let c = pop!();
-                let b = pop!();
-                let a = pop!();
-                stack.push(Value::Tuple(vec![a, b, c]));
-            }
-            b'l' => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                stack.push(new_list(items));
-            }
-            b'd' => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                stack.push(new_dict(pairs(items)));
             }
             b'a' => {
                 let v = pop!();
@@ -386,12 +332,11 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                     _ => bail!("APPEND on a non-list"),
                 }
             }
-            b'e' => {
+            b'e' | 0x90 => {
+                // APPENDS, ADDITEMS; set.update via APPENDS-like opcodes is not used by torch; ignore others
                 let items = pop_mark(&mut stack, &mut marks)?;
-                match stack.last() {
-                    Some(Value::List(l)) => l.borrow_mut().extend(items),
-                    // set.update via APPENDS-like opcodes is not used by torch; ignore others
-                    _ => {}
+                if let Some(Value::List(l)) = stack.last() {
+                    l.borrow_mut().extend(items);
                 }
             }
             b's' => {
@@ -409,18 +354,6 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                     _ => bail!("SETITEMS on a non-dict"),
                 }
             }
-            0x8f => stack.push(new_list(Vec::new())), // EMPTY_SET as a list
-            0x90 => {
-                // ADDITEMS
-                let items = pop_mark(&mut stack, &mut marks)?;
-                if let Some(Value::List(l)) = stack.last() {
-                    l.borrow_mut().extend(items);
-                }
-            }
-            0x91 => {
-                let items = pop_mark(&mut stack, &mut marks)?;
-                stack.push(new_list(items)); // FROZENSET
-            }
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
@@ -435,21 +368,14 @@ pub fn unpickle(data: &[u8]) -> Result<Value> {
                     name.as_str().unwrap_or("?")
                 )));
             }
-            b'R' => {
+            b'R' | 0x81 | 0x92 => {
+                // REDUCE, NEWOBJ, NEWOBJ_EX (whose kwargs are ignored)
+                if op == 0x92 {
+                    pop!();
+                }
                 let args = pop!();
                 let func = pop!();
                 stack.push(call(func, args)?);
-            }
-            0x81 => {
-                let args = pop!();
-                let cls = pop!();
-                stack.push(call(cls, args)?);
-            }
-            0x92 => {
-                let _kwargs = pop!();
-                let args = pop!();
-                let cls = pop!();
-                stack.push(call(cls, args)?);
             }
             b'b' => {
                 let state = pop!();

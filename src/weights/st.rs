@@ -66,25 +66,23 @@ pub fn parse_tensors(bytes: &[u8], path: &Path) -> Result<(Vec<(String, HostTens
     let mut names: Vec<_> = st.tensors();
     names.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     for (name, view) in names {
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-            Dtype::F16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-            Dtype::I64 => view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        let raw = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => decode(raw, f32::from_le_bytes),
+            Dtype::F16 => decode(raw, |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32()),
+            Dtype::BF16 => decode(raw, |b: [u8; 2]| half::bf16::from_le_bytes(b).to_f32()),
+            Dtype::F64 => decode(raw, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+            Dtype::I64 => decode(raw, |b: [u8; 8]| i64::from_le_bytes(b) as f32),
             d => bail!("{}: tensor {name} has unsupported dtype {d:?}", path.display()),
         };
         out.push((name, HostTensor::new(view.shape().to_vec(), data)));
     }
     Ok((out, meta))
+}
+
+/// Decodes little-endian elements of `N` bytes each to f32.
+fn decode<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+    raw.chunks_exact(N).map(|c| f(c.try_into().unwrap())).collect()
 }
 
 pub fn load(path: &Path) -> Result<StModel> {

@@ -5,9 +5,9 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::blocks::C3;
+use super::blocks::{residual, C3};
 use super::conv::{Conv, ConvCfg};
-use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::model::walk::{child, walk_fields, Slot, Visit, Walk};
 use crate::export::onnx::{Attr, Builder, ToOnnx, V};
 
 /// Multi-head self-attention over all positions with a depthwise positional conv.
@@ -56,13 +56,7 @@ impl Attention {
     }
 }
 
-impl Walk for Attention {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.qkv.walk(&child(prefix, "qkv"), f);
-        self.proj.walk(&child(prefix, "proj"), f);
-        self.pe.walk(&child(prefix, "pe"), f);
-    }
-}
+walk_fields!(Attention: qkv, proj, pe);
 
 /// Two 1×1 convs, the second without activation (`ffn` / `mlp`).
 #[derive(Module, Debug)]
@@ -80,12 +74,7 @@ impl Mlp {
     }
 }
 
-impl Walk for Mlp {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.fc1.walk(&child(prefix, 0), f);
-        self.fc2.walk(&child(prefix, 1), f);
-    }
-}
+walk_fields!(Mlp: fc1 = 0, fc2 = 1);
 
 /// x + attn(x), then x + ffn(x).
 #[derive(Module, Debug)]
@@ -100,21 +89,12 @@ impl PsaBlock {
         Self { attn: Attention::new(c, num_heads, attn_ratio, device), ffn: Mlp::new(c, 2 * c, device), add: shortcut }
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = if self.add { x.clone() + self.attn.forward(x) } else { self.attn.forward(x) };
-        if self.add {
-            x.clone() + self.ffn.forward(x)
-        } else {
-            self.ffn.forward(x)
-        }
+        let x = residual(self.add, x.clone(), self.attn.forward(x));
+        residual(self.add, x.clone(), self.ffn.forward(x))
     }
 }
 
-impl Walk for PsaBlock {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.attn.walk(&child(prefix, "attn"), f);
-        self.ffn.walk(&child(prefix, "ffn"), f);
-    }
-}
+walk_fields!(PsaBlock: attn, ffn);
 
 /// C2PSA (yolo11, a chain of PSABlocks on half the channels) and PSA (v10, one inline block).
 #[derive(Module, Debug)]
@@ -149,21 +129,8 @@ impl C2Psa {
         }
         self.cv2.forward(Tensor::cat(vec![a, b], 1))
     }
-}
-
-impl C2Psa {
     pub fn matmul_macs(&self, n: f64) -> f64 {
         self.m.iter().map(|b| b.attn.matmul_macs(n)).sum()
-    }
-}
-
-impl A2C2f {
-    pub fn matmul_macs(&self, n: f64) -> f64 {
-        let blocks = self.m.iter().flat_map(|m| match m {
-            A2Inner::Area(blocks) => blocks.as_slice(),
-            A2Inner::C3k(_) => &[],
-        });
-        blocks.map(|b| b.attn.matmul_macs(n)).sum()
     }
 }
 
@@ -232,13 +199,7 @@ impl AAttn {
     }
 }
 
-impl Walk for AAttn {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.qkv.walk(&child(prefix, "qkv"), f);
-        self.proj.walk(&child(prefix, "proj"), f);
-        self.pe.walk(&child(prefix, "pe"), f);
-    }
-}
+walk_fields!(AAttn: qkv, proj, pe);
 
 #[derive(Module, Debug)]
 pub struct ABlock {
@@ -257,12 +218,7 @@ impl ABlock {
     }
 }
 
-impl Walk for ABlock {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.attn.walk(&child(prefix, "attn"), f);
-        self.mlp.walk(&child(prefix, "mlp"), f);
-    }
-}
+walk_fields!(ABlock: attn, mlp);
 
 #[derive(Module, Debug)]
 pub enum A2Inner {
@@ -333,6 +289,13 @@ impl A2C2f {
             None => y,
         }
     }
+    pub fn matmul_macs(&self, n: f64) -> f64 {
+        let blocks = self.m.iter().flat_map(|m| match m {
+            A2Inner::Area(blocks) => blocks.as_slice(),
+            A2Inner::C3k(_) => &[],
+        });
+        blocks.map(|b| b.attn.matmul_macs(n)).sum()
+    }
 }
 
 impl Walk for A2C2f {
@@ -372,26 +335,19 @@ impl ToOnnx for Mlp {
 impl ToOnnx for PsaBlock {
     fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
         let a = self.attn.to_onnx(onnx, x);
-        let x = if self.add { onnx.add(x, &a) } else { a };
+        let x = onnx.residual(self.add, x, a);
         let f = self.ffn.to_onnx(onnx, &x);
-        if self.add {
-            onnx.add(&x, &f)
-        } else {
-            f
-        }
+        onnx.residual(self.add, &x, f)
     }
 }
 
 impl ToOnnx for C2Psa {
     fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
+        // cv1 has 2·c output channels (its weight shape is checked on load)
         let y = self.cv1.to_onnx(onnx, x);
-        let mut sizes = vec![self.c; y.c / self.c];
-        if y.c % self.c != 0 {
-            sizes.push(y.c % self.c);
-        }
-        let parts = onnx.split(&y.name, 1, &sizes);
-        let a = V { name: parts[0].clone(), c: sizes[0], ..y.clone() };
-        let mut b = V { name: parts[1].clone(), c: sizes[1], ..y.clone() };
+        let parts = onnx.split(&y.name, 1, &[self.c, self.c]);
+        let a = V { name: parts[0].clone(), c: self.c, ..y.clone() };
+        let mut b = V { name: parts[1].clone(), c: self.c, ..y.clone() };
         for blk in &self.m {
             b = blk.to_onnx(onnx, &b);
         }

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::PsaBlock;
 use super::conv::{Conv, ConvCfg};
-use crate::model::walk::{child, Visit, Walk};
+use crate::model::walk::{walk_fields, Visit, Walk};
 use crate::export::onnx::{Attr, Builder, ToOnnx, V};
 
 #[derive(Module, Debug)]
@@ -29,19 +29,15 @@ impl Bottleneck {
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.cv2.forward(self.cv1.forward(x.clone()));
-        if self.add {
-            x + y
-        } else {
-            y
-        }
+        residual(self.add, x, y)
     }
 }
 
-impl Walk for Bottleneck {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.cv1.walk(&child(prefix, "cv1"), f);
-        self.cv2.walk(&child(prefix, "cv2"), f);
-    }
+walk_fields!(Bottleneck: cv1, cv2);
+
+/// `x + y` for a residual block with a shortcut, else `y`.
+pub fn residual(add: bool, x: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
+    if add { x + y } else { y }
 }
 
 /// C3 (and C3k, which only changes the bottleneck kernels).
@@ -80,14 +76,7 @@ impl C3 {
     }
 }
 
-impl Walk for C3 {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.cv1.walk(&child(prefix, "cv1"), f);
-        self.cv2.walk(&child(prefix, "cv2"), f);
-        self.cv3.walk(&child(prefix, "cv3"), f);
-        self.m.walk(&child(prefix, "m"), f);
-    }
-}
+walk_fields!(C3: cv1, cv2, cv3, m);
 
 /// The inner block of a C2f-style layer.
 #[derive(Module, Debug)]
@@ -133,12 +122,7 @@ impl BottleneckPsa {
     }
 }
 
-impl Walk for BottleneckPsa {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.bottleneck.walk(&child(prefix, 0), f);
-        self.psa.walk(&child(prefix, 1), f);
-    }
-}
+walk_fields!(BottleneckPsa: bottleneck = 0, psa = 1);
 
 /// C2f and its relatives (C3k2, C2fCIB): split, chain of inner blocks, concat all.
 #[derive(Module, Debug)]
@@ -146,7 +130,6 @@ pub struct C2f {
     pub cv1: Conv,
     pub cv2: Conv,
     pub m: Vec<Inner>,
-    pub c: usize,
 }
 
 impl C2f {
@@ -157,7 +140,6 @@ impl C2f {
             cv1: ConvCfg::new(c1, 2 * c, 1).init(device),
             cv2: ConvCfg::new((2 + n) * c, c2, 1).init(device),
             m: (0..n).map(|_| inner(c)).collect(),
-            c,
         }
     }
     /// Multiply-adds of the attention products of YOLO26's C3k2 with attention, per image.
@@ -200,13 +182,7 @@ impl C2f {
     }
 }
 
-impl Walk for C2f {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.cv1.walk(&child(prefix, "cv1"), f);
-        self.cv2.walk(&child(prefix, "cv2"), f);
-        self.m.walk(&child(prefix, "m"), f);
-    }
-}
+walk_fields!(C2f: cv1, cv2, m);
 
 /// Spatial pyramid pooling (fast): `n` chained max-pools, concatenated.
 #[derive(Module, Debug)]
@@ -221,12 +197,8 @@ pub struct Sppf {
 impl Sppf {
     pub fn new(c1: usize, c2: usize, k: usize, n: usize, shortcut: bool, act: bool, device: &Device) -> Self {
         let c_ = c1 / 2;
-        let mut cv1 = ConvCfg::new(c1, c_, 1);
-        if !act {
-            cv1 = cv1.no_act();
-        }
         Self {
-            cv1: cv1.init(device),
+            cv1: ConvCfg { act, ..ConvCfg::new(c1, c_, 1) }.init(device),
             cv2: ConvCfg::new(c_ * (n + 1), c2, 1).init(device),
             k,
             n,
@@ -241,30 +213,17 @@ impl Sppf {
             ys.push(max_pool2d(last, opts.clone()));
         }
         let y = self.cv2.forward(Tensor::cat(ys, 1));
-        if self.add {
-            x + y
-        } else {
-            y
-        }
+        residual(self.add, x, y)
     }
 }
 
-impl Walk for Sppf {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.cv1.walk(&child(prefix, "cv1"), f);
-        self.cv2.walk(&child(prefix, "cv2"), f);
-    }
-}
+walk_fields!(Sppf: cv1, cv2);
 
 impl ToOnnx for Bottleneck {
     fn to_onnx(&self, onnx: &mut Builder, x: &V) -> V {
         let a = self.cv1.to_onnx(onnx, x);
         let y = self.cv2.to_onnx(onnx, &a);
-        if self.add {
-            onnx.add(x, &y)
-        } else {
-            y
-        }
+        onnx.residual(self.add, x, y)
     }
 }
 
@@ -329,10 +288,6 @@ impl ToOnnx for Sppf {
         }
         let cat = onnx.concat(&ys, 1);
         let y = self.cv2.to_onnx(onnx, &cat);
-        if self.add {
-            onnx.add(x, &y)
-        } else {
-            y
-        }
+        onnx.residual(self.add, x, y)
     }
 }

@@ -86,9 +86,7 @@ impl Conv {
             None => kernels::conv2d_layer_act(&self.conv, x, self.act),
         }
     }
-}
 
-impl Conv {
     /// Folds the BatchNorm (running statistics) into the convolution:
     /// W' = W·γ/√(var+eps) per output channel, b' = β − γ·mean/√(var+eps).
     pub fn fold_bn(&mut self) {

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::conv::{conv2d_bias, Conv, ConvCfg};
 use crate::model::spec::DetectSpec;
-use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::model::walk::{child, walk_fields, Slot, Visit, Walk};
 use crate::export::onnx::{Builder, ToOnnx, V};
 
 /// Box branch: two 3×3 Convs and a 1×1 Conv2d to 4·reg_max channels.
@@ -31,13 +31,7 @@ impl BoxBranch {
     }
 }
 
-impl Walk for BoxBranch {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.c0.walk(&child(prefix, 0), f);
-        self.c1.walk(&child(prefix, 1), f);
-        self.out.walk(&child(prefix, 2), f);
-    }
-}
+walk_fields!(BoxBranch: c0 = 0, c1 = 1, out = 2);
 
 /// Class branch. Legacy (v5u/v8): two 3×3 Convs. Otherwise each stage is a
 /// depthwise 3×3 followed by a 1×1 (`a`+`a2`, `b`+`b2`).
@@ -226,11 +220,6 @@ impl Detect {
         )
     }
 
-    /// Expected distances (l, t, r, b) in grid units from box logits: [B, 4, A].
-    pub fn distances(&self, boxes: Tensor<3>) -> Tensor<3> {
-        dfl_expectation(boxes, self.reg_max)
-    }
-
     /// Ultralytics' inference output [B, 4 + nc, A]: xywh in input pixels, sigmoid scores.
     pub fn decode(&self, out: &HeadOutput) -> Tensor<3> {
         self.decode_maps(&out.one2many, &out.shapes, true)
@@ -245,7 +234,8 @@ impl Detect {
     fn decode_maps(&self, maps: &HeadMaps, shapes: &[(usize, usize)], xywh: bool) -> Tensor<3> {
         let device = maps.boxes.device();
         let (anc, st) = self.anchors(shapes, &device);
-        let d = self.distances(maps.boxes.clone());
+        // expected distances (l, t, r, b) in grid units: [B, 4, A]
+        let d = dfl_expectation(maps.boxes.clone(), self.reg_max);
         let lt = d.clone().narrow(1, 0, 2);
         let rb = d.narrow(1, 2, 2);
         let x1y1 = anc.clone() - lt;

@@ -4,8 +4,9 @@ use burn::module::Module;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use super::blocks::residual;
 use super::conv::{Conv, ConvCfg};
-use crate::model::walk::{child, Visit, Walk};
+use crate::model::walk::{child, walk_fields, Visit, Walk};
 use crate::export::onnx::{Builder, ToOnnx, V};
 
 /// Spatial-channel decoupled downsampling: 1×1 conv, then a strided depthwise conv.
@@ -27,12 +28,7 @@ impl SCDown {
     }
 }
 
-impl Walk for SCDown {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.cv1.walk(&child(prefix, "cv1"), f);
-        self.cv2.walk(&child(prefix, "cv2"), f);
-    }
-}
+walk_fields!(SCDown: cv1, cv2);
 
 /// Depthwise 7×7 + 3×3 branches summed, then SiLU.
 #[derive(Module, Debug)]
@@ -53,12 +49,7 @@ impl RepVggDw {
     }
 }
 
-impl Walk for RepVggDw {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        self.conv.walk(&child(prefix, "conv"), f);
-        self.conv1.walk(&child(prefix, "conv1"), f);
-    }
-}
+walk_fields!(RepVggDw: conv, conv1);
 
 #[derive(Module, Debug)]
 pub enum CibMid {
@@ -101,11 +92,7 @@ impl Cib {
             CibMid::Rep(r) => r.forward(y),
         };
         let y = self.c4.forward(self.c3.forward(y));
-        if self.add {
-            x + y
-        } else {
-            y
-        }
+        residual(self.add, x, y)
     }
 }
 
@@ -149,10 +136,6 @@ impl ToOnnx for Cib {
         };
         let y = self.c3.to_onnx(onnx, &y);
         let y = self.c4.to_onnx(onnx, &y);
-        if self.add {
-            onnx.add(x, &y)
-        } else {
-            y
-        }
+        onnx.residual(self.add, x, y)
     }
 }
