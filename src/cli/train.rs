@@ -4,6 +4,9 @@ use crate::run::{train, RunArgs};
 
 pub fn run(a: RunArgs) -> Result<()> {
     let s = train(a)?;
+    if s.rank != 0 {
+        return Ok(());
+    }
     let span = if s.first_epoch > 1 { format!("epochs {}-{} (resumed)", s.first_epoch, s.epochs_done) } else { format!("{} epochs", s.epochs_done) };
     eprintln!(
         "{span} in {:.0}s. Results in {}; best weights {}",

@@ -49,8 +49,8 @@ pub struct ValArgs {
     /// with top-k and no NMS; models without that head ignore it.
     #[arg(long, default_value_t = NmsConfig::val().nms, action = clap::ArgAction::Set)]
     pub nms: bool,
-    /// Data-loading threads.
-    #[arg(long, default_value_t = 2)]
+    /// Data-loading threads, at most the CPUs and the batches (as Ultralytics).
+    #[arg(long, default_value_t = crate::data::loader::DEFAULT_WORKERS)]
     pub workers: usize,
     /// Write detections in COCO results format to this file.
     #[arg(long = "save-json")]
@@ -98,7 +98,8 @@ pub fn run(a: ValArgs) -> Result<()> {
     }
     let ds = Arc::new(Dataset::scan(sources, data.names.len(), None)?);
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
-    let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), a.workers)?;
+    let workers = crate::data::loader::worker_count(a.workers, ds.len().div_ceil(a.batch.max(1)), 1);
+    let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), workers)?;
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::val() };
     let exchange = match (&a.dump_inputs, &a.outputs_from) {
         (Some(d), _) => {

@@ -55,6 +55,33 @@ impl Batch {
             .collect()
     }
 
+    /// Shard `k` of `n` of this batch: its labeled and its unlabeled images each split by
+    /// [`shard_range`], with their labels (what one of `n` devices trains on).
+    pub fn shard(&self, k: usize, n: usize) -> Batch {
+        let labeled = shard_range(self.labeled, k, n);
+        let keep: Vec<usize> = labeled.clone().chain(shard_range(self.shape[0] - self.labeled, k, n).map(|i| i + self.labeled)).collect();
+        let per_image: usize = self.shape[1..].iter().product();
+        let mut b = Batch {
+            images: keep.iter().flat_map(|&i| &self.images[i * per_image..(i + 1) * per_image]).copied().collect(),
+            shape: [keep.len(), self.shape[1], self.shape[2], self.shape[3]],
+            batch_idx: Vec::new(),
+            cls: Vec::new(),
+            bboxes: Vec::new(),
+            paths: keep.iter().filter_map(|&i| self.paths.get(i).cloned()).collect(),
+            ori_sizes: keep.iter().filter_map(|&i| self.ori_sizes.get(i).copied()).collect(),
+            placements: keep.iter().filter_map(|&i| self.placements.get(i).copied()).collect(),
+            labeled: labeled.len(),
+        };
+        for ((&i, &c), &xywh) in self.batch_idx.iter().zip(&self.cls).zip(&self.bboxes) {
+            if labeled.contains(&i) {
+                b.batch_idx.push(i - labeled.start);
+                b.cls.push(c);
+                b.bboxes.push(xywh);
+            }
+        }
+        b
+    }
+
     /// Adds `u`'s images after this batch's as unlabeled images (their labels, if any, are
     /// dropped). Both must have the same image size.
     pub fn append_unlabeled(&mut self, u: Batch) {
@@ -64,6 +91,22 @@ impl Batch {
         self.paths.extend(u.paths);
         self.ori_sizes.extend(u.ori_sizes);
     }
+}
+
+/// Ultralytics' default number of data-loading threads.
+pub const DEFAULT_WORKERS: usize = 8;
+
+/// The data-loading threads to use: `requested`, at most the CPUs of this machine shared by
+/// the `processes` training on it, and at most the `batches` to build.
+pub fn worker_count(requested: usize, batches: usize, processes: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    requested.min(cpus / processes.max(1)).min(batches)
+}
+
+/// The images `shard` of `shards` takes of a batch of `len` images: contiguous, sizes
+/// differing by at most one.
+pub fn shard_range(len: usize, shard: usize, shards: usize) -> std::ops::Range<usize> {
+    len * shard / shards..len * (shard + 1) / shards
 }
 
 /// One image ready for collation.
@@ -165,6 +208,8 @@ pub struct TrainLoader {
     workers: usize,
     seed: u64,
     cache: Arc<ImageCache>,
+    /// (rank, ranks): this process builds only its rank's shard of every batch.
+    part: (usize, usize),
 }
 
 impl TrainLoader {
@@ -192,7 +237,20 @@ impl TrainLoader {
             seed,
             cache: Arc::new(ImageCache::new(capacity)),
             dataset,
+            part: (0, 1),
         })
+    }
+
+    /// Builds only the images of `rank`'s shard (of `ranks`) of each batch, augmented exactly as
+    /// in the whole batch, with at most the workers that `processes` on this machine leave it.
+    pub fn for_rank(self, rank: usize, ranks: usize, processes: usize) -> TrainLoader {
+        let workers = worker_count(self.workers, self.len(), processes);
+        TrainLoader { part: (rank, ranks), workers, ..self }
+    }
+
+    /// Images in batch `j` of an epoch, all ranks together.
+    pub fn batch_len(&self, j: usize) -> usize {
+        self.batch.min(self.dataset.len().saturating_sub(j * self.batch))
     }
 
     /// Batches per epoch (the last partial batch included).
@@ -231,9 +289,11 @@ impl TrainLoader {
 
     fn batches_of(&self, order: Vec<usize>, n: usize, epoch: usize, mosaic_on: bool) -> BatchIter {
         let source = TrainSource { dataset: self.dataset.clone(), imgsz: self.imgsz, cache: self.cache.clone() };
-        let (batch, aug, seed) = (self.batch, self.aug, self.seed);
+        let (batch, aug, seed, (rank, ranks)) = (self.batch, self.aug, self.seed, self.part);
         let make = move |j: usize| {
-            let parts = (j * batch..((j + 1) * batch).min(order.len()))
+            let whole = j * batch..((j + 1) * batch).min(order.len());
+            let parts = shard_range(whole.len(), rank, ranks)
+                .map(|k| whole.start + k)
                 .map(|pos| {
                     let idx = order[pos];
                     let mut rng = StdRng::seed_from_u64(derive_seed(&[seed, epoch as u64, pos as u64, 1]));
@@ -625,6 +685,48 @@ mod tests {
         let closed: Vec<Batch> = loader.epoch(2, false).collect();
         closed.iter().for_each(check_batch);
         assert!(closed.iter().map(|b| b.cls.len()).sum::<usize>() > 0);
+    }
+
+    #[test]
+    fn shards_split_a_batch_and_its_labels() {
+        let (_d, ds) = synthetic("shards", 5);
+        let mut b = TrainLoader::new(ds.clone(), 64, 5, AugConfig::default(), 0, 3).unwrap().epoch(0, true).next().unwrap();
+        let u = TrainLoader::new(ds, 64, 3, AugConfig::default(), 0, 4).unwrap().epoch(0, true).next().unwrap();
+        b.append_unlabeled(u);
+        let per = 3 * 64 * 64;
+        for n in [1, 2, 3] {
+            let parts: Vec<Batch> = (0..n).map(|k| b.shard(k, n)).collect();
+            // labeled 5 → 2+3 or 1+2+2, unlabeled 3 → 1+2 or 1+1+1, each shard labeled first
+            let labeled: Vec<usize> = parts.iter().map(|p| p.labeled).collect();
+            assert_eq!(labeled, (0..n).map(|k| shard_range(5, k, n).len()).collect::<Vec<_>>());
+            let order: Vec<usize> = (0..n).flat_map(|k| shard_range(5, k, n).chain(shard_range(3, k, n).map(|i| i + 5))).collect();
+            let images: Vec<f32> = parts.iter().flat_map(|p| p.images.clone()).collect();
+            let want: Vec<f32> = order.iter().flat_map(|&i| b.images[i * per..(i + 1) * per].to_vec()).collect();
+            assert_eq!(images, want, "{n} shards");
+            let paths: Vec<_> = parts.iter().flat_map(|p| p.paths.clone()).collect();
+            assert_eq!(paths, order.iter().map(|&i| b.paths[i].clone()).collect::<Vec<_>>());
+            for (k, p) in parts.iter().enumerate() {
+                let first = shard_range(5, k, n).start;
+                let mine: Vec<_> = (0..p.labeled).flat_map(|j| p.labels_xyxy(j)).collect();
+                let theirs: Vec<_> = shard_range(5, k, n).flat_map(|j| b.labels_xyxy(j)).collect();
+                assert_eq!(mine, theirs, "labels of shard {k} of {n} (from image {first})");
+                assert_eq!(p.shape[0], p.paths.len());
+            }
+            assert_eq!(parts.iter().map(|p| p.cls.len()).sum::<usize>(), b.cls.len(), "every label in one shard");
+        }
+    }
+
+    #[test]
+    fn a_rank_loads_its_shard_of_every_batch() {
+        let (_d, ds) = synthetic("ranks", 7);
+        let whole: Vec<Batch> = TrainLoader::new(ds.clone(), 64, 4, AugConfig::default(), 0, 9).unwrap().epoch(1, true).collect();
+        for ranks in [2, 3] {
+            for rank in 0..ranks {
+                let mine: Vec<Batch> = TrainLoader::new(ds.clone(), 64, 4, AugConfig::default(), 1, 9).unwrap().for_rank(rank, ranks, 1).epoch(1, true).collect();
+                let want: Vec<Batch> = whole.iter().map(|b| b.shard(rank, ranks)).collect();
+                assert_eq!(mine, want, "rank {rank} of {ranks}: same images, same augmentation");
+            }
+        }
     }
 
     #[test]

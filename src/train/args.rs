@@ -72,9 +72,14 @@ pub struct TrainArgs {
     /// Continue an interrupted run: its last.safetensors (or the run of --project/--name).
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
     pub resume: Option<String>,
-    /// Data-loading threads (Ultralytics defaults to 8; 2 suits small CPUs).
-    #[arg(long, default_value_t = 2)]
+    /// Data-loading threads, at most the CPUs per training process on this machine and the
+    /// batches per epoch (as Ultralytics).
+    #[arg(long, default_value_t = crate::data::loader::DEFAULT_WORKERS)]
     pub workers: usize,
+    /// Splits every batch into this many shards trained one after another, their gradients
+    /// summed: the update of as many devices (under mpirun, each rank's share is split again).
+    #[arg(long, default_value_t = 1, value_parser = crate::options::at_least_one)]
+    pub shards: usize,
     /// Stop after this many epochs without a better fitness.
     #[arg(long, default_value_t = 100)]
     pub patience: usize,

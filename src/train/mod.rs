@@ -14,6 +14,7 @@ pub mod setup;
 pub mod step;
 pub mod trainer;
 pub mod unlabeled;
+pub mod world;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,8 @@ pub struct TrainSummary {
     pub first_epoch: usize,
     /// Wall time of this call (a resumed run: since it resumed).
     pub seconds: f64,
+    /// This process's rank under mpirun (0 alone): rank 0 wrote the run folder and reports.
+    pub rank: usize,
 }
 
 /// Trains a model as `a` says; `ext` (distillation) adds to every step.

@@ -19,9 +19,10 @@ use super::schedule::{interp, lr_factor, warmup_iters};
 use super::setup::{self, OptimPlan, INIT_TURN};
 use super::step::{forward_backward, gradient_norms, make_trainable};
 use super::unlabeled;
+use super::world::World;
 use super::{TrainArgs, TrainSummary};
 use crate::data::dataset::{DataConfig, Dataset};
-use crate::data::loader::{Batch, TrainLoader, ValLoader};
+use crate::data::loader::{worker_count, Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate_full, ValResult};
 use crate::infer::nms::NmsConfig;
 use crate::loss::LossConfig;
@@ -63,7 +64,9 @@ impl Progress {
 pub struct Trainer {
     a: TrainArgs,
     dir: PathBuf,
-    _lock: RunLock,
+    /// Rank 0 holds the run folder's lock; the other ranks write nothing.
+    _lock: Option<RunLock>,
+    world: World,
     plain: Device,
     ad: Device,
     model: DetectionModel,
@@ -103,18 +106,24 @@ impl Trainer {
         let t_start = Instant::now();
         let plain = crate::default_device();
         let ad = plain.clone().autodiff();
+        let world = World::from_env()?;
+        let main = world.is_main();
         let (a, restored, dir) = setup::resolve(a)?;
-        let a = TrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
+        let a = TrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), quiet: a.quiet || !main, ..a };
         let config = DataConfig::load(a.data_yaml()?)?;
         setup::check_inputs(&a, ext.as_deref(), &plain)?;
-        let lock = run_dir::claim(&dir)?;
+        let lock = if main { Some(run_dir::claim(&dir)?) } else { None };
         let mut saved_args = serde_json::to_value(&a)?;
         if let Some(e) = ext.as_deref() {
             saved_args[e.name()] = e.settings()?;
         }
-        std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&saved_args)?)?;
-        let data = load_data(&a, config, &dir, ext.is_some())?;
-        draw_labels(&data.train, &data.config.names, &dir);
+        if main {
+            std::fs::write(dir.join("args.yaml"), serde_yaml::to_string(&saved_args)?)?;
+        }
+        let data = load_data(&a, config, main.then_some(dir.as_path()), ext.is_some())?;
+        if main {
+            draw_labels(&data.train, &data.config.names, &dir);
+        }
         let nc = data.config.names.len();
         let n_train = data.train.items.len();
 
@@ -131,9 +140,11 @@ impl Trainer {
         let opt = Optimizer::new(plan.method, plan.weight_decay);
         let stride = model.max_stride().max(32);
         let nb = n_train.div_ceil(a.batch);
+        let (rank, ranks, here) = (world.rank(), world.size(), world.local_size());
+        let val_workers = worker_count(a.workers, data.val.items.len().div_ceil(a.batch * 2), here);
         let mut t = Trainer {
-            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?,
-            val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, a.workers)?,
+            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?.for_rank(rank, ranks, here),
+            val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, val_workers)?,
             nw: warmup_iters(a.warmup_epochs, a.epochs, nb),
             nb,
             ema: Ema::new(&model, 0),
@@ -144,12 +155,13 @@ impl Trainer {
             hook: None,
             hook_section: ext.as_deref().map(|e| e.name().to_string()).unwrap_or_default(),
             taps: Vec::new(),
-            unlabeled: data.unlabeled,
+            unlabeled: data.unlabeled.map(|u| u.for_rank(rank, ranks, here)),
             saved_args,
             // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
-            p: Progress::new(if restored.is_some() { Results::load(&dir.join("results.csv"))? } else { Results::default() }),
+            p: Progress::new(if restored.is_some() && main { Results::load(&dir.join("results.csv"))? } else { Results::default() }),
             dir,
             _lock: lock,
+            world,
             plain,
             ad,
             a,
@@ -206,6 +218,10 @@ impl Trainer {
         self.opt.m = named::write_flat(r.m, plain);
         self.opt.v = named::write_flat(r.v, plain);
         self.p.grads.grads = named::write_flat(r.grads, plain);
+        if !self.world.is_main() {
+            // rank 0 saved the ranks' pending gradients summed; it alone carries them on
+            self.p.grads.clear();
+        }
         self.opt.steps = r.state.optimizer_steps;
         self.p.start_epoch = r.state.epoch + 1;
         self.p.epochs_done = self.p.start_epoch;
@@ -240,15 +256,19 @@ impl Trainer {
             let t_epoch = Instant::now();
             let (mean, lrs) = self.train_epoch(epoch)?;
             let last_epoch = epoch + 1 == self.a.epochs || self.a.max_batches.is_some_and(|m| self.p.total_batches >= m);
+            let main = self.world.is_main();
             let mut batches = Vec::new();
-            let val = if self.a.val || last_epoch {
+            let val = if main && (self.a.val || last_epoch) {
                 Some(validate_full(&self.ema.model, &self.val_loader, &NmsConfig::val(), None, &mut ValBatch::keeper(&mut batches))?)
             } else {
                 None
             };
-            self.record(epoch, &mean, lrs, val.as_ref());
-            self.checkpoint(epoch, val.as_ref())?;
-            self.report_epoch(epoch, val.as_ref(), t_epoch);
+            self.gather_pending_gradients()?;
+            if main {
+                self.record(epoch, &mean, lrs, val.as_ref());
+                self.checkpoint(epoch, val.as_ref())?;
+                self.report_epoch(epoch, val.as_ref(), t_epoch);
+            }
             self.p.epochs_done = epoch + 1;
             if val.is_some() {
                 self.p.final_val = val;
@@ -257,8 +277,8 @@ impl Trainer {
             if last_epoch {
                 break;
             }
-            if self.p.stale >= self.a.patience {
-                eprintln!("Stopping early: no improvement in {} epochs", self.a.patience);
+            if self.world.main_says(self.p.stale >= self.a.patience) {
+                self.say(format!("Stopping early: no improvement in {} epochs", self.a.patience));
                 break;
             }
         }
@@ -328,6 +348,9 @@ impl Trainer {
     /// `train_batch{ni}.jpg` for the first three batches of the run and of the first epoch
     /// without mosaic (ni = the global batch index), as Ultralytics draws them.
     fn draw_train_batch(&self, batch: &Batch, epoch: usize, i: usize) {
+        if !self.world.is_main() {
+            return;
+        }
         let ni = i + self.nb * epoch;
         let close = self.a.epochs.saturating_sub(self.a.close_mosaic) * self.nb;
         if i < 3 && (ni < 3 || (self.a.close_mosaic > 0 && ni >= close && ni < close + 3)) {
@@ -362,8 +385,12 @@ impl Trainer {
     fn train_batch(&mut self, batch: &Batch, pos: StepPos) -> Result<(Option<Vec<(String, f64)>>, [f64; 3])> {
         let ni = pos.batch + self.nb * pos.epoch;
         let (accumulate, lrs, momentum) = self.schedule(ni, lr_factor(pos.epoch, self.a.epochs, self.a.lrf, self.a.cos_lr));
+        if self.train_loader.batch_len(pos.batch) < self.world.size() * self.a.shards {
+            // a last batch with fewer images than shards: it is left out, as no shard may be empty
+            return Ok((None, lrs));
+        }
         self.measure_gradients_if_asked(batch, pos)?;
-        let items = forward_backward(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads);
+        let items = self.forward_backward_shards(batch, pos)?;
         // A non-finite loss would turn every weight into NaN: its gradients are dropped, and
         // a run that keeps producing them stops with an error (the checkpoints stay as they are).
         if let Some((name, v)) = items.iter().find(|(_, v)| !v.is_finite()) {
@@ -382,14 +409,38 @@ impl Trainer {
         }
         self.p.nonfinite = 0;
         if ni as i64 - self.p.last_opt_step >= accumulate as i64 {
-            self.optimizer_step(StepParams { lr: lrs, momentum });
+            self.optimizer_step(StepParams { lr: lrs, momentum })?;
             self.p.last_opt_step = ni as i64;
         }
         Ok((Some(items), lrs))
     }
 
-    /// Clipped gradients applied to the model and the hook's tensors, then the EMA follows.
-    fn optimizer_step(&mut self, hp: StepParams) {
+    /// Forward and backward of this process's shards of `batch` (one unless --shards), the
+    /// gradients added up; returns the loss items averaged over the shards of all ranks.
+    fn forward_backward_shards(&mut self, batch: &Batch, pos: StepPos) -> Result<Vec<(String, f64)>> {
+        let n = self.a.shards;
+        let mut items: Vec<(String, f64)> = Vec::new();
+        for k in 0..n {
+            let shard = (n > 1).then(|| batch.shard(k, n));
+            let b = shard.as_ref().unwrap_or(batch);
+            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads);
+            if items.is_empty() {
+                items = it;
+            } else {
+                items.iter_mut().zip(it).for_each(|(s, (_, v))| s.1 += v);
+            }
+        }
+        let mut sums: Vec<f64> = items.iter().map(|(_, v)| *v).collect();
+        self.world.sum_same(&mut sums)?;
+        let shards = (n * self.world.size()) as f64;
+        items.iter_mut().zip(sums).for_each(|(it, s)| it.1 = s / shards);
+        Ok(items)
+    }
+
+    /// Clipped gradients (summed over the ranks) applied to the model and the hook's tensors,
+    /// then the EMA follows.
+    fn optimizer_step(&mut self, hp: StepParams) -> Result<()> {
+        self.world.sum_tensors(&mut self.p.grads.grads)?;
         self.p.grads.clip_global_norm(10.0);
         self.opt.tick();
         self.opt.apply(&mut self.model, &self.p.grads, hp);
@@ -398,16 +449,36 @@ impl Trainer {
         }
         self.p.grads.clear();
         self.ema.update(&mut self.model);
+        Ok(())
+    }
+
+    /// Gradients still accumulating at an epoch's end are saved in `last` (resume carries the
+    /// accumulation on): rank 0 holds their sum over the ranks, the others start from zero.
+    fn gather_pending_gradients(&mut self) -> Result<()> {
+        if self.world.size() > 1 {
+            self.world.sum_tensors(&mut self.p.grads.grads)?;
+            if !self.world.is_main() {
+                self.p.grads.clear();
+            }
+        }
+        Ok(())
     }
 
     /// When the hook asks, measures the gradient norms of the detection loss and of its terms
     /// on this batch, and saves the settings the hook derives from them.
     fn measure_gradients_if_asked(&mut self, batch: &Batch, pos: StepPos) -> Result<()> {
         let Some(h) = self.hook.as_deref_mut().filter(|h| h.wants_gradient_norms()) else { return Ok(()) };
-        let (det, terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, pos);
-        if let Some(settings) = h.gradient_norms_measured(det, &terms) {
+        let (det, mut terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, pos);
+        // every rank measured its own images: all take the ranks' mean, so all decide alike
+        let mut norms: Vec<f64> = std::iter::once(det).chain(terms.iter().map(|t| t.1)).map(f64::from).collect();
+        self.world.sum_same(&mut norms)?;
+        let mean = |v: f64| (v / self.world.size() as f64) as f32;
+        terms.iter_mut().zip(&norms[1..]).for_each(|(t, &v)| t.1 = mean(v));
+        if let Some(settings) = h.gradient_norms_measured(mean(norms[0]), &terms) {
             self.saved_args[self.hook_section.as_str()] = settings;
-            std::fs::write(self.dir.join("args.yaml"), serde_yaml::to_string(&self.saved_args)?)?;
+            if self.world.is_main() {
+                std::fs::write(self.dir.join("args.yaml"), serde_yaml::to_string(&self.saved_args)?)?;
+            }
         }
         Ok(())
     }
@@ -482,7 +553,7 @@ impl Trainer {
         let wdir = self.weights_dir();
         // As Ultralytics' final evaluation: the best weights validated once more (unless the last
         // validation was of them), and that validation's pictures drawn.
-        if self.p.final_val.is_some() && self.p.stale > 0 {
+        if self.world.is_main() && self.p.final_val.is_some() && self.p.stale > 0 {
             let best = wdir.join("best.safetensors");
             let mut batches = Vec::new();
             let val = model::load(&best.to_string_lossy(), None, &self.plain)
@@ -506,20 +577,22 @@ impl Trainer {
             first_epoch: self.p.start_epoch + 1,
             seconds: self.t_start.elapsed().as_secs_f64(),
             run_dir: self.dir,
+            rank: self.world.rank(),
         })
     }
 }
 
 /// The datasets of the run (the label scan's cache goes to the run folder).
-fn load_data(a: &TrainArgs, config: DataConfig, dir: &Path, extended: bool) -> Result<RunData> {
+fn load_data(a: &TrainArgs, config: DataConfig, dir: Option<&Path>, extended: bool) -> Result<RunData> {
     let nc = config.names.len();
-    let cache_dir = dir.join("cache");
-    let mut train = Dataset::scan(&config.train, nc, Some(&cache_dir)).context("training images")?;
+    let cache_dir = dir.map(|d| d.join("cache"));
+    let cache_dir = cache_dir.as_deref();
+    let mut train = Dataset::scan(&config.train, nc, cache_dir).context("training images")?;
     if a.fraction < 1.0 {
         let keep = ((train.items.len() as f64 * a.fraction).round() as usize).max(1);
         train.items.truncate(keep);
     }
-    let val = Dataset::scan(&config.val, nc, Some(&cache_dir)).context("validation images")?;
+    let val = Dataset::scan(&config.val, nc, cache_dir).context("validation images")?;
     let unlabeled = unlabeled::prepare(a, &config, &mut train, &val, extended)?;
     Ok(RunData { config, train: Arc::new(train), val: Arc::new(val), unlabeled })
 }
