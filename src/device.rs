@@ -52,8 +52,34 @@ fn not_built(kind: &str) -> anyhow::Result<Device> {
     anyhow::bail!("device {kind:?} needs the cargo feature `{kind}` (cargo build --features {kind}); this build has the CPU only")
 }
 
+/// Where GPU backends keep compiled kernels and autotune results between processes:
+/// `YOLODISTILL_CACHE`, else the user cache folder (`~/.cache/yolodistill/kernels`).
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+fn kernel_cache_dir() -> std::path::PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    env("YOLODISTILL_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|c| c.join("yolodistill/kernels")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/yolodistill/kernels")))
+        .unwrap_or_else(|| std::env::temp_dir().join("yolodistill-kernels"))
+}
+
+/// A GPU process compiles and tunes its kernels when it first meets a shape (minutes for a
+/// training run): both are kept on disk in [`kernel_cache_dir`], so the next process on the
+/// machine starts in seconds. Settings a `cubecl.toml` or CUBECL_* variable gives are kept
+/// otherwise. Must run before the first GPU device is made.
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+fn keep_kernel_caches() {
+    use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = true;
+    config.environment.path = CacheConfig::Directory(kernel_cache_dir());
+    // false when a device was made before: its settings stay
+    let _ = CubeClRuntimeConfig::try_set(config);
+}
+
 #[cfg(feature = "wgpu")]
 fn wgpu(index: Option<usize>) -> anyhow::Result<Device> {
+    keep_kernel_caches();
     Ok(Device::wgpu(gpu_kind(index)))
 }
 #[cfg(not(feature = "wgpu"))]
@@ -63,6 +89,7 @@ fn wgpu(_: Option<usize>) -> anyhow::Result<Device> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(index: Option<usize>) -> anyhow::Result<Device> {
+    keep_kernel_caches();
     Ok(Device::vulkan(gpu_kind(index)))
 }
 #[cfg(not(feature = "vulkan"))]
@@ -72,6 +99,7 @@ fn vulkan(_: Option<usize>) -> anyhow::Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: Option<usize>) -> anyhow::Result<Device> {
+    keep_kernel_caches();
     Ok(Device::cuda(index.unwrap_or(0)))
 }
 #[cfg(not(feature = "cuda"))]
