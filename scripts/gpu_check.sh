@@ -6,11 +6,12 @@
 #       into .gl/ as the device tool's README says.
 #   scripts/gpu_check.sh             on the GPU machine (no network), from the repository root:
 #       prints one JSON object (and writes it to $OUT/gpu_check.json when $OUT is set):
-#       - val of the BCCD teacher vs the CPU's figures (val parity),
+#       - val of the BCCD teacher vs the CPU's figures (val parity), in f32, f16 and bf16,
 #       - yolov8n BCCD training epoch times, plain and distilled, with a cold and a warm kernel
 #         cache (a first process fills the cache, a second one reads it),
-#       - images/s of the training step alone at batch 16 and 64 (bench-train),
-#       - forward latency at batch 1 and 32 (benchmark).
+#       - images/s of the training step alone at batch 16 and 64 (bench-train; targets
+#         assigned on the device, the GPU's default),
+#       - forward latency at batch 1 and 32 (benchmark), in f32 and f16.
 # Environment: DEVICE (default vulkan), FEATURE (default vulkan), EPOCHS per training run (1),
 # RUNS of each timing (20), BIN (default .gpu/yolodistill). DEVICE=cpu RUNS=3 checks the plumbing
 # on any machine (after `cargo build`, with BIN=target/debug/yolodistill).
@@ -51,8 +52,11 @@ note() { echo "$1" >> "$RESULTS"; }
 secs() { python3 -c "import time; print(time.time())"; }
 
 # 1. val parity: the CPU gives mAP50 0.807062, mAP50-95 0.496903 (tests/val_parity.rs)
-v=$("$BIN" --device "$DEVICE" val --model "$TEACHER" --data "$DATA" --json --plots false --project "$W/val" 2> "$W/val.log" | tail -n 1)
-note "{\"check\": \"val_teacher\", \"result\": $v, \"cpu_map50\": 0.807062, \"cpu_map\": 0.496903}"
+# (f16 and bf16 within 0.002 of f32 on the CPU: 0.807129/0.496944 and 0.807359/0.497078)
+for half in "" "--half f16" "--half bf16"; do
+    v=$("$BIN" --device "$DEVICE" val --model "$TEACHER" --data "$DATA" --json --plots false --project "$W/val" --exist-ok $half 2> "$W/val.log" | tail -n 1)
+    note "{\"check\": \"val_teacher\", \"half\": \"${half#--half }\", \"result\": $v, \"cpu_map50\": 0.807062, \"cpu_map\": 0.496903}"
+done
 
 # 2. training epochs: cold cache (first process), then warm (second process), plain and distilled
 train() { # name, extra flags...
@@ -80,8 +84,11 @@ train distilled_warm --teacher "$TEACHER" --distill cwd --logit ld
 for b in 16 64; do
     note "{\"check\": \"train_step\", \"batch\": $b, \"result\": $("$BIN" --device "$DEVICE" bench-train --data "$DATA" --batch $b --iters "$RUNS" --json 2> /dev/null | tail -n 1)}"
 done
-for b in 1 32; do
-    note "{\"check\": \"forward\", \"batch\": $b, \"result\": $("$BIN" --device "$DEVICE" benchmark --model yolov8n.yaml --imgsz 640 --batch $b --runs "$RUNS" --json 2> /dev/null | tail -n 1)}"
+for half in "" "--half f16"; do
+    for b in 1 32; do
+        r=$("$BIN" --device "$DEVICE" benchmark --model yolov8n.yaml --imgsz 640 --batch $b --runs "$RUNS" --json $half 2> /dev/null | tail -n 1)
+        note "{\"check\": \"forward\", \"batch\": $b, \"half\": \"${half#--half }\", \"result\": $r}"
+    done
 done
 
 python3 - "$RESULTS" "$DEVICE" <<'PY' | tee "${OUT:-$W}/gpu_check.json"

@@ -1,9 +1,10 @@
 //! Which compute device every command uses: burn's pure-Rust CPU backend `flex` unless
 //! `--device` (or `YOLODISTILL_DEVICE`) names a GPU backend compiled in with its cargo feature.
 
+use std::cell::Cell;
 use std::sync::OnceLock;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 static SELECTED: OnceLock<Device> = OnceLock::new();
 
@@ -21,6 +22,27 @@ pub fn default_device() -> Device {
             _ => Device::flex(),
         })
         .clone()
+}
+
+/// Whether `device` (with or without autodiff) is the CPU backend.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
+thread_local! {
+    static READS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A training step's values read back to the host (a GPU waits for its queue here), counted
+/// per thread so that tests can show a device-resident step makes none.
+pub fn read_back<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    READS.with(|r| r.set(r.get() + 1));
+    t.try_into_vec_as::<f32>().expect("f32 tensor")
+}
+
+/// How many [`read_back`] calls this thread has made.
+pub fn reads_so_far() -> usize {
+    READS.with(Cell::get)
 }
 
 /// Sets the device for the whole process; call before any tensor is made.

@@ -29,6 +29,23 @@ fn checked<T: std::str::FromStr + std::fmt::Display + Copy>(s: &str, ok: impl Fn
     }
 }
 
+/// The float type of half-precision inference: `--half` is f16 (Ultralytics' `half=True`),
+/// `--half bf16` the wider-ranged bfloat16.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+impl Half {
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Half::F16 => burn::tensor::DType::F16,
+            Half::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
+}
+
 /// An integer of at least 1.
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     match number::<usize>(s)? {

@@ -55,6 +55,35 @@ fn predict_on_bccd_prints_boxes_and_writes_an_annotated_image() {
 }
 
 #[test]
+fn predict_in_half_precision_finds_the_same_cells() {
+    // `predict --half`: the same boxes as f32 up to half-precision rounding (val's mAP check is
+    // in val_parity.rs); a type other than f16/bf16 is refused with the accepted ones.
+    let Some(shared) = common::shared() else { return };
+    let first = std::fs::read_dir(shared.join("data/bccd/images/val")).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    let boxes = |half: &[&str]| -> Vec<(String, Vec<f64>)> {
+        let out = bin().args(["predict", "--model"]).arg(shared.join("fixtures/teacher_v8s_bccd.pt")).arg("--source").arg(&first).args(["--json"]).args(half).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let xyxy = |b: &serde_json::Value| b["xyxy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        v["boxes"].as_array().unwrap().iter().map(|b| (b["name"].as_str().unwrap().to_string(), xyxy(b))).collect()
+    };
+    let full = boxes(&[]);
+    for half in [&["--half"][..], &["--half", "bf16"][..]] {
+        let got = boxes(half);
+        assert_eq!(got.len(), full.len(), "{half:?}: {got:?} vs {full:?}");
+        // matched as sets: near-equal confidences may swap places
+        for (n, a) in &got {
+            let off = |b: &Vec<f64>| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            let nearest = full.iter().filter(|(m, _)| m == n).map(|(_, b)| off(b)).fold(f64::INFINITY, f64::min);
+            assert!(nearest <= 2.0, "{half:?}: {n} {a:?} is {nearest} px from every f32 box");
+        }
+    }
+    let out = bin().args(["benchmark", "--half", "f32"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("f16") && err.contains("bf16"), "{err}");
+}
+
+#[test]
 fn distill_plan_reports_pairs_adapters_and_cost() {
     let out = bin()
         .args(["distill-plan", "--model", "yolo11n.yaml", "--teacher", "yolov8s.yaml", "--imgsz", "128", "--distill", "cwd,mgd"])

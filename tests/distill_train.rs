@@ -58,7 +58,7 @@ fn step_with(student_yaml: &str, a: &DistillArgs, imgsz: usize) -> ((Distiller, 
     let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
     let taps = d.taps();
     let mut grads = GradStore::default();
-    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 }, &mut grads);
+    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 }, &mut grads, false).read();
     assert!(items.iter().all(|(_, v)| v.is_finite()), "{items:?}");
     assert!(items.len() > 3, "distillation terms are logged: {items:?}");
     // each method's term is logged per level too, and the levels add up to it
@@ -132,7 +132,7 @@ fn end_to_end_heads_train_both_branches() {
         let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
         let mut grads = GradStore::default();
         let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 1 };
-        let items = forward_backward(&mut m, &loss_cfg, &toy_batch(2, 64), &ad, &[], None, pos, &mut grads);
+        let items = forward_backward(&mut m, &loss_cfg, &toy_batch(2, 64), &ad, &[], None, pos, &mut grads, false).read();
         assert!(items.iter().all(|(_, v)| v.is_finite() && *v >= 0.0), "{yaml}: {items:?}");
         let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
         opt.tick();

@@ -39,11 +39,12 @@ fn yolov8n_loss_items_match_ultralytics() {
     let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap();
     let cfg = LossConfig::new(80, 16, vec![8.0, 16.0, 32.0]);
     let out = detection_loss(&cfg, &maps, &SHAPES, &targets);
+    let items = out.host_items();
     let want = get("loss_items").data;
     for (i, name) in ["box", "cls", "dfl"].iter().enumerate() {
-        let rel = (out.items[i] - want[i]).abs() / want[i].abs();
-        eprintln!("{name}: ours {} ultralytics {} (rel {rel:.2e})", out.items[i], want[i]);
-        assert!(rel <= 1e-4, "{name}: {} vs {} (rel {rel})", out.items[i], want[i]);
+        let rel = (items[i] - want[i]).abs() / want[i].abs();
+        eprintln!("{name}: ours {} ultralytics {} (rel {rel:.2e})", items[i], want[i]);
+        assert!(rel <= 1e-4, "{name}: {} vs {} (rel {rel})", items[i], want[i]);
     }
     let total: f32 = out.total.into_scalar();
     let want_total: f32 = get("loss_total").data.iter().sum();
@@ -61,11 +62,12 @@ fn one_to_one_loss_items_match_ultralytics() {
     cfg.assigner.topk = 7;
     cfg.assigner.topk2 = 1;
     let out = detection_loss(&cfg, &maps, &SHAPES, &targets);
+    let items = out.host_items();
     let want = [5.5764479637146f32, 6.166893005371094, 4.4639201164245605];
     for (i, name) in ["box", "cls", "dfl"].iter().enumerate() {
-        let rel = (out.items[i] - want[i]).abs() / want[i];
-        eprintln!("one2one {name}: ours {} ultralytics {} (rel {rel:.2e})", out.items[i], want[i]);
-        assert!(rel <= 1e-4, "{name}: {} vs {} (rel {rel})", out.items[i], want[i]);
+        let rel = (items[i] - want[i]).abs() / want[i];
+        eprintln!("one2one {name}: ours {} ultralytics {} (rel {rel:.2e})", items[i], want[i]);
+        assert!(rel <= 1e-4, "{name}: {} vs {} (rel {rel})", items[i], want[i]);
     }
 }
 
@@ -132,4 +134,26 @@ fn loss_gradient_matches_finite_differences() {
         }
     }
     assert_eq!(checked, 12);
+}
+
+#[test]
+fn device_assignment_matches_ultralytics_and_the_host() {
+    // The tensor-op assigner and loss (a GPU's path) on the same fixture: Ultralytics' items
+    // within the host's tolerance, and the host's own items within 1e-5.
+    let Some(shared) = common::shared() else { return };
+    let (maps, targets, fx) = fixture(&shared);
+    let want = fx.iter().find(|(n, _)| n == "loss_items").map(|(_, t)| t.data.clone()).unwrap();
+    let one2one = [5.5764479637146f32, 6.166893005371094, 4.4639201164245605];
+    for (topk, topk2, want) in [(10, 10, &want[..]), (7, 1, &one2one[..])] {
+        let mut cfg = LossConfig::new(80, 16, vec![8.0, 16.0, 32.0]);
+        (cfg.assigner.topk, cfg.assigner.topk2) = (topk, topk2);
+        let host = detection_loss(&cfg, &maps, &SHAPES, &targets).host_items();
+        cfg.on_device = true;
+        let dev = detection_loss(&cfg, &maps, &SHAPES, &targets).host_items();
+        for i in 0..3 {
+            let (to_ref, to_host) = ((dev[i] - want[i]).abs() / want[i].abs(), (dev[i] - host[i]).abs() / host[i].abs());
+            eprintln!("topk {topk}/{topk2} item {i}: device {} host {} ultralytics {} (rel {to_ref:.2e}, {to_host:.2e})", dev[i], host[i], want[i]);
+            assert!(to_ref <= 1e-4 && to_host <= 1e-5, "item {i}: device {} host {} ultralytics {}", dev[i], host[i], want[i]);
+        }
+    }
 }

@@ -42,7 +42,7 @@ fn run(s: &mut Setup, b: &Batch, with_hook: bool) -> (Vec<(String, f64)>, GradSt
     let taps = s.distiller.taps();
     let mut grads = GradStore::default();
     let hook = if with_hook { Some(&mut s.distiller as &mut dyn StepHook) } else { None };
-    let items = forward_backward(&mut s.student, &s.loss_cfg, b, &ad, &taps, hook, POS, &mut grads);
+    let items = forward_backward(&mut s.student, &s.loss_cfg, b, &ad, &taps, hook, POS, &mut grads, false).read();
     (items, grads)
 }
 

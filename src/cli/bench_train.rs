@@ -43,6 +43,9 @@ pub struct BenchTrainArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Where targets are assigned (as `train --assign-on`).
+    #[arg(long = "assign-on", value_enum, default_value_t = crate::loss::AssignOn::Auto)]
+    pub assign_on: crate::loss::AssignOn,
     /// With `--teacher`: also times the same steps distilled, and the teacher's forward alone.
     #[command(flatten)]
     pub distill: DistillArgs,
@@ -64,7 +67,8 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
 
     let mut m = model::load(&a.model, Some(nc), &plain)?.model;
     let head = m.head();
-    let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    loss_cfg.on_device = a.assign_on.on_device(&plain);
     make_trainable(&mut m);
     let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
     let mut grads = GradStore::default();
@@ -72,11 +76,17 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let pos = |i: usize| StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() };
     let mut step = |i: usize, hook: Option<&mut dyn StepHook>| {
         let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
-        forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, pos(i), &mut grads);
-        grads.clip_global_norm(10.0);
+        let items = forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, pos(i), &mut grads, loss_cfg.on_device);
+        if loss_cfg.on_device {
+            grads.clip_global_norm_on_device(10.0);
+        } else {
+            grads.clip_global_norm(10.0);
+        }
         opt.tick();
         opt.apply(&mut m, &grads, hp);
         grads.clear();
+        // one read-back per step, so that a GPU's queue has run the step before the clock stops
+        items.read();
     };
     let time_steps = |step: &mut dyn FnMut(usize)| {
         step(0); // warm-up

@@ -30,6 +30,10 @@ pub struct BenchmarkArgs {
     /// (YOLOv10, YOLO26; other models keep NMS).
     #[arg(long, action = clap::ArgAction::Set)]
     pub nms: Option<bool>,
+    /// Half-precision inference: the layers run in f16 (`--half`) or bf16 (`--half bf16`), the
+    /// outputs are decoded in f32.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "f16")]
+    pub half: Option<crate::options::Half>,
     /// Print one JSON object instead of the line.
     #[arg(long)]
     pub json: bool,
@@ -42,6 +46,7 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     if !a.no_fuse {
         m.fuse();
     }
+    super::apply_half(&mut m, a.half);
     let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
     let once = || {
         let t = std::time::Instant::now();

@@ -51,6 +51,16 @@ pub enum Command {
     Export(export::ExportArgs),
 }
 
+/// `--half`: the model's layers cast to the half type. On the CPU that is slower than f32
+/// (flex has no native half arithmetic; Ultralytics ignores `half` there), so it says so.
+fn apply_half(m: &mut crate::model::DetectionModel, half: Option<crate::options::Half>) {
+    let Some(h) = half else { return };
+    if crate::device::is_cpu(&crate::default_device()) {
+        eprintln!("note: --half on the CPU checks half-precision numbers but runs slower than f32; it pays on a GPU");
+    }
+    m.cast(h.dtype());
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(name) = &cli.device {
         crate::select_device(name)?;

@@ -37,6 +37,10 @@ pub struct PredictArgs {
     /// Folder for annotated images.
     #[arg(long = "save-dir")]
     pub save_dir: Option<PathBuf>,
+    /// Half-precision inference: the layers run in f16 (`--half`) or bf16 (`--half bf16`), the
+    /// outputs are decoded in f32.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "f16")]
+    pub half: Option<crate::options::Half>,
     /// One JSON line per image on stdout.
     #[arg(long)]
     pub json: bool,
@@ -46,6 +50,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
     m.fuse();
+    super::apply_half(&mut m, a.half);
     let images = list_images(&a.source)?;
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::predict() };

@@ -52,6 +52,10 @@ pub struct ValArgs {
     /// Data-loading threads, at most the CPUs and the batches (as Ultralytics).
     #[arg(long, default_value_t = crate::data::loader::DEFAULT_WORKERS)]
     pub workers: usize,
+    /// Half-precision inference: the layers run in f16 (`--half`) or bf16 (`--half bf16`), the
+    /// outputs are decoded in f32.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "f16")]
+    pub half: Option<crate::options::Half>,
     /// Write detections in COCO results format to this file.
     #[arg(long = "save-json")]
     pub save_json: Option<PathBuf>,
@@ -86,6 +90,7 @@ pub fn run(a: ValArgs) -> Result<()> {
     let mut m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
     // BatchNorm folded into the convolutions, as Ultralytics' standalone validator runs it.
     m.fuse();
+    super::apply_half(&mut m, a.half);
     if m.nc() != data.names.len() {
         bail!("{} predicts {} classes but {} has {}", a.model, m.nc(), a.data.display(), data.names.len());
     }

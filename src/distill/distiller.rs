@@ -326,8 +326,9 @@ impl Distiller {
         let b = ctx.images.dims()[0];
         let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
         let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.pos.epoch, ctx.pos.epochs);
+        let items = tl.host_items();
         out.terms.push(("t_det".into(), tl.total / b as f32));
-        for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(tl.items) {
+        for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(items) {
             out.logs.push((n.to_string(), v as f64));
         }
     }
@@ -385,16 +386,16 @@ impl Distiller {
             Response::Kl => Some(("l_kl", kd_binary(s_head.scores.clone(), t_head.scores.clone(), self.args.temperature))),
             Response::Mixed => {
                 // Rows: the student's foreground anchors; hard labels: their assigned classes.
-                let asg = ctx.assigned;
-                let n = asg.fg_index.len();
+                let (fg_index, fg_class) = ctx.assigned.foreground();
+                let n = fg_index.len();
                 if n == 0 {
                     Some(("l_mixed", s_head.scores.clone().sum() * 0.0))
                 } else {
                     let [b, nc, a] = s_head.scores.dims();
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(asg.fg_index.clone(), [n]), &device);
+                    let idx = Tensor::<1, Int>::from_data(TensorData::new(fg_index, [n]), &device);
                     let rows = |m: &Tensor<3>| -> Tensor<2> { m.clone().swap_dims(1, 2).reshape([b * a, nc]).select(0, idx.clone()) };
                     let (s, t) = (rows(&s_head.scores), rows(&t_head.scores));
-                    Some(("l_mixed", kd_mixed(s, t, &asg.fg_class, self.args.soft_alpha, self.args.temperature)))
+                    Some(("l_mixed", kd_mixed(s, t, &fg_class, self.args.soft_alpha, self.args.temperature)))
                 }
             }
             Response::Dense => {

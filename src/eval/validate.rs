@@ -109,9 +109,9 @@ pub fn validate_full(
                 dump_outputs(&dir.join(format!("ours_{n_batches}.npy")), &host, b, nc, end2end, nms_cfg.max_det)?;
             }
             let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
-            let l = detection_loss(&loss_cfg, &out.one2many, &out.shapes, &targets);
+            let l = detection_loss(&loss_cfg, &out.one2many.to_f32(), &out.shapes, &targets).host_items();
             for k in 0..3 {
-                loss_sum[k] += l.items[k] as f64;
+                loss_sum[k] += l[k] as f64;
             }
             per_image(&host, b)
         };

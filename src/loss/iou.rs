@@ -28,8 +28,25 @@ pub fn ciou(b1: &[f32; 4], b2: &[f32; 4]) -> f32 {
 /// treated as a constant, as in Ultralytics. Returns `[N]`.
 pub fn ciou_tensor(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
     let col = |t: &Tensor<2>, i: usize| -> Tensor<1> { t.clone().narrow(1, i, 1).flatten(0, 1) };
-    let (p1, q1, p2, q2) = (col(&pred, 0), col(&pred, 1), col(&pred, 2), col(&pred, 3));
-    let (t1, u1, t2, u2) = (col(&target, 0), col(&target, 1), col(&target, 2), col(&target, 3));
+    let (iou, dist, d) = ciou_terms([0, 1, 2, 3].map(|i| col(&pred, i)), [0, 1, 2, 3].map(|i| col(&target, i)));
+    let v = d.clone() * d * FOUR_OVER_PI2;
+    let alpha = (v.clone() / (v.clone() - iou.clone() + (1.0 + EPS))).detach();
+    iou - (dist + v * alpha)
+}
+
+/// CIoU of boxes given as their coordinate columns (x1, y1, x2, y2, all of one shape), with the
+/// host function's arithmetic in its order (`b1` its first box), so both give the same floats.
+pub fn ciou_columns<const D: usize>(b1: [Tensor<D>; 4], b2: [Tensor<D>; 4]) -> Tensor<D> {
+    let (iou, dist, d) = ciou_terms(b1, b2);
+    let v = d.clone() * FOUR_OVER_PI2 * d;
+    let alpha = v.clone() / (v.clone() - iou.clone() + (1.0 + EPS));
+    iou - (dist + v * alpha)
+}
+
+/// IoU, the centre-distance penalty ρ²/c² and the aspect-angle difference of two box sets.
+fn ciou_terms<const D: usize>(b1: [Tensor<D>; 4], b2: [Tensor<D>; 4]) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let [p1, q1, p2, q2] = b1;
+    let [t1, u1, t2, u2] = b2;
     let w1 = p2.clone() - p1.clone();
     let h1 = q2.clone() - q1.clone() + EPS;
     let w2 = t2.clone() - t1.clone();
@@ -46,9 +63,7 @@ pub fn ciou_tensor(pred: Tensor<2>, target: Tensor<2>) -> Tensor<1> {
     let dy = u1 + u2 - q1 - q2;
     let rho2 = (dx.clone() * dx + dy.clone() * dy) / 4.0;
     let d = (w2 / h2).atan() - (w1 / h1).atan();
-    let v = d.clone() * d * FOUR_OVER_PI2;
-    let alpha = (v.clone() / (v.clone() - iou.clone() + (1.0 + EPS))).detach();
-    iou - (rho2 / c2 + v * alpha)
+    (iou, rho2 / c2, d)
 }
 
 #[cfg(test)]

@@ -1,19 +1,24 @@
 //! The YOLOv8 detection loss: task-aligned assignment, CIoU box loss, DFL and
 //! BCE classification, with Ultralytics' gains and normalisation.
 //!
-//! Targets are assigned on the host from detached predictions (no gradient
-//! flows through the assignment); the three losses are then computed on
-//! tensors so their gradients reach the head outputs.
+//! Targets are assigned from detached predictions (no gradient flows through the
+//! assignment), on the host (`assigner.rs`, the CPU's default: it visits only candidate
+//! anchors) or as tensor operations on the training device (`on_device.rs`, the GPU's: no
+//! read-back inside a step); the three losses are then computed on tensors so their
+//! gradients reach the head outputs. Both give the same numbers.
 
 pub mod assigner;
 pub mod iou;
+pub mod on_device;
 
 use burn::tensor::activation::{log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps, HeadOutput};
-use assigner::{assign, AssignerConfig, GtBox};
+pub use assigner::AssignerConfig;
+use assigner::{assign, GtBox};
 use iou::ciou_tensor;
+pub use on_device::{assign_on_device, loss_on_device, DeviceAssigned};
 
 /// Loss gains (Ultralytics' `box`, `cls`, `dfl` hyper-parameters, and their flags).
 #[derive(clap::Args, Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -58,6 +63,29 @@ impl Targets {
     }
 }
 
+/// Where a training step assigns its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignOn {
+    /// The host on the CPU (faster there: it visits only candidate anchors), the device on a GPU.
+    #[default]
+    Auto,
+    Host,
+    /// Tensor operations on the training device: no read-back inside a step.
+    Device,
+}
+
+impl AssignOn {
+    /// Whether a run on `device` assigns on the device.
+    pub fn on_device(self, device: &burn::tensor::Device) -> bool {
+        match self {
+            AssignOn::Auto => !crate::device::is_cpu(device),
+            AssignOn::Host => false,
+            AssignOn::Device => true,
+        }
+    }
+}
+
 /// What the loss needs to know about the head.
 #[derive(Debug, Clone)]
 pub struct LossConfig {
@@ -66,12 +94,14 @@ pub struct LossConfig {
     pub strides: Vec<f64>,
     pub gains: Gains,
     pub assigner: AssignerConfig,
+    /// Assign targets with tensor operations on the training device instead of on the host.
+    pub on_device: bool,
 }
 
 impl LossConfig {
     pub fn new(nc: usize, reg_max: usize, strides: Vec<f64>) -> Self {
         let assigner = AssignerConfig::for_strides(&strides);
-        Self { nc, reg_max, strides, gains: Gains::default(), assigner }
+        Self { nc, reg_max, strides, gains: Gains::default(), assigner, on_device: false }
     }
 }
 
@@ -79,12 +109,49 @@ impl LossConfig {
 pub struct LossOutput {
     /// Σ(box, cls, dfl) × batch size: what backward runs on.
     pub total: Tensor<1>,
-    /// box, cls, dfl after gains, not multiplied by the batch size (as logged).
-    pub items: [f32; 3],
+    /// [3] box, cls, dfl after gains, not multiplied by the batch size (as logged), still on
+    /// the device.
+    pub items: Tensor<1>,
 }
 
-fn to_host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.try_into_vec_as::<f32>().expect("f32 tensor")
+impl LossOutput {
+    /// The three items on the host (a read-back).
+    pub fn host_items(&self) -> [f32; 3] {
+        let v = crate::device::read_back(self.items.clone());
+        [v[0], v[1], v[2]]
+    }
+}
+
+/// The loss of the three gained terms (each [1]) of a batch of `b` images.
+fn finish(cfg: &LossConfig, b: usize, [boxes, cls, dfl]: [Tensor<1>; 3]) -> LossOutput {
+    let g = cfg.gains;
+    let parts = [boxes * g.boxes, cls * g.cls, dfl * g.dfl];
+    let total = (parts[0].clone() + parts[1].clone() + parts[2].clone()) * b as f32;
+    LossOutput { total, items: Tensor::cat(parts.to_vec(), 0) }
+}
+
+/// The targets of a batch, assigned on the host or on the device.
+#[derive(Debug, Clone)]
+pub enum Assignment {
+    Host(Assigned),
+    Device(DeviceAssigned),
+}
+
+impl Assignment {
+    /// Foreground anchors (flat `b·A + a`) and the class assigned to each; a read-back when
+    /// the targets were assigned on the device.
+    pub fn foreground(&self) -> (Vec<i64>, Vec<usize>) {
+        match self {
+            Assignment::Host(a) => (a.fg_index.clone(), a.fg_class.clone()),
+            Assignment::Device(d) => {
+                let fg = crate::device::read_back(d.fg.clone());
+                let class = crate::device::read_back(d.class.clone().float());
+                let rows: Vec<i64> = (0..fg.len()).filter(|&i| fg[i] > 0.0).map(|i| i as i64).collect();
+                let classes = rows.iter().map(|&i| class[i as usize] as usize).collect();
+                (rows, classes)
+            }
+        }
+    }
 }
 
 /// Targets assigned to one batch (constants for the gradient).
@@ -118,8 +185,18 @@ impl Assigned {
 
 /// Detection loss of raw head maps (`boxes` [B, 4·reg_max, A], `scores` [B, nc, A]).
 pub fn detection_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> LossOutput {
-    let assigned = assign_targets(cfg, maps, shapes, targets);
-    loss_from_assigned(cfg, maps, &assigned)
+    branch_loss(cfg, maps, shapes, targets).0
+}
+
+/// The loss of one branch's maps, assigned where `cfg` says, and the assignment.
+fn branch_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> (LossOutput, Assignment) {
+    if cfg.on_device {
+        let asg = assign_on_device(cfg, maps, shapes, targets);
+        (loss_on_device(cfg, maps, shapes, &asg), Assignment::Device(asg))
+    } else {
+        let asg = assign_targets(cfg, maps, shapes, targets);
+        (loss_from_assigned(cfg, maps, &asg), Assignment::Host(asg))
+    }
 }
 
 /// Weight of the one-to-many term of the end-to-end loss during `epoch`
@@ -135,9 +212,8 @@ pub fn e2e_one2many_weight(epoch: usize, epochs: usize) -> f32 {
 /// topk 10 plus one-to-one with topk 7 / topk2 1, weighted by
 /// [`e2e_one2many_weight`]; the logged items are the one-to-one branch's, as
 /// Ultralytics logs them). Also returns the one-to-many assignment.
-pub fn model_loss(cfg: &LossConfig, head: &HeadOutput, targets: &Targets, epoch: usize, epochs: usize) -> (LossOutput, Assigned) {
-    let asg = assign_targets(cfg, &head.one2many, &head.shapes, targets);
-    let o2m = loss_from_assigned(cfg, &head.one2many, &asg);
+pub fn model_loss(cfg: &LossConfig, head: &HeadOutput, targets: &Targets, epoch: usize, epochs: usize) -> (LossOutput, Assignment) {
+    let (o2m, asg) = branch_loss(cfg, &head.one2many, &head.shapes, targets);
     let Some(one2one) = &head.one2one else { return (o2m, asg) };
     let mut cfg2 = cfg.clone();
     cfg2.assigner.topk = 7;
@@ -167,8 +243,8 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     }
 
     // Detached predictions on the host: sigmoid scores [B][A][nc] and boxes in pixels.
-    let scores_host = to_host(sigmoid(maps.scores.clone().detach()).swap_dims(1, 2));
-    let dist_host = to_host(dfl_expectation(maps.boxes.clone().detach(), r));
+    let scores_host = crate::device::read_back(sigmoid(maps.scores.clone().detach()).swap_dims(1, 2));
+    let dist_host = crate::device::read_back(dfl_expectation(maps.boxes.clone().detach(), r));
 
     // Assignment and targets.
     let mut out = Assigned { target_scores: vec![0f32; b * nc * a_n], img_hw: (img_h, img_w), ..Default::default() };
@@ -275,9 +351,5 @@ pub fn loss_from_assigned(cfg: &LossConfig, maps: &HeadMaps, asg: &Assigned) -> 
         (loss_box, loss_dfl)
     };
 
-    let g = cfg.gains;
-    let parts = [loss_box * g.boxes, loss_cls * g.cls, loss_dfl * g.dfl];
-    let items = [0, 1, 2].map(|i| parts[i].clone().into_scalar::<f32>());
-    let total = (parts[0].clone() + parts[1].clone() + parts[2].clone()) * b as f32;
-    LossOutput { total, items }
+    finish(cfg, b, [loss_box, loss_cls, loss_dfl])
 }

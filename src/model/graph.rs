@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use burn::module::Module;
+use burn::module::{Module, Param, RunningState};
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use super::layers::attention::{A2C2f, C2Psa};
 use super::layers::blocks::{Inner, Sppf, C2f, C3};
@@ -135,6 +135,10 @@ pub struct DetectionModel {
     /// and export default to it, as Ultralytics' do.
     #[module(skip)]
     pub train_imgsz: Option<usize>,
+    /// The float type of the weights (f32 unless cast for half-precision inference); inputs
+    /// are cast to it on the way in.
+    #[module(skip)]
+    pub dtype: DType,
 }
 
 /// Output stride of every layer, derived from the layer arguments.
@@ -204,7 +208,7 @@ impl DetectionModel {
         // A model without names (a YAML build) gets Ultralytics' defaults.
         let names = if names.is_empty() { (0..spec.nc).map(|i| format!("class{i}")).collect() } else { names };
         super::check_class_names(&names, spec.nc)?;
-        Ok(Self { layers, names, fused: false, spec: Arc::new(spec), train_imgsz: None })
+        Ok(Self { layers, names, fused: false, spec: Arc::new(spec), train_imgsz: None, dtype: DType::F32 })
     }
 
     pub fn nc(&self) -> usize {
@@ -237,6 +241,7 @@ impl DetectionModel {
 
     /// Every layer before the head: the head's level inputs and the outputs of `taps`.
     fn trunk(&self, x: Tensor<4>, taps: &[usize]) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
+        let x = if x.dtype() == self.dtype { x } else { x.cast(self.dtype) };
         let step = |_: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
             Ok(if let Layer::Concat(dim) = layer { Tensor::cat(xs, *dim) } else { layer.forward(xs.swap_remove(0)) })
         };
@@ -297,6 +302,18 @@ impl DetectionModel {
             self.predict(x)
         };
         per_image(&decoded, self.nc(), end2end, cfg)
+    }
+
+    /// Casts every weight and running statistic to `dtype` (half-precision inference: the
+    /// layers run in it, the head's outputs are decoded in f32).
+    pub fn cast(&mut self, dtype: DType) {
+        self.walk_all(&mut |_, s: Slot<'_>| match s {
+            Slot::P4(p) => *p = Param::initialized(p.id, p.val().cast(dtype)),
+            Slot::P1(p) => *p = Param::initialized(p.id, p.val().cast(dtype)),
+            Slot::Stat(s) => *s = RunningState::new(s.value().cast(dtype)),
+            Slot::Conv(_) => {}
+        });
+        self.dtype = dtype;
     }
 
     /// Folds every BatchNorm into its convolution, for faster inference and export.

@@ -80,6 +80,10 @@ pub struct TrainArgs {
     /// summed: the update of as many devices (under mpirun, each rank's share is split again).
     #[arg(long, default_value_t = 1, value_parser = crate::options::at_least_one)]
     pub shards: usize,
+    /// Where targets are assigned: `host` (the CPU's choice under `auto`), or `device`: tensor
+    /// operations with no read-back inside a step, the loss read every few steps (a GPU's).
+    #[arg(long = "assign-on", value_enum, default_value_t = crate::loss::AssignOn::Auto)]
+    pub assign_on: crate::loss::AssignOn,
     /// Stop after this many epochs without a better fitness.
     #[arg(long, default_value_t = 100)]
     pub patience: usize,

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::optim::Trainable;
 use super::TrainArgs;
-use crate::loss::{Assigned, LossConfig, Targets};
+use crate::loss::{Assignment, LossConfig, Targets};
 use crate::model::layers::head::HeadOutput;
 use crate::model::DetectionModel;
 
@@ -86,7 +86,7 @@ pub struct HookInput<'a> {
     pub student: &'a HeadOutput,
     /// The batch's ground truth and the student's (one-to-many) assignment.
     pub targets: &'a Targets,
-    pub assigned: &'a Assigned,
+    pub assigned: &'a Assignment,
     /// The student's loss settings (an online teacher copies them).
     pub loss_cfg: &'a LossConfig,
     /// Epoch and batch of the step (for per-epoch schedules).

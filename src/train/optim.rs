@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 use crate::model::walk::Slot;
 
@@ -46,8 +46,10 @@ pub struct GradStore {
 }
 
 impl GradStore {
-    /// Adds the gradients of `model`'s parameters from one backward pass.
-    pub fn accumulate<T: Trainable + ?Sized>(&mut self, model: &mut T, grads: &burn::tensor::Gradients) {
+    /// Adds the gradients of `model`'s parameters from one backward pass; when `finite` ([1])
+    /// is false they are added as zeros (the device-side drop of a non-finite loss).
+    pub fn accumulate<T: Trainable + ?Sized>(&mut self, model: &mut T, grads: &burn::tensor::Gradients, finite: Option<Tensor<1, Bool>>) {
+        let dropped = finite.map(Tensor::bool_not);
         model.walk_params(&mut |name, slot: Slot<'_>| {
             if !is_trainable(name) {
                 return;
@@ -56,6 +58,13 @@ impl GradStore {
                 Slot::P4(p) => p.val().grad(grads).map(|g| g.flatten(0, 3)),
                 Slot::P1(p) => p.val().grad(grads),
                 _ => None,
+            };
+            let g = match &dropped {
+                Some(d) => g.map(|g| {
+                    let n = g.dims()[0];
+                    g.mask_fill(d.clone().expand([n]), 0.0)
+                }),
+                None => g,
             };
             match (self.grads.get_mut(name), g) {
                 (Some(sum), Some(g)) => *sum = sum.clone() + g,
@@ -77,9 +86,21 @@ impl GradStore {
         norm
     }
 
+    /// [`clip_global_norm`](Self::clip_global_norm) without a read-back: the norm and the
+    /// scale stay on the device (summed in f32, so a clipped step may differ in the last bits).
+    pub fn clip_global_norm_on_device(&mut self, max_norm: f32) {
+        let Some(first) = self.grads.values().next() else { return };
+        let zero = Tensor::<1>::zeros([1], &first.device());
+        let norm = self.grads.values().fold(zero, |acc, g| acc + g.clone().square().sum()).sqrt();
+        let coef = (Tensor::<1>::full([1], max_norm, &norm.device()) / (norm + 1e-6)).clamp_max(1.0);
+        for g in self.grads.values_mut() {
+            *g = g.clone() * coef.clone();
+        }
+    }
+
     /// Global L2 norm of the gradients.
     pub fn norm(&self) -> f32 {
-        let total: f64 = self.grads.values().map(|g| g.clone().square().sum().into_scalar::<f32>() as f64).sum();
+        let total: f64 = self.grads.values().map(|g| crate::device::read_back(g.clone().square().sum())[0] as f64).sum();
         total.sqrt() as f32
     }
 

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::hook::{HookInput, StepHook, StepPos};
 use super::optim::{self, GradStore, Trainable};
 use crate::data::loader::Batch;
-use crate::loss::{model_loss, Assigned, LossConfig, LossOutput, Targets};
+use crate::loss::{model_loss, Assigned, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::HeadOutput;
 use crate::model::walk::Slot;
 use crate::model::DetectionModel;
@@ -27,6 +27,51 @@ pub fn make_trainable<T: Trainable + ?Sized>(model: &mut T) {
     });
 }
 
+/// The named loss items of a step: the detection loss's three and the hook's terms still on
+/// the device (read back when the trainer shows them), then the hook's host-side logs.
+pub struct StepItems {
+    pub names: Vec<String>,
+    /// [names.len()] the values of the device-side items.
+    pub values: Tensor<1>,
+    pub logs: Vec<(String, f64)>,
+}
+
+impl StepItems {
+    /// Every item on the host, in order: one read-back.
+    pub fn read(self) -> Vec<(String, f64)> {
+        Self::read_all(vec![self]).pop().unwrap_or_default()
+    }
+
+    /// The items of several steps with one read-back.
+    pub fn read_all(steps: Vec<StepItems>) -> Vec<Vec<(String, f64)>> {
+        if steps.is_empty() {
+            return Vec::new();
+        }
+        let host = crate::device::read_back(Tensor::cat(steps.iter().map(|s| s.values.clone()).collect(), 0));
+        let mut at = 0;
+        steps
+            .into_iter()
+            .map(|s| {
+                let vals = &host[at..at + s.names.len()];
+                at += s.names.len();
+                s.names.into_iter().zip(vals.iter().map(|&v| v as f64)).chain(s.logs).collect()
+            })
+            .collect()
+    }
+
+    /// These items plus `other`'s (same names, one more shard).
+    pub fn add(self, other: StepItems) -> StepItems {
+        let logs = self.logs.into_iter().zip(other.logs).map(|((n, a), (_, b))| (n, a + b)).collect();
+        StepItems { names: self.names, values: self.values + other.values, logs }
+    }
+
+    /// Every value divided by `n`.
+    pub fn div(self, n: f64) -> StepItems {
+        let logs = self.logs.into_iter().map(|(k, v)| (k, v / n)).collect();
+        StepItems { names: self.names, values: self.values / n as f32, logs }
+    }
+}
+
 /// The losses of one forward pass of `batch`: the detection loss (Ultralytics' scale: the
 /// batch mean times the batch size, over the labeled images and any pseudo-labeled ones), the
 /// hook's terms (per image, as the hook weighted them) and the named loss items.
@@ -39,7 +84,7 @@ fn step_losses(
     taps: &[usize],
     mut hook: Option<&mut dyn StepHook>,
     pos: StepPos,
-) -> (Tensor<1>, Vec<(String, Tensor<1>)>, Vec<(String, f64)>) {
+) -> (Tensor<1>, Vec<(String, Tensor<1>)>, StepItems) {
     let [b, c, h, w] = batch.shape;
     let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), ad);
     let e2e = model.head().has_one2one();
@@ -54,8 +99,9 @@ fn step_losses(
         None => (&targets, labeled),
     };
     let (out, assigned) = detection_part(loss_cfg, &fwd.head, det_targets, det_images, pos);
-    let mut items: Vec<(String, f64)> =
-        ["box_loss", "cls_loss", "dfl_loss"].iter().zip(out.items).map(|(n, v)| (n.to_string(), v as f64)).collect();
+    let mut names: Vec<String> = ["box_loss", "cls_loss", "dfl_loss"].map(String::from).to_vec();
+    let mut values = vec![out.items.detach()];
+    let mut logs = Vec::new();
     let mut terms = Vec::new();
     if let Some(h) = hook {
         let ctx = HookInput {
@@ -70,33 +116,36 @@ fn step_losses(
         };
         let extra = h.extra_loss(&ctx);
         for (name, term) in extra.terms {
-            items.push((name.clone(), term.clone().into_scalar::<f32>() as f64));
+            names.push(name.clone());
+            values.push(term.clone().detach().reshape([1]));
             terms.push((name, term));
         }
-        items.extend(extra.logs);
+        logs = extra.logs;
     }
-    (out.total, terms, items)
+    (out.total, terms, StepItems { names, values: Tensor::cat(values, 0), logs })
 }
 
 /// The detection loss over the first `n` images of the batch (the rest are unlabeled): zero,
 /// still on the graph, when `n` is 0.
-fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n: usize, pos: StepPos) -> (LossOutput, Assigned) {
+fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n: usize, pos: StepPos) -> (LossOutput, Assignment) {
     let b = head.one2many.scores.dims()[0];
     if n == b {
         return model_loss(loss_cfg, head, targets, pos.epoch, pos.epochs);
     }
     if n == 0 {
         let zero = head.one2many.scores.clone().sum() * 0.0;
-        let out = LossOutput { total: zero, items: [0.0; 3] };
+        let out = LossOutput { total: zero, items: Tensor::zeros([3], &head.one2many.scores.device()) };
         let (h, w) = head.shapes[0];
         let s = loss_cfg.strides[0] as f32;
-        return (out, Assigned::empty((h as f32 * s, w as f32 * s)));
+        return (out, Assignment::Host(Assigned::empty((h as f32 * s, w as f32 * s))));
     }
     model_loss(loss_cfg, &head.first_images(n), targets, pos.epoch, pos.epochs)
 }
 
 /// One forward + backward pass of `batch`: detection loss (plus the hook's
-/// terms), gradients added to `grads`. Returns the named loss items.
+/// terms), gradients added to `grads`. Returns the named loss items. With `guard` the
+/// gradients of a non-finite loss are dropped on the device (for a trainer that reads the
+/// loss back only now and then); without it the caller checks the items before stepping.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_backward<'h>(
     model: &mut DetectionModel,
@@ -107,15 +156,17 @@ pub fn forward_backward<'h>(
     mut hook: Option<&mut (dyn StepHook + 'h)>,
     pos: StepPos,
     grads: &mut GradStore,
-) -> Vec<(String, f64)> {
+    guard: bool,
+) -> StepItems {
     let b = batch.shape[0] as f32;
     let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), pos);
     // The terms are per image: scaled by the batch size like the detection loss.
     let total = terms.into_iter().fold(det, |t, (_, term)| t + term * b);
+    let finite = guard.then(|| total.clone().detach().is_finite());
     let g = total.backward();
-    grads.accumulate(model, &g);
+    grads.accumulate(model, &g, finite.clone());
     if let Some(t) = hook.and_then(|h| h.trainable()) {
-        grads.accumulate(t, &g);
+        grads.accumulate(t, &g, finite);
     }
     items
 }
@@ -136,7 +187,7 @@ pub fn gradient_norms(
     let b = batch.shape[0] as f32;
     let norm_of = |loss: Tensor<1>, model: &mut DetectionModel| {
         let mut g = GradStore::default();
-        g.accumulate(model, &loss.backward());
+        g.accumulate(model, &loss.backward(), None);
         g.norm()
     };
     let (det, terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);

@@ -17,7 +17,7 @@ use super::optim::{GradStore, Method, Optimizer, StepParams};
 use super::run_dir::{self, RunLock};
 use super::schedule::{interp, lr_factor, warmup_iters};
 use super::setup::{self, OptimPlan, INIT_TURN};
-use super::step::{forward_backward, gradient_norms, make_trainable};
+use super::step::{forward_backward, gradient_norms, make_trainable, StepItems};
 use super::unlabeled;
 use super::world::World;
 use super::{TrainArgs, TrainSummary};
@@ -33,6 +33,16 @@ use crate::report::{val_plots, Results};
 
 /// Consecutive batches with a non-finite loss after which training stops.
 const MAX_NONFINITE_BATCHES: usize = 3;
+
+/// With targets assigned on the device the loss items are read back once per this many
+/// steps (and at the epoch's end), so a GPU's queue keeps running in between.
+const READ_EVERY: usize = 10;
+
+/// A step's loss items: read back, or still on the device.
+enum Recorded {
+    Host(Vec<(String, f64)>),
+    Pending(StepItems),
+}
 
 /// Where the run stands: what resume restores and what the epochs update.
 #[derive(Default)]
@@ -91,6 +101,18 @@ pub struct Trainer {
     t_start: Instant,
 }
 
+/// Folds one step's items into the epoch's running means (`i`: the batch's index).
+fn add_to_mean(mean: &mut Vec<(String, f64)>, i: usize, items: &[(String, f64)]) {
+    if mean.is_empty() {
+        *mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+    }
+    for (k, (_, v)) in items.iter().enumerate() {
+        if let Some(m) = mean.get_mut(k) {
+            m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
+        }
+    }
+}
+
 /// The data of a run: training and validation images, and the unlabeled ones.
 struct RunData {
     config: DataConfig,
@@ -136,6 +158,7 @@ impl Trainer {
         let head = model.head();
         let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
         loss_cfg.gains = a.gains;
+        loss_cfg.on_device = a.assign_on.on_device(&plain);
         let plan = setup::plan_optimizer(&a, n_train, nc);
         let opt = Optimizer::new(plan.method, plan.weight_decay);
         let stride = model.max_stride().max(32);
@@ -305,6 +328,7 @@ impl Trainer {
         let bar = self.progress_bar(epoch);
         let mut mean: Vec<(String, f64)> = Vec::new();
         let mut lrs = [0f64; 3];
+        let mut pending: Vec<(usize, StepItems)> = Vec::new();
         // Unlabeled images join this epoch's batches while the hook (the teacher) uses them.
         let mut unlabeled_batches = match (&self.unlabeled, self.hook.as_deref()) {
             (Some(u), Some(h)) if h.wants_unlabeled(epoch) => Some(u.epoch_batches(epoch, mosaic_on, nb)),
@@ -316,18 +340,17 @@ impl Trainer {
             }
             self.draw_train_batch(&batch, epoch, i);
             let pos = StepPos { epoch, epochs: self.a.epochs, batch: i, batches: nb };
-            let (items, step_lrs) = self.train_batch(&batch, pos)?;
+            let (recorded, step_lrs) = self.train_batch(&batch, pos)?;
             lrs = step_lrs;
-            let Some(items) = items else { continue };
+            match recorded {
+                Some(Recorded::Host(items)) => add_to_mean(&mut mean, i, &items),
+                Some(Recorded::Pending(items)) => pending.push((i, items)),
+                None => continue,
+            }
+            if pending.len() >= READ_EVERY {
+                self.read_pending(std::mem::take(&mut pending), &mut mean)?;
+            }
             // Running means for display and results.csv.
-            if mean.is_empty() {
-                mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
-            }
-            for (k, (_, v)) in items.iter().enumerate() {
-                if let Some(m) = mean.get_mut(k) {
-                    m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
-                }
-            }
             let shown: Vec<String> = mean.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
             bar.set_message(format!("{}  inst {}  size {}", shown.join("  "), batch.cls.len(), self.a.imgsz));
             bar.inc(1);
@@ -336,6 +359,7 @@ impl Trainer {
                 break;
             }
         }
+        self.read_pending(pending, &mut mean)?;
         bar.finish();
         for (n, v) in &mean {
             if !v.is_finite() {
@@ -343,6 +367,40 @@ impl Trainer {
             }
         }
         Ok((mean, lrs))
+    }
+
+    /// Reads the loss items of the steps since the last read (one read-back) into the running
+    /// means. A step whose loss was not finite had its gradients dropped on the device; a run
+    /// that keeps producing them stops.
+    fn read_pending(&mut self, pending: Vec<(usize, StepItems)>, mean: &mut Vec<(String, f64)>) -> Result<()> {
+        let (index, steps): (Vec<usize>, Vec<StepItems>) = pending.into_iter().unzip();
+        for (i, items) in index.into_iter().zip(StepItems::read_all(steps)) {
+            if self.count_nonfinite(&items, i)? {
+                continue;
+            }
+            add_to_mean(mean, i, &items);
+        }
+        Ok(())
+    }
+
+    /// Whether a step's loss was not finite (warned, counted); an error after
+    /// [`MAX_NONFINITE_BATCHES`] of them in a row.
+    fn count_nonfinite(&mut self, items: &[(String, f64)], batch: usize) -> Result<bool> {
+        let Some((name, v)) = items.iter().find(|(_, v)| !v.is_finite()) else {
+            self.p.nonfinite = 0;
+            return Ok(false);
+        };
+        self.p.nonfinite += 1;
+        let epoch = self.p.epochs_done + 1;
+        eprintln!("warning: {name} is {v} at epoch {epoch} batch {}; its gradients are dropped", batch + 1);
+        if self.p.nonfinite >= MAX_NONFINITE_BATCHES {
+            bail!(
+                "training diverged: a loss was not finite in {MAX_NONFINITE_BATCHES} consecutive batches (last: {name} = {v} at epoch {epoch}); \
+                 the checkpoints in {} are those of the last finished epoch",
+                self.weights_dir().display()
+            );
+        }
+        Ok(true)
     }
 
     /// `train_batch{ni}.jpg` for the first three batches of the run and of the first epoch
@@ -380,9 +438,9 @@ impl Trainer {
     }
 
     /// Forward and backward of one batch, and an optimizer step when enough gradients have
-    /// accumulated. Returns the loss items (None when the loss was not finite: its gradients are
-    /// dropped) and the learning rates.
-    fn train_batch(&mut self, batch: &Batch, pos: StepPos) -> Result<(Option<Vec<(String, f64)>>, [f64; 3])> {
+    /// accumulated. Returns the loss items (None when the batch was left out, or its loss,
+    /// read at once, was not finite: its gradients are dropped) and the learning rates.
+    fn train_batch(&mut self, batch: &Batch, pos: StepPos) -> Result<(Option<Recorded>, [f64; 3])> {
         let ni = pos.batch + self.nb * pos.epoch;
         let (accumulate, lrs, momentum) = self.schedule(ni, lr_factor(pos.epoch, self.a.epochs, self.a.lrf, self.a.cos_lr));
         if self.train_loader.batch_len(pos.batch) < self.world.size() * self.a.shards {
@@ -390,58 +448,62 @@ impl Trainer {
             return Ok((None, lrs));
         }
         self.measure_gradients_if_asked(batch, pos)?;
-        let items = self.forward_backward_shards(batch, pos)?;
+        let recorded = self.forward_backward_shards(batch, pos)?;
         // A non-finite loss would turn every weight into NaN: its gradients are dropped, and
         // a run that keeps producing them stops with an error (the checkpoints stay as they are).
-        if let Some((name, v)) = items.iter().find(|(_, v)| !v.is_finite()) {
-            self.p.grads.clear();
-            self.p.nonfinite += 1;
-            eprintln!("warning: {name} is {v} at epoch {} batch {}; its gradients are dropped", pos.epoch + 1, pos.batch + 1);
-            if self.p.nonfinite >= MAX_NONFINITE_BATCHES {
-                bail!(
-                    "training diverged: a loss was not finite in {MAX_NONFINITE_BATCHES} consecutive batches (last: {name} = {v} at epoch {}); \
-                     the checkpoints in {} are those of the last finished epoch",
-                    pos.epoch + 1,
-                    self.weights_dir().display()
-                );
+        if let Recorded::Host(items) = &recorded {
+            if self.count_nonfinite(items, pos.batch)? {
+                self.p.grads.clear();
+                return Ok((None, lrs));
             }
-            return Ok((None, lrs));
         }
-        self.p.nonfinite = 0;
         if ni as i64 - self.p.last_opt_step >= accumulate as i64 {
             self.optimizer_step(StepParams { lr: lrs, momentum })?;
             self.p.last_opt_step = ni as i64;
         }
-        Ok((Some(items), lrs))
+        Ok((Some(recorded), lrs))
+    }
+
+    /// Whether loss items stay on the device between reads (targets assigned there, one process).
+    fn deferred(&self) -> bool {
+        self.loss_cfg.on_device && self.world.size() == 1
     }
 
     /// Forward and backward of this process's shards of `batch` (one unless --shards), the
     /// gradients added up; returns the loss items averaged over the shards of all ranks.
-    fn forward_backward_shards(&mut self, batch: &Batch, pos: StepPos) -> Result<Vec<(String, f64)>> {
-        let n = self.a.shards;
-        let mut items: Vec<(String, f64)> = Vec::new();
+    fn forward_backward_shards(&mut self, batch: &Batch, pos: StepPos) -> Result<Recorded> {
+        let (n, guard) = (self.a.shards, self.deferred());
+        let mut sum: Option<StepItems> = None;
         for k in 0..n {
             let shard = (n > 1).then(|| batch.shard(k, n));
             let b = shard.as_ref().unwrap_or(batch);
-            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads);
-            if items.is_empty() {
-                items = it;
-            } else {
-                items.iter_mut().zip(it).for_each(|(s, (_, v))| s.1 += v);
-            }
+            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads, guard);
+            sum = Some(match sum {
+                Some(s) => s.add(it),
+                None => it,
+            });
         }
+        let items = sum.expect("at least one shard").div(n as f64);
+        if guard {
+            return Ok(Recorded::Pending(items));
+        }
+        let mut items = items.read();
         let mut sums: Vec<f64> = items.iter().map(|(_, v)| *v).collect();
         self.world.sum_same(&mut sums)?;
-        let shards = (n * self.world.size()) as f64;
-        items.iter_mut().zip(sums).for_each(|(it, s)| it.1 = s / shards);
-        Ok(items)
+        let ranks = self.world.size() as f64;
+        items.iter_mut().zip(sums).for_each(|(it, s)| it.1 = s / ranks);
+        Ok(Recorded::Host(items))
     }
 
     /// Clipped gradients (summed over the ranks) applied to the model and the hook's tensors,
     /// then the EMA follows.
     fn optimizer_step(&mut self, hp: StepParams) -> Result<()> {
         self.world.sum_tensors(&mut self.p.grads.grads)?;
-        self.p.grads.clip_global_norm(10.0);
+        if self.deferred() {
+            self.p.grads.clip_global_norm_on_device(10.0);
+        } else {
+            self.p.grads.clip_global_norm(10.0);
+        }
         self.opt.tick();
         self.opt.apply(&mut self.model, &self.p.grads, hp);
         if let Some(t) = self.hook.as_deref_mut().and_then(|h| h.trainable()) {

@@ -3,7 +3,7 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::{sigmoid, softmax};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::conv::{conv2d_bias, Conv, ConvCfg};
 use crate::model::spec::DetectSpec;
@@ -115,6 +115,12 @@ pub struct HeadOutput {
 }
 
 impl HeadMaps {
+    /// These maps in f32 (the loss and the decoding run in it after half-precision layers).
+    pub fn to_f32(&self) -> HeadMaps {
+        let f32 = |t: &Tensor<3>| if t.dtype() == DType::F32 { t.clone() } else { t.clone().cast(DType::F32) };
+        HeadMaps { boxes: f32(&self.boxes), scores: f32(&self.scores) }
+    }
+
     fn first_images(&self, n: usize) -> HeadMaps {
         HeadMaps { boxes: self.boxes.clone().narrow(0, 0, n), scores: self.scores.clone().narrow(0, 0, n) }
     }
@@ -234,8 +240,10 @@ impl Detect {
     fn decode_maps(&self, maps: &HeadMaps, shapes: &[(usize, usize)], xywh: bool) -> Tensor<3> {
         let device = maps.boxes.device();
         let (anc, st) = self.anchors(shapes, &device);
+        // in f32 whatever the layers ran in (half-precision inference)
+        let HeadMaps { boxes, scores } = maps.to_f32();
         // expected distances (l, t, r, b) in grid units: [B, 4, A]
-        let d = dfl_expectation(maps.boxes.clone(), self.reg_max);
+        let d = dfl_expectation(boxes, self.reg_max);
         let lt = d.clone().narrow(1, 0, 2);
         let rb = d.narrow(1, 2, 2);
         let x1y1 = anc.clone() - lt;
@@ -246,7 +254,7 @@ impl Detect {
         } else {
             Tensor::cat(vec![x1y1, x2y2], 1)
         };
-        Tensor::cat(vec![boxes * st, sigmoid(maps.scores.clone())], 1)
+        Tensor::cat(vec![boxes * st, sigmoid(scores)], 1)
     }
 }
 

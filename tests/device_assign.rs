@@ -1,0 +1,231 @@
+//! The task-aligned assigner and loss as tensor operations on the device (a GPU's path) against
+//! the host's on random batches: the same foreground anchors, classes, boxes and soft scores,
+//! the same loss and gradients; and a device-resident training step reads nothing back.
+
+mod common;
+
+use burn::tensor::{Distribution, Tensor};
+use yolodistill::data::loader::Batch;
+use yolodistill::loss::{assign_on_device, assign_targets, loss_from_assigned, loss_on_device, LossConfig, Targets};
+use yolodistill::model::layers::head::HeadMaps;
+use yolodistill::reads_so_far;
+use yolodistill::train::optim::{GradStore, Method, Optimizer, StepParams};
+use yolodistill::report::Results;
+use yolodistill::train::{forward_backward, make_trainable, train, StepPos, TrainArgs};
+
+const SHAPES: [(usize, usize); 3] = [(8, 8), (4, 4), (2, 2)];
+
+/// A small deterministic generator (the test must not depend on burn's random streams).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Up to five boxes per image (some images without any), small ones below the middle stride
+/// included, normalised xywh.
+fn random_targets(seed: u64, b: usize, nc: usize) -> Targets {
+    let mut r = Lcg(seed);
+    let mut t = Targets::default();
+    for i in 0..b {
+        let n = (r.next() * 6.0) as usize;
+        for _ in 0..n {
+            let (w, h) = (0.05 + 0.6 * r.next(), 0.05 + 0.6 * r.next());
+            t.batch_idx.push(i);
+            t.cls.push((r.next() * nc as f32) as usize % nc);
+            t.bboxes.push([w / 2.0 + (1.0 - w) * r.next(), h / 2.0 + (1.0 - h) * r.next(), w, h]);
+        }
+    }
+    t
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>().unwrap()
+}
+
+fn check_one(seed: u64, reg_max: usize, topk2: usize) {
+    let (b, nc) = (4, 3);
+    let a_n: usize = SHAPES.iter().map(|(h, w)| h * w).sum();
+    let device = yolodistill::default_device().autodiff();
+    let mut cfg = LossConfig::new(nc, reg_max, vec![8.0, 16.0, 32.0]);
+    cfg.assigner.topk2 = topk2;
+    let targets = random_targets(seed, b, nc);
+    device.seed(seed);
+    let boxes0 = Tensor::<3>::random([b, 4 * reg_max, a_n], Distribution::Normal(0.0, 2.0), &device).inner();
+    let scores0 = Tensor::<3>::random([b, nc, a_n], Distribution::Normal(-1.0, 2.0), &device).inner();
+    let maps = HeadMaps { boxes: boxes0.clone(), scores: scores0.clone() };
+    let h = assign_targets(&cfg, &maps, &SHAPES, &targets);
+    let d = assign_on_device(&cfg, &maps, &SHAPES, &targets);
+    let what = format!("seed {seed}, reg_max {reg_max}, topk2 {topk2}");
+
+    // The same foreground anchors, with the same classes and target boxes.
+    let fg = d.fg.clone().try_into_vec_as::<f32>().unwrap();
+    let dev_fg: Vec<i64> = (0..b * a_n).filter(|&i| fg[i] > 0.0).map(|i| i as i64).collect();
+    assert_eq!(dev_fg, h.fg_index, "{what}: foreground anchors");
+    assert!(!h.fg_index.is_empty(), "{what}: the batch has foreground");
+    eprintln!("{what}: {} foreground anchors, {} boxes", h.fg_index.len(), targets.cls.len());
+    let class = d.class.clone().float().try_into_vec_as::<f32>().unwrap();
+    let target = host(d.target.clone());
+    for (k, &i) in h.fg_index.iter().enumerate() {
+        assert_eq!(class[i as usize] as usize, h.fg_class[k], "{what}: class of anchor {i}");
+        assert_eq!(&target[4 * i as usize..4 * i as usize + 4], &h.fg_target[4 * k..4 * k + 4], "{what}: box of anchor {i}");
+    }
+    // Soft scores: the same up to the last bits of pow (the host's powf, the backend's own).
+    let ts = host(d.target_scores.clone());
+    let worst = ts.iter().zip(&h.target_scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= 1e-6, "{what}: soft scores differ by {worst}");
+    let tss = d.tss.clone().into_scalar::<f32>();
+    assert!((tss - h.tss).abs() <= 1e-5 * h.tss, "{what}: {tss} vs {}", h.tss);
+
+    // The same loss items and gradients.
+    let grads_of = |on_device: bool| {
+        let (bx, sc) = (boxes0.clone().autodiff().require_grad(), scores0.clone().autodiff().require_grad());
+        let m = HeadMaps { boxes: bx.clone(), scores: sc.clone() };
+        let out = if on_device { loss_on_device(&cfg, &m, &SHAPES, &d) } else { loss_from_assigned(&cfg, &m, &h) };
+        let items = out.host_items();
+        let g = out.total.backward();
+        (items, host(bx.grad(&g).unwrap()), host(sc.grad(&g).unwrap()))
+    };
+    let (hi, hb, hs) = grads_of(false);
+    let (di, db, ds) = grads_of(true);
+    for i in 0..3 {
+        assert!((hi[i] - di[i]).abs() <= 1e-5 * hi[i].abs().max(1e-3), "{what}: item {i}: host {} device {}", hi[i], di[i]);
+    }
+    for (name, hg, dg) in [("boxes", &hb, &db), ("scores", &hs, &ds)] {
+        let scale = hg.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = hg.iter().zip(dg.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-5 * scale.max(1e-6), "{what}: {name} gradients differ by {worst} (largest {scale})");
+    }
+}
+
+#[test]
+fn host_and_device_assign_the_same_targets_on_random_batches() {
+    for seed in 0..6 {
+        check_one(seed, 16, 10);
+    }
+    // one-to-one heads (topk2 1) and YOLO26's reg_max 1 (L1 box distances)
+    for seed in 10..13 {
+        check_one(seed, 16, 1);
+        check_one(seed, 1, 10);
+    }
+}
+
+#[test]
+fn a_batch_without_boxes_is_background_on_both() {
+    let device = yolodistill::default_device();
+    let cfg = LossConfig::new(2, 16, vec![8.0, 16.0, 32.0]);
+    let a_n: usize = SHAPES.iter().map(|(h, w)| h * w).sum();
+    let maps = HeadMaps {
+        boxes: Tensor::random([2, 64, a_n], Distribution::Normal(0.0, 1.0), &device),
+        scores: Tensor::random([2, 2, a_n], Distribution::Normal(0.0, 1.0), &device),
+    };
+    let d = assign_on_device(&cfg, &maps, &SHAPES, &Targets::default());
+    assert_eq!(d.fg.clone().sum().into_scalar::<f32>(), 0.0);
+    assert_eq!(d.tss.clone().into_scalar::<f32>(), 1.0);
+    let h = assign_targets(&cfg, &maps, &SHAPES, &Targets::default());
+    let (hi, di) = (loss_from_assigned(&cfg, &maps, &h).host_items(), loss_on_device(&cfg, &maps, &SHAPES, &d).host_items());
+    assert_eq!(di[0], 0.0);
+    assert!((hi[1] - di[1]).abs() <= 1e-5 * hi[1]);
+}
+
+/// A 2-image batch of 64×64 noise with three boxes.
+fn noise_batch() -> Batch {
+    let mut r = Lcg(7);
+    Batch {
+        images: (0..2 * 3 * 64 * 64).map(|_| r.next()).collect(),
+        shape: [2, 3, 64, 64],
+        batch_idx: vec![0, 0, 1],
+        cls: vec![0, 2, 1],
+        bboxes: vec![[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.5], [0.5, 0.5, 0.1, 0.1]],
+        labeled: 2,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_device_resident_step_reads_nothing_back() {
+    let plain = yolodistill::default_device();
+    let ad = plain.clone().autodiff();
+    let mut model = yolodistill::model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
+    make_trainable(&mut model);
+    let head = model.head();
+    let mut cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+    let mut ema = yolodistill::train::ema::Ema::new(&model, 0);
+    let mut opt = Optimizer::new(Method::Sgd { nesterov: true }, 5e-4);
+    let batch = noise_batch();
+    let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
+    let hp = StepParams { lr: [0.01; 3], momentum: 0.9 };
+    let mut grads = GradStore::default();
+    let mut step = |cfg: &LossConfig, model: &mut _, grads: &mut GradStore| {
+        let items = forward_backward(model, cfg, &batch, &ad, &[], None, pos, grads, cfg.on_device);
+        if cfg.on_device {
+            grads.clip_global_norm_on_device(10.0);
+        } else {
+            grads.clip_global_norm(10.0);
+        }
+        opt.tick();
+        opt.apply(model, grads, hp);
+        grads.clear();
+        ema.update(model);
+        items
+    };
+    // The host's assignment reads the head outputs back, and its clipping reads the norms.
+    let before = reads_so_far();
+    drop(step(&cfg, &mut model, &mut grads));
+    assert!(reads_so_far() > before + 2, "the host path is counted");
+    // On the device: forward, assignment, loss, backward, clipping, optimizer and EMA read nothing.
+    cfg.on_device = true;
+    let before = reads_so_far();
+    let items = step(&cfg, &mut model, &mut grads);
+    assert_eq!(reads_so_far(), before, "a device-resident step made a read-back");
+    // The items, when the trainer reads them: one read-back, finite values.
+    let host = items.read();
+    assert_eq!(reads_so_far(), before + 1);
+    assert_eq!(host.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["box_loss", "cls_loss", "dfl_loss"]);
+    assert!(host.iter().all(|(_, v)| v.is_finite() && *v > 0.0), "{host:?}");
+}
+
+#[test]
+fn step_code_reads_back_only_through_the_counted_read() {
+    // The counter above sees only `read_back`: the code a training step runs must not read
+    // tensors any other way (tests at the end of a file are left out).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec!["loss/on_device.rs", "loss/iou.rs", "train/step.rs", "train/optim.rs", "train/ema.rs"].into_iter().map(|f| root.join(f)).collect::<Vec<_>>();
+    files.extend(std::fs::read_dir(root.join("model/layers")).unwrap().map(|e| e.unwrap().path()));
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for call in ["into_scalar", "into_data", "to_data(", "try_into_vec", "into_vec"] {
+            assert!(!code.contains(call), "{} calls {call}", f.display());
+        }
+    }
+}
+
+#[test]
+fn training_with_device_assignment_tracks_the_host_run() {
+    // Three epochs of 4 steps on 16 BCCD images, assigned on the host and on the device (loss
+    // items read every few steps, gradients clipped on the device): the same losses up to the
+    // rounding of pow and of the f32 gradient norm, amplified by training.
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("device-assign");
+    let data = common::bccd_subset(&shared, &dir, 16);
+    let losses = |on: &str| {
+        let (data, project) = (data.to_str().unwrap(), dir.join("runs"));
+        let flags = [
+            "--model", "yolov8n.yaml", "--data", data, "--project", project.to_str().unwrap(), "--name", on, "--epochs", "3",
+            "--imgsz", "160", "--batch", "4", "--nbs", "4", "--close-mosaic", "1", "--workers", "2", "--assign-on", on,
+        ];
+        let s = train(TrainArgs::from_flags(&flags).unwrap(), None).unwrap();
+        let r = Results::load(&s.run_dir.join("results.csv")).unwrap();
+        ["train/box_loss", "train/cls_loss", "train/dfl_loss"].map(|c| r.column(c).unwrap())
+    };
+    let (host, dev) = (losses("host"), losses("device"));
+    for (h, d) in host.iter().zip(&dev) {
+        eprintln!("host {h:?}\ndevice {d:?}");
+        for (a, b) in h.iter().zip(d) {
+            assert!(a.is_finite() && (a - b).abs() <= 1e-3 * a.abs(), "host {h:?} device {d:?}");
+        }
+    }
+}
