@@ -1,6 +1,9 @@
 //! Training augmentations in Ultralytics' order (mosaic → random perspective → mixup →
 //! HSV → flips) and the validation letterbox, on 8-bit RGB images with pixel boxes.
 
+use std::borrow::Borrow;
+use std::sync::Arc;
+
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -60,18 +63,45 @@ impl Default for AugConfig {
     }
 }
 
-/// An image with its boxes in pixels (x1, y1, x2, y2) and their classes.
+/// An image with its boxes in pixels (x1, y1, x2, y2) and their classes. The image is the
+/// sample's own, or (`Sample<Arc<RgbImage>>`, as loaded) shared with the loader's cache, so
+/// that mosaic and the warp read it without a copy.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub img: RgbImage,
+pub struct Sample<I = RgbImage> {
+    pub img: I,
     pub boxes: Vec<[f32; 4]>,
     pub cls: Vec<usize>,
 }
 
-impl Sample {
+/// The image of a sample, owned or shared.
+pub trait Pixels: Borrow<RgbImage> {
+    /// The image itself, copied only when someone else still holds it.
+    fn into_owned(self) -> RgbImage;
+}
+
+impl Pixels for RgbImage {
+    fn into_owned(self) -> RgbImage {
+        self
+    }
+}
+
+impl Pixels for &RgbImage {
+    fn into_owned(self) -> RgbImage {
+        self.clone()
+    }
+}
+
+impl Pixels for Arc<RgbImage> {
+    fn into_owned(self) -> RgbImage {
+        Arc::unwrap_or_clone(self)
+    }
+}
+
+impl<I: Pixels> Sample<I> {
     /// Places normalised labels onto `img`.
-    pub fn new(img: RgbImage, labels: &[Label]) -> Sample {
-        let (w, h) = (img.width() as f32, img.height() as f32);
+    pub fn new(img: I, labels: &[Label]) -> Sample<I> {
+        let (w, h) = img.borrow().dimensions();
+        let (w, h) = (w as f32, h as f32);
         let boxes = labels
             .iter()
             .map(|l| {
@@ -84,7 +114,8 @@ impl Sample {
 
     /// Boxes as normalised centre-x, centre-y, width, height (the Format step).
     pub fn xywhn(&self) -> Vec<[f32; 4]> {
-        let (w, h) = (self.img.width() as f32, self.img.height() as f32);
+        let (w, h) = self.img.borrow().dimensions();
+        let (w, h) = (w as f32, h as f32);
         self.boxes
             .iter()
             .map(|b| [(b[0] + b[2]) / 2.0 / w, (b[1] + b[3]) / 2.0 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h])
@@ -100,7 +131,7 @@ pub trait ImageSource {
         self.len() == 0
     }
     /// Image `i` resized so its long side is the training size.
-    fn load(&self, i: usize) -> Sample;
+    fn load(&self, i: usize) -> Sample<Arc<RgbImage>>;
 }
 
 // ---------------------------------------------------------------- loading
@@ -158,7 +189,10 @@ fn geometric(
     if mosaic_on && cfg.mosaic > 0.0 && rng.random::<f32>() < cfg.mosaic {
         let others: [usize; 3] = std::array::from_fn(|_| rng.random_range(0..src.len()));
         let parts = [src.load(index), src.load(others[0]), src.load(others[1]), src.load(others[2])];
-        random_perspective(mosaic4(parts, s, rng), s, cfg, rng)
+        let Sample { img, boxes, cls } = mosaic4(parts, s, rng);
+        let out = random_perspective(Sample { img: &img, boxes, cls }, s, cfg, rng);
+        keep_canvas(img);
+        out
     } else {
         random_perspective(src.load(index), s, cfg, rng)
     }
@@ -167,12 +201,12 @@ fn geometric(
 /// 4-image mosaic on a 2s×2s gray canvas around a random centre in [s/2, 3s/2):
 /// parts go top-left, top-right, bottom-left, bottom-right of the centre, cropped to fit.
 /// Boxes are shifted, clipped to the canvas and zero-area ones dropped.
-pub fn mosaic4(parts: [Sample; 4], s: u32, rng: &mut StdRng) -> Sample {
+pub fn mosaic4<I: Pixels>(parts: [Sample<I>; 4], s: u32, rng: &mut StdRng) -> Sample {
     let s2 = 2 * s as i64;
     let half = s as f64 / 2.0;
     let xc = rng.random_range(half..3.0 * half) as i64;
     let yc = rng.random_range(half..3.0 * half) as i64;
-    let mut canvas = RgbImage::from_pixel(s2 as u32, s2 as u32, Rgb([FILL; 3]));
+    let mut canvas = gray_canvas(s2 as u32);
     let (mut boxes, mut cls) = (Vec::new(), Vec::new());
     // One axis: the canvas span [a1, a2) before (or after) the centre c, and its start in a part n long.
     let span = |c: i64, n: i64, before: bool| {
@@ -180,11 +214,12 @@ pub fn mosaic4(parts: [Sample; 4], s: u32, rng: &mut StdRng) -> Sample {
         (a1, a2, if before { n - (a2 - a1) } else { 0 })
     };
     for (i, part) in parts.into_iter().enumerate() {
-        let (w, h) = (part.img.width() as i64, part.img.height() as i64);
+        let img: &RgbImage = part.img.borrow();
+        let (w, h) = (img.width() as i64, img.height() as i64);
         // Destination on the canvas (a), source in the part (b); parts 0, 2 left, 0, 1 on top.
         let (ax1, ax2, bx1) = span(xc, w, i.is_multiple_of(2));
         let (ay1, ay2, by1) = span(yc, h, i < 2);
-        copy_rect(&part.img, (bx1, by1), &mut canvas, (ax1, ay1), (ax2 - ax1, ay2 - ay1));
+        copy_rect(img, (bx1, by1), &mut canvas, (ax1, ay1), (ax2 - ax1, ay2 - ay1));
         let (dx, dy) = ((ax1 - bx1) as f32, (ay1 - by1) as f32);
         for (b, c) in part.boxes.iter().zip(&part.cls) {
             let b = clip([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy], s2 as f32);
@@ -195,6 +230,24 @@ pub fn mosaic4(parts: [Sample; 4], s: u32, rng: &mut StdRng) -> Sample {
         }
     }
     Sample { img: canvas, boxes, cls }
+}
+
+thread_local! {
+    /// The last mosaic canvas of this worker, reused: 12·s² bytes need no fresh pages per sample.
+    static SPARE_CANVAS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A `side`×`side` canvas of the border gray.
+fn gray_canvas(side: u32) -> RgbImage {
+    let mut raw = SPARE_CANVAS.with(|c| c.take());
+    raw.clear();
+    raw.resize(side as usize * side as usize * 3, FILL);
+    RgbImage::from_raw(side, side, raw).expect("the buffer has the canvas's size")
+}
+
+/// Gives a canvas back for the next mosaic.
+fn keep_canvas(img: RgbImage) {
+    SPARE_CANVAS.with(|c| *c.borrow_mut() = img.into_raw());
 }
 
 /// Copies a `size` (w, h) block from `src` at `from` to `dst` at `to`.
@@ -260,11 +313,11 @@ fn perspective_matrix(w: f64, h: f64, s: f64, cfg: &AugConfig, rng: &mut StdRng)
 /// centred first, so a plain loaded image lands in the middle and a 2s mosaic is cropped
 /// around its centre. Boxes are the hull of their transformed corners, clipped, then
 /// filtered (w, h > 2 px, area kept > 10 %, aspect < 100).
-pub fn random_perspective(sample: Sample, s: u32, cfg: &AugConfig, rng: &mut StdRng) -> Sample {
-    let (w, h) = sample.img.dimensions();
+pub fn random_perspective<I: Pixels>(sample: Sample<I>, s: u32, cfg: &AugConfig, rng: &mut StdRng) -> Sample {
+    let (w, h) = sample.img.borrow().dimensions();
     let (m, scale) = perspective_matrix(w as f64, h as f64, s as f64, cfg, rng);
     let projective = cfg.perspective != 0.0;
-    let img = if m == EYE && (w, h) == (s, s) { sample.img } else { warp(&sample.img, &m, s, s, projective) };
+    let img = if m == EYE && (w, h) == (s, s) { sample.img.into_owned() } else { warp(sample.img.borrow(), &m, s, s, projective) };
     let (mut boxes, mut cls) = (Vec::new(), Vec::new());
     for (b, c) in sample.boxes.iter().zip(&sample.cls) {
         let nb = clip(transform_box(b, &m, projective), s as f32);
@@ -352,21 +405,50 @@ pub fn warp(img: &RgbImage, m: &Mat3, out_w: u32, out_h: u32, projective: bool) 
             if x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh {
                 // All four neighbours inside: the common case, no border checks.
                 let i0 = ((y0 * sw + x0) * 3) as usize;
-                let i1 = i0 + (sw * 3) as usize;
-                let (top, bot) = (&src[i0..i0 + 6], &src[i1..i1 + 6]);
-                for c in 0..3 {
-                    let v = top[c] as f32 * w[0]
-                        + top[3 + c] as f32 * w[1]
-                        + bot[c] as f32 * w[2]
-                        + bot[3 + c] as f32 * w[3];
-                    px[c] = (v + 0.5) as u8;
-                }
+                blend_inside(src, i0, i0 + (sw * 3) as usize, w, px);
             } else {
                 blend_at_border(src, (sw, sh), (x0, y0), w, px);
             }
         }
     }
     out
+}
+
+/// Bilinear blend of the 2×2 neighbours whose top row starts at byte `i0` and bottom row at
+/// `i1`: per channel ((tl·w0 + tr·w1) + bl·w2) + br·w3, rounded half up.
+#[inline(always)]
+fn blend_inside(src: &[u8], i0: usize, i1: usize, w: [f32; 4], px: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if i1 + 7 <= src.len() {
+        // SAFETY: SSE2 is part of x86-64; the four 4-byte loads end at i1 + 7 ≤ len, checked above.
+        unsafe { blend_sse2(src.as_ptr(), i0, i1, w, px) };
+        return;
+    }
+    let (top, bot) = (&src[i0..i0 + 6], &src[i1..i1 + 6]);
+    for c in 0..3 {
+        let v = top[c] as f32 * w[0] + top[3 + c] as f32 * w[1] + bot[c] as f32 * w[2] + bot[3 + c] as f32 * w[3];
+        px[c] = (v + 0.5) as u8;
+    }
+}
+
+/// The three channels of [`blend_inside`] as lanes of one vector (the fourth lane is ignored):
+/// the same multiplications and additions in the same order, so the same bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn blend_sse2(src: *const u8, i0: usize, i1: usize, w: [f32; 4], px: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let zero = _mm_setzero_si128();
+    let load = |at: usize| {
+        let bytes = _mm_cvtsi32_si128((src.add(at) as *const i32).read_unaligned());
+        _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero))
+    };
+    let v = _mm_add_ps(
+        _mm_add_ps(_mm_add_ps(_mm_mul_ps(load(i0), _mm_set1_ps(w[0])), _mm_mul_ps(load(i0 + 3), _mm_set1_ps(w[1]))), _mm_mul_ps(load(i1), _mm_set1_ps(w[2]))),
+        _mm_mul_ps(load(i1 + 3), _mm_set1_ps(w[3])),
+    );
+    let q = _mm_cvttps_epi32(_mm_add_ps(v, _mm_set1_ps(0.5)));
+    let bytes = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(q, zero), zero)).to_le_bytes();
+    px.copy_from_slice(&bytes[..3]);
 }
 
 /// Bilinear blend where some of the four neighbours fall outside (they read as 114).
@@ -442,9 +524,19 @@ pub fn apply_hsv(img: &mut RgbImage, r: [f64; 3]) {
     // Gray stays gray: zero saturation must not gain any (Ultralytics 8.3.79+).
     lut_s[0] = 0;
     let tables = hsv_tables();
+    // Colours repeat (flat backgrounds, the gray border): a small direct-mapped cache of
+    // colour → result skips both conversions for most pixels.
+    const SLOTS: usize = 1 << 12;
+    let (mut keys, mut vals) = ([u32::MAX; SLOTS], [[0u8; 3]; SLOTS]);
     for p in img.pixels_mut() {
-        let [h, s, v] = rgb_to_hsv(tables, p.0);
-        p.0 = hsv_to_rgb([lut_h[h as usize], lut_s[s as usize], lut_v[v as usize]]);
+        let key = u32::from_le_bytes([p.0[0], p.0[1], p.0[2], 0]);
+        let slot = (key.wrapping_mul(0x9E37_79B1) >> (32 - 12)) as usize;
+        if keys[slot] != key {
+            let [h, s, v] = rgb_to_hsv(tables, p.0);
+            keys[slot] = key;
+            vals[slot] = hsv_to_rgb([lut_h[h as usize], lut_s[s as usize], lut_v[v as usize]]);
+        }
+        p.0 = vals[slot];
     }
 }
 
@@ -555,10 +647,10 @@ mod tests {
         fn len(&self) -> usize {
             5
         }
-        fn load(&self, i: usize) -> Sample {
+        fn load(&self, i: usize) -> Sample<Arc<RgbImage>> {
             let (w, h) = if i.is_multiple_of(2) { (self.s, self.s * 3 / 4) } else { (self.s / 2, self.s) };
             let lbl = Label { cls: i, xywhn: [0.5, 0.5, 0.4, 0.3] };
-            Sample::new(pattern(w, h), &[lbl])
+            Sample::new(Arc::new(pattern(w, h)), &[lbl])
         }
     }
 
@@ -626,6 +718,45 @@ mod tests {
         assert_eq!((b0[2], b0[3]), (b3[0], b3[1]));
         assert_eq!(m.img.get_pixel(b0[2] as u32 - 1, b0[3] as u32 - 1).0, [1; 3]);
         assert_eq!(m.img.get_pixel(b3[0] as u32, b3[1] as u32).0, [4; 3]);
+    }
+
+    #[test]
+    fn warp_blends_as_the_scalar_formula() {
+        // The vector blend against the per-channel formula, for affine and projective maps with
+        // parts of the output off the source (border blends and untouched gray included).
+        let src = RgbImage::from_fn(97, 61, |x, y| Rgb([(x * 7 + y) as u8, (y * 13 + x * x) as u8, (x ^ (y * 3)) as u8]));
+        let (sw, sh) = (97i64, 61i64);
+        let raw = src.as_raw();
+        for seed in 0..12u64 {
+            let mut r = rng(seed);
+            let cfg = AugConfig { perspective: if seed % 2 == 0 { 0.0 } else { 0.0005 }, degrees: 20.0, shear: 5.0, ..AugConfig::default() };
+            let (m, _) = perspective_matrix(97.0, 61.0, 80.0, &cfg, &mut r);
+            let projective = cfg.perspective != 0.0;
+            let out = warp(&src, &m, 80, 80, projective);
+            let inv = invert(&m).unwrap();
+            let mut blended = 0;
+            for (x, y, p) in out.enumerate_pixels() {
+                let (fx, fy) = (x as f64, y as f64);
+                let (mut sx, mut sy) = (inv[0][0] * fx + (inv[0][1] * fy + inv[0][2]), inv[1][0] * fx + (inv[1][1] * fy + inv[1][2]));
+                if projective {
+                    let z = inv[2][0] * fx + (inv[2][1] * fy + inv[2][2]);
+                    (sx, sy) = (sx / z, sy / z);
+                }
+                let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
+                if !(x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh) {
+                    continue;
+                }
+                let (ax, ay) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
+                let w = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay];
+                let at = |xx: i64, yy: i64, c: usize| raw[((yy * sw + xx) * 3) as usize + c] as f32;
+                for c in 0..3 {
+                    let v = at(x0, y0, c) * w[0] + at(x0 + 1, y0, c) * w[1] + at(x0, y0 + 1, c) * w[2] + at(x0 + 1, y0 + 1, c) * w[3];
+                    assert_eq!(p[c], (v + 0.5) as u8, "seed {seed} at ({x}, {y}) channel {c}");
+                }
+                blended += 1;
+            }
+            assert!(blended > 1000, "seed {seed}: {blended} pixels inside");
+        }
     }
 
     #[test]

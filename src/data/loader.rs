@@ -15,7 +15,7 @@ use rand::SeedableRng;
 
 use super::augment::{letterbox_sample, resize_long_side, train_sample, AugConfig, ImageSource, Sample, FILL};
 use super::dataset::Dataset;
-use crate::pixels::letterbox::{to_chw, Placement};
+use crate::pixels::letterbox::{extend_chw, Placement};
 use crate::pixels::load::load_rgb;
 
 /// One collated batch.
@@ -124,7 +124,7 @@ fn collate(parts: Vec<Part>) -> Batch {
     let mut b = Batch { images: Vec::with_capacity(n * 3 * (w * h) as usize), shape: [n, 3, h as usize, w as usize], labeled: n, ..Default::default() };
     for (i, p) in parts.into_iter().enumerate() {
         debug_assert_eq!(p.sample.img.dimensions(), (w, h));
-        b.images.extend(to_chw(&p.sample.img));
+        extend_chw(&mut b.images, &p.sample.img);
         for (xywh, c) in p.sample.xywhn().into_iter().zip(&p.sample.cls) {
             b.batch_idx.push(i);
             b.cls.push(*c);
@@ -335,12 +335,12 @@ impl ImageSource for TrainSource {
 
     /// An image that fails to decode now (it passed the scan) becomes a gray, label-free
     /// sample with a warning rather than stopping training.
-    fn load(&self, i: usize) -> Sample {
+    fn load(&self, i: usize) -> Sample<Arc<RgbImage>> {
         let item = &self.dataset.items[i];
         let img = self.cache.get_or_load(i, || load_or_warn(&item.image, self.imgsz));
         match img {
-            Some(img) => Sample::new((*img).clone(), &item.labels),
-            None => Sample::new(RgbImage::from_pixel(self.imgsz, self.imgsz, Rgb([FILL; 3])), &[]),
+            Some(img) => Sample::new(img, &item.labels),
+            None => Sample::new(Arc::new(RgbImage::from_pixel(self.imgsz, self.imgsz, Rgb([FILL; 3]))), &[]),
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod conv;
 mod extension;
 pub mod kd;
 pub mod norm;
-mod simd;
+pub(crate) mod simd;
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

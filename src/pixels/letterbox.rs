@@ -90,15 +90,17 @@ pub fn resize_bilinear(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 
 /// CHW float RGB in [0, 1], as the network expects.
 pub fn to_chw(img: &RgbImage) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let n = (w * h) as usize;
-    let mut out = vec![0f32; 3 * n];
-    for (i, p) in img.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = p[c] as f32 / 255.0;
-        }
-    }
+    let mut out = Vec::with_capacity(3 * (img.width() * img.height()) as usize);
+    extend_chw(&mut out, img);
     out
+}
+
+/// Appends `img` to `out` as [3, H, W] floats in 0..1 (a batch's images go straight into it).
+pub fn extend_chw(out: &mut Vec<f32>, img: &RgbImage) {
+    let raw = img.as_raw();
+    for c in 0..3 {
+        out.extend(raw[c..].iter().step_by(3).map(|&v| v as f32 / 255.0));
+    }
 }
 
 #[cfg(test)]
