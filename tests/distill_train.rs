@@ -294,3 +294,26 @@ fn online_run_saves_and_resumes_its_teacher() {
     let r = yolodistill::report::Results::load(&second.run_dir.join("results.csv")).unwrap();
     assert!(r.column("train/t_det").unwrap().iter().all(|v| v.is_finite() && *v > 0.0));
 }
+
+#[test]
+fn a_teacher_whose_head_no_term_reads_stops_at_its_last_tap() {
+    // Feature-only distillation runs the teacher up to its last tapped layer (its head is a
+    // quarter of a v8s forward); the taps are those of the whole forward, bit for bit. A term
+    // that reads the head (a response term, SL2's score weights) keeps the whole forward.
+    let plain = yolodistill::default_device();
+    let student = model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
+    let x = burn::tensor::Tensor::<4>::random([2, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &plain);
+    let d = Distiller::new(&args("yolov8s.yaml", "cwd", "none"), &student, 64, 10, 2, &plain).unwrap();
+    let layers: Vec<usize> = d.pairs.iter().map(|p| p.teacher_layer).collect();
+    let pass = d.teacher_forward(&x);
+    assert!(pass.head.is_none(), "cwd alone reads no teacher head");
+    let full = d.teacher.forward_taps(x.clone(), &layers, false).taps;
+    assert_eq!(pass.taps.len(), full.len());
+    for (a, b) in pass.taps.into_iter().zip(full) {
+        assert_eq!(a.try_into_vec_as::<f32>().unwrap(), b.try_into_vec_as::<f32>().unwrap());
+    }
+    for (methods, logit) in [("cwd", "kl"), ("sl2", "none")] {
+        let d = Distiller::new(&args("yolov8s.yaml", methods, logit), &student, 64, 10, 2, &plain).unwrap();
+        assert!(d.teacher_forward(&x).head.is_some(), "{methods} with --logit {logit} reads the teacher's head");
+    }
+}

@@ -103,12 +103,11 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
             let student = model::load(&a.model, Some(nc), &plain)?.model;
             let mut d = Distiller::new(&a.distill, &student, a.imgsz, 1, 0, &plain)?;
             let distilled_s = time_steps(&mut |i| step(i, Some(&mut d)));
-            let layers: Vec<usize> = d.pairs.iter().map(|p| p.teacher_layer).collect();
+            // The teacher's forward as the step runs it (up to its last tapped layer when no term
+            // reads its head); flex computes eagerly, so it is done when it returns.
             let teacher_s = time_steps(&mut |i| {
                 let b = &batches[i % batches.len()];
-                let x = Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain);
-                // flex computes eagerly: the forward is done when it returns.
-                drop(d.teacher.forward_taps(x, &layers, false));
+                drop(d.teacher_forward(&Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain)));
             });
             Some((distilled_s, teacher_s))
         }

@@ -13,9 +13,8 @@ pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use crate::infer::nms::{nms, NmsConfig};
 use crate::loss::{model_loss, LossConfig, Targets};
-use crate::model::layers::head::HeadMaps;
 use crate::model::walk::{child, Visit, Walk};
-use crate::model::graph::Forward;
+use crate::model::layers::head::{HeadMaps, HeadOutput};
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
 use crate::train::{HookInput, HookLoss, StepHook, StepPos};
@@ -109,7 +108,20 @@ pub struct Distiller {
     /// Schedule weight of the last step (calibration divides it out).
     last_weight: f32,
     /// The teacher's forward of the current batch when pseudo-labelling ran it first.
-    pass: Option<Forward>,
+    pass: Option<TeacherPass>,
+}
+
+/// The teacher's pass over a batch: its tapped layers, and its head's maps when a term reads
+/// them (feature-only distillation stops after the last tapped layer).
+pub struct TeacherPass {
+    pub taps: Vec<Tensor<4>>,
+    pub head: Option<HeadOutput>,
+}
+
+impl TeacherPass {
+    fn head(&self) -> &HeadOutput {
+        self.head.as_ref().expect("the teacher's head runs whenever a term reads it (Distiller::needs_teacher_head)")
+    }
 }
 
 /// A teacher tensor as a constant for the distillation terms: offline teachers
@@ -246,22 +258,36 @@ impl Distiller {
         s
     }
 
-    /// The teacher's forward of `images` (offline: eval mode, no gradient; online: train mode).
-    fn teacher_forward(&self, images: &Tensor<4>) -> Forward {
+    /// Whether a term reads the teacher's head: the online teacher's own loss, pseudo-labels,
+    /// a response (logit) term, or a feature method weighted by the teacher's class scores.
+    fn needs_teacher_head(&self) -> bool {
+        self.args.online
+            || self.args.pseudo_conf.is_some()
+            || self.args.logit != Response::None
+            || self.methods.iter().any(|m| m.imp.needs_teacher_scores())
+    }
+
+    /// The teacher's forward of `images` (offline: eval mode, no gradient; online: train mode),
+    /// up to its last tapped layer when no term reads its head.
+    pub fn teacher_forward(&self, images: &Tensor<4>) -> TeacherPass {
         let t_layers: Vec<usize> = self.pairs.iter().map(|p| p.teacher_layer).collect();
-        if self.args.online {
+        if !self.needs_teacher_head() {
+            return TeacherPass { taps: self.teacher.taps_only(images.clone().inner(), &t_layers), head: None };
+        }
+        let f = if self.args.online {
             let e2e = self.teacher.head().has_one2one();
             self.teacher.forward_taps(images.clone(), &t_layers, e2e)
         } else {
             self.teacher.forward_taps(images.clone().inner(), &t_layers, false)
-        }
+        };
+        TeacherPass { taps: f.taps, head: Some(f.head) }
     }
 
     /// The teacher's detections on images `from..` of its forward `pass` with at least
     /// confidence `conf` (NMS at IoU 0.7, best class), as normalised targets of those images.
-    fn detections_as_targets(&self, pass: &Forward, from: usize, size: (usize, usize), conf: f32) -> Targets {
+    fn detections_as_targets(&self, pass: &TeacherPass, from: usize, size: (usize, usize), conf: f32) -> Targets {
         let head = self.teacher.head();
-        let decoded = head.decode(&pass.head).detach();
+        let decoded = head.decode(pass.head()).detach();
         let [b, rows, a] = decoded.dims();
         let host = decoded.narrow(0, from, b - from).try_into_vec_as::<f32>().expect("f32 tensor");
         let cfg = NmsConfig { conf, multi_label: false, ..NmsConfig::predict() };
@@ -315,7 +341,7 @@ impl Distiller {
 
     /// An online teacher learns from the labels too: its own detection loss, over the labeled
     /// images only.
-    fn online_teacher_loss(&mut self, ctx: &HookInput<'_>, t_fwd: &Forward, out: &mut HookLoss) {
+    fn online_teacher_loss(&mut self, ctx: &HookInput<'_>, t_fwd: &TeacherPass, out: &mut HookLoss) {
         let cfg = self.teacher_loss.get_or_insert_with(|| {
             let h = self.teacher.head();
             let mut c = LossConfig::new(h.nc, h.reg_max, h.strides.clone());
@@ -324,7 +350,7 @@ impl Distiller {
         });
         // The online teacher learns from the labels only: its loss covers the labeled images.
         let b = ctx.images.dims()[0];
-        let head = if ctx.labeled < b { t_fwd.head.first_images(ctx.labeled) } else { t_fwd.head.clone() };
+        let head = if ctx.labeled < b { t_fwd.head().first_images(ctx.labeled) } else { t_fwd.head().clone() };
         let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.pos.epoch, ctx.pos.epochs);
         let items = tl.host_items();
         out.terms.push(("t_det".into(), tl.total / b as f32));
@@ -335,7 +361,7 @@ impl Distiller {
 
     /// The feature methods' terms: one value per paired level, summed (mimic, cwd, mgd, sl2) or
     /// averaged (at, gram, relation) as the spec says, with the per-level values logged.
-    fn feature_terms(&self, ctx: &HookInput<'_>, t_fwd: &Forward, teacher_maps: &[Tensor<4>], t_head: &HeadMaps, w: f32, out: &mut HookLoss) {
+    fn feature_terms(&self, ctx: &HookInput<'_>, t_fwd: &TeacherPass, teacher_maps: &[Tensor<4>], t_head: Option<&HeadMaps>, w: f32, out: &mut HookLoss) {
         let student_maps: Vec<Tensor<4>> = ctx
             .taps
             .iter()
@@ -348,10 +374,9 @@ impl Distiller {
         let adapted: Vec<Tensor<4>> =
             student_maps.iter().zip(&self.adapters).map(|(s, a)| a.as_ref().map(|a| a.forward(s.clone())).unwrap_or_else(|| s.clone())).collect();
         let levels = student_maps.len();
-        let t_scores = if self.methods.iter().any(|m| m.imp.needs_teacher_scores()) {
-            level_maps(&t_head.scores, &t_fwd.head.shapes)
-        } else {
-            Vec::new()
+        let t_scores = match t_head.filter(|_| self.methods.iter().any(|m| m.imp.needs_teacher_scores())) {
+            Some(h) => level_maps(&h.scores, &t_fwd.head().shapes),
+            None => Vec::new(),
         };
         let maps = LevelMaps { student: &student_maps, adapted: &adapted, adapters: &self.adapters, teacher: teacher_maps, teacher_scores: &t_scores };
         let step = StepKey { seed: self.mask_seed, epoch: ctx.pos.epoch, batch: ctx.pos.batch };
@@ -368,7 +393,9 @@ impl Distiller {
     }
 
     /// The response (logit) term, weighted by --logit-weight and the schedule.
-    fn response_term(&self, ctx: &HookInput<'_>, t_fwd: &Forward, t_head: &HeadMaps, w: f32, out: &mut HookLoss) {
+    fn response_term(&self, ctx: &HookInput<'_>, t_fwd: &TeacherPass, t_head: Option<&HeadMaps>, w: f32, out: &mut HookLoss) {
+        // no head maps: no response term (see needs_teacher_head)
+        let Some(t_head) = t_head else { return };
         let s_head = &ctx.student.one2many;
         let device = ctx.images.device();
         let resp: Option<(&str, Tensor<1>)> = match self.args.logit {
@@ -379,7 +406,7 @@ impl Distiller {
                 } else {
                     let cat = |h: &crate::model::layers::head::HeadMaps| Tensor::cat(vec![h.boxes.clone(), h.scores.clone()], 1);
                     let s = level_maps(&cat(s_head), &ctx.student.shapes);
-                    let t = level_maps(&cat(t_head), &t_fwd.head.shapes);
+                    let t = level_maps(&cat(t_head), &t_fwd.head().shapes);
                     Some(("l_mse", logit_mse(&s, &t, 1.0)))
                 }
             }
@@ -481,9 +508,9 @@ impl StepHook for Distiller {
         }
         let online = self.args.online;
         let teacher_maps: Vec<Tensor<4>> = t_fwd.taps.iter().map(|t| constant(t, online)).collect();
-        let t_head = HeadMaps { boxes: constant(&t_fwd.head.one2many.boxes, online), scores: constant(&t_fwd.head.one2many.scores, online) };
-        self.feature_terms(ctx, &t_fwd, &teacher_maps, &t_head, w, &mut out);
-        self.response_term(ctx, &t_fwd, &t_head, w, &mut out);
+        let t_head = t_fwd.head.as_ref().map(|h| HeadMaps { boxes: constant(&h.one2many.boxes, online), scores: constant(&h.one2many.scores, online) });
+        self.feature_terms(ctx, &t_fwd, &teacher_maps, t_head.as_ref(), w, &mut out);
+        self.response_term(ctx, &t_fwd, t_head.as_ref(), w, &mut out);
         self.apply_calibration(&mut out);
         self.note_terms(ctx, &out);
         out

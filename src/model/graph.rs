@@ -239,11 +239,27 @@ impl DetectionModel {
         Forward { head: self.head().forward(xs, one2one), taps }
     }
 
+    /// The outputs of `taps` alone: the layers after the last of them, the head's included,
+    /// do not run (a teacher whose head no term reads).
+    pub fn taps_only(&self, x: Tensor<4>, taps: &[usize]) -> Vec<Tensor<4>> {
+        self.trunk_until(x, taps, taps.iter().copied().max().unwrap_or(0)).1
+    }
+
     /// Every layer before the head: the head's level inputs and the outputs of `taps`.
     fn trunk(&self, x: Tensor<4>, taps: &[usize]) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
+        self.trunk_until(x, taps, usize::MAX)
+    }
+
+    /// [`trunk`](Self::trunk) computing layers up to `last` only (later ones pass their first
+    /// input through unchanged, and the head inputs are then not the real ones).
+    fn trunk_until(&self, x: Tensor<4>, taps: &[usize], last: usize) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
         let x = if x.dtype() == self.dtype { x } else { x.cast(self.dtype) };
-        let step = |_: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
-            Ok(if let Layer::Concat(dim) = layer { Tensor::cat(xs, *dim) } else { layer.forward(xs.swap_remove(0)) })
+        let step = |i: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
+            Ok(match layer {
+                _ if i > last => xs.swap_remove(0),
+                Layer::Concat(dim) => Tensor::cat(xs, *dim),
+                _ => layer.forward(xs.swap_remove(0)),
+            })
         };
         let (head_inputs, outs) = self.run_layers(x, taps, step).expect("parse checks every input index");
         let taps = taps
