@@ -6,7 +6,7 @@ mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use yolodistill::data::loader::Batch;
-use yolodistill::loss::{assign_on_device, assign_targets, loss_from_assigned, loss_on_device, LossConfig, Targets};
+use yolodistill::loss::{assign_on_device, assign_targets, loss_from_assigned, loss_on_device, Assignment, LossConfig, Targets};
 use yolodistill::model::layers::head::HeadMaps;
 use yolodistill::reads_so_far;
 use yolodistill::train::optim::{GradStore, Method, Optimizer, StepParams};
@@ -72,6 +72,9 @@ fn check_one(seed: u64, reg_max: usize, topk2: usize) {
         assert_eq!(class[i as usize] as usize, h.fg_class[k], "{what}: class of anchor {i}");
         assert_eq!(&target[4 * i as usize..4 * i as usize + 4], &h.fg_target[4 * k..4 * k + 4], "{what}: box of anchor {i}");
     }
+    // What `--logit mixed` reads: the foreground rows and their classes, from either assignment.
+    let (rows, classes) = Assignment::Device(d.clone()).foreground();
+    assert_eq!((rows, classes), Assignment::Host(h.clone()).foreground(), "{what}: foreground read back");
     // Soft scores: the same up to the last bits of pow (the host's powf, the backend's own).
     let ts = host(d.target_scores.clone());
     let worst = ts.iter().zip(&h.target_scores).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
