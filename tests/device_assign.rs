@@ -6,6 +6,9 @@ mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use yolodistill::data::loader::Batch;
+use yolodistill::distill::args::{DistillArgs, Response};
+use yolodistill::distill::distiller::Distiller;
+use yolodistill::train::StepHook;
 use yolodistill::loss::{assign_on_device, assign_targets, loss_from_assigned, loss_on_device, Assignment, LossConfig, Targets};
 use yolodistill::model::layers::head::HeadMaps;
 use yolodistill::reads_so_far;
@@ -191,11 +194,41 @@ fn a_device_resident_step_reads_nothing_back() {
 }
 
 #[test]
+fn a_distilled_device_resident_step_reads_nothing_back() {
+    // The distiller's terms and logged values stay on the device too (feature methods, and a
+    // response term on every anchor); only pseudo-labels (NMS) and `--logit mixed`'s foreground
+    // rows read back, and the all-zero check once per epoch, at its last batch.
+    let plain = yolodistill::default_device();
+    let ad = plain.clone().autodiff();
+    let mut student = yolodistill::model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
+    let a = DistillArgs { teacher: Some("yolov8s.yaml".into()), distill: "cwd,mgd,sl2".into(), logit: Response::Dense, ..Default::default() };
+    let mut d = Distiller::new(&a, &student, 64, 10, 2, &plain).unwrap();
+    make_trainable(&mut d);
+    make_trainable(&mut student);
+    let head = student.head();
+    let mut cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+    cfg.on_device = true;
+    let taps = d.taps();
+    let mut grads = GradStore::default();
+    let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 2 };
+    let before = reads_so_far();
+    let items = forward_backward(&mut student, &cfg, &noise_batch(), &ad, &taps, Some(&mut d), pos, &mut grads, true);
+    grads.clip_global_norm_on_device(10.0);
+    assert_eq!(reads_so_far(), before, "a distilled device-resident step made a read-back");
+    let host = items.read();
+    let names: Vec<&str> = host.iter().map(|(n, _)| n.as_str()).collect();
+    for want in ["d_cwd", "d_mgd", "d_sl2", "l_dense", "d_cwd.l0", "l_dense.cls"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    assert!(host.iter().all(|(_, v)| v.is_finite()), "{host:?}");
+}
+
+#[test]
 fn step_code_reads_back_only_through_the_counted_read() {
     // The counter above sees only `read_back`: the code a training step runs must not read
     // tensors any other way (tests at the end of a file are left out).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec!["loss/on_device.rs", "loss/iou.rs", "train/step.rs", "train/optim.rs", "train/ema.rs"].into_iter().map(|f| root.join(f)).collect::<Vec<_>>();
+    let mut files = vec!["loss/on_device.rs", "loss/iou.rs", "train/step.rs", "train/optim.rs", "train/ema.rs", "distill/losses.rs", "distill/methods.rs", "distill/distiller.rs"].into_iter().map(|f| root.join(f)).collect::<Vec<_>>();
     files.extend(std::fs::read_dir(root.join("model/layers")).unwrap().map(|e| e.unwrap().path()));
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();

@@ -99,8 +99,8 @@ pub struct Distiller {
     /// MGD masks are a function of this seed and the step (see [`random_keep_mask`]), so a
     /// resumed run masks as the uninterrupted one would have (`train` sets `--seed`).
     pub mask_seed: u64,
-    /// Consecutive steps whose terms were all zero (a warning after a whole epoch).
-    zero_steps: usize,
+    /// Σ|term| over the epoch's steps so far, on the device (a warning when an epoch's is 0).
+    term_mass: Option<Tensor<1>>,
     /// Names of the logged terms, reported as 0 once distillation has stopped.
     logged: Vec<String>,
     /// Calibrated multipliers by term name (`--distill-calibrate`), once measured or restored.
@@ -205,7 +205,7 @@ impl Distiller {
             stop_epoch,
             teacher_loss: None,
             mask_seed: 0,
-            zero_steps: 0,
+            term_mass: None,
             logged: Vec::new(),
             scales: Some(args.calibrated.clone()).filter(|s| !s.is_empty()),
             last_weight: 1.0,
@@ -289,7 +289,8 @@ impl Distiller {
         let head = self.teacher.head();
         let decoded = head.decode(pass.head()).detach();
         let [b, rows, a] = decoded.dims();
-        let host = decoded.narrow(0, from, b - from).try_into_vec_as::<f32>().expect("f32 tensor");
+        // NMS runs on the host: pseudo-labels are the one read-back of a distilled step
+        let host = crate::device::read_back(decoded.narrow(0, from, b - from));
         let cfg = NmsConfig { conf, multi_label: false, ..NmsConfig::predict() };
         let (h, w) = (size.0 as f32, size.1 as f32);
         let mut t = Targets::default();
@@ -352,11 +353,10 @@ impl Distiller {
         let b = ctx.images.dims()[0];
         let head = if ctx.labeled < b { t_fwd.head().first_images(ctx.labeled) } else { t_fwd.head().clone() };
         let (tl, _) = model_loss(cfg, &head, ctx.targets, ctx.pos.epoch, ctx.pos.epochs);
-        let items = tl.host_items();
-        out.terms.push(("t_det".into(), tl.total / b as f32));
-        for (n, v) in ["t_box", "t_cls", "t_dfl"].iter().zip(items) {
-            out.logs.push((n.to_string(), v as f64));
+        for (i, n) in ["t_box", "t_cls", "t_dfl"].into_iter().enumerate() {
+            out.log(n, tl.items.clone().narrow(0, i, 1));
         }
+        out.terms.push(("t_det".into(), tl.total / b as f32));
     }
 
     /// The feature methods' terms: one value per paired level, summed (mimic, cwd, mgd, sl2) or
@@ -385,7 +385,7 @@ impl Distiller {
             let scale = m.weight * w / if m.imp.averaged() { levels as f32 } else { 1.0 };
             let name = m.feature.name();
             for (l, v) in per_level.iter().enumerate() {
-                out.logs.push((format!("d_{name}.l{l}"), (v.clone().into_scalar::<f32>() * scale) as f64));
+                out.log(format!("d_{name}.l{l}"), v.clone() * scale);
             }
             let term = per_level.into_iter().reduce(|x, y| x + y).expect("levels") * scale;
             out.terms.push((format!("d_{name}"), term));
@@ -432,9 +432,9 @@ impl Distiller {
                 // On the detection loss's scale: its class and DFL gains.
                 let g = ctx.loss_cfg.gains;
                 let (cls, boxes) = (cls * g.cls, boxes * g.dfl);
-                let shown = |t: &Tensor<1>| (t.clone().into_scalar::<f32>() * self.args.logit_weight * w) as f64;
-                out.logs.push(("l_dense.cls".into(), shown(&cls)));
-                out.logs.push(("l_dense.box".into(), shown(&boxes)));
+                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
+                out.log("l_dense.cls", shown(&cls));
+                out.log("l_dense.box", shown(&boxes));
                 Some(("l_dense", cls + boxes))
             }
             Response::Ld => {
@@ -450,7 +450,7 @@ impl Distiller {
         if let Some((name, term)) = resp {
             out.terms.push((name.to_string(), term * (self.args.logit_weight * w)));
         } else if self.args.logit == Response::Mse {
-            out.logs.push(("l_mse_skipped".into(), 1.0));
+            out.log("l_mse_skipped", Tensor::ones([1], &device));
         }
     }
 
@@ -463,23 +463,24 @@ impl Distiller {
                 }
             }
             let level = format!("{name}.");
-            for (n, v) in out.logs.iter_mut() {
-                if n.starts_with(&level) {
-                    *v *= *scale as f64;
-                }
+            for l in out.logs.iter_mut().filter(|l| l.name.starts_with(&level)) {
+                l.factor *= *scale as f64;
             }
         }
     }
 
     /// Remembers the logged names (for the zeros after the stop) and warns when every term
-    /// stayed zero for a whole epoch.
+    /// stayed zero for a whole epoch: Σ|term| is kept on the device and read at its last batch.
     fn note_terms(&mut self, ctx: &HookInput<'_>, out: &HookLoss) {
         if self.logged.is_empty() {
-            self.logged = out.terms.iter().map(|(n, _)| n.clone()).chain(out.logs.iter().map(|(n, _)| n.clone())).collect();
+            self.logged = out.terms.iter().map(|(n, _)| n.clone()).chain(out.logs.iter().map(|l| l.name.clone())).collect();
         }
-        let all_zero = out.terms.iter().all(|(_, t)| t.clone().into_scalar::<f32>() == 0.0);
-        self.zero_steps = if all_zero && !out.terms.is_empty() { self.zero_steps + 1 } else { 0 };
-        if self.zero_steps == ctx.pos.batches.max(1) {
+        let Some(mass) = out.terms.iter().map(|(_, t)| t.clone().detach().abs().sum()).reduce(|a, b| a + b) else { return };
+        let so_far = self.term_mass.take().filter(|_| ctx.pos.batch > 0);
+        let mass = so_far.map_or(mass.clone(), |m| m + mass);
+        if ctx.pos.batch + 1 < ctx.pos.batches {
+            self.term_mass = Some(mass);
+        } else if crate::device::read_back(mass)[0] == 0.0 {
             eprintln!("warning: every distillation term was zero for a whole epoch");
         }
     }
@@ -494,7 +495,10 @@ impl StepHook for Distiller {
         let mut out = HookLoss::default();
         if ctx.pos.epoch >= self.stop_epoch {
             // Distillation is over: its columns read 0 in the logs from here on.
-            out.logs = self.logged.iter().map(|n| (n.clone(), 0.0)).collect();
+            let device = ctx.images.device();
+            for n in &self.logged {
+                out.log(n.clone(), Tensor::zeros([1], &device));
+            }
             return out;
         }
         let w = schedule_weight(self.args.distill_schedule, ctx.pos.epoch, ctx.pos.batch, ctx.pos.batches, self.stop_epoch);

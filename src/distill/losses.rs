@@ -337,17 +337,19 @@ pub fn dense_response(
     let tt = temperature;
     let t_scores = t_scores.detach();
     let conf = sigmoid(t_scores.clone()).max_dim(1); // [N, 1, A]
-    let norm = conf.clone().sum().into_scalar::<f32>().max(1.0);
+    let norm = conf.clone().sum().clamp_min(1.0);
     let (st, tl) = (s_scores / tt, t_scores / tt);
     let p = sigmoid(tl.clone());
     let kl = p.clone() * (log_sigmoid(tl.clone()) - log_sigmoid(st.clone())) + (p.neg() + 1.0) * (log_sigmoid(tl.neg()) - log_sigmoid(st.neg()));
-    let cls = kl.sum() * (tt * tt / norm);
+    // T²/norm rounded once, as the host scalar it was (no read-back for it)
+    let scale = Tensor::<1>::full([1], tt * tt, &norm.device()) / norm;
+    let cls = kl.sum() * scale.clone();
     let [n, ch, a] = s_boxes.dims();
     let boxes = if reg_max > 1 && ch == 4 * reg_max {
         let ls = log_softmax(s_boxes.reshape([n, 4, reg_max, a]) / tt, 2);
         let lt = log_softmax(t_boxes.detach().reshape([n, 4, reg_max, a]) / tt, 2);
         let side = (lt.clone().exp() * (lt - ls)).sum_dim(2).mean_dim(1).reshape([n, 1, a]);
-        (side * conf).sum() * (tt * tt / norm)
+        (side * conf).sum() * scale
     } else {
         s_boxes.sum() * 0.0
     };

@@ -73,7 +73,22 @@ pub trait StepHook {
 #[derive(Default)]
 pub struct HookLoss {
     pub terms: Vec<(String, Tensor<1>)>,
-    pub logs: Vec<(String, f64)>,
+    pub logs: Vec<Logged>,
+}
+
+impl HookLoss {
+    /// Logs `value` ([1], on the device; read back with the step's loss items).
+    pub fn log(&mut self, name: impl Into<String>, value: Tensor<1>) {
+        self.logs.push(Logged { name: name.into(), value, factor: 1.0 });
+    }
+}
+
+/// A value only logged: shown as `value × factor`, the factor applied on the host in f64 (a
+/// calibration multiplier).
+pub struct Logged {
+    pub name: String,
+    pub value: Tensor<1>,
+    pub factor: f64,
 }
 
 /// What a [`StepHook`] sees of one training step.

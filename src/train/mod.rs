@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 pub use args::TrainArgs;
-pub use hook::{Extension, HookInput, HookLoss, RunContext, StepHook, StepPos};
+pub use hook::{Extension, HookInput, HookLoss, Logged, RunContext, StepHook, StepPos};
 pub use run_dir::run_dir;
 pub use step::{forward_backward, gradient_norms, make_trainable};
 pub use trainer::Trainer;

@@ -27,13 +27,14 @@ pub fn make_trainable<T: Trainable + ?Sized>(model: &mut T) {
     });
 }
 
-/// The named loss items of a step: the detection loss's three and the hook's terms still on
-/// the device (read back when the trainer shows them), then the hook's host-side logs.
+/// The named loss items of a step, still on the device (read back when the trainer shows
+/// them): the detection loss's three, the hook's terms, then the hook's logged values.
 pub struct StepItems {
     pub names: Vec<String>,
-    /// [names.len()] the values of the device-side items.
+    /// [names.len()] the values.
     pub values: Tensor<1>,
-    pub logs: Vec<(String, f64)>,
+    /// Host-side multipliers of the values (1 but for calibrated logs).
+    pub factors: Vec<f64>,
 }
 
 impl StepItems {
@@ -54,21 +55,19 @@ impl StepItems {
             .map(|s| {
                 let vals = &host[at..at + s.names.len()];
                 at += s.names.len();
-                s.names.into_iter().zip(vals.iter().map(|&v| v as f64)).chain(s.logs).collect()
+                s.names.into_iter().zip(vals.iter().zip(s.factors).map(|(&v, f)| v as f64 * f)).collect()
             })
             .collect()
     }
 
     /// These items plus `other`'s (same names, one more shard).
     pub fn add(self, other: StepItems) -> StepItems {
-        let logs = self.logs.into_iter().zip(other.logs).map(|((n, a), (_, b))| (n, a + b)).collect();
-        StepItems { names: self.names, values: self.values + other.values, logs }
+        StepItems { values: self.values + other.values, ..self }
     }
 
     /// Every value divided by `n`.
     pub fn div(self, n: f64) -> StepItems {
-        let logs = self.logs.into_iter().map(|(k, v)| (k, v / n)).collect();
-        StepItems { names: self.names, values: self.values / n as f32, logs }
+        StepItems { values: self.values / n as f32, ..self }
     }
 }
 
@@ -101,8 +100,7 @@ fn step_losses(
     let (out, assigned) = detection_part(loss_cfg, &fwd.head, det_targets, det_images, pos);
     let mut names: Vec<String> = ["box_loss", "cls_loss", "dfl_loss"].map(String::from).to_vec();
     let mut values = vec![out.items.detach()];
-    let mut logs = Vec::new();
-    let mut terms = Vec::new();
+    let (mut terms, mut factors) = (Vec::new(), Vec::new());
     if let Some(h) = hook {
         let ctx = HookInput {
             images: &x,
@@ -120,9 +118,15 @@ fn step_losses(
             values.push(term.clone().detach().reshape([1]));
             terms.push((name, term));
         }
-        logs = extra.logs;
+        for l in extra.logs {
+            names.push(l.name);
+            values.push(l.value.detach().reshape([1]));
+            factors.push(l.factor);
+        }
     }
-    (out.total, terms, StepItems { names, values: Tensor::cat(values, 0), logs })
+    // the detection items and the terms are shown as they are; the logs come last
+    let factors: Vec<f64> = std::iter::repeat_n(1.0, names.len() - factors.len()).chain(factors).collect();
+    (out.total, terms, StepItems { names, values: Tensor::cat(values, 0), factors })
 }
 
 /// The detection loss over the first `n` images of the batch (the rest are unlabeled): zero,
