@@ -203,3 +203,26 @@ fn demo_refuses_bad_student_options_before_training() {
         assert!(!dir.join("runs/teacher").exists(), "{flag} {value}: the teacher trained first");
     }
 }
+
+#[test]
+fn a_distillation_whose_terms_stay_zero_says_so() {
+    // The all-zero check reads Σ|term| once, at an epoch's last batch: `cwd:0` warns, `cwd` not.
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("zero-terms");
+    let data = common::bccd_subset(&shared, &dir, 16);
+    for (methods, warns) in [("cwd:0", true), ("cwd", false)] {
+        let out = bin()
+            .args(["train", "--model", "yolov8n.yaml", "--data"])
+            .arg(&data)
+            .args(["--imgsz", "64", "--batch", "8", "--epochs", "1", "--workers", "2", "--quiet", "--exist-ok", "--project"])
+            .arg(dir.join("runs"))
+            .arg("--teacher")
+            .arg(shared.join("fixtures/teacher_v8s_bccd.pt"))
+            .args(["--distill", methods])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.contains("every distillation term was zero for a whole epoch"), warns, "--distill {methods}:\n{err}");
+    }
+}
