@@ -89,7 +89,7 @@ fn check_one(seed: u64, reg_max: usize, topk2: usize) {
     let grads_of = |on_device: bool| {
         let (bx, sc) = (boxes0.clone().autodiff().require_grad(), scores0.clone().autodiff().require_grad());
         let m = HeadMaps { boxes: bx.clone(), scores: sc.clone() };
-        let out = if on_device { loss_on_device(&cfg, &m, &SHAPES, &d) } else { loss_from_assigned(&cfg, &m, &h) };
+        let out = if on_device { loss_on_device(&cfg, &m, &d) } else { loss_from_assigned(&cfg, &m, &h) };
         let items = out.host_items();
         let g = out.total.backward();
         (items, host(bx.grad(&g).unwrap()), host(sc.grad(&g).unwrap()))
@@ -131,7 +131,7 @@ fn a_batch_without_boxes_is_background_on_both() {
     assert_eq!(d.fg.clone().sum().into_scalar::<f32>(), 0.0);
     assert_eq!(d.tss.clone().into_scalar::<f32>(), 1.0);
     let h = assign_targets(&cfg, &maps, &SHAPES, &Targets::default());
-    let (hi, di) = (loss_from_assigned(&cfg, &maps, &h).host_items(), loss_on_device(&cfg, &maps, &SHAPES, &d).host_items());
+    let (hi, di) = (loss_from_assigned(&cfg, &maps, &h).host_items(), loss_on_device(&cfg, &maps, &d).host_items());
     assert_eq!(di[0], 0.0);
     assert!((hi[1] - di[1]).abs() <= 1e-5 * hi[1]);
 }

@@ -17,7 +17,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::DType;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 pub use extension::{ConvSpec, CpuOps, CpuInfer, NormSpec};
 
@@ -53,7 +53,7 @@ pub fn enabled() -> bool {
 }
 
 fn on_cpu(x: &Tensor<4>) -> bool {
-    enabled() && x.dtype() == DType::F32 && x.device().without_autodiff() == Device::flex()
+    enabled() && x.dtype() == DType::F32 && crate::device::is_cpu(&x.device())
 }
 
 fn act(y: Tensor<4>, with_silu: bool) -> Tensor<4> {

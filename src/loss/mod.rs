@@ -192,7 +192,7 @@ pub fn detection_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
 fn branch_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> (LossOutput, Assignment) {
     if cfg.on_device {
         let asg = assign_on_device(cfg, maps, shapes, targets);
-        (loss_on_device(cfg, maps, shapes, &asg), Assignment::Device(asg))
+        (loss_on_device(cfg, maps, &asg), Assignment::Device(asg))
     } else {
         let asg = assign_targets(cfg, maps, shapes, targets);
         (loss_from_assigned(cfg, maps, &asg), Assignment::Host(asg))

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::iou::{ciou_columns, ciou_tensor};
 use super::{AssignerConfig, LossConfig, LossOutput, Targets};
-use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps};
+use crate::model::layers::head::{anchor_tensors, dfl_expectation, HeadMaps};
 
 /// Targets of one batch, on the device (constants for the gradient).
 #[derive(Debug, Clone)]
@@ -25,6 +25,9 @@ pub struct DeviceAssigned {
     pub target: Tensor<3>,
     /// [1] max(Σ target_scores, 1): the normaliser of all three terms.
     pub tss: Tensor<1>,
+    /// Anchor centres [1, 2, A] and strides [1, 1, A] (grid units), made once for both steps.
+    pub anchors: Tensor<3>,
+    pub strides: Tensor<3>,
     /// Input size (h, w) in pixels.
     pub img_hw: (f32, f32),
 }
@@ -99,7 +102,7 @@ pub fn assign_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usi
     let [b, nc, a_n] = maps.scores.dims();
     let ac = &cfg.assigner;
     let img_hw = (shapes[0].0 as f32 * cfg.strides[0] as f32, shapes[0].1 as f32 * cfg.strides[0] as f32);
-    let (pts, stride) = anchor_points(shapes, &cfg.strides);
+    let (anchors, s) = anchor_tensors(shapes, &cfg.strides, &device);
     let gt = pad_targets(ac, targets, b, img_hw, &device);
     let g_n = gt.g;
     let full = [b, g_n, a_n];
@@ -107,11 +110,10 @@ pub fn assign_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usi
     // Detached predictions: boxes in pixels as [B, 1, A] columns, scores [B, nc, A].
     let scores = sigmoid(maps.scores.clone().detach());
     let dist = dfl_expectation(maps.boxes.clone().detach(), cfg.reg_max);
-    let col = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 1, a_n]), &device);
-    let (ax, ay, s) = (col(pts.iter().map(|p| p[0]).collect()), col(pts.iter().map(|p| p[1]).collect()), col(stride.clone()));
+    let (ax, ay) = (anchors.clone().narrow(1, 0, 1), anchors.clone().narrow(1, 1, 1));
     let side = |i: usize| dist.clone().narrow(1, i, 1);
     let pred = [(ax.clone() - side(0)) * s.clone(), (ay.clone() - side(1)) * s.clone(), (ax.clone() + side(2)) * s.clone(), (ay.clone() + side(3)) * s.clone()];
-    let (px, py) = (col(pts.iter().zip(&stride).map(|(p, s)| p[0] * s).collect()), col(pts.iter().zip(&stride).map(|(p, s)| p[1] * s).collect()));
+    let (px, py) = (ax.clone() * s.clone(), ay.clone() * s.clone());
 
     // Candidates: anchor centres inside a (widened) box.
     let ib = |i: usize| coord(&gt.inside_box, i).expand(full);
@@ -164,12 +166,12 @@ pub fn assign_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usi
     let fg_rows = grid(fg.clone()).greater_elem(0.0).expand([b, a_n, 4]);
     let target = unit.mask_where(fg_rows, target);
     let tss = target_scores.clone().sum().clamp_min(1.0);
-    DeviceAssigned { target_scores, fg: fg.reshape([b, a_n]), class: class.reshape([b, a_n]), target, tss, img_hw }
+    DeviceAssigned { target_scores, fg: fg.reshape([b, a_n]), class: class.reshape([b, a_n]), target, tss, anchors, strides: s, img_hw }
 }
 
 /// The three loss terms for targets assigned on the device (the host's `loss_from_assigned`
 /// over every anchor, background weighted by zero).
-pub fn loss_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], asg: &DeviceAssigned) -> LossOutput {
+pub fn loss_on_device(cfg: &LossConfig, maps: &HeadMaps, asg: &DeviceAssigned) -> LossOutput {
     let device = maps.scores.device();
     let [b, _, a_n] = maps.scores.dims();
     let r = cfg.reg_max;
@@ -182,10 +184,8 @@ pub fn loss_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let loss_cls = bce.sum() / tss.clone();
 
     // Box: CIoU of every anchor's prediction, weighted by its soft score.
-    let (pts, stride) = anchor_points(shapes, &cfg.strides);
-    let col = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 1, a_n]), &device);
-    let (ax, ay) = (col(pts.iter().map(|p| p[0]).collect()), col(pts.iter().map(|p| p[1]).collect()));
-    let anc = Tensor::cat(vec![ax.clone(), ay.clone()], 1); // [1, 2, A]
+    let anc = asg.anchors.clone();
+    let (ax, ay) = (anc.clone().narrow(1, 0, 1), anc.clone().narrow(1, 1, 1));
     let dist = dfl_expectation(maps.boxes.clone(), r); // [B, 4, A]
     let pred = Tensor::cat(vec![anc.clone() - dist.clone().narrow(1, 0, 2), anc + dist.clone().narrow(1, 2, 2)], 1);
     let rows = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b * a_n, 4]);
@@ -211,8 +211,8 @@ pub fn loss_on_device(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     } else {
         // reg_max 1 (YOLO26): L1 on distances normalised by the image size.
         let (img_h, img_w) = asg.img_hw;
-        let norm: Vec<f32> = (0..4 * a_n).map(|k| stride[k % a_n] / if (k / a_n) % 2 == 0 { img_w } else { img_h }).collect();
-        let norm = Tensor::<3>::from_data(TensorData::new(norm, [1, 4, a_n]), &device);
+        let (sx, sy) = (asg.strides.clone() / img_w, asg.strides.clone() / img_h);
+        let norm = Tensor::cat(vec![sx.clone(), sy.clone(), sx, sy], 1);
         let l1 = ((dist - ltrb) * norm).abs().mean_dim(1).reshape([b, a_n]);
         (l1 * weight).sum() / tss
     };

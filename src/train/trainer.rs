@@ -101,18 +101,6 @@ pub struct Trainer {
     t_start: Instant,
 }
 
-/// Folds one step's items into the epoch's running means (`i`: the batch's index).
-fn add_to_mean(mean: &mut Vec<(String, f64)>, i: usize, items: &[(String, f64)]) {
-    if mean.is_empty() {
-        *mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
-    }
-    for (k, (_, v)) in items.iter().enumerate() {
-        if let Some(m) = mean.get_mut(k) {
-            m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
-        }
-    }
-}
-
 /// The data of a run: training and validation images, and the unlabeled ones.
 struct RunData {
     config: DataConfig,
@@ -483,7 +471,8 @@ impl Trainer {
                 None => it,
             });
         }
-        let items = sum.expect("at least one shard").div(n as f64);
+        let items = sum.expect("at least one shard");
+        let items = if n > 1 { items.div(n as f64) } else { items };
         if guard {
             return Ok(Recorded::Pending(items));
         }
@@ -674,4 +663,16 @@ fn save_results(results: &Results, dir: &Path) -> Result<()> {
         eprintln!("warning: could not draw results.png: {e:#}");
     }
     Ok(())
+}
+
+/// Folds one step's items into the epoch's running means (`i`: the batch's index).
+fn add_to_mean(mean: &mut Vec<(String, f64)>, i: usize, items: &[(String, f64)]) {
+    if mean.is_empty() {
+        *mean = items.iter().map(|(n, _)| (n.clone(), 0.0)).collect();
+    }
+    for (k, (_, v)) in items.iter().enumerate() {
+        if let Some(m) = mean.get_mut(k) {
+            m.1 = (m.1 * i as f64 + v) / (i + 1) as f64;
+        }
+    }
 }

@@ -215,15 +215,7 @@ impl Detect {
 
     /// Anchor centres (grid units) and strides for the given level shapes: ([1, 2, A], [1, 1, A]).
     pub fn anchors(&self, shapes: &[(usize, usize)], device: &Device) -> (Tensor<3>, Tensor<3>) {
-        let (pts, st) = anchor_points(shapes, &self.strides);
-        let a = st.len();
-        let mut xy = Vec::with_capacity(2 * a);
-        xy.extend(pts.iter().map(|p| p[0]));
-        xy.extend(pts.iter().map(|p| p[1]));
-        (
-            Tensor::from_data(TensorData::new(xy, [1, 2, a]), device),
-            Tensor::from_data(TensorData::new(st, [1, 1, a]), device),
-        )
+        anchor_tensors(shapes, &self.strides, device)
     }
 
     /// Ultralytics' inference output [B, 4 + nc, A]: xywh in input pixels, sigmoid scores.
@@ -286,6 +278,16 @@ pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
     let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
     let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &p.device());
     (p * proj).sum_dim(2).reshape([b, 4, a])
+}
+
+/// [`anchor_points`] as tensors on `device`: centres [1, 2, A] (x row, then y) and strides [1, 1, A].
+pub fn anchor_tensors(shapes: &[(usize, usize)], strides: &[f64], device: &Device) -> (Tensor<3>, Tensor<3>) {
+    let (pts, st) = anchor_points(shapes, strides);
+    let a = st.len();
+    let mut xy = Vec::with_capacity(2 * a);
+    xy.extend(pts.iter().map(|p| p[0]));
+    xy.extend(pts.iter().map(|p| p[1]));
+    (Tensor::from_data(TensorData::new(xy, [1, 2, a]), device), Tensor::from_data(TensorData::new(st, [1, 1, a]), device))
 }
 
 /// Anchor centres (x + 0.5, y + 0.5) per level, row-major, with their strides.
