@@ -243,7 +243,7 @@ fn step_code_reads_back_only_through_the_counted_read() {
 fn training_with_device_assignment_tracks_the_host_run() {
     // Three epochs of 4 steps on 16 BCCD images, assigned on the host and on the device (loss
     // items read every few steps, gradients clipped on the device): the same losses up to the
-    // rounding of pow and of the f32 gradient norm, amplified by training.
+    // rounding of pow and of the f32 gradient norm, which training amplifies.
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("device-assign");
     let data = common::bccd_subset(&shared, &dir, 16);
@@ -260,8 +260,11 @@ fn training_with_device_assignment_tracks_the_host_run() {
     let (host, dev) = (losses("host"), losses("device"));
     for (h, d) in host.iter().zip(&dev) {
         eprintln!("host {h:?}\ndevice {d:?}");
-        for (a, b) in h.iter().zip(d) {
-            assert!(a.is_finite() && (a - b).abs() <= 1e-3 * a.abs(), "host {h:?} device {d:?}");
+        // epochs 1 and 2 within 1e-5 (2.4e-6 seen); training amplifies the rounding, so 1e-3
+        // at epoch 3 (2.3e-4 seen; the device run is reproducible: clipping sums in name order)
+        for (e, (a, b)) in h.iter().zip(d).enumerate() {
+            let bound = if e < 2 { 1e-5 } else { 1e-3 };
+            assert!(a.is_finite() && (a - b).abs() <= bound * a.abs(), "epoch {}: host {h:?} device {d:?}", e + 1);
         }
     }
 }

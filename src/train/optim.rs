@@ -88,10 +88,14 @@ impl GradStore {
 
     /// [`clip_global_norm`](Self::clip_global_norm) without a read-back: the norm and the
     /// scale stay on the device (summed in f32, so a clipped step may differ in the last bits).
+    /// The sum runs in name order: the map's own order changes from process to process, and an
+    /// f32 sum in another order would make two runs of the same settings drift apart.
     pub fn clip_global_norm_on_device(&mut self, max_norm: f32) {
         let Some(first) = self.grads.values().next() else { return };
         let zero = Tensor::<1>::zeros([1], &first.device());
-        let norm = self.grads.values().fold(zero, |acc, g| acc + g.clone().square().sum()).sqrt();
+        let mut names: Vec<&String> = self.grads.keys().collect();
+        names.sort();
+        let norm = names.into_iter().fold(zero, |acc, n| acc + self.grads[n].clone().square().sum()).sqrt();
         let coef = (Tensor::<1>::full([1], max_norm, &norm.device()) / (norm + 1e-6)).clamp_max(1.0);
         for g in self.grads.values_mut() {
             *g = g.clone() * coef.clone();
