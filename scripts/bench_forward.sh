@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Forward latency of one model (default yolov8n, batch 1, 640, CPU) on this machine: our forward,
 # our ONNX export under onnxruntime, and Ultralytics/PyTorch; BatchNorm folded and all cores
-# everywhere, median of RUNS passes after warm-up.
-# Usage: scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS]
+# everywhere. The three take turns for ROUNDS rounds of RUNS timed passes each (after warm-up), so
+# that a slow spell of a shared machine falls on all of them; each figure is the median over its
+# rounds of the per-round medians, and the ratio is printed per round too.
+# Usage: scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-yolov8n.yaml}
 IMGSZ=${2:-640}
 RUNS=${3:-20}
+ROUNDS=${4:-3}
 cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
-ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
-echo "yolodistill: $ours"
 PY=$(../shared/tools/ref-env.sh | tail -n 1)
-theirs=$("$PY" - "$MODEL" "$IMGSZ" "$RUNS" <<'PYEOF' | tail -n 1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cat > "$WORK/time_pytorch.py" <<'PYEOF'
 import json, os, statistics, sys, time
 import torch
 from ultralytics import YOLO
@@ -30,11 +33,7 @@ with torch.inference_mode():
 print(json.dumps({"median_ms": statistics.median(ts), "mean_ms": statistics.mean(ts), "min_ms": min(ts),
                   "threads": torch.get_num_threads(), "torch": torch.__version__}))
 PYEOF
-)
-echo "ultralytics/pytorch: $theirs"
-ONNX=$(mktemp -d)/model.onnx
-target/debug/yolodistill export --model "$MODEL" --imgsz "$IMGSZ" --output "$ONNX" > /dev/null
-ortres=$("$PY" - "$ONNX" "$IMGSZ" "$RUNS" <<'PYEOF' | tail -n 1
+cat > "$WORK/time_onnxruntime.py" <<'PYEOF'
 import json, os, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
@@ -51,12 +50,23 @@ for _ in range(runs):
 print(json.dumps({"median_ms": statistics.median(ts), "mean_ms": statistics.mean(ts), "min_ms": min(ts),
                   "threads": so.intra_op_num_threads, "onnxruntime": ort.__version__}))
 PYEOF
-)
-echo "onnxruntime (our export): $ortres"
-python3 - "$ours" "$theirs" "$ortres" <<'PYEOF'
-import json, sys
-a, b, c = (json.loads(v) for v in sys.argv[1:4])
-print(f"median latency: yolodistill {a['median_ms']:.1f} ms, onnxruntime {c['median_ms']:.1f} ms, pytorch {b['median_ms']:.1f} ms")
-print(f"ratios: ours/pytorch = {a['median_ms'] / b['median_ms']:.2f}, onnxruntime/pytorch = {c['median_ms'] / b['median_ms']:.2f}, "
-      f"ours/onnxruntime = {a['median_ms'] / c['median_ms']:.2f}")
+target/debug/yolodistill export --model "$MODEL" --imgsz "$IMGSZ" --output "$WORK/model.onnx" > /dev/null
+for round in $(seq "$ROUNDS"); do
+    ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
+    theirs=$("$PY" "$WORK/time_pytorch.py" "$MODEL" "$IMGSZ" "$RUNS" | tail -n 1)
+    ortres=$("$PY" "$WORK/time_onnxruntime.py" "$WORK/model.onnx" "$IMGSZ" "$RUNS" | tail -n 1)
+    echo "round $round: yolodistill: $ours"
+    echo "round $round: ultralytics/pytorch: $theirs"
+    echo "round $round: onnxruntime (our export): $ortres"
+    printf '%s\t%s\t%s\n' "$ours" "$theirs" "$ortres" >> "$WORK/rounds.tsv"
+done
+python3 - "$WORK/rounds.tsv" <<'PYEOF'
+import json, statistics, sys
+rounds = [[json.loads(v) for v in line.rstrip("\n").split("\t")] for line in open(sys.argv[1])]
+for i, (a, b, c) in enumerate(rounds, 1):
+    print(f"round {i}: yolodistill {a['median_ms']:.1f} ms, onnxruntime {c['median_ms']:.1f} ms, "
+          f"pytorch {b['median_ms']:.1f} ms, ours/pytorch = {a['median_ms'] / b['median_ms']:.2f}")
+a, b, c = (statistics.median(r[i]["median_ms"] for r in rounds) for i in range(3))
+print(f"median latency over {len(rounds)} rounds: yolodistill {a:.1f} ms, onnxruntime {c:.1f} ms, pytorch {b:.1f} ms")
+print(f"ratios: ours/pytorch = {a / b:.2f}, onnxruntime/pytorch = {c / b:.2f}, ours/onnxruntime = {a / c:.2f}")
 PYEOF

@@ -41,6 +41,15 @@ const CASES: &[Case] = &[
     Case { groups: 2, ..case(3, 6, 10, 7, 4, 3, 1, 1) },            // groups
     Case { groups: 8, ..case(2, 8, 9, 9, 8, 3, 2, 1) },             // depthwise (burn-flex's path)
     Case { bias: true, ..case(2, 6, 5, 7, 3, 1, 1, 0) },            // bias (head outputs)
+    // Shifted GEMMs over a padded patch (8 to 32 input channels per group, 64 when strided):
+    // odd sizes, stride 2's phases, 5×5, no padding, groups, several bands per image.
+    case(1, 8, 13, 11, 12, 3, 1, 1),
+    case(2, 16, 15, 17, 20, 3, 2, 1),
+    case(1, 12, 9, 20, 8, 5, 2, 2),
+    case(1, 48, 11, 9, 16, 3, 2, 1),
+    case(2, 9, 10, 12, 7, 3, 1, 0),
+    Case { groups: 2, bias: true, ..case(1, 32, 9, 9, 8, 3, 1, 1) },
+    case(1, 24, 70, 64, 6, 3, 1, 1),
     // Many small images: whole images share one GEMM (in the 2-thread pool of `two_threads`).
     case(40, 6, 7, 5, 5, 3, 1, 1),
     case(40, 8, 6, 6, 12, 1, 1, 0),
@@ -254,5 +263,32 @@ fn cwd_matches_burns_composed_loss_and_both_gradients() {
         assert_close(&format!("cwd loss (tau {tau})"), c, &a.0, &b.0);
         assert_close(&format!("cwd student gradient (tau {tau})"), c, &a.1, &b.1);
         assert_close(&format!("cwd teacher gradient (tau {tau})"), c, &a.2, &b.2);
+    }
+}
+
+#[test]
+fn max_pooling_and_head_decoding_match_burn() {
+    use burn::tensor::activation::{sigmoid, softmax};
+    use burn::tensor::ops::MaxPoolOptions;
+    let device = burn::tensor::Device::flex();
+    for (shape, k) in [([1, 3, 7, 5], 5), ([2, 4, 20, 20], 5), ([1, 2, 1, 9], 3), ([1, 1, 6, 6], 9)] {
+        let x = tensor4(shape, 61, &device).mul_scalar(4.0);
+        let ours = vec(two_threads(|| kernels::max_pool_same(x.clone(), k)));
+        let opts = MaxPoolOptions::new([k, k]).with_stride([1, 1]).with_padding([k / 2, k / 2]);
+        let reference = vec(burn::tensor::module::max_pool2d(x, opts));
+        assert_eq!(ours, reference, "max pool {k}x{k} of {shape:?}");
+    }
+    let c = case(1, 0, 0, 0, 0, 0, 0, 0);
+    let logits = tensor4([2, 3, 5, 7], 62, &device).mul_scalar(20.0);
+    let v = |t: Tensor<4>| vec(t);
+    assert_close("sigmoid", c, &v(kernels::sigmoid(logits.clone())), &v(sigmoid(logits)));
+    for (b, bins, a) in [(1, 16, 37), (2, 4, 5)] {
+        let boxes = Tensor::<3>::from_data(TensorData::new(noise(b * 4 * bins * a, 63), [b, 4 * bins, a]), &device).mul_scalar(8.0);
+        let ours = kernels::dfl(boxes.clone(), bins).expect("flex f32 without autodiff takes our kernel");
+        let p = softmax(boxes.reshape([b, 4, bins, a]), 2);
+        let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &device);
+        let reference = (p * proj).sum_dim(2).reshape([b, 4, a]);
+        let v3 = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+        assert_close(&format!("dfl ({b}, {bins}, {a})"), c, &v3(ours), &v3(reference));
     }
 }

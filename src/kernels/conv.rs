@@ -16,7 +16,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{simd, SharedMut};
+use super::{shifted, simd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,10 @@ impl ConvGeom {
     pub fn wo(&self) -> usize {
         out_size(self.w, self.kw, self.stride[1], self.pad[2] + self.pad[3], self.dilation[1])
     }
-    fn cig(&self) -> usize {
+    pub(super) fn cig(&self) -> usize {
         self.ci / self.groups
     }
-    fn cog(&self) -> usize {
+    pub(super) fn cog(&self) -> usize {
         self.co / self.groups
     }
     /// Rows of the per-group column matrix: input channels × kernel taps.
@@ -205,13 +205,13 @@ fn col2im(g: &ConvGeom, col: &[f32], rows: (usize, usize), place: (usize, usize)
 
 /// A row-major matrix view: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
-struct Mat(*const f32, isize, isize);
+pub(super) struct Mat(pub(super) *const f32, pub(super) isize, pub(super) isize);
 
 /// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, single-threaded.
 ///
 /// # Safety
 /// Every view must address valid memory for its extent; `dst` must not alias the inputs.
-unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: bool, lhs: Mat, rhs: Mat) {
+pub(super) unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: bool, lhs: Mat, rhs: Mat) {
     if m == 0 || n == 0 {
         return;
     }
@@ -257,6 +257,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
     // `set_len`, so no reference to an unwritten element is ever made.
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
+    let by_tap = shifted::applies(g).then(|| shifted::weights_by_tap(g, weight));
     g.units().into_par_iter().for_each(|u| with_scratch(|Scratch { col, dyt: out, .. }| {
         let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
         for gi in 0..g.groups {
@@ -266,7 +267,20 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
             let y_at = |b: usize, o: usize| (b * g.co + gi * cog + o) * p;
             // SAFETY: units write disjoint (image, row range) blocks of y; views stay in bounds.
             unsafe {
-                if u.images == 1 {
+                if let (1, Some(wt)) = (u.images, &by_tap) {
+                    let wt = &wt[gi * cog * k..][..cog * k];
+                    let rows = u.rows.1 - u.rows.0;
+                    let wq = shifted::band(g, xg(u.b), wt, (u.rows.0, rows), col, out);
+                    for o in 0..cog {
+                        for t in 0..rows {
+                            let dst = std::slice::from_raw_parts_mut(yp.at(y_at(u.b, o) + p0 + t * wo), wo);
+                            dst.copy_from_slice(&out[(o * rows + t) * wq..][..wo]);
+                            if bias.is_some() || silu {
+                                epilogue(dst, bias_of(o), silu);
+                            }
+                        }
+                    }
+                } else if u.images == 1 {
                     let rhs = if g.pointwise() {
                         Mat(xg(u.b)[p0..].as_ptr(), p as isize, 1)
                     } else {

@@ -15,7 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::conv::{self, ConvGeom};
-use super::kd;
+use super::{decode, kd};
 use super::norm::{self, Planes};
 
 /// The options of one convolution, as plain numbers (padding: top, bottom, left, right).
@@ -91,6 +91,12 @@ pub trait CpuInfer: Backend {
         spec: ConvSpec,
         silu: bool,
     ) -> FloatTensor<Self>;
+    /// `k×k` max pooling, stride 1, padding `k / 2`, of an NCHW tensor.
+    fn max_pool_same(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self>;
+    /// Elementwise `1 / (1 + e^−x)`.
+    fn sigmoid(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// DFL expectation of `[b, 4·bins, a]` box logits: `[b, 4, a]`.
+    fn dfl(boxes: FloatTensor<Self>, bins: usize) -> FloatTensor<Self>;
 }
 
 /// Options of [`CpuOps::batch_norm_act`].
@@ -173,6 +179,21 @@ impl CpuInfer for Flex {
         let g = spec.geom(&x.shape(), &weight.shape());
         let y = conv::forward(&g, &f32s(&x), &f32s(&weight), Some(&f32s(&bias)), silu);
         tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
+    }
+
+    fn max_pool_same(x: FlexTensor, k: usize) -> FlexTensor {
+        let shape = x.shape();
+        tensor(decode::max_pool_same(&f32s(&x), (shape[2], shape[3]), k), shape)
+    }
+
+    fn sigmoid(x: FlexTensor) -> FlexTensor {
+        let shape = x.shape();
+        tensor(decode::sigmoid(&f32s(&x)), shape)
+    }
+
+    fn dfl(boxes: FlexTensor, bins: usize) -> FlexTensor {
+        let (b, a) = (boxes.shape()[0], boxes.shape()[2]);
+        tensor(decode::dfl(&f32s(&boxes), (b, bins, a)), Shape::new([b, 4, a]))
     }
 }
 

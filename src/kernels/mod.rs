@@ -4,9 +4,11 @@
 
 pub mod alloc;
 pub mod conv;
+mod decode;
 mod extension;
 pub mod kd;
 pub mod norm;
+mod shifted;
 pub(crate) mod simd;
 
 use std::cell::RefCell;
@@ -16,6 +18,7 @@ use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::DType;
 use burn::tensor::Tensor;
 
@@ -52,8 +55,37 @@ pub fn enabled() -> bool {
     })
 }
 
-fn on_cpu(x: &Tensor<4>) -> bool {
+fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     enabled() && x.dtype() == DType::F32 && crate::device::is_cpu(&x.device())
+}
+
+/// Without autodiff on the CPU (inference), where [`CpuInfer`]'s kernels apply.
+fn inferring_on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
+    on_cpu(x) && !x.device().is_autodiff()
+}
+
+/// `k×k` max pooling, stride 1, padding `k / 2` (SPPF's), with our kernel when inferring on the
+/// CPU.
+pub fn max_pool_same(x: Tensor<4>, k: usize) -> Tensor<4> {
+    if !inferring_on_cpu(&x) {
+        let opts = MaxPoolOptions::new([k, k]).with_stride([1, 1]).with_padding([k / 2, k / 2]);
+        return burn::tensor::module::max_pool2d(x, opts);
+    }
+    Tensor::from_dispatch(<Dispatch as CpuInfer>::max_pool_same(x.into_dispatch(), k))
+}
+
+/// Elementwise sigmoid, with our vectorised kernel when inferring on the CPU.
+pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !inferring_on_cpu(&x) {
+        return burn::tensor::activation::sigmoid(x);
+    }
+    Tensor::from_dispatch(<Dispatch as CpuInfer>::sigmoid(x.into_dispatch()))
+}
+
+/// DFL expectation `[b, 4·bins, a]` → `[b, 4, a]` in one pass when inferring on the CPU; `None`
+/// elsewhere (the caller composes it from tensor ops).
+pub fn dfl(boxes: Tensor<3>, bins: usize) -> Option<Tensor<3>> {
+    inferring_on_cpu(&boxes).then(|| Tensor::from_dispatch(<Dispatch as CpuInfer>::dfl(boxes.into_dispatch(), bins)))
 }
 
 fn act(y: Tensor<4>, with_silu: bool) -> Tensor<4> {
@@ -116,7 +148,7 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
     };
     let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups };
     let weight = layer.weight.val();
-    if on_cpu(&x) && !x.device().is_autodiff() && !spec.depthwise(weight.dims()[1]) {
+    if inferring_on_cpu(&x) && !spec.depthwise(weight.dims()[1]) {
         record(&x, &weight, spec);
         let bias = match &layer.bias {
             Some(b) => b.val(),

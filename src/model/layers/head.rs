@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::conv::{conv2d_bias, Conv, ConvCfg};
@@ -246,7 +246,7 @@ impl Detect {
         } else {
             Tensor::cat(vec![x1y1, x2y2], 1)
         };
-        Tensor::cat(vec![boxes * st, sigmoid(scores)], 1)
+        Tensor::cat(vec![boxes * st, crate::kernels::sigmoid(scores)], 1)
     }
 }
 
@@ -274,6 +274,10 @@ pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
         return boxes;
     }
     let [b, _, a] = boxes.dims();
+    let boxes = match crate::kernels::dfl(boxes.clone(), reg_max) {
+        Some(d) => return d,
+        None => boxes,
+    };
     let p = softmax(boxes.reshape([b, 4, reg_max, a]), 2);
     let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
     let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &p.device());

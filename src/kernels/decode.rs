@@ -1,0 +1,66 @@
+//! Inference-only elementwise kernels of the forward's tail: SPPF's max pooling and the head's
+//! decoding (DFL expectation, score sigmoid). burn-flex runs these with a generic 3-D pooling that
+//! also tracks indices and a scalar `exp`; `perf` put them at 8% of yolov8n's forward at 640.
+
+use rayon::prelude::*;
+
+use super::simd;
+
+/// `k×k` max pooling, stride 1, padding `k / 2` that never wins (as burn's), over planes of
+/// `h × w`; rows first, then columns, so each element costs about 2k comparisons.
+pub fn max_pool_same(x: &[f32], (h, w): (usize, usize), k: usize) -> Vec<f32> {
+    let r = k / 2;
+    let plane = h * w;
+    let mut y = vec![0.0f32; x.len()];
+    if plane == 0 {
+        return y;
+    }
+    y.par_chunks_mut(plane).zip(x.par_chunks(plane)).for_each(|(out, src)| {
+        let mut rows = vec![0.0f32; plane];
+        for (dst, row) in rows.chunks_mut(w).zip(src.chunks(w)) {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = row[i.saturating_sub(r)..(i + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            }
+        }
+        for (i, dst) in out.chunks_mut(w).enumerate() {
+            dst.copy_from_slice(&rows[i.saturating_sub(r) * w..][..w]);
+            for j in i.saturating_sub(r) + 1..(i + r + 1).min(h) {
+                dst.iter_mut().zip(&rows[j * w..][..w]).for_each(|(d, &v)| *d = d.max(v));
+            }
+        }
+    });
+    y
+}
+
+/// `1 / (1 + e^−x)` elementwise.
+pub fn sigmoid(x: &[f32]) -> Vec<f32> {
+    let mut y = x.to_vec();
+    simd::run(|| y.iter_mut().for_each(|v| *v = simd::sigmoid(*v)));
+    y
+}
+
+/// DFL expectation: `boxes` `[b, 4·bins, a]` → `[b, 4, a]`, per (image, side, anchor) the softmax
+/// over the bins dotted with 0, 1, …, bins − 1.
+pub fn dfl(boxes: &[f32], (b, bins, a): (usize, usize, usize)) -> Vec<f32> {
+    let mut out = vec![0.0f32; b * 4 * a];
+    out.par_chunks_mut(a).enumerate().for_each(|(side, dst)| {
+        let src = &boxes[side * bins * a..][..bins * a];
+        simd::run(|| {
+            let mut top = vec![f32::NEG_INFINITY; a];
+            for bin in src.chunks(a) {
+                top.iter_mut().zip(bin).for_each(|(t, &v)| *t = t.max(v));
+            }
+            let mut sum = vec![0.0f32; a];
+            dst.fill(0.0);
+            for (i, bin) in src.chunks(a).enumerate() {
+                for (((d, s), &t), &v) in dst.iter_mut().zip(sum.iter_mut()).zip(&top).zip(bin) {
+                    let e = simd::exp(v - t);
+                    *s += e;
+                    *d += e * i as f32;
+                }
+            }
+            dst.iter_mut().zip(&sum).for_each(|(d, s)| *d /= s);
+        });
+    });
+    out
+}
