@@ -4,22 +4,44 @@
 
 use rayon::prelude::*;
 
-use super::SharedMut;
+use super::{simd, SharedMut};
 
-/// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp`.
+/// Lanes of the vectorised reductions below: one AVX-512 register (two AVX2 ones).
+const LANES: usize = 16;
+
+/// `Σ f(i)` over `0..n`, accumulated in [`LANES`] independent lanes so that the loop vectorises.
+#[inline(always)]
+fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let whole = n / LANES * LANES;
+    for base in (0..whole).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(base + l);
+        }
+    }
+    acc.iter().sum::<f32>() + (whole..n).map(f).sum::<f32>()
+}
+
+/// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp` (one `exp`
+/// per element, our vectorisable one; callers run it under [`simd::run`]).
+#[inline(always)]
 fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
     let inv = 1.0 / tau;
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * inv));
-    let mut sum = 0.0f64;
-    for (l, &v) in lp.iter_mut().zip(x) {
+    let mut top = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for c in chunks {
+        top.iter_mut().zip(c).for_each(|(t, &v)| *t = t.max(v));
+    }
+    let max = top.iter().fold(tail, |m, &v| m.max(v)) * inv;
+    for ((l, q), &v) in lp.iter_mut().zip(p.iter_mut()).zip(x) {
         *l = v * inv - max;
-        sum += (*l as f64).exp();
+        *q = simd::exp(*l);
     }
-    let lse = sum.ln() as f32;
-    for (q, l) in p.iter_mut().zip(lp.iter_mut()) {
-        *l -= lse;
-        *q = l.exp();
-    }
+    let sum = lane_sum(p.len(), |i| p[i]);
+    let (lse, scale) = (sum.ln(), 1.0 / sum);
+    p.iter_mut().for_each(|q| *q *= scale);
+    lp.iter_mut().for_each(|l| *l -= lse);
 }
 
 /// `τ²/rows · Σ_rows Σ_j p_t(j)·(log p_t(j) − log p_s(j))`.
@@ -34,9 +56,11 @@ pub fn loss(s: &[f32], t: &[f32], len: usize, tau: f32) -> f32 {
                 let (ps, rest) = buf.split_at_mut(len);
                 let (ls, rest) = rest.split_at_mut(len);
                 let (pt, lt) = rest.split_at_mut(len);
-                log_softmax_row(sr, tau, ps, ls);
-                log_softmax_row(tr, tau, pt, lt);
-                pt.iter().zip(lt.iter()).zip(ls.iter()).map(|((&p, &a), &b)| (p * (a - b)) as f64).sum::<f64>()
+                simd::run(|| {
+                    log_softmax_row(sr, tau, ps, ls);
+                    log_softmax_row(tr, tau, pt, lt);
+                    lane_sum(len, |j| pt[j] * (lt[j] - ls[j])) as f64
+                })
             },
         )
         .sum();
@@ -58,19 +82,21 @@ pub fn grads(s: &[f32], t: &[f32], len: usize, tau: f32, upstream: f32, want: [b
             let (ps, rest) = buf.split_at_mut(len);
             let (ls, rest) = rest.split_at_mut(len);
             let (pt, lt) = rest.split_at_mut(len);
-            log_softmax_row(&s[r * len..][..len], tau, ps, ls);
-            log_softmax_row(&t[r * len..][..len], tau, pt, lt);
-            // SAFETY: row r of ds and dt is written by this task only; the vectors hold rows·len
-            // elements when wanted.
-            if want[0] {
-                let d = unsafe { std::slice::from_raw_parts_mut(dsp.at(r * len), len) };
-                d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
-            }
-            if want[1] {
-                let kl: f32 = pt.iter().zip(lt.iter().zip(ls.iter())).map(|(&p, (&a, &b))| p * (a - b)).sum();
-                let d = unsafe { std::slice::from_raw_parts_mut(dtp.at(r * len), len) };
-                d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
-            }
+            simd::run(|| {
+                log_softmax_row(&s[r * len..][..len], tau, ps, ls);
+                log_softmax_row(&t[r * len..][..len], tau, pt, lt);
+                // SAFETY: row r of ds and dt is written by this task only; the vectors hold
+                // rows·len elements when wanted.
+                if want[0] {
+                    let d = unsafe { std::slice::from_raw_parts_mut(dsp.at(r * len), len) };
+                    d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
+                }
+                if want[1] {
+                    let kl = lane_sum(len, |j| pt[j] * (lt[j] - ls[j]));
+                    let d = unsafe { std::slice::from_raw_parts_mut(dtp.at(r * len), len) };
+                    d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
+                }
+            });
         },
     );
     (ds, dt)
