@@ -88,31 +88,42 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         // one read-back per step, so that a GPU's queue has run the step before the clock stops
         items.read();
     };
-    let time_steps = |step: &mut dyn FnMut(usize)| {
-        step(0); // warm-up
+    let iters = a.iters as usize;
+    let timed = |f: &mut dyn FnMut()| {
         let t = Instant::now();
-        for i in 0..a.iters as usize {
-            step(i + 1);
-        }
-        t.elapsed().as_secs_f64() / a.iters as f64
+        f();
+        t.elapsed().as_secs_f64()
     };
-    let plain_s = time_steps(&mut |i| step(i, None));
-    let train_ips = a.batch as f64 / plain_s;
-    let distilled = match &a.distill.teacher {
+    let (plain_s, distilled) = match &a.distill.teacher {
+        None => {
+            step(0, None); // warm-up
+            let total: f64 = (1..=iters).map(|i| timed(&mut || step(i, None))).sum();
+            (total / iters as f64, None)
+        }
         Some(_) => {
             let student = model::load(&a.model, Some(nc), &plain)?.model;
             let mut d = Distiller::new(&a.distill, &student, a.imgsz, 1, 0, &plain)?;
-            let distilled_s = time_steps(&mut |i| step(i, Some(&mut d)));
             // The teacher's forward as the step runs it (up to its last tapped layer when no term
             // reads its head); flex computes eagerly, so it is done when it returns.
-            let teacher_s = time_steps(&mut |i| {
+            let teacher = |d: &Distiller, i: usize| {
                 let b = &batches[i % batches.len()];
                 drop(d.teacher_forward(&Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain)));
-            });
-            Some((distilled_s, teacher_s))
+            };
+            // Plain step, distilled step and teacher forward take turns, so that a slow spell of
+            // a shared machine falls on all three alike.
+            let mut sums = [0.0f64; 3];
+            for i in 0..=iters {
+                let t = [timed(&mut || step(i, None)), timed(&mut || step(i, Some(&mut d))), timed(&mut || teacher(&d, i))];
+                if i > 0 {
+                    // iteration 0 is the warm-up
+                    sums.iter_mut().zip(t).for_each(|(s, t)| *s += t);
+                }
+            }
+            let [p, d, t] = sums.map(|s| s / iters as f64);
+            (p, Some((d, t)))
         }
-        None => None,
     };
+    let train_ips = a.batch as f64 / plain_s;
     let overhead = distilled.map(|(d, t)| d - plain_s - t);
     if a.json {
         let mut j = serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "iters": a.iters,
