@@ -86,6 +86,11 @@ impl ConvGeom {
         let by_size = TILE_FLOATS / (per_col * wo).max(1);
         let by_threads = (ho * self.n).div_ceil(want);
         let rows = by_size.min(by_threads).clamp(1, ho.max(1));
+        // Bands of equal height, as many in all as a multiple of the thread count, so that no
+        // thread waits for another at the end.
+        let threads = rayon::current_num_threads();
+        let bands = (self.n * ho.div_ceil(rows)).next_multiple_of(threads).div_ceil(self.n).max(1);
+        let rows = ho.div_ceil(bands).max(1);
         for b in 0..self.n {
             let mut r = 0;
             while r < ho {
