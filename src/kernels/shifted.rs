@@ -82,17 +82,19 @@ fn fill_patch(g: &ConvGeom, x: &[f32], r0: usize, rows: usize, patch: &mut Vec<f
 
 /// `dst[x] = src[x·stride + phase − pad]`, zero outside `src`.
 fn phase_row(src: &[f32], pad: usize, stride: usize, phase: usize, dst: &mut [f32]) {
+    let offset = phase as isize - pad as isize;
+    let s = stride as isize;
+    // dst[lo..hi] reads inside src.
+    let lo = if offset >= 0 { 0 } else { ((-offset + s - 1) / s) as usize }.min(dst.len());
+    let end = src.len() as isize - offset;
+    let hi = if end <= 0 { 0 } else { (((end + s - 1) / s) as usize).min(dst.len()) }.max(lo);
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    let first = (lo as isize * s + offset) as usize;
     if stride == 1 {
-        let lo = pad.min(dst.len());
-        let hi = (pad + src.len()).min(dst.len());
-        dst[..lo].fill(0.0);
-        dst[lo..hi].copy_from_slice(&src[..hi - lo]);
-        dst[hi..].fill(0.0);
-        return;
-    }
-    for (x, d) in dst.iter_mut().enumerate() {
-        let ix = (x * stride + phase) as isize - pad as isize;
-        *d = if ix >= 0 && (ix as usize) < src.len() { src[ix as usize] } else { 0.0 };
+        dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+    } else {
+        dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(stride)).for_each(|(d, v)| *d = *v);
     }
 }
 
