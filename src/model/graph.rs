@@ -257,6 +257,7 @@ impl DetectionModel {
         let step = |i: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
             Ok(match layer {
                 _ if i > last => xs.swap_remove(0),
+                Layer::Concat(1) => crate::model::layers::blocks::cat_channels(xs),
                 Layer::Concat(dim) => Tensor::cat(xs, *dim),
                 _ => layer.forward(xs.swap_remove(0)),
             })

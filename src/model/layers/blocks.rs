@@ -38,6 +38,22 @@ pub fn residual(add: bool, x: Tensor<4>, y: Tensor<4>) -> Tensor<4> {
     if add { x + y } else { y }
 }
 
+/// The maps concatenated along the channels. With one image this is a concatenation of
+/// `[c, h, w]` blocks along their first dimension, which burn-flex copies straight from channel
+/// slices (C2f's halves); along dimension 1 it first copies each slice whole (`perf`: 1.5% of
+/// yolov8n's forward at 640).
+pub fn cat_channels(xs: Vec<Tensor<4>>) -> Tensor<4> {
+    let [n, _, h, w] = xs[0].dims();
+    if n != 1 {
+        return Tensor::cat(xs, 1);
+    }
+    let blocks = xs.into_iter().map(|x| {
+        let c = x.dims()[1];
+        x.reshape([c, h, w])
+    });
+    Tensor::<3>::cat(blocks.collect(), 0).unsqueeze()
+}
+
 /// C3 (and C3k, which only changes the bottleneck kernels).
 #[derive(Module, Debug)]
 pub struct C3 {
@@ -70,7 +86,7 @@ impl C3 {
         for b in &self.m {
             a = b.forward(a);
         }
-        self.cv3.forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
+        self.cv3.forward(cat_channels(vec![a, self.cv2.forward(x)]))
     }
 }
 
@@ -176,7 +192,7 @@ impl C2f {
             let last = ys.last().expect("two halves").clone();
             ys.push(m.forward(last));
         }
-        self.cv2.forward(Tensor::cat(ys, 1))
+        self.cv2.forward(cat_channels(ys))
     }
 }
 
@@ -209,7 +225,7 @@ impl Sppf {
             let last = ys.last().expect("one map").clone();
             ys.push(crate::kernels::max_pool_same(last, self.k));
         }
-        let y = self.cv2.forward(Tensor::cat(ys, 1));
+        let y = self.cv2.forward(cat_channels(ys));
         residual(self.add, x, y)
     }
 }
