@@ -65,9 +65,9 @@ fn inferring_on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
 }
 
 /// `k×k` max pooling, stride 1, padding `k / 2` (SPPF's), with our kernel when inferring on the
-/// CPU.
+/// CPU and `k` is odd (an even `k` grows the map by one, as burn's does).
 pub fn max_pool_same(x: Tensor<4>, k: usize) -> Tensor<4> {
-    if !inferring_on_cpu(&x) {
+    if !inferring_on_cpu(&x) || k % 2 == 0 {
         let opts = MaxPoolOptions::new([k, k]).with_stride([1, 1]).with_padding([k / 2, k / 2]);
         return burn::tensor::module::max_pool2d(x, opts);
     }
