@@ -41,8 +41,8 @@ const CASES: &[Case] = &[
     Case { groups: 2, ..case(3, 6, 10, 7, 4, 3, 1, 1) },            // groups
     Case { groups: 8, ..case(2, 8, 9, 9, 8, 3, 2, 1) },             // depthwise (burn-flex's path)
     Case { bias: true, ..case(2, 6, 5, 7, 3, 1, 1, 0) },            // bias (head outputs)
-    // Shifted GEMMs over a padded patch (8 to 32 input channels per group, 64 when strided):
-    // odd sizes, stride 2's phases, 5×5, no padding, groups, several bands per image.
+    // Shifted GEMMs over a padded patch in inference (8 to 32 input channels per group, 64 when
+    // strided): odd sizes, stride 2's phases, 5×5, no padding, groups, several bands per image.
     case(1, 8, 13, 11, 12, 3, 1, 1),
     case(2, 16, 15, 17, 20, 3, 2, 1),
     case(1, 12, 9, 20, 8, 5, 2, 2),

@@ -177,7 +177,7 @@ impl CpuInfer for Flex {
 
     fn conv2d_bias_act(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: ConvSpec, silu: bool) -> FlexTensor {
         let g = spec.geom(&x.shape(), &weight.shape());
-        let y = conv::forward(&g, &f32s(&x), &f32s(&weight), Some(&f32s(&bias)), silu);
+        let y = conv::forward_inference(&g, &f32s(&x), &f32s(&weight), Some(&f32s(&bias)), silu);
         tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
     }
 
