@@ -11,6 +11,9 @@ MODEL=${1:-yolov8n.yaml}
 IMGSZ=${2:-640}
 RUNS=${3:-20}
 ROUNDS=${4:-3}
+for pair in "IMGSZ=$IMGSZ" "RUNS=$RUNS" "ROUNDS=$ROUNDS"; do
+    [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "bench_forward.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
+done
 cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 PY=$(../shared/tools/ref-env.sh | tail -n 1)

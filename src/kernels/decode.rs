@@ -15,8 +15,8 @@ pub fn max_pool_same(x: &[f32], (h, w): (usize, usize), k: usize) -> Vec<f32> {
     if plane == 0 {
         return y;
     }
-    y.par_chunks_mut(plane).zip(x.par_chunks(plane)).for_each(|(out, src)| {
-        let mut rows = vec![0.0f32; plane];
+    // `rows`: the row maxima of one plane, a buffer per worker.
+    y.par_chunks_mut(plane).zip(x.par_chunks(plane)).for_each_init(|| vec![0.0f32; plane], |rows, (out, src)| {
         for (dst, row) in rows.chunks_mut(w).zip(src.chunks(w)) {
             for (i, d) in dst.iter_mut().enumerate() {
                 *d = row[i.saturating_sub(r)..(i + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, f32::max);

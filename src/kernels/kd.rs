@@ -6,29 +6,13 @@ use rayon::prelude::*;
 
 use super::{simd, SharedMut};
 
-/// Lanes of the vectorised reductions below: one AVX-512 register (two AVX2 ones).
-const LANES: usize = 16;
-
-/// `Σ f(i)` over `0..n`, accumulated in [`LANES`] independent lanes so that the loop vectorises.
-#[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let whole = n / LANES * LANES;
-    for base in (0..whole).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(base + l);
-        }
-    }
-    acc.iter().sum::<f32>() + (whole..n).map(f).sum::<f32>()
-}
-
 /// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp` (one `exp`
 /// per element, our vectorisable one; callers run it under [`simd::run`]).
 #[inline(always)]
 fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
     let inv = 1.0 / tau;
-    let mut top = [f32::NEG_INFINITY; LANES];
-    let chunks = x.chunks_exact(LANES);
+    let mut top = [f32::NEG_INFINITY; simd::LANES];
+    let chunks = x.chunks_exact(simd::LANES);
     let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     for c in chunks {
         top.iter_mut().zip(c).for_each(|(t, &v)| *t = t.max(v));
@@ -38,7 +22,7 @@ fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
         *l = v * inv - max;
         *q = simd::exp(*l);
     }
-    let sum = lane_sum(p.len(), |i| p[i]);
+    let sum = simd::lane_sum(p.len(), |i| p[i]);
     let (lse, scale) = (sum.ln(), 1.0 / sum);
     p.iter_mut().for_each(|q| *q *= scale);
     lp.iter_mut().for_each(|l| *l -= lse);
@@ -59,7 +43,7 @@ pub fn loss(s: &[f32], t: &[f32], len: usize, tau: f32) -> f32 {
                 simd::run(|| {
                     log_softmax_row(sr, tau, ps, ls);
                     log_softmax_row(tr, tau, pt, lt);
-                    lane_sum(len, |j| pt[j] * (lt[j] - ls[j])) as f64
+                    simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j])) as f64
                 })
             },
         )
@@ -92,7 +76,7 @@ pub fn grads(s: &[f32], t: &[f32], len: usize, tau: f32, upstream: f32, want: [b
                     d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
                 }
                 if want[1] {
-                    let kl = lane_sum(len, |j| pt[j] * (lt[j] - ls[j]));
+                    let kl = simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j]));
                     let d = unsafe { std::slice::from_raw_parts_mut(dtp.at(r * len), len) };
                     d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
                 }

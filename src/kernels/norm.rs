@@ -45,19 +45,11 @@ pub fn batch_stats(x: &[f32], p: Planes) -> (Vec<f32>, Vec<f32>) {
 /// Σ v, or Σ (v − c)² with `centre` Some(c).
 #[inline(always)]
 fn lane_sum(v: &[f32], centre: Option<f32>) -> f32 {
-    const L: usize = 16;
     let term = |x: f32| match centre {
         Some(c) => (x - c) * (x - c),
         None => x,
     };
-    let mut acc = [0.0f32; L];
-    let n = v.len() / L * L;
-    for chunk in v[..n].chunks_exact(L) {
-        for i in 0..L {
-            acc[i] += term(chunk[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + v[n..].iter().map(|&x| term(x)).sum::<f32>()
+    simd::lane_sum(v.len(), |i| term(v[i]))
 }
 
 /// Per-channel `(scale, shift)` so that `bn(x) = x·scale + shift`.

@@ -1,6 +1,6 @@
-//! The forward of a k×k convolution as k² GEMMs over shifted views of one padded input patch
-//! (implicit GEMM), instead of one GEMM over an im2col matrix that holds every input value k²
-//! times (`perf` put im2col at 11% of yolov8n's forward at 640). Here the patch is written once.
+//! The inference forward of a k×k convolution as k² GEMMs over shifted views of one padded input
+//! patch (implicit GEMM), instead of one GEMM over an im2col matrix that holds every input value
+//! k² times (`perf` put im2col at 11% of yolov8n's forward at 640). Here the patch is written once.
 //!
 //! The patch holds a band of input rows, zero-padded, split into stride phases: for stride s,
 //! phase (a, b) keeps padded rows ≡ a and columns ≡ b (mod s), so that every tap reads its phase

@@ -53,6 +53,22 @@ pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp(-z))
 }
 
+/// Lanes of our vectorised reductions: one AVX-512 register (two AVX2 ones).
+pub const LANES: usize = 16;
+
+/// `Σ f(i)` over `0..n`, accumulated in [`LANES`] independent lanes so that the loop vectorises.
+#[inline(always)]
+pub fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let whole = n / LANES * LANES;
+    for c in 0..n / LANES {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(c * LANES + l);
+        }
+    }
+    acc.iter().sum::<f32>() + (whole..n).map(f).sum::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -274,10 +274,9 @@ pub fn dfl_expectation(boxes: Tensor<3>, reg_max: usize) -> Tensor<3> {
         return boxes;
     }
     let [b, _, a] = boxes.dims();
-    let boxes = match crate::kernels::dfl(boxes.clone(), reg_max) {
-        Some(d) => return d,
-        None => boxes,
-    };
+    if let Some(d) = crate::kernels::dfl(boxes.clone(), reg_max) {
+        return d;
+    }
     let p = softmax(boxes.reshape([b, 4, reg_max, a]), 2);
     let proj: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
     let proj = Tensor::<4>::from_data(TensorData::new(proj, [1, 1, reg_max, 1]), &p.device());
