@@ -58,3 +58,107 @@ mod crash_seam {
         }
     }
 }
+
+/// The files a command reads, so that none of its outputs replaces one of them: every file the
+/// tool writes (predicted images, exports, COCO JSON, run folders) is checked against them
+/// before anything is written.
+#[derive(Default)]
+pub struct Inputs {
+    files: Vec<(String, std::path::PathBuf, FileId)>,
+}
+
+impl Inputs {
+    /// Notes `path`, read through `option` (e.g. `--model`); paths that do not exist (a
+    /// built-in model name) are left out.
+    pub fn add(&mut self, option: &str, path: impl AsRef<std::path::Path>) -> &mut Self {
+        let p = path.as_ref();
+        if let Some(id) = file_id(p) {
+            self.files.push((option.to_string(), p.to_path_buf(), id));
+        }
+        self
+    }
+
+    /// Refuses `output`, chosen by `option` (e.g. `--output`), when it is one of the inputs,
+    /// naming both.
+    pub fn check_output(&self, option: &str, output: &std::path::Path) -> anyhow::Result<()> {
+        let Some(id) = file_id(output) else { return Ok(()) }; // a new file replaces nothing
+        if let Some((input_option, input, _)) = self.files.iter().find(|f| f.2 == id) {
+            anyhow::bail!(
+                "refusing to write {}: it is {input_option} {}, an input of this command; choose another {option}",
+                output.display(),
+                input.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a folder the command writes into (what it is: e.g. `the run folder`) when an
+    /// input lies inside it, naming both; `except` is an input that belongs there (the
+    /// checkpoint a run resumes from).
+    pub fn check_folder(&self, what: &str, dir: &std::path::Path, except: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let Ok(dir) = dir.canonicalize() else { return Ok(()) }; // a new folder holds nothing yet
+        let except = except.and_then(file_id);
+        for (option, input, id) in &self.files {
+            if Some(id) != except.as_ref() && input.canonicalize().is_ok_and(|p| p.starts_with(&dir)) {
+                anyhow::bail!(
+                    "refusing to write into {what} {}: it holds {option} {}, an input of this command, and the run \
+                     writes its files there; choose another --name (or --project), or move the input out",
+                    dir.display(),
+                    input.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What makes a file the same file whatever the path spelling (links, `..`): device and inode
+/// on Unix, the canonical path elsewhere. None when it does not exist.
+#[derive(PartialEq, Eq)]
+enum FileId {
+    #[cfg(unix)]
+    Inode(u64, u64),
+    #[allow(dead_code)]
+    Path(std::path::PathBuf),
+}
+
+fn file_id(p: &std::path::Path) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| FileId::Inode(m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        p.canonicalize().ok().map(FileId::Path)
+    }
+}
+
+/// Text without the UTF-8 byte-order mark that some editors put at its start.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_that_is_an_input_is_refused_by_any_spelling() {
+        let dir = std::env::temp_dir().join(format!("yolodistill-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let model = dir.join("m.pt");
+        std::fs::write(&model, b"x").unwrap();
+        let mut inputs = Inputs::default();
+        inputs.add("--model", &model).add("--data", dir.join("missing.yaml"));
+        let e = inputs.check_output("--output", &dir.join("sub/../m.pt")).unwrap_err().to_string();
+        assert!(e.contains("--output") && e.contains("--model") && e.contains("m.pt"), "{e}");
+        assert!(inputs.check_output("--output", &dir.join("m.onnx")).is_ok());
+        let e = inputs.check_folder("the run folder", &dir, None).unwrap_err().to_string();
+        assert!(e.contains("--model") && e.contains("the run folder"), "{e}");
+        assert!(inputs.check_folder("the run folder", &dir, Some(&model)).is_ok());
+        assert!(inputs.check_folder("the run folder", &dir.join("sub"), None).is_ok());
+        assert_eq!(without_bom("\u{feff}0 0.5"), "0 0.5");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -62,12 +62,19 @@ pub fn image_size(s: &str) -> Result<usize, String> {
 /// `imgsz` rounded up to a multiple of the largest stride of our detection heads (32), with
 /// a warning when it changes, as Ultralytics does.
 pub fn stride_multiple(imgsz: usize) -> usize {
-    const STRIDE: usize = 32;
-    let fitted = imgsz.div_ceil(STRIDE) * STRIDE;
+    let fitted = fit_stride(imgsz);
     if fitted != imgsz {
         eprintln!("warning: --imgsz {imgsz} must be a multiple of the stride {STRIDE}; using {fitted}");
     }
     fitted
+}
+
+/// The largest stride of our detection heads.
+const STRIDE: usize = 32;
+
+/// `imgsz` rounded up to a multiple of the stride, silently (see [`stride_multiple`]).
+pub fn fit_stride(imgsz: usize) -> usize {
+    imgsz.div_ceil(STRIDE) * STRIDE
 }
 
 /// Inference size when neither `--imgsz` nor the model file gives one (Ultralytics' default).
@@ -109,6 +116,30 @@ pub fn open_unit(s: &str) -> Result<f32, String> {
     checked(s, |v: f32| v > 0.0 && v < 1.0, "in (0, 1)")
 }
 
+/// Seeds of paired runs, each a separate pair: `0,1,2`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seeds(pub Vec<u64>);
+
+/// `0,1,2` → seeds; a seed given twice would count one pair as two independent ones.
+pub fn seeds(s: &str) -> Result<Seeds, String> {
+    let mut out: Vec<u64> = Vec::new();
+    for x in s.split(',').map(str::trim) {
+        let seed = x.parse::<u64>().map_err(|_| format!("'{x}' is not a seed (a whole number of 0 or more)"))?;
+        if out.contains(&seed) {
+            return Err(format!("seed {seed} is given twice: each seed is one independent pair"));
+        }
+        out.push(seed);
+    }
+    Ok(Seeds(out))
+}
+
+impl std::fmt::Display for Seeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s: Vec<String> = self.0.iter().map(u64::to_string).collect();
+        write!(f, "{}", s.join(","))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +157,8 @@ mod tests {
         assert!(image_size("31").is_err() && image_size("8193").is_err() && image_size("65") == Ok(65));
         assert_eq!((stride_multiple(65), stride_multiple(64), stride_multiple(100)), (96, 64, 128));
         assert!(open_unit("0").is_err() && open_unit("1").is_err() && open_unit("0.5").is_ok());
+        assert_eq!(seeds(" 0, 2,1"), Ok(Seeds(vec![0, 2, 1])));
+        assert!(seeds("0,0").unwrap_err().contains("seed 0 is given twice"));
+        assert!(seeds("").unwrap_err().contains("not a seed") && seeds("1,-1").is_err());
     }
 }

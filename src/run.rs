@@ -34,7 +34,13 @@ impl RunArgs {
 pub fn train(r: RunArgs) -> Result<TrainSummary> {
     let mut distill = match r.train.resume_path() {
         Some(last) => saved_distillation(&r.distill, &last)?,
-        None => Some(r.distill).filter(|d| d.teacher.is_some()),
+        None => {
+            let idle = r.distill.given_without_teacher();
+            if !idle.is_empty() {
+                eprintln!("warning: {} act only with --teacher; without one they do nothing", idle.join(", "));
+            }
+            Some(r.distill).filter(|d| d.teacher.is_some())
+        }
     };
     train::train(r.train, distill.as_mut().map(|d| d as &mut dyn train::Extension))
 }
@@ -50,6 +56,37 @@ fn saved_distillation(given: &DistillArgs, last: &std::path::Path) -> Result<Opt
     let Some(v) = args.get(SECTION) else { return Ok(None) };
     let d: DistillArgs = serde_json::from_value(v.clone()).with_context(|| format!("{}: bad distillation settings", last.display()))?;
     Ok(Some(d).filter(|d| d.teacher.is_some()))
+}
+
+/// Options that change where or how a run is shown or written, not what it computes.
+const NOT_COMPARED: [&str; 7] = ["project", "name", "exist_ok", "resume", "quiet", "workers", "calibrated"];
+
+/// The options (`--flag: saved → requested`) whose values differ between the run `r` asks for
+/// and the one whose `last` checkpoint is given; empty when `r` would compute the same run.
+pub fn settings_differ(r: &RunArgs, last: &std::path::Path) -> Result<Vec<String>> {
+    let saved = train::checkpoint::saved_args(last)?;
+    let bad = || format!("{}: bad saved settings", last.display());
+    // Through the types, so that options a saved run predates read their defaults.
+    let saved_train: TrainArgs = serde_json::from_value(saved.clone()).with_context(bad)?;
+    let saved_distill: Option<DistillArgs> = saved.get(SECTION).map(|v| serde_json::from_value(v.clone())).transpose().with_context(bad)?;
+    let pack = |t: &TrainArgs, d: Option<&DistillArgs>| -> Result<serde_json::Value> {
+        let mut v = serde_json::to_value(TrainArgs { imgsz: crate::options::fit_stride(t.imgsz), ..t.clone() })?;
+        if let Some(d) = d.filter(|d| d.teacher.is_some()) {
+            v[SECTION] = serde_json::to_value(d)?;
+        }
+        Ok(v)
+    };
+    let (was, now) = (pack(&saved_train, saved_distill.as_ref())?, pack(&r.train, Some(&r.distill))?);
+    Ok(changed_values(&was, &now).into_iter().filter(|(k, _)| !NOT_COMPARED.contains(&k.as_str())).map(|(_, shown)| shown).collect())
+}
+
+/// Differences as (name, `--flag: was → now`).
+fn changed_values(was: &serde_json::Value, now: &serde_json::Value) -> Vec<(String, String)> {
+    let show = |v: &serde_json::Value| if v.is_null() { "unset".to_string() } else { v.to_string() };
+    train::setup::differences(was, now)
+        .into_iter()
+        .map(|(k, a, b)| (k.clone(), format!("--{}: {} → {}", k.replace('_', "-"), show(&a), show(&b))))
+        .collect()
 }
 
 #[cfg(test)]

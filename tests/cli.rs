@@ -119,6 +119,15 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     assert!(header("distilled-s1").contains("train/l_dense"), "{}", header("distilled-s1"));
     assert!(!header("plain-s1").contains("train/l_"), "{}", header("plain-s1"));
 
+    // the demo reruns: the same settings reuse every run; others are refused before any training
+    let demo = ["demo", "--dir", dir.to_str().unwrap(), "--imgsz", "64", "--train-images", "8", "--val-images", "4", "--teacher-epochs", "1", "--seeds", "0,1"];
+    let out = bin().args(demo).args(["--student-epochs", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.matches("reusing the finished run").count() == 5, "{err}");
+    let out = bin().args(demo).args(["--student-epochs", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("--student-epochs: 1 → 2"), "{err}");
+
     // compare on the same data: one seed, paired plain/distilled runs, a CI line
     let teacher = dir.join("runs/teacher/weights/best.safetensors");
     let project = dir.join("cmp");
@@ -137,6 +146,22 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     // a second call reuses the finished runs
     let out = bin().args(args).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("reusing the finished run"));
+    // with other settings it refuses, naming them (it used to report the old runs as the new comparison)
+    let out = bin().args(args).args(["--distill", "mgd"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("distilled-s0 holds a run with other settings") && err.contains("--distill: \"cwd\" → \"mgd\""), "{err}");
+    // an interrupted comparison continues its interrupted run where it stopped
+    let two = args.map(|a| if a == "ab" { "ab2" } else { a });
+    let mut two: Vec<&str> = two.to_vec();
+    let at = two.iter().position(|a| *a == "--epochs").unwrap() + 1;
+    two[at] = "2";
+    let out = bin().args(&two).env("YOLODISTILL_TEST_CRASH", "after:last.safetensors@1").output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin().args(&two).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("continuing the interrupted run"), "{err}");
+    let rows = std::fs::read_to_string(project.join("ab2/plain-s0/results.csv")).unwrap().lines().count();
+    assert_eq!(rows, 3, "header and two epochs");
     // the chart of the seeds' runs and gains next to compare.md, for demo and compare
     common::assert_pictures(&dir.join("runs/students"), &["compare.png"]);
     common::assert_pictures(&project.join("ab"), &["compare.png", "plain-s0/results.png", "distilled-s0/results.png"]);

@@ -317,3 +317,16 @@ fn a_teacher_whose_head_no_term_reads_stops_at_its_last_tap() {
         assert!(d.teacher_forward(&x).head.is_some(), "{methods} with --logit {logit} reads the teacher's head");
     }
 }
+
+/// Dense response between a YOLO26 head (4 box numbers per anchor) and a DFL head (4 × 16
+/// bins), either way round: the class term alone (it panicked at the first step).
+#[test]
+fn dense_response_across_head_families_keeps_the_class_term() {
+    for (student, teacher) in [("yolo26n.yaml", "yolov8n.yaml"), ("yolov8n.yaml", "yolo26n.yaml")] {
+        let ((mut d, _, _, _), items) = step_with(student, &args(teacher, "none", "dense"), 64);
+        let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
+        assert!(item("l_dense.cls") > 0.0, "{student} ← {teacher}: {items:?}");
+        assert_eq!(item("l_dense.box"), 0.0, "{student} ← {teacher}");
+        assert!(d.report(64).contains("class term only"), "{}", d.report(64));
+    }
+}

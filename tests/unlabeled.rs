@@ -134,11 +134,16 @@ fn label_fraction_run_learns_from_the_rest_as_unlabeled_images() {
     let data = dir.join("data.yaml");
     std::fs::write(&data, format!("path: {}\ntrain: train.txt\nval: val.txt\nnames: [RBC, WBC, Platelets]\n", dir.display())).unwrap();
     let (data, project) = (data.to_str().unwrap().to_string(), dir.join("runs").to_str().unwrap().to_string());
+    // a frozen teacher is a weights file (a YAML one needs --online): untrained yolov8s weights
+    let teacher = dir.join("teacher.safetensors");
+    let dev = yolodistill::default_device();
+    yolodistill::model::save_safetensors(&yolodistill::model::load("yolov8s.yaml", Some(3), &dev).unwrap().model, &teacher, Default::default()).unwrap();
+    let teacher = teacher.to_str().unwrap().to_string();
     let dense = |name: &str, ratio: &str| -> f64 {
         let flags = [
             "--model", "yolov8n.yaml", "--data", &data, "--project", &project, "--name", name, "--epochs", "1", "--imgsz", "96",
             "--batch", "2", "--nbs", "2", "--workers", "2", "--label-fraction", "0.5", "--unlabeled-ratio", ratio,
-            "--teacher", "yolov8s.yaml", "--distill", "none", "--logit", "dense", "--pseudo-conf", "0.001",
+            "--teacher", &teacher, "--distill", "none", "--logit", "dense", "--pseudo-conf", "0.001",
         ];
         let s = yolodistill::run::train(yolodistill::run::RunArgs::from_flags(&flags).unwrap()).unwrap();
         let r = Results::load(&s.run_dir.join("results.csv")).unwrap();

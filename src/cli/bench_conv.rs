@@ -19,8 +19,8 @@ pub struct BenchConvArgs {
     /// Built-in YAML name, YAML path, .pt or .safetensors.
     #[arg(long, default_value = "yolov8n.yaml")]
     pub model: String,
-    /// Input size, a multiple of 32 from 32.
-    #[arg(long, default_value_t = 320, value_parser = imgsz)]
+    /// Input size (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 320, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Images per batch.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
@@ -31,13 +31,6 @@ pub struct BenchConvArgs {
     /// One JSON object per convolution shape instead of the table.
     #[arg(long)]
     pub json: bool,
-}
-
-fn imgsz(v: &str) -> Result<usize, String> {
-    match v.parse::<usize>() {
-        Ok(n) if n >= 32 && n % 32 == 0 => Ok(n),
-        _ => Err(format!("{v:?} is not a multiple of 32 from 32")),
-    }
 }
 
 /// Median seconds of `reps` calls of `f` after one warm-up call.
@@ -89,6 +82,7 @@ fn time_burn(g: &ConvGeom, reps: u32, device: &Device) -> [f64; 3] {
 }
 
 pub fn run(a: BenchConvArgs) -> Result<()> {
+    let a = BenchConvArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
     let device = Device::flex();
     let m = model::load(&a.model, None, &device)?.model;
     let x = Tensor::<4>::zeros([a.batch as usize, 3, a.imgsz, a.imgsz], &device);

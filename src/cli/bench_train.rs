@@ -25,17 +25,17 @@ pub struct BenchTrainArgs {
     /// data.yaml whose training images feed the timed batches.
     #[arg(long)]
     pub data: PathBuf,
-    /// Training image size.
-    #[arg(long, default_value_t = 320)]
+    /// Training image size (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 320, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Images per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     /// Timed training iterations (forward, loss, backward, optimizer step), at least 1.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub iters: u32,
     /// Timed data-pipeline batches (mosaic on).
-    #[arg(long = "data-batches", default_value_t = 20)]
+    #[arg(long = "data-batches", default_value_t = 20, value_parser = crate::options::at_least_one)]
     pub data_batches: usize,
     /// Data-loading threads.
     #[arg(long, default_value_t = 2)]
@@ -53,6 +53,7 @@ pub struct BenchTrainArgs {
 
 /// Times the data pipeline and training iterations separately, in images/s.
 pub fn run(a: BenchTrainArgs) -> Result<()> {
+    let a = BenchTrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
     let plain = crate::default_device();
     let ad = plain.clone().autodiff();
     let data = DataConfig::load(&a.data)?;
@@ -61,7 +62,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let loader = TrainLoader::new(ds, a.imgsz, a.batch, AugConfig::default(), a.workers, 0)?;
 
     let t = Instant::now();
-    let batches: Vec<Batch> = loader.epoch(0, true).take(a.data_batches.max(1)).collect();
+    let batches: Vec<Batch> = loader.epoch(0, true).take(a.data_batches).collect();
     let data_s = t.elapsed().as_secs_f64();
     let data_ips = batches.iter().map(|b| b.shape[0]).sum::<usize>() as f64 / data_s;
 

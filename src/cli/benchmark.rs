@@ -10,14 +10,14 @@ pub struct BenchmarkArgs {
     /// Built-in YAML name, YAML path, .pt or .safetensors.
     #[arg(long, default_value = "yolov8n.yaml")]
     pub model: String,
-    /// Square input size.
-    #[arg(long, default_value_t = 640)]
+    /// Square input size (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     /// Timed forward passes (after warm-up).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::options::at_least_one)]
     pub runs: usize,
     /// Untimed passes first.
     #[arg(long, default_value_t = 3)]
@@ -41,6 +41,7 @@ pub struct BenchmarkArgs {
 
 /// Times the decoded forward pass on random input (no pre-processing; post-processing with `--nms`).
 pub fn run(a: BenchmarkArgs) -> Result<()> {
+    let a = BenchmarkArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
     if !a.no_fuse {
@@ -59,7 +60,7 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     for _ in 0..a.warmup {
         once();
     }
-    let mut ms: Vec<f64> = (0..a.runs.max(1)).map(|_| once()).collect();
+    let mut ms: Vec<f64> = (0..a.runs).map(|_| once()).collect();
     ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;

@@ -8,13 +8,15 @@ use clap::Args;
 
 use crate::report::compare_chart::{self, SeedPair};
 use crate::report::Results;
+use crate::distill::args::DistillArgs;
 use crate::run::{train, RunArgs};
+use crate::train::TrainArgs;
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    /// Seeds; each trains one plain and one distilled student.
-    #[arg(long, default_value = "0,1,2")]
-    pub seeds: String,
+    /// Seeds, each different; each trains one plain and one distilled student.
+    #[arg(long, default_value = "0,1,2", value_parser = crate::options::seeds)]
+    pub seeds: crate::options::Seeds,
     /// Train each seed's plain and distilled student at the same time (faster on small models,
     /// where one run does not keep every core busy).
     #[arg(long = "side-by-side")]
@@ -76,8 +78,13 @@ fn arm_name(seed: u64, distilled: bool) -> String {
     format!("{}-s{seed}", if distilled { "distilled" } else { "plain" })
 }
 
+/// How the messages name an arm.
+fn arm_title(seed: u64, distilled: bool) -> String {
+    format!("compare: seed {seed}, {} student", if distilled { "distilled" } else { "plain" })
+}
+
 /// The options of one arm: `base` with its seed, its run folder under `project`, and (plain
-/// arm) no teacher.
+/// arm) no teacher nor distillation option.
 fn arm(base: &RunArgs, project: &Path, seed: u64, distilled: bool) -> RunArgs {
     let mut r = base.clone();
     let t = &mut r.train;
@@ -87,22 +94,38 @@ fn arm(base: &RunArgs, project: &Path, seed: u64, distilled: bool) -> RunArgs {
     t.exist_ok = true;
     t.resume = None;
     if !distilled {
-        r.distill.teacher = None;
+        r.distill = DistillArgs::default();
     }
     r
 }
 
-/// Trains one arm, or reuses its finished run (so an interrupted comparison picks up where it
-/// stopped); returns its best (mAP50, mAP50-95).
-fn finished_or_train(r: RunArgs) -> Result<(f64, f64)> {
+/// Trains one arm; or reuses its finished run, or continues its interrupted one (so a stopped
+/// comparison picks up where it stopped), when that run's settings are the ones asked for.
+/// Returns its best (mAP50, mAP50-95); `what` names the run in the messages.
+pub(crate) fn finished_or_train(r: RunArgs, what: &str) -> Result<(f64, f64)> {
     let t = &r.train;
     let dir = t.project.join(&t.name);
+    let last = dir.join("weights/last.safetensors");
+    if !last.exists() {
+        eprintln!("\n{what}");
+        train(r.clone())?;
+        return best_of(&dir, 1).context("the run left no results");
+    }
+    let differ = crate::run::settings_differ(&r, &last)?;
+    if !differ.is_empty() {
+        bail!(
+            "{} holds a run with other settings ({}); it is not reused: choose another --name (or --project), or remove that folder",
+            dir.display(),
+            differ.join(", ")
+        );
+    }
     if let Some(b) = best_of(&dir, t.epochs) {
-        eprintln!("compare: reusing the finished run {}", dir.display());
+        eprintln!("{what}: reusing the finished run {} (same settings)", dir.display());
         return Ok(b);
     }
-    eprintln!("\ncompare: seed {}, {} student", t.seed, if r.distilled() { "distilled" } else { "plain" });
-    train(r)?;
+    eprintln!("\n{what}: continuing the interrupted run {}", dir.display());
+    let resume = TrainArgs { resume: Some(last.to_string_lossy().into_owned()), quiet: t.quiet, ..TrainArgs::default() };
+    train(RunArgs { train: resume, distill: DistillArgs::default() })?;
     best_of(&dir, 1).context("the run left no results")
 }
 
@@ -112,20 +135,27 @@ pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side
     if !base.distilled() {
         bail!("compare needs --teacher (and the distillation options to test)");
     }
+    if base.train.resume.is_some() {
+        bail!("compare takes no --resume: it continues by itself; rerun the same command and its interrupted runs go on from their last.safetensors");
+    }
+    // The distilled arm's settings are checked before the plain arm trains.
+    base.train.check(1)?;
+    crate::train::Extension::check(&base.distill, &crate::default_device())?;
+    check_outputs(base, project)?;
     let mut rows = Vec::new();
     for &seed in seeds {
         let (p, d) = (arm(base, project, seed, false), arm(base, project, seed, true));
         let (plain, distilled) = if side_by_side {
             std::thread::scope(|s| {
-                let p = s.spawn(|| finished_or_train(p));
-                let d = s.spawn(|| finished_or_train(d));
+                let p = s.spawn(|| finished_or_train(p, &arm_title(seed, false)));
+                let d = s.spawn(|| finished_or_train(d, &arm_title(seed, true)));
                 let join = |h: std::thread::ScopedJoinHandle<'_, Result<(f64, f64)>>| {
                     h.join().map_err(|_| anyhow::anyhow!("a training of seed {seed} panicked"))?
                 };
                 (join(p), join(d))
             })
         } else {
-            (finished_or_train(p), finished_or_train(d))
+            (finished_or_train(p, &arm_title(seed, false)), finished_or_train(d, &arm_title(seed, true)))
         };
         rows.push(PairResult { seed, plain: plain?, distilled: distilled? });
     }
@@ -171,21 +201,24 @@ fn report(rows: &[PairResult]) -> String {
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
-    let seeds = parse_seeds(&a.seeds)?;
     let project = a.train.train.project.join(&a.train.train.name);
-    std::fs::create_dir_all(&project).with_context(|| format!("cannot create {}", project.display()))?;
-    let (_, table) = compare_seeds(&a.train, &seeds, &project, a.side_by_side)?;
+    let (_, table) = compare_seeds(&a.train, &a.seeds.0, &project, a.side_by_side)?;
     println!("\n{table}");
     Ok(())
 }
 
-/// `0,1,2` → [0, 1, 2]; errors name the option.
-pub fn parse_seeds(s: &str) -> Result<Vec<u64>> {
-    let seeds: Vec<u64> = s.split(',').map(|x| x.trim().parse::<u64>().with_context(|| format!("bad seed '{x}' in --seeds"))).collect::<Result<_>>()?;
-    if seeds.is_empty() {
-        bail!("--seeds needs at least one seed");
+/// compare.md, compare.csv and compare.png replace none of the comparison's inputs.
+fn check_outputs(base: &RunArgs, project: &Path) -> Result<()> {
+    let mut inputs = crate::files::Inputs::default();
+    inputs.add("--model", base.train.model.as_deref().unwrap_or_default());
+    inputs.add("--teacher", base.distill.teacher.as_deref().unwrap_or_default());
+    if let Some(d) = &base.train.data {
+        inputs.add("--data", d);
     }
-    Ok(seeds)
+    for f in ["compare.md", "compare.csv", "compare.png"] {
+        inputs.check_output("--name (or --project)", &project.join(f))?;
+    }
+    std::fs::create_dir_all(project).with_context(|| format!("cannot create {}", project.display()))
 }
 
 #[cfg(test)]

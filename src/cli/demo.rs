@@ -5,35 +5,38 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::Serialize;
 
-use super::compare::{compare_seeds, parse_seeds, PairResult};
+use super::compare::{compare_seeds, finished_or_train, PairResult};
 use crate::data::synthetic::{generate, SyntheticConfig};
-use crate::run::{train, RunArgs};
+use crate::run::RunArgs;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Serialize)]
 pub struct DemoArgs {
-    /// Folder for the dataset and the runs (default: <temp>/yolodistill-demo).
+    /// Folder for the dataset and the runs (default: <temp>/yolodistill-demo): new, empty, or
+    /// an earlier demo's with the same settings (its finished runs are reused).
     #[arg(long)]
+    #[serde(skip)]
     pub dir: Option<PathBuf>,
     /// Image size of the synthetic images and of training.
-    #[arg(long, default_value_t = 96)]
+    #[arg(long, default_value_t = 96, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Synthetic training images.
-    #[arg(long = "train-images", default_value_t = 512)]
+    #[arg(long = "train-images", default_value_t = 512, value_parser = crate::options::at_least_one)]
     pub train_images: usize,
     /// Synthetic validation images.
-    #[arg(long = "val-images", default_value_t = 96)]
+    #[arg(long = "val-images", default_value_t = 96, value_parser = crate::options::at_least_one)]
     pub val_images: usize,
     /// Share of the training images whose labels the students see (the teacher sees all).
     #[arg(long = "label-fraction", default_value_t = 0.25, value_parser = crate::options::share)]
     pub label_fraction: f64,
     /// Epochs of the teacher (yolov8n, all labels).
-    #[arg(long = "teacher-epochs", default_value_t = 15)]
+    #[arg(long = "teacher-epochs", default_value_t = 15, value_parser = crate::options::at_least_one)]
     pub teacher_epochs: usize,
     /// Epochs of each student.
-    #[arg(long = "student-epochs", default_value_t = 30)]
+    #[arg(long = "student-epochs", default_value_t = 30, value_parser = crate::options::at_least_one)]
     pub student_epochs: usize,
     /// Feature distillation of the distilled student (as `train --distill`).
     #[arg(long, default_value = "none")]
@@ -44,9 +47,11 @@ pub struct DemoArgs {
     /// Seed of the dataset and the teacher.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Seeds of the student pairs (each: which labels are kept, initial weights, data order).
-    #[arg(long, default_value = "0,1,2")]
-    pub seeds: String,
+    /// Seeds of the student pairs, each different (each: which labels are kept, initial weights,
+    /// data order).
+    #[arg(long, default_value = "0,1,2", value_parser = crate::options::seeds)]
+    #[serde(skip)]
+    pub seeds: crate::options::Seeds,
 }
 
 /// The student: YOLOv8 at an extra-small "p" scale (width 0.125), so the
@@ -65,9 +70,9 @@ fn params(model: &str) -> Result<usize> {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
-    let seeds = parse_seeds(&a.seeds)?;
+    let seeds = a.seeds.0.clone();
     let dir = a.dir.clone().unwrap_or_else(|| std::env::temp_dir().join("yolodistill-demo"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    claim_folder(&dir, &a)?;
     // Small images keep the runs short on a CPU.
     let cfg = SyntheticConfig {
         size: a.imgsz as u32,
@@ -125,9 +130,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     );
     let mut flags = common("yolov8n.yaml", a.teacher_epochs);
     flags.extend(["--name", "teacher"].map(String::from));
-    let teacher = train(RunArgs::from_flags(&flags)?)?;
-    let teacher_map = teacher.best_map.unwrap_or((0.0, 0.0));
-    let teacher_weights = teacher.best.to_string_lossy().to_string();
+    let teacher_map = finished_or_train(RunArgs::from_flags(&flags)?, "demo: the teacher")?;
+    let teacher_weights = runs.join("teacher/weights/best.safetensors").to_string_lossy().to_string();
 
     eprintln!(
         "\ndemo 2/2: two students, yolov8 at a smaller \"p\" scale ({} parameters), see the labels of only {labeled} of the {} \
@@ -150,6 +154,47 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!("\n{out}");
     eprintln!("demo finished in {:.0}s; runs and weights in {}", t0.elapsed().as_secs_f64(), runs.display());
     Ok(())
+}
+
+/// The demo's own files in its folder (and the file that records its settings).
+const DEMO_ENTRIES: [&str; 5] = ["shapes", "runs", "yolov8p.yaml", "demo_results.md", SETTINGS];
+const SETTINGS: &str = "demo_settings.json";
+
+/// Makes `dir` the demo's folder: a new or empty one, or an earlier demo's whose settings are
+/// `a`'s (seeds aside: other seeds add pairs). A folder with other files, or an earlier demo
+/// with other settings, is refused before anything is written, naming what differs.
+fn claim_folder(dir: &Path, a: &DemoArgs) -> Result<()> {
+    let settings = serde_json::to_value(a)?;
+    if dir.is_dir() {
+        let entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for e in entries {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if !DEMO_ENTRIES.contains(&name.as_str()) {
+                bail!(
+                    "--dir {} holds {name}, which the demo did not write: it writes shapes/, runs/ and its results there, so give \
+                     it a new or empty folder",
+                    dir.display()
+                );
+            }
+        }
+        let saved_path = dir.join(SETTINGS);
+        if let Ok(text) = std::fs::read_to_string(&saved_path) {
+            let saved: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not the demo's settings", saved_path.display()))?;
+            let differ: Vec<String> = crate::train::setup::differences(&saved, &settings)
+                .into_iter()
+                .map(|(k, was, now)| format!("--{}: {was} → {now}", k.replace('_', "-")))
+                .collect();
+            if !differ.is_empty() {
+                bail!(
+                    "--dir {} holds a demo run with other settings ({}); its runs are not reused: choose another --dir, or remove it",
+                    dir.display(),
+                    differ.join(", ")
+                );
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::files::write_atomic(&dir.join(SETTINGS), serde_json::to_string_pretty(&settings)?.as_bytes())
 }
 
 /// What the demo found, for a newcomer.

@@ -10,14 +10,14 @@ pub struct DistillPlanArgs {
     /// The student: built-in YAML, YAML path, .pt or .safetensors.
     #[arg(long)]
     pub model: String,
-    /// Image size the shapes are reported at.
-    #[arg(long, default_value_t = 640)]
+    /// Image size the shapes are reported at (rounded up to a multiple of 32).
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Class count of a YAML student (default: the teacher's).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::options::at_least_one)]
     pub nc: Option<usize>,
     /// Training epochs (for the schedule and stop epoch shown).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::options::at_least_one)]
     pub epochs: usize,
     /// Epochs without mosaic at the end (distillation stops there by default).
     #[arg(long = "close-mosaic", default_value_t = 10)]
@@ -29,6 +29,7 @@ pub struct DistillPlanArgs {
 /// Prints the pairing report (levels, shapes, adapters, resizing, distiller size,
 /// teacher cost) without training.
 pub fn run(a: DistillPlanArgs) -> Result<()> {
+    let a = DistillPlanArgs { imgsz: crate::options::stride_multiple(a.imgsz), ..a };
     let device = crate::default_device();
     let teacher_path = a.distill.teacher.clone().ok_or_else(|| anyhow::anyhow!("--teacher is required"))?;
     let nc = match a.nc {

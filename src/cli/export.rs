@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use crate::export;
@@ -26,7 +26,7 @@ pub struct ExportArgs {
     #[arg(long, value_parser = crate::options::image_size)]
     pub imgsz: Option<usize>,
     /// Batch size of the exported graph (ignored with --dynamic).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     /// Symbolic batch, height and width (anchors computed in the graph).
     #[arg(long)]
@@ -63,10 +63,11 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if a.half && a.format != Format::Onnx {
         bail!("--half applies to --format onnx");
     }
+    let out = a.output.clone().unwrap_or_else(|| default_output(&a.model, a.format));
+    crate::files::Inputs::default().add("--model", &a.model).check_output("--output", &out)?;
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
     m.fuse();
-    let out = a.output.clone().unwrap_or_else(|| default_output(&a.model, a.format));
     match a.format {
         Format::Onnx => {
             let end2end = match a.nms {
@@ -81,7 +82,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
             let opts = OnnxOptions { batch: a.batch, dynamic: a.dynamic, half: a.half, end2end, ..OnnxOptions::new((imgsz, imgsz)) };
             let bytes = export::onnx::export_onnx_with(&m, &opts)?;
-            std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            crate::files::write_atomic(&out, &bytes)?;
             println!(
                 "exported {} to {} ({:.1} MB, opset {}{}{})",
                 a.model,

@@ -10,10 +10,10 @@ pub struct InfoArgs {
     #[arg(long)]
     pub model: String,
     /// Image size for GFLOPs.
-    #[arg(long, default_value_t = 640)]
+    #[arg(long, default_value_t = 640, value_parser = crate::options::image_size)]
     pub imgsz: usize,
     /// Number of classes (YAML builds only).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::options::at_least_one)]
     pub nc: Option<usize>,
     /// Print one JSON object instead of the table.
     #[arg(long)]

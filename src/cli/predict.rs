@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -6,7 +6,7 @@ use clap::Args;
 use crate::infer::draw::annotate;
 use crate::infer::nms::NmsConfig;
 use crate::infer::predict::predict_image;
-use crate::pixels::load::{list_images, load_rgb};
+use crate::pixels::load::{list_images, load_rgb, truncated};
 use crate::model;
 
 #[derive(Args)]
@@ -55,10 +55,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::predict() };
     if let Some(d) = &a.save_dir {
+        check_outputs(&a.model, &images, d)?;
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     for path in images {
         let mut img = load_rgb(&path)?;
+        if let Some(why) = truncated(&path)? {
+            eprintln!("warning: {}: {why}; its detections may be wrong", path.display());
+        }
         let t = std::time::Instant::now();
         let dets = predict_image(&m, &img, imgsz, &cfg, &device);
         let ms = t.elapsed().as_secs_f64() * 1e3;
@@ -83,10 +87,25 @@ pub fn run(a: PredictArgs) -> Result<()> {
         }
         if let Some(d) = &a.save_dir {
             annotate(&mut img, &dets, &m.names);
-            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-            let out = d.join(PathBuf::from(name).with_extension("jpg"));
+            let out = annotated_path(d, &path);
             img.save(&out).with_context(|| format!("cannot write {}", out.display()))?;
         }
     }
     Ok(())
+}
+
+/// Where `--save-dir` puts the annotated copy of `image`.
+fn annotated_path(save_dir: &Path, image: &Path) -> PathBuf {
+    let name = image.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    save_dir.join(PathBuf::from(name).with_extension("jpg"))
+}
+
+/// No annotated copy replaces a source image or the model, checked before any is written.
+fn check_outputs(model: &str, images: &[PathBuf], save_dir: &Path) -> Result<()> {
+    let mut inputs = crate::files::Inputs::default();
+    inputs.add("--model", model);
+    for i in images {
+        inputs.add("--source image", i);
+    }
+    images.iter().try_for_each(|i| inputs.check_output("--save-dir", &annotated_path(save_dir, i)))
 }

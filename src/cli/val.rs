@@ -34,7 +34,7 @@ pub struct ValArgs {
     #[arg(long, value_parser = crate::options::image_size)]
     pub imgsz: Option<usize>,
     /// Images per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     /// Confidence threshold of NMS (Ultralytics validates at 0.001).
     #[arg(long, default_value_t = NmsConfig::val().conf, value_parser = crate::options::unit)]
@@ -87,6 +87,8 @@ pub struct ValArgs {
 pub fn run(a: ValArgs) -> Result<()> {
     let device = crate::default_device();
     let data = DataConfig::load(&a.data)?;
+    let plots_dir = crate::train::run_dir(&a.project, &a.name, a.exist_ok);
+    check_outputs(&a, &data, &plots_dir)?;
     let mut m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
     // BatchNorm folded into the convolutions, as Ultralytics' standalone validator runs it.
     m.fuse();
@@ -121,7 +123,7 @@ pub fn run(a: ValArgs) -> Result<()> {
         validate_with(&m, &loader, &cfg, exchange.as_ref())?
     };
     if a.plots {
-        let dir = crate::train::run_dir(&a.project, &a.name, a.exist_ok);
+        let dir = plots_dir;
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         val_plots::write(&dir, &r, &batches, &data.names)?;
         eprintln!("plots written to {}", dir.display());
@@ -155,6 +157,26 @@ pub fn run(a: ValArgs) -> Result<()> {
             println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", n, r.images, c.n_labels, c.precision, c.recall, c.ap50, c.ap);
         }
         println!("COCO: AP50-95 {:.3}  AP50 {:.3}  AP75 {:.3}  ({:.1} ms/image)", r.coco.ap, r.coco.ap50, r.coco.ap75, r.ms_per_image);
+    }
+    Ok(())
+}
+
+/// No file val writes (the COCO JSON, the plots, dumped inputs) replaces the model, the
+/// data.yaml or an image list of the split, checked before anything runs.
+fn check_outputs(a: &ValArgs, data: &DataConfig, plots_dir: &std::path::Path) -> Result<()> {
+    let mut inputs = crate::files::Inputs::default();
+    inputs.add("--model", &a.model).add("--data", &a.data);
+    for s in data.val.iter().chain(&data.test).filter(|s| s.is_file()) {
+        inputs.add("the image list", s);
+    }
+    if let Some(p) = &a.save_json {
+        inputs.check_output("--save-json", p)?;
+    }
+    if a.plots {
+        inputs.check_folder("the validation folder", plots_dir, None)?;
+    }
+    if let Some(d) = &a.dump_inputs {
+        inputs.check_folder("the --dump-inputs folder", d, None)?;
     }
     Ok(())
 }

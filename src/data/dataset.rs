@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::{anyhow, bail, Context, Result};
 use image::metadata::Orientation;
-use image::{ImageDecoder, ImageFormat, ImageReader};
+use image::{ImageDecoder, ImageReader};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
@@ -50,7 +50,7 @@ impl DataConfig {
     /// Reads and checks a dataset YAML. Errors name the file and, where known, the line.
     pub fn load(path: &Path) -> Result<DataConfig> {
         let text = fs::read_to_string(path).with_context(|| format!("cannot read dataset YAML {}", path.display()))?;
-        Self::parse(&text, path)
+        Self::parse(crate::files::without_bom(&text), path)
     }
 
     /// Parses YAML `text` as if read from `path` (relative entries resolve against its folder).
@@ -347,6 +347,7 @@ pub fn list_images(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// A `.txt` image list: `./x` lines are relative to the list's folder, others kept as written.
 fn read_list(txt: &Path) -> Result<Vec<PathBuf>> {
     let text = fs::read_to_string(txt).with_context(|| format!("cannot read image list {}", txt.display()))?;
+    let text = crate::files::without_bom(&text);
     let dir = txt.parent().unwrap_or(Path::new(""));
     Ok(text
         .lines()
@@ -464,30 +465,11 @@ fn check_image(path: &Path) -> Result<((u32, u32), Option<String>)> {
     if size.0 < 10 || size.1 < 10 {
         bail!("image size {}x{} is under 10 pixels", size.0, size.1);
     }
-    if tail_ok(path, format)? {
+    if crate::pixels::load::tail_ok(path, format)? {
         return Ok((size, None));
     }
     load_rgb(path)?;
     Ok((size, Some(format!("{}: {format:?} file is truncated but decodes; kept", path.display()))))
-}
-
-/// Whether the file ends as its format requires (JPEG EOI marker, PNG IEND chunk).
-fn tail_ok(path: &Path, format: ImageFormat) -> Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    let expected: &[u8] = match format {
-        ImageFormat::Jpeg => &[0xff, 0xd9],
-        ImageFormat::Png => &[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82],
-        _ => return Ok(true),
-    };
-    let mut f = fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    if len < expected.len() as u64 {
-        return Ok(false);
-    }
-    f.seek(SeekFrom::End(-(expected.len() as i64)))?;
-    let mut tail = vec![0u8; expected.len()];
-    f.read_exact(&mut tail)?;
-    Ok(tail == expected)
 }
 
 /// Parses a label file (public for the fuzz tests). Err carries the 1-based line (if any) and the reason; the
@@ -495,6 +477,7 @@ fn tail_ok(path: &Path, format: ImageFormat) -> Result<bool> {
 /// file would teach the model that the dropped objects are background.
 pub fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, usize), (Option<usize>, String)> {
     let text = std::str::from_utf8(bytes).map_err(|_| (None, "label file is not UTF-8 text".to_string()))?;
+    let text = crate::files::without_bom(text);
     let mut labels: Vec<Label> = Vec::new();
     let mut seen = HashSet::new();
     let mut dups = 0;
@@ -837,7 +820,7 @@ pub(crate) mod tests {
     /// A JPEG carrying an EXIF orientation tag (big-endian TIFF, one IFD entry).
     fn jpeg_with_orientation(img: &RgbImage, orientation: u8) -> Vec<u8> {
         let mut jpg = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut jpg), ImageFormat::Jpeg).unwrap();
+        img.write_to(&mut std::io::Cursor::new(&mut jpg), image::ImageFormat::Jpeg).unwrap();
         let mut app1 = vec![0xff, 0xe1, 0, 34];
         app1.extend(b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01");
         app1.extend([0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, orientation, 0, 0, 0, 0, 0, 0]);

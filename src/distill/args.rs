@@ -89,7 +89,7 @@ pub struct DistillArgs {
     pub distill_schedule: Schedule,
     /// Last epoch (1-based, inclusive) with distillation; default: until mosaic closes (with
     /// unlabeled images: the whole run).
-    #[arg(long = "distill-stop-epoch")]
+    #[arg(long = "distill-stop-epoch", value_parser = crate::options::at_least_one)]
     pub distill_stop_epoch: Option<usize>,
     /// Calibrate the weights on the first batch instead of trusting magic numbers: each term's
     /// gradient on the student becomes this fraction of the detection loss's gradient (L2 norms),

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use super::args::Response;
 use super::args::{flag_value, DistillArgs};
-use super::losses::{dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
+use super::losses::{dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use crate::infer::nms::{nms, NmsConfig};
@@ -109,6 +109,8 @@ pub struct Distiller {
     last_weight: f32,
     /// The teacher's forward of the current batch when pseudo-labelling ran it first.
     pass: Option<TeacherPass>,
+    /// Box channels of the student's head (4 × its reg_max).
+    student_box_channels: usize,
 }
 
 /// The teacher's pass over a batch: its tapped layers, and its head's maps when a term reads
@@ -210,6 +212,7 @@ impl Distiller {
             scales: Some(args.calibrated.clone()).filter(|s| !s.is_empty()),
             last_weight: 1.0,
             pass: None,
+            student_box_channels: 4 * student.head().reg_max,
         })
     }
 
@@ -244,9 +247,10 @@ impl Distiller {
         }
         let methods: Vec<String> = self.methods.iter().map(|m| format!("{}:{}", m.feature.name(), m.weight)).collect();
         s.push_str(&format!(
-            "methods: {} | response: {} | schedule: {} until epoch {}\n",
+            "methods: {} | response: {}{} | schedule: {} until epoch {}\n",
             if methods.is_empty() { "none".into() } else { methods.join(",") },
             flag_value(&self.args.logit),
+            self.response_note(),
             flag_value(&self.args.distill_schedule),
             self.stop_epoch
         ));
@@ -256,6 +260,19 @@ impl Distiller {
             crate::model::flops::gflops(&self.teacher, imgsz)
         ));
         s
+    }
+
+    /// What a response method does when the two heads differ (said by `distill-plan` and at the
+    /// start of training).
+    fn response_note(&self) -> String {
+        let (s, t) = (self.student_box_channels, self.teacher.head().reg_max * 4);
+        match self.args.logit {
+            Response::Dense if !dense_box_term(s, t, self.teacher.head().reg_max) => format!(
+                " (class term only: its box term compares DFL distributions, and the student's head has {s} box channels, the teacher's {t})"
+            ),
+            Response::Mse if s != t => format!(" (skipped at every step: the heads' box maps differ, {s} and {t} channels)"),
+            _ => String::new(),
+        }
     }
 
     /// Whether a term reads the teacher's head: the online teacher's own loss, pseudo-labels,
@@ -546,10 +563,13 @@ impl StepHook for Distiller {
         let scales = self.calibrate(det, terms);
         let shown: Vec<String> =
             terms.iter().zip(&scales).map(|((n, g), (_, s))| format!("{n} ×{s:.4} (gradient {g:.3e})")).collect();
-        eprintln!(
-            "calibrated distillation weights to {fraction} of the detection gradient ({det:.3e}) on the first batch: {}",
-            shown.join(", ")
-        );
+        // (no term: said once, when the options were checked)
+        if !shown.is_empty() {
+            eprintln!(
+                "calibrated distillation weights to {fraction} of the detection gradient ({det:.3e}) on the first batch: {}",
+                shown.join(", ")
+            );
+        }
         self.args.calibrated = scales;
         serde_json::to_value(&self.args).ok()
     }

@@ -27,8 +27,21 @@ impl Extension for DistillArgs {
         if !std::path::Path::new(t).exists() && model::builtin_yaml(t).is_none() {
             bail!("--teacher {t}: no such file, and not a built-in model name such as yolov8s.yaml");
         }
+        if !self.online && (t.ends_with(".yaml") || t.ends_with(".yml")) {
+            bail!(
+                "--teacher {t} is a model description with random weights: a frozen teacher needs trained weights (.pt or \
+                 .safetensors); add --online to train it together with the student"
+            );
+        }
         model::load(t, None, device).with_context(|| format!("--teacher {t}"))?;
+        for w in self.idle_options() {
+            eprintln!("warning: {w}");
+        }
         Ok(())
+    }
+
+    fn input_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.teacher.iter().map(|t| ("--teacher".to_string(), t.into())).collect()
     }
 
     fn attach(&mut self, ctx: &RunContext<'_>) -> Result<Box<dyn StepHook>> {
@@ -40,9 +53,41 @@ impl Extension for DistillArgs {
         if ctx.unlabeled && self.distill_stop_epoch.is_none() {
             d.stop_epoch = a.epochs;
         }
+        if self.pseudo_conf.is_some() && !ctx.unlabeled {
+            eprintln!(
+                "warning: --pseudo-conf labels unlabeled images, and this run has none (--unlabeled, data.yaml's `unlabeled:`, \
+                 or --label-fraction below 1); it does nothing"
+            );
+        }
         if !a.quiet {
             eprintln!("{}", d.report(a.imgsz).trim_end());
         }
         Ok(Box::new(d))
+    }
+}
+
+impl DistillArgs {
+    /// Settings that leave a teacher nothing to do, in words (printed as warnings).
+    pub fn idle_options(&self) -> Vec<String> {
+        let no_terms = super::distiller::parse_methods(&self.distill, self.distill_weight).map_or(false, |m| m.is_empty())
+            && self.logit == super::args::Response::None;
+        let mut out = Vec::new();
+        if no_terms && self.pseudo_conf.is_none() && !self.online {
+            out.push("the teacher teaches nothing: --distill none, --logit none and no --pseudo-conf; the run trains as a plain one, at the teacher's cost".into());
+        }
+        if no_terms && self.distill_calibrate.is_some() {
+            out.push("--distill-calibrate has no term to calibrate (--distill none, --logit none); it does nothing".into());
+        }
+        out
+    }
+
+    /// Distillation options given without `--teacher`, as flags: they do nothing.
+    pub fn given_without_teacher(&self) -> Vec<String> {
+        if self.teacher.is_some() {
+            return Vec::new();
+        }
+        let given = serde_json::to_value(self).unwrap_or_default();
+        let defaults = serde_json::to_value(DistillArgs::default()).unwrap_or_default();
+        crate::train::setup::changed_options(&given, &defaults).iter().map(|k| format!("--{}", k.replace('_', "-"))).collect()
     }
 }

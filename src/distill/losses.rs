@@ -316,10 +316,17 @@ pub fn localisation_kl(
     (kl * w.clone()).sum() * (temperature * temperature) / w.sum().clamp_min(1e-9)
 }
 
+/// Whether dense response distillation has a box term: both heads predict DFL distributions
+/// (`reg_max` > 1 bins) of the same size, from `student` and `teacher` box channels.
+pub fn dense_box_term(student: usize, teacher: usize, reg_max: usize) -> bool {
+    reg_max > 1 && student == 4 * reg_max && teacher == student
+}
+
 /// Dense response targets on every anchor, made for unlabeled images (boxes `[N, 4·reg_max, A]`,
 /// class logits `[N, nc, A]`). Class term: the binary KL from the teacher's class probabilities
 /// to the student's, on every anchor and class (negatives included, as in the detection loss).
-/// Box term (DFL heads; 0 for reg_max 1): each side's bin-distribution KL, weighted by the
+/// Box term (DFL heads of the same reg_max on both sides; 0 otherwise, e.g. YOLO26's reg_max 1
+/// against a DFL teacher: the class term alone then): each side's bin-distribution KL, weighted by the
 /// teacher's confidence (its highest class probability). Both are summed over the batch and
 /// divided by the batch's total teacher confidence (at least 1), as the detection loss divides
 /// by its target scores, so its gains apply to them. Returns (class, box); teacher tensors are
@@ -333,7 +340,6 @@ pub fn dense_response(
     temperature: f32,
 ) -> (Tensor<1>, Tensor<1>) {
     assert_same_shape(&s_scores, &t_scores, "dense response (scores)");
-    assert_same_shape(&s_boxes, &t_boxes, "dense response (boxes)");
     let tt = temperature;
     let t_scores = t_scores.detach();
     let conf = sigmoid(t_scores.clone()).max_dim(1); // [N, 1, A]
@@ -345,7 +351,7 @@ pub fn dense_response(
     let scale = Tensor::<1>::full([1], tt * tt, &norm.device()) / norm;
     let cls = kl.sum() * scale.clone();
     let [n, ch, a] = s_boxes.dims();
-    let boxes = if reg_max > 1 && ch == 4 * reg_max {
+    let boxes = if dense_box_term(ch, t_boxes.dims()[1], reg_max) {
         let ls = log_softmax(s_boxes.reshape([n, 4, reg_max, a]) / tt, 2);
         let lt = log_softmax(t_boxes.detach().reshape([n, 4, reg_max, a]) / tt, 2);
         let side = (lt.clone().exp() * (lt - ls)).sum_dim(2).mean_dim(1).reshape([n, 1, a]);

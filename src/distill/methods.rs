@@ -101,7 +101,7 @@ impl Feature {
     }
 }
 
-/// Parses `cwd:1.0,at:0.5` into methods with weights.
+/// Parses `cwd:1.0,at:0.5` into methods with weights (finite, 0 or more); `none` stands alone.
 pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f32)>> {
     let spec = spec.trim();
     if spec.is_empty() || spec == "none" {
@@ -110,11 +110,18 @@ pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f3
     spec.split(',')
         .map(|part| {
             let mut it = part.trim().splitn(2, ':');
-            let m = Feature::parse(it.next().unwrap_or("").trim())?;
+            let name = it.next().unwrap_or("").trim();
+            if name == "none" {
+                bail!("'none' means no feature method and stands alone; it cannot be listed with others ('{spec}')");
+            }
+            let m = Feature::parse(name)?;
             let w = match it.next() {
-                Some(w) => w.trim().parse::<f32>().with_context(|| format!("bad weight in '{part}'"))?,
+                Some(w) => w.trim().parse::<f32>().with_context(|| format!("bad weight in '{part}': not a number"))?,
                 None => default_weight,
             };
+            if !(w.is_finite() && w >= 0.0) {
+                bail!("bad weight in '{}': must be a finite number of 0 or more, got {w}", part.trim());
+            }
             Ok((m, w))
         })
         .collect()

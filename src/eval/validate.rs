@@ -181,6 +181,11 @@ fn read_outputs(p: &Path, b: usize, nc: usize, end2end: bool) -> Result<Vec<f32>
         let expected = if end2end { format!("end-to-end detections [{b}, k, 6]") } else { format!("[{b}, {}, A]", 4 + nc) };
         anyhow::bail!("{}: shape {shape:?}, expected {expected}", p.display());
     }
+    // NaN would rank as no detection in mAP but as a detection in the COCO AP and the JSON.
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let n = data.iter().filter(|v| !v.is_finite()).count();
+        anyhow::bail!("{}: {n} values are not finite (NaN or infinity), the first at flat index {i}: the model gave broken outputs", p.display());
+    }
     Ok(data)
 }
 

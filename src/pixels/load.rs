@@ -80,3 +80,30 @@ pub fn walk_images(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn is_image(p: &Path) -> bool {
     p.extension().and_then(|x| x.to_str()).is_some_and(|x| IMAGE_EXTS.contains(&x.to_ascii_lowercase().as_str()))
 }
+
+/// Whether the file ends as its format requires (JPEG EOI marker, PNG IEND chunk).
+pub fn tail_ok(path: &Path, format: ImageFormat) -> Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let expected: &[u8] = match format {
+        ImageFormat::Jpeg => &[0xff, 0xd9],
+        ImageFormat::Png => &[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82],
+        _ => return Ok(true),
+    };
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < expected.len() as u64 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-(expected.len() as i64)))?;
+    let mut tail = vec![0u8; expected.len()];
+    f.read_exact(&mut tail)?;
+    Ok(tail == expected)
+}
+
+/// Why a file that decoded may hold wrong pixels (its end is missing), as the dataset scan
+/// words it; None for a whole file.
+pub fn truncated(path: &Path) -> Result<Option<String>> {
+    let reader = ImageReader::open(path).with_context(|| format!("cannot open image {}", path.display()))?.with_guessed_format()?;
+    let Some(format) = reader.format() else { return Ok(None) };
+    Ok((!tail_ok(path, format)?).then(|| format!("{format:?} file is truncated but decodes")))
+}

@@ -157,11 +157,57 @@ impl TrainArgs {
     pub fn from_flags<S: AsRef<str>>(flags: &[S]) -> anyhow::Result<Self> {
         crate::options::from_flags(flags)
     }
+
+    /// The checks between options (each alone was checked when parsed), for a run of
+    /// `processes` training processes: every shard needs an image of every full batch.
+    pub fn check(&self, processes: usize) -> anyhow::Result<()> {
+        let shards = self.shards * processes;
+        if shards > self.batch {
+            let across = if processes > 1 { format!(" × {processes} processes") } else { String::new() };
+            anyhow::bail!(
+                "--shards {}{across} makes {shards} shards of a batch of {} images (--batch): every shard needs at least one \
+                 image; use at most {} shards",
+                self.shards,
+                self.batch,
+                self.batch / processes
+            );
+        }
+        Ok(())
+    }
+
+    /// Images of `n_train` that no step sees, in words (a warning at the start of the run): the
+    /// last batch of an epoch when it has fewer images than the `shards` of all processes. Errs
+    /// when that is every image.
+    pub fn left_out_images(&self, n_train: usize, shards: usize) -> anyhow::Result<Option<String>> {
+        let last = n_train % self.batch;
+        if last == 0 || last >= shards {
+            return Ok(None);
+        }
+        if n_train < shards {
+            anyhow::bail!("{n_train} training images are fewer than the {shards} shards of a batch (--shards): no step could run");
+        }
+        Ok(Some(format!(
+            "the last batch of every epoch has {last} images, fewer than the {shards} shards of a batch (--shards): \
+             {last} of the {n_train} images are left out each epoch (other ones each epoch, as the order changes)"
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::TrainArgs;
+
+    #[test]
+    fn shards_need_an_image_each() {
+        let a = TrainArgs::from_flags(&["--model", "m.yaml", "--data", "d.yaml", "--batch", "2", "--shards", "3"]).unwrap();
+        let e = a.check(1).unwrap_err().to_string();
+        assert!(e.contains("--shards 3") && e.contains("--batch") && e.contains("at most 2"), "{e}");
+        let a = TrainArgs::from_flags(&["--model", "m.yaml", "--data", "d.yaml", "--batch", "4", "--shards", "2"]).unwrap();
+        assert!(a.check(2).is_ok() && a.check(3).is_err());
+        assert!(a.left_out_images(6, 3).unwrap().unwrap().contains("2 of the 6 images are left out"));
+        assert!(a.left_out_images(8, 3).unwrap().is_none() && a.left_out_images(7, 3).unwrap().is_none());
+        assert!(a.left_out_images(2, 3).unwrap_err().to_string().contains("no step"));
+    }
 
     #[test]
     fn resume_needs_no_model_or_data() {

@@ -97,7 +97,10 @@ pub fn saved_args(path: &Path) -> Result<serde_json::Value> {
     let what = || format!("cannot resume from {}", path.display());
     let mut f = std::fs::File::open(path).with_context(what)?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(what)?;
+    if f.read_exact(&mut len).is_err() {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        bail!("cannot resume from {}: it is {size} bytes long, too short for a checkpoint (a safetensors file starts with an 8-byte header length)", path.display());
+    }
     let len = u64::from_le_bytes(len);
     let mut header = Vec::new();
     f.take(len).read_to_end(&mut header).with_context(what)?;

@@ -29,6 +29,10 @@ pub trait Extension {
     fn settings(&self) -> Result<serde_json::Value>;
     /// Checks its inputs (e.g. that a teacher file loads) before the run folder is made.
     fn check(&self, device: &Device) -> Result<()>;
+    /// The files it reads, by option (e.g. `--teacher`), which no output of the run may replace.
+    fn input_files(&self) -> Vec<(String, std::path::PathBuf)> {
+        Vec::new()
+    }
     /// Builds its step hook for the student. Called once the student exists, while the
     /// backend's generator is still seeded for the run (so its random tensors are too).
     fn attach(&mut self, ctx: &RunContext<'_>) -> Result<Box<dyn StepHook>>;

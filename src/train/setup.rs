@@ -50,22 +50,35 @@ fn ignored_on_resume(a: &TrainArgs) -> Result<Vec<String>> {
     Ok(ignored)
 }
 
-/// Names of the options of `value` (one level of nesting flattened) that differ from `defaults`.
+/// Names of the options whose values differ between `value` and `defaults` (one level of
+/// nesting flattened).
 pub fn changed_options(value: &serde_json::Value, defaults: &serde_json::Value) -> Vec<String> {
-    let flat = |v: &serde_json::Value| -> Vec<(String, serde_json::Value)> {
-        let mut out = Vec::new();
+    differences(value, defaults).into_iter().map(|(k, _, _)| k).collect()
+}
+
+/// The options whose values differ between two argument sets (one level of nesting
+/// flattened), sorted by name, with both values (null where one set lacks the option).
+pub fn differences(a: &serde_json::Value, b: &serde_json::Value) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    use std::collections::BTreeMap;
+    let flat = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        let mut out = BTreeMap::new();
         for (k, v) in v.as_object().into_iter().flatten() {
             match v.as_object() {
                 Some(inner) => out.extend(inner.iter().map(|(k, v)| (k.clone(), v.clone()))),
-                None => out.push((k.clone(), v.clone())),
+                None => _ = out.insert(k.clone(), v.clone()),
             }
         }
         out
     };
-    let defaults: std::collections::HashMap<_, _> = flat(defaults).into_iter().collect();
-    let mut changed: Vec<String> = flat(value).into_iter().filter(|(k, v)| defaults.get(k) != Some(v)).map(|(k, _)| k).collect();
-    changed.sort();
-    changed
+    let (a, b) = (flat(a), flat(b));
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let null = serde_json::Value::Null;
+    keys.into_iter()
+        .filter_map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+            (x != y).then(|| (k.clone(), x.clone(), y.clone()))
+        })
+        .collect()
 }
 
 /// The model, the extension's inputs and the unlabeled images named by `a` exist and load, so
@@ -87,6 +100,24 @@ pub fn check_inputs(a: &TrainArgs, ext: Option<&dyn Extension>, device: &Device)
         }
     }
     Ok(())
+}
+
+/// A reused run folder (--exist-ok) holds none of the run's inputs (model, teacher, data.yaml,
+/// unlabeled images): the run would replace its weights, results and plots. The checkpoint a
+/// run resumes from belongs there.
+pub fn check_run_folder(a: &TrainArgs, ext: Option<&dyn Extension>, dir: &Path) -> Result<()> {
+    let mut inputs = crate::files::Inputs::default();
+    inputs.add("--model", a.model_source()?);
+    if let Some(d) = &a.data {
+        inputs.add("--data", d);
+    }
+    if let Some(u) = &a.unlabeled {
+        inputs.add("--unlabeled", u);
+    }
+    for (option, path) in ext.map(|e| e.input_files()).unwrap_or_default() {
+        inputs.add(&option, path);
+    }
+    inputs.check_folder("the run folder", dir, a.resume_path().as_deref())
 }
 
 /// Loads the model to train, adapting a checkpoint to the dataset's classes

@@ -120,8 +120,10 @@ impl Trainer {
         let main = world.is_main();
         let (a, restored, dir) = setup::resolve(a)?;
         let a = TrainArgs { imgsz: crate::options::stride_multiple(a.imgsz), quiet: a.quiet || !main, ..a };
+        a.check(world.size())?;
         let config = DataConfig::load(a.data_yaml()?)?;
         setup::check_inputs(&a, ext.as_deref(), &plain)?;
+        setup::check_run_folder(&a, ext.as_deref(), &dir)?;
         let lock = if main { Some(run_dir::claim(&dir)?) } else { None };
         let mut saved_args = serde_json::to_value(&a)?;
         if let Some(e) = ext.as_deref() {
@@ -136,6 +138,11 @@ impl Trainer {
         }
         let nc = data.config.names.len();
         let n_train = data.train.items.len();
+        if let Some(w) = a.left_out_images(n_train, world.size() * a.shards)? {
+            if main {
+                eprintln!("warning: {w}");
+            }
+        }
 
         // --seed fixes the initial weights (and the extension's random tensors) as well as the
         // data order, so two runs that differ in one setting start from the same model.

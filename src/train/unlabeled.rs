@@ -48,6 +48,9 @@ pub fn prepare(a: &TrainArgs, data: &DataConfig, train: &mut Dataset, val: &Data
         eprintln!("warning: {} unlabeled images are validation images; they are left out", n_listed - items.len());
     }
     let per_batch = (a.unlabeled_ratio * a.batch as f64).round() as usize;
+    if items.is_empty() && a.unlabeled_ratio != TrainArgs::default().unlabeled_ratio {
+        eprintln!("warning: --unlabeled-ratio {} has no unlabeled images to act on (--unlabeled, data.yaml's `unlabeled:`, or --label-fraction below 1)", a.unlabeled_ratio);
+    }
     if items.is_empty() || per_batch == 0 {
         if !items.is_empty() {
             say(format!("--unlabeled-ratio {}: no unlabeled image joins a batch of {}", a.unlabeled_ratio, a.batch));

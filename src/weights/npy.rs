@@ -35,11 +35,12 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         2 | 3 if b.len() >= 12 => (u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize, 12),
         v => bail!("{}: unsupported .npy version {v}", path.display()),
     };
-    let header = std::str::from_utf8(b.get(start..start + hlen).context("truncated header")?)?;
+    let header = b.get(start..start + hlen).with_context(|| format!("{}: truncated .npy header ({} bytes, the header says {hlen})", path.display(), b.len()))?;
+    let header = std::str::from_utf8(header).with_context(|| format!("{}: the .npy header is not text", path.display()))?;
     if !header.contains("'descr': '<f4'") || header.contains("'fortran_order': True") {
         bail!("{}: only C-order little-endian float32 arrays are supported ({header})", path.display());
     }
-    let shape_text = header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).context("no shape")?;
+    let shape_text = header.split("'shape':").nth(1).and_then(|s| s.split(')').next()).with_context(|| format!("{}: no shape in the .npy header", path.display()))?;
     let shape: Vec<usize> = shape_text
         .trim_start_matches([' ', '('])
         .split(',')
@@ -67,6 +68,10 @@ mod tests {
         assert_eq!(back, data);
         let b = std::fs::read(&p).unwrap();
         assert_eq!((10 + u16::from_le_bytes([b[8], b[9]]) as usize) % 64, 0);
+        // a cut header names the file
+        std::fs::write(&p, &b[..30]).unwrap();
+        let e = format!("{:#}", super::read_f32(&p).unwrap_err());
+        assert!(e.contains(&p.display().to_string()) && e.contains("truncated .npy header"), "{e}");
         std::fs::remove_file(&p).ok();
     }
 }
