@@ -451,3 +451,49 @@ mod response_reference {
         }
     }
 }
+
+/// PKD against a plain host computation of its formula (f64 loops): each channel standardised
+/// over batch and positions with the unbiased σ plus 1e-6, then MSE / 2; equal to one minus
+/// the mean per-channel Pearson correlation; blind to each channel's scale and offset; the
+/// student alone gets the gradient.
+#[test]
+fn pkd_matches_a_host_computation_of_its_formula() {
+    let dev = plain();
+    let (n, c, h, w) = (3, 5, 4, 6);
+    let s = Tensor::<4>::random([n, c, h, w], Distribution::Normal(0.3, 2.0), &dev);
+    let t = Tensor::<4>::random([n, c, h, w], Distribution::Normal(-1.0, 0.5), &dev);
+    let (sv, tv) = (s.clone().try_into_vec_as::<f32>().unwrap(), t.clone().try_into_vec_as::<f32>().unwrap());
+    let at = |v: &[f32], i: usize, ch: usize, p: usize| v[(i * c + ch) * h * w + p] as f64;
+    let standardised = |v: &[f32], ch: usize| -> Vec<f64> {
+        let xs: Vec<f64> = (0..n).flat_map(|i| (0..h * w).map(move |p| (i, p))).map(|(i, p)| at(v, i, ch, p)).collect();
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let sd = (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64).sqrt();
+        xs.iter().map(|x| (x - mean) / (sd + 1e-6)).collect()
+    };
+    let (mut sq, mut corr) = (0f64, 0f64);
+    for ch in 0..c {
+        let (a, b) = (standardised(&sv, ch), standardised(&tv, ch));
+        sq += a.iter().zip(&b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+        corr += a.iter().zip(&b).map(|(x, y)| x * y).sum::<f64>() / (a.len() - 1) as f64;
+    }
+    let want = sq / (n * c * h * w) as f64 / 2.0;
+    let got = pkd_level(s.clone(), t.clone()).into_scalar::<f32>() as f64;
+    assert!((got - want).abs() <= 1e-5 * want.max(1e-3), "pkd {got} vs host {want}");
+    // MSE/2 of standardised maps = (M−1)/M · (1 − mean correlation), M = N·H·W values per channel
+    let m = (n * h * w) as f64;
+    let via_corr = (m - 1.0) / m * (1.0 - corr / c as f64);
+    assert!((want - via_corr).abs() <= 1e-5, "{want} vs {via_corr}");
+    // a channel's scale and offset do not count
+    let rescaled = t.clone() * 7.0 + 3.0;
+    let again = pkd_level(s.clone(), rescaled).into_scalar::<f32>() as f64;
+    assert!((again - got).abs() <= 1e-4 * got, "{again} vs {got}");
+    // identical maps give 0
+    assert!(pkd_level(s.clone(), s.clone()).into_scalar::<f32>().abs() < 1e-6);
+    // gradient reaches the student only
+    let ad = dev.clone().autodiff();
+    let sa = Tensor::<4>::from_data(TensorData::new(sv, [n, c, h, w]), &ad).require_grad();
+    let ta = Tensor::<4>::from_data(TensorData::new(tv, [n, c, h, w]), &ad).require_grad();
+    let g = pkd_level(sa.clone(), ta.clone()).backward();
+    assert!(sa.grad(&g).is_some_and(|x| x.abs().sum().into_scalar::<f32>() > 0.0));
+    assert!(ta.grad(&g).is_none_or(|x| x.abs().sum().into_scalar::<f32>() == 0.0));
+}

@@ -251,7 +251,7 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
     // Calibrated weights: a resumed run must keep the first batch's, not measure new ones.
     let distil = [
-        "--teacher", teacher, "--distill", "cwd,mgd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled, "--logit",
+        "--teacher", teacher, "--distill", "cwd,mgd,pkd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled, "--logit",
         "dense",
     ];
     run(&[&common[..], &distil, &["--name", "whole"]].concat());
@@ -262,8 +262,8 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
     let (cut, whole) = (load("cut"), load("whole"));
     let saved = std::fs::read_to_string(project.join("cut/args.yaml")).unwrap();
-    assert!(saved.contains("calibrated:") && saved.contains("d_mgd"), "{saved}");
-    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd", "train/l_dense"] {
+    assert!(saved.contains("calibrated:") && saved.contains("d_mgd") && saved.contains("d_pkd"), "{saved}");
+    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd", "train/d_pkd", "train/l_dense"] {
         let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
         assert_eq!(c1.len(), 2, "{c}: {c1:?}");
         assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{c}: resumed {c1:?} vs uninterrupted {w1:?}");

@@ -51,7 +51,7 @@ pub struct DistillArgs {
     #[arg(long)]
     pub online: bool,
     /// Feature methods with optional weights, e.g. `cwd`, `cwd:1.0,at:0.5`, `none`.
-    /// Methods: mimic, cwd, mgd, at, gram, relation, sl2.
+    /// Methods: mimic, cwd, mgd, at, gram, relation, sl2, pkd.
     #[arg(long, default_value = "cwd", value_parser = method_list)]
     pub distill: String,
     /// Weight of a feature method written without one.

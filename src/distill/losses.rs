@@ -415,6 +415,32 @@ pub fn batch_relation(s: &[Tensor<4>], t: &[Tensor<4>]) -> Tensor<1> {
 }
 
 // ---------------------------------------------------------------------------
+// Methods from the field
+
+/// Added to PKD's standard deviation (as its authors' code does).
+pub const PKD_EPS: f32 = 1e-6;
+
+/// PKD's standardisation: each channel to zero mean and unit standard deviation over the batch
+/// and the positions, `(x − μ_c) / (σ_c + ε)` with the unbiased σ.
+pub fn pearson_standardise(x: Tensor<4>) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let count = (n * h * w) as f32;
+    let rows = x.swap_dims(0, 1).reshape([c, n * h * w]);
+    let centred = rows.clone() - rows.mean_dim(1);
+    let sd = (centred.clone().square().sum_dim(1) / (count - 1.0).max(1.0)).sqrt();
+    (centred / (sd + PKD_EPS)).reshape([c, n, h, w]).swap_dims(0, 1)
+}
+
+/// PKD (Cao et al., NeurIPS 2022) at one level: both maps standardised per channel, then
+/// `MSE / 2`, which is 1 − the mean Pearson correlation of the channels: the scale and offset
+/// of each channel, which differ between architectures, do not count. Needs equal channels
+/// (apply the adapter first).
+pub fn pkd_level(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
+    assert_same_shape(&s, &t, "pkd");
+    mse(pearson_standardise(s), pearson_standardise(t.detach())) / 2.0
+}
+
+// ---------------------------------------------------------------------------
 // §6 Ultralytics 8.4 native method
 
 /// Ultralytics' per-level projector: `Conv1×1(Cs→Ct) → ReLU → Conv1×1(Ct→Ct)`

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Tensor;
 
 use super::losses::{
-    attention_transfer, batch_relation, cwd, gram, mgd, mimic, random_keep_mask, score_weighted_l2, seed_pipeline, Adapter,
+    attention_transfer, batch_relation, cwd, gram, mgd, mimic, pkd_level, random_keep_mask, score_weighted_l2, seed_pipeline, Adapter,
     MgdGenerator, Projector,
 };
 use crate::model::walk::{child, Visit, Walk};
@@ -57,9 +57,10 @@ pub enum Feature {
     Gram,
     Relation,
     Sl2,
+    Pkd,
 }
 
-const NAMES: [(&str, Feature); 7] = [
+const NAMES: [(&str, Feature); 8] = [
     ("mimic", Feature::Mimic),
     ("cwd", Feature::Cwd),
     ("mgd", Feature::Mgd),
@@ -67,13 +68,14 @@ const NAMES: [(&str, Feature); 7] = [
     ("gram", Feature::Gram),
     ("relation", Feature::Relation),
     ("sl2", Feature::Sl2),
+    ("pkd", Feature::Pkd),
 ];
 
 impl Feature {
     fn parse(s: &str) -> Result<Self> {
         match NAMES.iter().find(|(n, _)| *n == s) {
             Some((_, f)) => Ok(*f),
-            None => bail!("unknown distillation method '{s}' (mimic, cwd, mgd, at, gram, relation, sl2, none)"),
+            None => bail!("unknown distillation method '{s}' (mimic, cwd, mgd, at, gram, relation, sl2, pkd, none)"),
         }
     }
 
@@ -83,7 +85,7 @@ impl Feature {
 
     /// Methods comparing maps channel by channel need the student adapted to the teacher's channels.
     pub fn needs_adapter(self) -> bool {
-        matches!(self, Self::Mimic | Self::Cwd | Self::Mgd | Self::Gram)
+        matches!(self, Self::Mimic | Self::Cwd | Self::Mgd | Self::Gram | Self::Pkd)
     }
 
     /// The method with its modules: MGD takes `generators`, sl2 takes `projectors` (made by the
@@ -97,6 +99,7 @@ impl Feature {
             Self::Gram => Box::new(Gram),
             Self::Relation => Box::new(Relation),
             Self::Sl2 => Box::new(Sl2 { projectors: projectors.take().unwrap_or_default() }),
+            Self::Pkd => Box::new(Pkd),
         }
     }
 }
@@ -137,6 +140,16 @@ fn walk_pair(prefix: &str, conv1: &mut burn::nn::conv::Conv2d, conv2: &mut burn:
 fn normalised(l: usize, maps: &LevelMaps<'_>) -> ([Tensor<4>; 1], [Tensor<4>; 1]) {
     let (s, t) = seed_pipeline(maps.student[l].clone(), maps.teacher[l].clone(), maps.adapters[l].as_ref());
     ([s], [t])
+}
+
+/// PKD: the adapted student and the teacher standardised per channel (their own statistics,
+/// not the seed's BatchNorm).
+struct Pkd;
+
+impl FeatureMethod for Pkd {
+    fn level_loss(&self, l: usize, maps: &LevelMaps<'_>, _: StepKey) -> Tensor<1> {
+        pkd_level(maps.adapted[l].clone(), maps.teacher[l].clone())
+    }
 }
 
 struct Mimic;
