@@ -133,6 +133,20 @@ pub fn seeds(s: &str) -> Result<Seeds, String> {
     Ok(Seeds(out))
 }
 
+/// Shares in (0, 1], each different, in increasing order: `0.1,0.25,1`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shares(pub Vec<f64>);
+
+/// `0.25,0.1,1` → shares, sorted; each in (0, 1] and given once.
+pub fn shares(s: &str) -> Result<Shares, String> {
+    let mut out: Vec<f64> = s.split(',').map(|x| share(x.trim()).map_err(|e| format!("'{}': {e}", x.trim()))).collect::<Result<_, _>>()?;
+    out.sort_by(f64::total_cmp);
+    if let Some(w) = out.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("{} is given twice", w[0]));
+    }
+    Ok(Shares(out))
+}
+
 impl std::fmt::Display for Seeds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s: Vec<String> = self.0.iter().map(u64::to_string).collect();
@@ -160,5 +174,7 @@ mod tests {
         assert_eq!(seeds(" 0, 2,1"), Ok(Seeds(vec![0, 2, 1])));
         assert!(seeds("0,0").unwrap_err().contains("seed 0 is given twice"));
         assert!(seeds("").unwrap_err().contains("not a seed") && seeds("1,-1").is_err());
+        assert_eq!(shares("1, 0.1,0.25"), Ok(Shares(vec![0.1, 0.25, 1.0])));
+        assert!(shares("0.1,0.10").unwrap_err().contains("0.1 is given twice") && shares("0,1").unwrap_err().contains("(0, 1]"));
     }
 }

@@ -162,6 +162,27 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     assert!(out.status.success() && err.contains("continuing the interrupted run"), "{err}");
     let rows = std::fs::read_to_string(project.join("ab2/plain-s0/results.csv")).unwrap().lines().count();
     assert_eq!(rows, 3, "header and two epochs");
+    // the gain at each label budget: a comparison per fraction, the table and the chart
+    let mut budget = args.map(|a| if a == "ab" { "budget" } else { a });
+    budget[2] = "0,1"; // --seeds
+    let out = bin().args(budget).args(["--label-fractions", "1,0.5", "--side-by-side"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let table = std::fs::read_to_string(project.join("budget/label_budget.md")).unwrap();
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 0.5 | 2 |") || l.starts_with("| 1 | 2 |")).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(table.find("| 0.5 |") < table.find("| 1 |"), "fractions in increasing order: {table}");
+    for f in ["0.5", "1"] {
+        assert!(project.join(format!("budget/fraction-{f}/distilled-s1/weights/best.safetensors")).exists(), "{f}");
+    }
+    // half the labels: the distilled arm learns from the other half as unlabeled images, the plain one not
+    let header = |run: &str| std::fs::read_to_string(project.join("budget").join(run).join("results.csv")).unwrap().lines().next().unwrap().to_string();
+    assert!(header("fraction-0.5/distilled-s0").contains("train/d_cwd"));
+    let csv = std::fs::read_to_string(project.join("budget/label_budget.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    common::assert_pictures(&project.join("budget"), &["label_budget.png"]);
+    let out = bin().args(budget).args(["--label-fractions", "0.5", "--label-fraction", "0.5"]).output().unwrap();
+    assert!(out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("not both"));
     // the chart of the seeds' runs and gains next to compare.md, for demo and compare
     common::assert_pictures(&dir.join("runs/students"), &["compare.png"]);
     common::assert_pictures(&project.join("ab"), &["compare.png", "plain-s0/results.png", "distilled-s0/results.png"]);

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::report::compare_chart::{self, SeedPair};
+use crate::report::label_budget::{self, BudgetRow};
 use crate::report::Results;
 use crate::distill::args::DistillArgs;
 use crate::run::{train, RunArgs};
@@ -17,6 +18,11 @@ pub struct CompareArgs {
     /// Seeds, each different; each trains one plain and one distilled student.
     #[arg(long, default_value = "0,1,2", value_parser = crate::options::seeds)]
     pub seeds: crate::options::Seeds,
+    /// The comparison at each of these shares of labeled training images (e.g. `0.1,0.25,1`; with
+    /// the teacher the other images are unlabeled images), each into its folder `fraction-<f>`,
+    /// and label_budget.md / .csv / .png: each arm's mAP50-95 and the gain per share.
+    #[arg(long = "label-fractions", value_parser = crate::options::shares)]
+    pub label_fractions: Option<crate::options::Shares>,
     /// Train each seed's plain and distilled student at the same time (faster on small models,
     /// where one run does not keep every core busy).
     #[arg(long = "side-by-side")]
@@ -202,9 +208,46 @@ fn report(rows: &[PairResult]) -> String {
 
 pub fn run(a: CompareArgs) -> Result<()> {
     let project = a.train.train.project.join(&a.train.train.name);
+    if let Some(fractions) = &a.label_fractions {
+        return compare_by_label_fraction(&a, &fractions.0, &project);
+    }
     let (_, table) = compare_seeds(&a.train, &a.seeds.0, &project, a.side_by_side)?;
     println!("\n{table}");
     Ok(())
+}
+
+/// The comparison at each label fraction, then the table and chart of the gain by fraction.
+fn compare_by_label_fraction(a: &CompareArgs, fractions: &[f64], project: &Path) -> Result<()> {
+    if a.train.train.label_fraction != TrainArgs::default().label_fraction {
+        bail!("--label-fractions runs the comparison at each share itself: give it or --label-fraction, not both");
+    }
+    let mut rows = Vec::new();
+    for &f in fractions {
+        let mut base = a.train.clone();
+        base.train.label_fraction = f;
+        eprintln!("\ncompare: {} of the labeled images", f);
+        let (pairs, table) = compare_seeds(&base, &a.seeds.0, &project.join(format!("fraction-{f}")), a.side_by_side)?;
+        println!("\nlabeled fraction {f}:\n{table}");
+        rows.push(budget_row(f, &pairs));
+    }
+    let table = label_budget::table(&rows);
+    std::fs::write(project.join("label_budget.md"), &table).with_context(|| format!("cannot write {}", project.display()))?;
+    std::fs::write(project.join("label_budget.csv"), label_budget::csv(&rows))?;
+    label_budget::write(&project.join("label_budget.png"), &rows)?;
+    println!("\nmAP50-95 by share of labeled images (95% CI over seeds, gain paired by seed):\n{table}");
+    Ok(())
+}
+
+/// The means of each arm and of the gain over the seeds of one fraction.
+fn budget_row(fraction: f64, pairs: &[PairResult]) -> BudgetRow {
+    let of = |f: fn(&PairResult) -> f64| mean_ci95(&pairs.iter().map(f).collect::<Vec<_>>());
+    BudgetRow {
+        fraction,
+        seeds: pairs.len(),
+        plain: of(|p| p.plain.1),
+        distilled: of(|p| p.distilled.1),
+        gain: of(|p| p.distilled.1 - p.plain.1),
+    }
 }
 
 /// compare.md, compare.csv and compare.png replace none of the comparison's inputs.

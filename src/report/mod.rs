@@ -2,6 +2,7 @@
 //! confusion matrices, batch mosaics, the compare chart).
 
 pub mod compare_chart;
+pub mod label_budget;
 pub mod labels_plot;
 pub mod mosaic;
 pub mod plot;
