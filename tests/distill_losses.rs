@@ -497,3 +497,78 @@ fn pkd_matches_a_host_computation_of_its_formula() {
     assert!(sa.grad(&g).is_some_and(|x| x.abs().sum().into_scalar::<f32>() > 0.0));
     assert!(ta.grad(&g).is_none_or(|x| x.abs().sum().into_scalar::<f32>() == 0.0));
 }
+
+/// BCKD against a plain host computation of its formula (f64), between a DFL student head
+/// (reg_max 4) and a YOLO26-style teacher head (reg_max 1); zero at the teacher; the gradient
+/// reaches the student's class and box logits only.
+#[test]
+fn bckd_matches_a_host_computation_of_its_formula() {
+    let dev = plain();
+    let (n, nc, a, r) = (2, 3, 6, 4);
+    let s_box = Tensor::<3>::random([n, 4 * r, a], Distribution::Normal(0.0, 1.5), &dev);
+    let s_cls = Tensor::<3>::random([n, nc, a], Distribution::Normal(-1.0, 2.0), &dev);
+    let t_box = Tensor::<3>::random([n, 4, a], Distribution::Uniform(0.2, 3.0), &dev);
+    let t_cls = Tensor::<3>::random([n, nc, a], Distribution::Normal(-0.5, 2.0), &dev);
+    let centres: Vec<f32> = (0..a).map(|i| i as f32 + 0.5).chain((0..a).map(|i| (i % 2) as f32 + 0.5)).collect();
+    let anchors = Tensor::<3>::from_data(TensorData::new(centres.clone(), [1, 2, a]), &dev);
+    let host = |t: &Tensor<3>| -> Vec<f64> { t.clone().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect() };
+    let (sb, sc, tb, tc) = (host(&s_box), host(&s_cls), host(&t_box), host(&t_cls));
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    // the student's side distances: expectation of the softmax over r bins
+    let side = |i: usize, k: usize, j: usize| -> f64 {
+        let logits: Vec<f64> = (0..r).map(|b| sb[(i * 4 * r + k * r + b) * a + j]).collect();
+        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+        e.iter().enumerate().map(|(b, v)| b as f64 * v).sum::<f64>() / e.iter().sum::<f64>()
+    };
+    let giou = |b1: [f64; 4], b2: [f64; 4]| -> f64 {
+        let area = |b: [f64; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
+        let inter = (b1[2].min(b2[2]) - b1[0].max(b2[0])).max(0.0) * (b1[3].min(b2[3]) - b1[1].max(b2[1])).max(0.0);
+        let union = area(b1) + area(b2) - inter + 1e-7;
+        let hull = (b1[2].max(b2[2]) - b1[0].min(b2[0])) * (b1[3].max(b2[3]) - b1[1].min(b2[1])) + 1e-7;
+        inter / union - (hull - union) / hull
+    };
+    let (mut cls, mut boxes, mut norm) = (0f64, 0f64, 0f64);
+    for i in 0..n {
+        for j in 0..a {
+            let (cx, cy) = (centres[j] as f64, centres[a + j] as f64);
+            let mut gap_max = 0f64;
+            let mut conf = 0f64;
+            for c in 0..nc {
+                let (ps, pt) = (sig(sc[(i * nc + c) * a + j]), sig(tc[(i * nc + c) * a + j]));
+                let gap = (pt - ps).abs();
+                cls += gap * -(pt * ps.ln() + (1.0 - pt) * (1.0 - ps).ln());
+                gap_max = gap_max.max(gap);
+                conf = conf.max(pt);
+            }
+            norm += conf;
+            let d = |k: usize| tb[(i * 4 + k) * a + j];
+            let bt = [cx - d(0), cy - d(1), cx + d(2), cy + d(3)];
+            let bs = [cx - side(i, 0, j), cy - side(i, 1, j), cx + side(i, 2, j), cy + side(i, 3, j)];
+            boxes += gap_max * (1.0 - giou(bs, bt));
+        }
+    }
+    let norm = norm.max(1.0);
+    let (want_cls, want_box) = (cls / norm, boxes / norm);
+    let (got_cls, got_box) = bckd(s_box.clone(), s_cls.clone(), r, t_box.clone(), t_cls.clone(), 1, anchors.clone());
+    let (got_cls, got_box) = (got_cls.into_scalar::<f32>() as f64, got_box.into_scalar::<f32>() as f64);
+    assert!((got_cls - want_cls).abs() <= 1e-5 * want_cls, "class term {got_cls} vs host {want_cls}");
+    assert!((got_box - want_box).abs() <= 1e-5 * want_box, "box term {got_box} vs host {want_box}");
+    // at the teacher (same head family) both terms vanish
+    let tb16 = Tensor::<3>::random([n, 4 * r, a], Distribution::Normal(0.0, 1.5), &dev);
+    let (c0, b0) = bckd(tb16.clone(), t_cls.clone(), r, tb16, t_cls.clone(), r, anchors.clone());
+    assert!(c0.into_scalar::<f32>().abs() < 1e-6 && b0.into_scalar::<f32>().abs() < 1e-6);
+    // the student's logits get the gradient, the teacher's none
+    let ad = dev.clone().autodiff();
+    let on = |t: &Tensor<3>| Tensor::<3>::from_data(TensorData::new(t.clone().try_into_vec_as::<f32>().unwrap(), t.dims()), &ad).require_grad();
+    let (sb, sc, tb, tc) = (on(&s_box), on(&s_cls), on(&t_box), on(&t_cls));
+    let anchors = Tensor::<3>::from_data(TensorData::new(centres, [1, 2, a]), &ad);
+    let (c, b) = bckd(sb.clone(), sc.clone(), r, tb.clone(), tc.clone(), 1, anchors);
+    let g = (c + b).backward();
+    for (what, t) in [("student boxes", &sb), ("student classes", &sc)] {
+        assert!(t.grad(&g).is_some_and(|x| x.abs().sum().into_scalar::<f32>() > 0.0), "{what}");
+    }
+    for t in [&tb, &tc] {
+        assert!(t.grad(&g).is_none_or(|x| x.abs().sum().into_scalar::<f32>() == 0.0), "the teacher got a gradient");
+    }
+}

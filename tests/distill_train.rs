@@ -250,23 +250,27 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     let (data, teacher, unlabeled) = (data.to_str().unwrap(), teacher.to_str().unwrap(), unlabeled.to_str().unwrap());
     let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
     // Calibrated weights: a resumed run must keep the first batch's, not measure new ones.
-    let distil = [
-        "--teacher", teacher, "--distill", "cwd,mgd,pkd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled, "--logit",
-        "dense",
-    ];
-    run(&[&common[..], &distil, &["--name", "whole"]].concat());
-    // --max-batches 2 = the first epoch: the run stops there, as an interruption would.
-    run(&[&common[..], &distil, &["--name", "cut", "--max-batches", "2"]].concat());
-    let last = project.join("cut/weights/last.safetensors");
-    run(&["--resume", last.to_str().unwrap()]);
-    let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
-    let (cut, whole) = (load("cut"), load("whole"));
-    let saved = std::fs::read_to_string(project.join("cut/args.yaml")).unwrap();
-    assert!(saved.contains("calibrated:") && saved.contains("d_mgd") && saved.contains("d_pkd"), "{saved}");
-    for c in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd", "train/d_pkd", "train/l_dense"] {
-        let (c1, w1) = (cut.column(c).unwrap(), whole.column(c).unwrap());
-        assert_eq!(c1.len(), 2, "{c}: {c1:?}");
-        assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{c}: resumed {c1:?} vs uninterrupted {w1:?}");
+    for logit in ["dense", "bckd"] {
+        let distil = [
+            "--teacher", teacher, "--distill", "cwd,mgd,pkd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled,
+            "--logit", logit,
+        ];
+        let (whole, cut) = (format!("whole-{logit}"), format!("cut-{logit}"));
+        run(&[&common[..], &distil, &["--name", &whole]].concat());
+        // --max-batches 2 = the first epoch: the run stops there, as an interruption would.
+        run(&[&common[..], &distil, &["--name", &cut, "--max-batches", "2"]].concat());
+        let last = project.join(&cut).join("weights/last.safetensors");
+        run(&["--resume", last.to_str().unwrap()]);
+        let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
+        let (c, w) = (load(&cut), load(&whole));
+        let saved = std::fs::read_to_string(project.join(&cut).join("args.yaml")).unwrap();
+        assert!(saved.contains("calibrated:") && saved.contains("d_mgd") && saved.contains("d_pkd") && saved.contains(&format!("l_{logit}")), "{saved}");
+        let term = format!("train/l_{logit}");
+        for col in ["train/box_loss", "train/cls_loss", "train/d_cwd", "train/d_mgd", "train/d_pkd", term.as_str()] {
+            let (c1, w1) = (c.column(col).unwrap(), w.column(col).unwrap());
+            assert_eq!(c1.len(), 2, "{col}: {c1:?}");
+            assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{col}: resumed {c1:?} vs uninterrupted {w1:?}");
+        }
     }
 }
 
@@ -318,11 +322,16 @@ fn a_teacher_whose_head_no_term_reads_stops_at_its_last_tap() {
     }
 }
 
-/// Dense response between a YOLO26 head (4 box numbers per anchor) and a DFL head (4 × 16
-/// bins), either way round: the class term alone (it panicked at the first step).
+/// Responses between a YOLO26 head (4 box numbers per anchor) and a DFL head (4 × 16 bins),
+/// either way round: bckd's two terms act (it compares decoded boxes); dense keeps its class
+/// term alone (it panicked at the first step).
 #[test]
-fn dense_response_across_head_families_keeps_the_class_term() {
+fn responses_across_head_families() {
     for (student, teacher) in [("yolo26n.yaml", "yolov8n.yaml"), ("yolov8n.yaml", "yolo26n.yaml")] {
+        // bckd compares the boxes each head decodes: both of its terms act across families
+        let (_, items) = step_with(student, &args(teacher, "none", "bckd"), 64);
+        let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
+        assert!(item("l_bckd.cls") > 0.0 && item("l_bckd.box") > 0.0, "{student} ← {teacher}: {items:?}");
         let ((mut d, _, _, _), items) = step_with(student, &args(teacher, "none", "dense"), 64);
         let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
         assert!(item("l_dense.cls") > 0.0, "{student} ← {teacher}: {items:?}");

@@ -20,6 +20,9 @@ pub enum Response {
     /// Teacher class probabilities on every anchor and confidence-weighted LD, on the detection
     /// loss's scale (made for unlabeled images).
     Dense,
+    /// BCKD: binary KD of each class and GIoU of the decoded boxes, both weighted where the two
+    /// disagree, on the detection loss's scale (any two head families).
+    Bckd,
 }
 
 /// How a choice is written on the command line (`cosine-epoch`).

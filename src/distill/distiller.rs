@@ -8,13 +8,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use super::args::Response;
 use super::args::{flag_value, DistillArgs};
-use super::losses::{dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
+use super::losses::{bckd, dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use crate::infer::nms::{nms, NmsConfig};
 use crate::loss::{model_loss, LossConfig, Targets};
 use crate::model::walk::{child, Visit, Walk};
-use crate::model::layers::head::{HeadMaps, HeadOutput};
+use crate::model::layers::head::{anchor_tensors, HeadMaps, HeadOutput};
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
 use crate::train::{HookInput, HookLoss, StepHook, StepPos};
@@ -453,6 +453,26 @@ impl Distiller {
                 out.log("l_dense.cls", shown(&cls));
                 out.log("l_dense.box", shown(&boxes));
                 Some(("l_dense", cls + boxes))
+            }
+            Response::Bckd => {
+                let t_reg_max = self.teacher.head().reg_max;
+                let (anchors, _) = anchor_tensors(&ctx.student.shapes, &self.teacher.head().strides, &device);
+                let (cls, boxes) = bckd(
+                    s_head.boxes.clone(),
+                    s_head.scores.clone(),
+                    self.student_box_channels / 4,
+                    t_head.boxes.clone(),
+                    t_head.scores.clone(),
+                    t_reg_max,
+                    anchors,
+                );
+                // On the detection loss's scale: its class and box gains.
+                let g = ctx.loss_cfg.gains;
+                let (cls, boxes) = (cls * g.cls, boxes * g.boxes);
+                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
+                out.log("l_bckd.cls", shown(&cls));
+                out.log("l_bckd.box", shown(&boxes));
+                Some(("l_bckd", cls + boxes))
             }
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);

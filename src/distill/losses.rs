@@ -440,6 +440,62 @@ pub fn pkd_level(s: Tensor<4>, t: Tensor<4>) -> Tensor<1> {
     mse(pearson_standardise(s), pearson_standardise(t.detach())) / 2.0
 }
 
+/// Boxes (x1, y1, x2, y2) around each anchor in grid units, from a head's box logits
+/// `[N, 4·reg_max, A]` (DFL expectation; reg_max 1: the distances themselves) and the anchor
+/// centres `[1, 2, A]`: each column `[N, 1, A]`.
+pub fn grid_boxes(boxes: Tensor<3>, reg_max: usize, anchors: Tensor<3>) -> [Tensor<3>; 4] {
+    let d = crate::model::layers::head::dfl_expectation(boxes, reg_max);
+    let (cx, cy) = (anchors.clone().narrow(1, 0, 1), anchors.narrow(1, 1, 1));
+    let side = |i: usize| d.clone().narrow(1, i, 1);
+    [cx.clone() - side(0), cy.clone() - side(1), cx + side(2), cy + side(3)]
+}
+
+/// Generalised IoU of two box sets given as coordinate columns of one shape.
+pub fn giou_columns<const D: usize>(b1: [Tensor<D>; 4], b2: [Tensor<D>; 4]) -> Tensor<D> {
+    const EPS: f32 = 1e-7;
+    let [p1, q1, p2, q2] = b1;
+    let [t1, u1, t2, u2] = b2;
+    let area = |x1: &Tensor<D>, y1: &Tensor<D>, x2: &Tensor<D>, y2: &Tensor<D>| (x2.clone() - x1.clone()).clamp_min(0.0) * (y2.clone() - y1.clone()).clamp_min(0.0);
+    let iw = (p2.clone().min_pair(t2.clone()) - p1.clone().max_pair(t1.clone())).clamp_min(0.0);
+    let ih = (q2.clone().min_pair(u2.clone()) - q1.clone().max_pair(u1.clone())).clamp_min(0.0);
+    let inter = iw * ih;
+    let union = area(&p1, &q1, &p2, &q2) + area(&t1, &u1, &t2, &u2) - inter.clone() + EPS;
+    let hull = (p2.max_pair(t2) - p1.min_pair(t1)) * (q2.max_pair(u2) - q1.min_pair(u1)) + EPS;
+    inter / union.clone() - (hull.clone() - union) / hull
+}
+
+/// BCKD (Yang et al., ICCV 2023) on every anchor, teacher tensors constant. With `p_s`, `p_t`
+/// the class probabilities and `g = |p_t − p_s|` (a constant weight: where the two disagree):
+/// class term `Σ g · BCE(p_s, p_t)` over anchors and classes (binary KD of each class);
+/// box term `Σ_a max_c g · (1 − GIoU(b_s, b_t))` on the boxes each head decodes with its own
+/// reg_max, so it also pairs a YOLO26 head with a DFL one. Both are divided by the batch's total
+/// teacher confidence (its highest class probability per anchor, at least 1), as the detection
+/// loss divides by its target scores. `anchors`: centres `[1, 2, A]` in grid units. Returns
+/// (class, box).
+#[allow(clippy::too_many_arguments)]
+pub fn bckd(
+    s_boxes: Tensor<3>,
+    s_scores: Tensor<3>,
+    s_reg_max: usize,
+    t_boxes: Tensor<3>,
+    t_scores: Tensor<3>,
+    t_reg_max: usize,
+    anchors: Tensor<3>,
+) -> (Tensor<1>, Tensor<1>) {
+    assert_same_shape(&s_scores, &t_scores, "bckd (scores)");
+    let t_scores = t_scores.detach();
+    let p_t = sigmoid(t_scores.clone());
+    let gap = (p_t.clone() - sigmoid(s_scores.clone())).abs().detach();
+    let norm = p_t.clone().max_dim(1).sum().clamp_min(1.0);
+    let bce = (p_t.clone() * log_sigmoid(s_scores.clone()) + (p_t.neg() + 1.0) * log_sigmoid(s_scores.neg())).neg();
+    let cls = (gap.clone() * bce).sum() / norm.clone();
+    let s_box = grid_boxes(s_boxes, s_reg_max, anchors.clone());
+    let t_box = grid_boxes(t_boxes.detach(), t_reg_max, anchors).map(|c| c.detach());
+    let giou = giou_columns(s_box, t_box);
+    let boxes = (gap.max_dim(1) * (giou.neg() + 1.0)).sum() / norm;
+    (cls, boxes)
+}
+
 // ---------------------------------------------------------------------------
 // §6 Ultralytics 8.4 native method
 
