@@ -498,6 +498,42 @@ fn pkd_matches_a_host_computation_of_its_formula() {
     assert!(ta.grad(&g).is_none_or(|x| x.abs().sum().into_scalar::<f32>() == 0.0));
 }
 
+/// Host (f64) helpers of the response-method reference tests.
+mod host {
+    pub fn values(t: &burn::tensor::Tensor<3>) -> Vec<f64> {
+        t.clone().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect()
+    }
+
+    pub fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// Side `k` of anchor `j` of image `i` from box logits `[n, 4·r, a]`: the expectation of the
+    /// softmax over the r bins (r = 1: the value itself).
+    pub fn side(v: &[f64], r: usize, a: usize, i: usize, k: usize, j: usize) -> f64 {
+        let logits: Vec<f64> = (0..r).map(|b| v[(i * 4 * r + k * r + b) * a + j]).collect();
+        if r == 1 {
+            return logits[0];
+        }
+        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
+        e.iter().enumerate().map(|(b, v)| b as f64 * v).sum::<f64>() / e.iter().sum::<f64>()
+    }
+
+    /// The box (x1, y1, x2, y2) of anchor `j` centred at `c`.
+    pub fn anchor_box(v: &[f64], r: usize, a: usize, i: usize, j: usize, c: (f64, f64)) -> [f64; 4] {
+        [c.0 - side(v, r, a, i, 0, j), c.1 - side(v, r, a, i, 1, j), c.0 + side(v, r, a, i, 2, j), c.1 + side(v, r, a, i, 3, j)]
+    }
+
+    pub fn giou(b1: [f64; 4], b2: [f64; 4]) -> f64 {
+        let area = |b: [f64; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
+        let inter = (b1[2].min(b2[2]) - b1[0].max(b2[0])).max(0.0) * (b1[3].min(b2[3]) - b1[1].max(b2[1])).max(0.0);
+        let union = area(b1) + area(b2) - inter + 1e-7;
+        let hull = (b1[2].max(b2[2]) - b1[0].min(b2[0])) * (b1[3].max(b2[3]) - b1[1].min(b2[1])) + 1e-7;
+        inter / union - (hull - union) / hull
+    }
+}
+
 /// BCKD against a plain host computation of its formula (f64), between a DFL student head
 /// (reg_max 4) and a YOLO26-style teacher head (reg_max 1); zero at the teacher; the gradient
 /// reaches the student's class and box logits only.
@@ -511,41 +547,21 @@ fn bckd_matches_a_host_computation_of_its_formula() {
     let t_cls = Tensor::<3>::random([n, nc, a], Distribution::Normal(-0.5, 2.0), &dev);
     let centres: Vec<f32> = (0..a).map(|i| i as f32 + 0.5).chain((0..a).map(|i| (i % 2) as f32 + 0.5)).collect();
     let anchors = Tensor::<3>::from_data(TensorData::new(centres.clone(), [1, 2, a]), &dev);
-    let host = |t: &Tensor<3>| -> Vec<f64> { t.clone().try_into_vec_as::<f32>().unwrap().into_iter().map(f64::from).collect() };
-    let (sb, sc, tb, tc) = (host(&s_box), host(&s_cls), host(&t_box), host(&t_cls));
-    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
-    // the student's side distances: expectation of the softmax over r bins
-    let side = |i: usize, k: usize, j: usize| -> f64 {
-        let logits: Vec<f64> = (0..r).map(|b| sb[(i * 4 * r + k * r + b) * a + j]).collect();
-        let m = logits.iter().cloned().fold(f64::MIN, f64::max);
-        let e: Vec<f64> = logits.iter().map(|l| (l - m).exp()).collect();
-        e.iter().enumerate().map(|(b, v)| b as f64 * v).sum::<f64>() / e.iter().sum::<f64>()
-    };
-    let giou = |b1: [f64; 4], b2: [f64; 4]| -> f64 {
-        let area = |b: [f64; 4]| (b[2] - b[0]).max(0.0) * (b[3] - b[1]).max(0.0);
-        let inter = (b1[2].min(b2[2]) - b1[0].max(b2[0])).max(0.0) * (b1[3].min(b2[3]) - b1[1].max(b2[1])).max(0.0);
-        let union = area(b1) + area(b2) - inter + 1e-7;
-        let hull = (b1[2].max(b2[2]) - b1[0].min(b2[0])) * (b1[3].max(b2[3]) - b1[1].min(b2[1])) + 1e-7;
-        inter / union - (hull - union) / hull
-    };
+    let (sb, sc, tb, tc) = (host::values(&s_box), host::values(&s_cls), host::values(&t_box), host::values(&t_cls));
     let (mut cls, mut boxes, mut norm) = (0f64, 0f64, 0f64);
     for i in 0..n {
         for j in 0..a {
-            let (cx, cy) = (centres[j] as f64, centres[a + j] as f64);
-            let mut gap_max = 0f64;
-            let mut conf = 0f64;
-            for c in 0..nc {
-                let (ps, pt) = (sig(sc[(i * nc + c) * a + j]), sig(tc[(i * nc + c) * a + j]));
+            let c = (centres[j] as f64, centres[a + j] as f64);
+            let (mut gap_max, mut conf) = (0f64, 0f64);
+            for k in 0..nc {
+                let (ps, pt) = (host::sigmoid(sc[(i * nc + k) * a + j]), host::sigmoid(tc[(i * nc + k) * a + j]));
                 let gap = (pt - ps).abs();
                 cls += gap * -(pt * ps.ln() + (1.0 - pt) * (1.0 - ps).ln());
                 gap_max = gap_max.max(gap);
                 conf = conf.max(pt);
             }
             norm += conf;
-            let d = |k: usize| tb[(i * 4 + k) * a + j];
-            let bt = [cx - d(0), cy - d(1), cx + d(2), cy + d(3)];
-            let bs = [cx - side(i, 0, j), cy - side(i, 1, j), cx + side(i, 2, j), cy + side(i, 3, j)];
-            boxes += gap_max * (1.0 - giou(bs, bt));
+            boxes += gap_max * (1.0 - host::giou(host::anchor_box(&sb, r, a, i, j, c), host::anchor_box(&tb, 1, a, i, j, c)));
         }
     }
     let norm = norm.max(1.0);
@@ -558,17 +574,60 @@ fn bckd_matches_a_host_computation_of_its_formula() {
     let tb16 = Tensor::<3>::random([n, 4 * r, a], Distribution::Normal(0.0, 1.5), &dev);
     let (c0, b0) = bckd(tb16.clone(), t_cls.clone(), r, tb16, t_cls.clone(), r, anchors.clone());
     assert!(c0.into_scalar::<f32>().abs() < 1e-6 && b0.into_scalar::<f32>().abs() < 1e-6);
-    // the student's logits get the gradient, the teacher's none
-    let ad = dev.clone().autodiff();
+    let (c, b) = with_gradients(&[&s_box, &s_cls, &t_box, &t_cls], &centres, |t, anchors| bckd(t[0].clone(), t[1].clone(), r, t[2].clone(), t[3].clone(), 1, anchors));
+    assert!(c && !b, "the student's logits get the gradient, the teacher's none");
+}
+
+/// Runs a response loss on autodiff copies of `tensors` (student first two, teacher last two);
+/// returns whether the student's and whether the teacher's tensors got a gradient.
+fn with_gradients(tensors: &[&Tensor<3>], centres: &[f32], f: impl Fn(&[Tensor<3>], Tensor<3>) -> (Tensor<1>, Tensor<1>)) -> (bool, bool) {
+    let ad = plain().autodiff();
     let on = |t: &Tensor<3>| Tensor::<3>::from_data(TensorData::new(t.clone().try_into_vec_as::<f32>().unwrap(), t.dims()), &ad).require_grad();
-    let (sb, sc, tb, tc) = (on(&s_box), on(&s_cls), on(&t_box), on(&t_cls));
-    let anchors = Tensor::<3>::from_data(TensorData::new(centres, [1, 2, a]), &ad);
-    let (c, b) = bckd(sb.clone(), sc.clone(), r, tb.clone(), tc.clone(), 1, anchors);
+    let copies: Vec<Tensor<3>> = tensors.iter().map(|t| on(t)).collect();
+    let anchors = Tensor::<3>::from_data(TensorData::new(centres.to_vec(), [1, 2, centres.len() / 2]), &ad);
+    let (c, b) = f(&copies, anchors);
     let g = (c + b).backward();
-    for (what, t) in [("student boxes", &sb), ("student classes", &sc)] {
-        assert!(t.grad(&g).is_some_and(|x| x.abs().sum().into_scalar::<f32>() > 0.0), "{what}");
+    let has = |t: &Tensor<3>| t.grad(&g).is_some_and(|x| x.abs().sum().into_scalar::<f32>() > 0.0);
+    (has(&copies[0]) && has(&copies[1]), has(&copies[2]) || has(&copies[3]))
+}
+
+/// CrossKD's loss against a host computation: the binary KL at temperature T (times T²) on
+/// every anchor and class, and the teacher-confidence-weighted (1 − GIoU) of the decoded boxes,
+/// both over the total confidence; zero when the cross predictions are the teacher's.
+#[test]
+fn crosskd_matches_a_host_computation_of_its_formula() {
+    let dev = plain();
+    let (n, nc, a, r, tt) = (2, 3, 6, 4, 2.0f64);
+    let c_box = Tensor::<3>::random([n, 4 * r, a], Distribution::Normal(0.0, 1.5), &dev);
+    let c_cls = Tensor::<3>::random([n, nc, a], Distribution::Normal(-1.0, 2.0), &dev);
+    let t_box = Tensor::<3>::random([n, 4 * r, a], Distribution::Normal(0.0, 1.5), &dev);
+    let t_cls = Tensor::<3>::random([n, nc, a], Distribution::Normal(-0.5, 2.0), &dev);
+    let centres: Vec<f32> = (0..a).map(|i| i as f32 + 0.5).chain((0..a).map(|i| (i % 3) as f32 + 0.5)).collect();
+    let anchors = Tensor::<3>::from_data(TensorData::new(centres.clone(), [1, 2, a]), &dev);
+    let (cb, cc, tb, tc) = (host::values(&c_box), host::values(&c_cls), host::values(&t_box), host::values(&t_cls));
+    let (mut cls, mut boxes, mut norm) = (0f64, 0f64, 0f64);
+    for i in 0..n {
+        for j in 0..a {
+            let c = (centres[j] as f64, centres[a + j] as f64);
+            let mut conf = 0f64;
+            for k in 0..nc {
+                let (zs, zt) = (cc[(i * nc + k) * a + j] / tt, tc[(i * nc + k) * a + j] / tt);
+                let (ps, pt) = (host::sigmoid(zs), host::sigmoid(zt));
+                cls += tt * tt * (pt * (pt.ln() - ps.ln()) + (1.0 - pt) * ((1.0 - pt).ln() - (1.0 - ps).ln()));
+                conf = conf.max(host::sigmoid(tc[(i * nc + k) * a + j]));
+            }
+            norm += conf;
+            boxes += conf * (1.0 - host::giou(host::anchor_box(&cb, r, a, i, j, c), host::anchor_box(&tb, r, a, i, j, c)));
+        }
     }
-    for t in [&tb, &tc] {
-        assert!(t.grad(&g).is_none_or(|x| x.abs().sum().into_scalar::<f32>() == 0.0), "the teacher got a gradient");
-    }
+    let norm = norm.max(1.0);
+    let (want_cls, want_box) = (cls / norm, boxes / norm);
+    let (got_cls, got_box) = crosskd(c_box.clone(), c_cls.clone(), t_box.clone(), t_cls.clone(), r, anchors.clone(), tt as f32);
+    let (got_cls, got_box) = (got_cls.into_scalar::<f32>() as f64, got_box.into_scalar::<f32>() as f64);
+    assert!((got_cls - want_cls).abs() <= 1e-5 * want_cls, "class term {got_cls} vs host {want_cls}");
+    assert!((got_box - want_box).abs() <= 1e-5 * want_box, "box term {got_box} vs host {want_box}");
+    let (c0, b0) = crosskd(t_box.clone(), t_cls.clone(), t_box.clone(), t_cls.clone(), r, anchors, tt as f32);
+    assert!(c0.into_scalar::<f32>().abs() < 1e-6 && b0.into_scalar::<f32>().abs() < 1e-6);
+    let (c, b) = with_gradients(&[&c_box, &c_cls, &t_box, &t_cls], &centres, |t, anchors| crosskd(t[0].clone(), t[1].clone(), t[2].clone(), t[3].clone(), r, anchors, 2.0));
+    assert!(c && !b, "the cross predictions get the gradient, the teacher's none");
 }

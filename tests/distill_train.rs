@@ -250,7 +250,7 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     let (data, teacher, unlabeled) = (data.to_str().unwrap(), teacher.to_str().unwrap(), unlabeled.to_str().unwrap());
     let common = ["--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4"];
     // Calibrated weights: a resumed run must keep the first batch's, not measure new ones.
-    for logit in ["dense", "bckd"] {
+    for logit in ["dense", "bckd", "crosskd"] {
         let distil = [
             "--teacher", teacher, "--distill", "cwd,mgd,pkd", "--distill-calibrate", "0.3", "--workers", "1", "--unlabeled", unlabeled,
             "--logit", logit,
@@ -337,5 +337,45 @@ fn responses_across_head_families() {
         assert!(item("l_dense.cls") > 0.0, "{student} ← {teacher}: {items:?}");
         assert_eq!(item("l_dense.box"), 0.0, "{student} ← {teacher}");
         assert!(d.report(64).contains("class term only"), "{}", d.report(64));
+    }
+}
+
+/// CrossKD: the student's head features go through the frozen teacher head's later layers; its
+/// terms act within and across families, its adapters (where the heads' widths differ) train,
+/// and the teacher does not change. It refuses what it cannot do.
+#[test]
+fn crosskd_trains_through_the_frozen_teacher_head() {
+    for (student, teacher) in [("yolov8n.yaml", "yolov8s.yaml"), ("yolo11n.yaml", "yolov8s.yaml"), ("yolo26n.yaml", "yolov8n.yaml")] {
+        let ((mut d, _, before, teacher_before), items) = step_with(student, &args(teacher, "none", "crosskd"), 64);
+        let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
+        assert!(item("l_crosskd.cls") > 0.0 && item("l_crosskd.box") > 0.0, "{student} ← {teacher}: {items:?}");
+        let after = snapshot(&mut d);
+        let cross: Vec<&String> = before.keys().filter(|k| k.starts_with("distill.cross.")).collect();
+        assert!(!cross.is_empty(), "{student} ← {teacher}: no adapter, yet the class branches' widths differ");
+        assert!(cross.iter().all(|k| before[*k] != after[*k]), "{student} ← {teacher}: an adapter did not train");
+        assert_eq!(snapshot(&mut d.teacher), teacher_before, "the teacher must not change");
+        let report = d.report(64);
+        assert!(report.contains("response: crosskd (the student's head features through the teacher head's later layers"), "{report}");
+    }
+    // the term's gradient reaches the student's own weights (its head's first stages and below)
+    let plain = yolodistill::default_device();
+    let ad = plain.clone().autodiff();
+    let mut student = model::load("yolo11n.yaml", Some(3), &plain).unwrap().model;
+    let mut d = Distiller::new(&args("yolov8s.yaml", "none", "crosskd"), &student, 64, 10, 2, &plain).unwrap();
+    make_trainable(&mut d);
+    make_trainable(&mut student);
+    let head = student.head();
+    let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
+    let taps = d.taps();
+    let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
+    let (_, terms) = gradient_norms(&mut student, &loss_cfg, &toy_batch(2, 64), &ad, &taps, &mut d, pos);
+    assert!(terms.iter().any(|(n, g)| n == "l_crosskd" && *g > 0.0 && g.is_finite()), "{terms:?}");
+    let student = model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
+    for (a, why) in [
+        (DistillArgs { online: true, ..args("yolov8s.yaml", "none", "crosskd") }, "not with --online"),
+        (DistillArgs { distill_layers: "15,18,21".into(), ..args("yolov8s.yaml", "none", "crosskd") }, "--distill-layers auto"),
+    ] {
+        let e = Distiller::new(&a, &student, 64, 10, 2, &plain).err().unwrap();
+        assert!(format!("{e:#}").contains(why), "{e:#}");
     }
 }

@@ -161,7 +161,7 @@ fn label_fraction_run_learns_from_the_rest_as_unlabeled_images() {
 #[test]
 fn every_method_and_calibration_work_on_batches_with_unlabeled_images() {
     let all = "mimic,cwd,mgd,at,gram,relation,sl2,pkd";
-    for logit in ["mse", "kl", "mixed", "ld", "dense", "bckd"] {
+    for logit in ["mse", "kl", "mixed", "ld", "dense", "bckd", "crosskd"] {
         let a = DistillArgs { distill: all.into(), ..args(logit) };
         let mut s = setup(&a, 64);
         let (items, _) = run(&mut s, &batch(3, 64, 1), true);

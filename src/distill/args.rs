@@ -23,6 +23,9 @@ pub enum Response {
     /// BCKD: binary KD of each class and GIoU of the decoded boxes, both weighted where the two
     /// disagree, on the detection loss's scale (any two head families).
     Bckd,
+    /// CrossKD: the student's head features through the frozen teacher head's later layers,
+    /// distilled towards the teacher's own predictions (class KL, GIoU of the boxes).
+    Crosskd,
 }
 
 /// How a choice is written on the command line (`cosine-epoch`).

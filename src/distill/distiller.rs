@@ -8,7 +8,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 pub use super::args::Response;
 use super::args::{flag_value, DistillArgs};
-use super::losses::{bckd, dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
+use super::crosskd::CrossHead;
+use super::losses::{bckd, crosskd, dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use crate::infer::nms::{nms, NmsConfig};
@@ -111,6 +112,8 @@ pub struct Distiller {
     pass: Option<TeacherPass>,
     /// Box channels of the student's head (4 × its reg_max).
     student_box_channels: usize,
+    /// CrossKD's cross head (`--logit crosskd`).
+    cross: Option<CrossHead>,
 }
 
 /// The teacher's pass over a batch: its tapped layers, and its head's maps when a term reads
@@ -178,6 +181,14 @@ impl Distiller {
             bail!("--logit ld needs DFL heads with the same reg_max on both sides");
         }
         let pairs = plan_pairs(student, &teacher, args, imgsz)?;
+        let cross = match args.logit {
+            Response::Crosskd if args.online => bail!("--logit crosskd runs the student's head features through a frozen teacher's head: not with --online"),
+            Response::Crosskd if args.distill_layers != "auto" => {
+                bail!("--logit crosskd reads the student's Detect inputs: it needs --distill-layers auto")
+            }
+            Response::Crosskd => Some(CrossHead::new(student, &teacher, device)?),
+            _ => None,
+        };
         let need_adapter = methods.iter().any(|(m, _)| m.needs_adapter());
         let adapters = pairs
             .iter()
@@ -213,6 +224,7 @@ impl Distiller {
             last_weight: 1.0,
             pass: None,
             student_box_channels: 4 * student.head().reg_max,
+            cross,
         })
     }
 
@@ -271,6 +283,10 @@ impl Distiller {
                 " (class term only: its box term compares DFL distributions, and the student's head has {s} box channels, the teacher's {t})"
             ),
             Response::Mse if s != t => format!(" (skipped at every step: the heads' box maps differ, {s} and {t} channels)"),
+            Response::Crosskd => match &self.cross {
+                Some(c) => format!(" (the student's head features through the teacher head's later layers; adapters per level: {})", c.describe()),
+                None => String::new(),
+            },
             _ => String::new(),
         }
     }
@@ -474,6 +490,19 @@ impl Distiller {
                 out.log("l_bckd.box", shown(&boxes));
                 Some(("l_bckd", cls + boxes))
             }
+            Response::Crosskd => {
+                let cross = self.cross.as_ref().expect("the distiller makes the cross head for --logit crosskd");
+                let c = cross.predictions(ctx.student_head, ctx.taps);
+                let head = self.teacher.head();
+                let (anchors, _) = anchor_tensors(&ctx.student.shapes, &head.strides, &device);
+                let (cls, boxes) = crosskd(c.boxes, c.scores, t_head.boxes.clone(), t_head.scores.clone(), head.reg_max, anchors, self.args.temperature);
+                let g = ctx.loss_cfg.gains;
+                let (cls, boxes) = (cls * g.cls, boxes * g.boxes);
+                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
+                out.log("l_crosskd.cls", shown(&cls));
+                out.log("l_crosskd.box", shown(&boxes));
+                Some(("l_crosskd", cls + boxes))
+            }
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
                 let [n, _, a] = t_scores.dims();
@@ -611,6 +640,9 @@ impl Trainable for Distiller {
         order.sort_by_key(|m| m.feature);
         for m in order {
             m.imp.walk_params(f);
+        }
+        if let Some(c) = self.cross.as_mut() {
+            c.walk_params(f);
         }
         // An online teacher trains with the student (same parameter-group rules by name).
         if self.args.online {

@@ -316,6 +316,13 @@ pub fn localisation_kl(
     (kl * w.clone()).sum() * (temperature * temperature) / w.sum().clamp_min(1e-9)
 }
 
+/// The binary KL from the teacher's class probabilities to the student's, per anchor and
+/// class, from logits already divided by the temperature.
+fn binary_kl(st: Tensor<3>, tl: Tensor<3>) -> Tensor<3> {
+    let p = sigmoid(tl.clone());
+    p.clone() * (log_sigmoid(tl.clone()) - log_sigmoid(st.clone())) + (p.neg() + 1.0) * (log_sigmoid(tl.neg()) - log_sigmoid(st.neg()))
+}
+
 /// Whether dense response distillation has a box term: both heads predict DFL distributions
 /// (`reg_max` > 1 bins) of the same size, from `student` and `teacher` box channels.
 pub fn dense_box_term(student: usize, teacher: usize, reg_max: usize) -> bool {
@@ -344,9 +351,7 @@ pub fn dense_response(
     let t_scores = t_scores.detach();
     let conf = sigmoid(t_scores.clone()).max_dim(1); // [N, 1, A]
     let norm = conf.clone().sum().clamp_min(1.0);
-    let (st, tl) = (s_scores / tt, t_scores / tt);
-    let p = sigmoid(tl.clone());
-    let kl = p.clone() * (log_sigmoid(tl.clone()) - log_sigmoid(st.clone())) + (p.neg() + 1.0) * (log_sigmoid(tl.neg()) - log_sigmoid(st.neg()));
+    let kl = binary_kl(s_scores / tt, t_scores / tt);
     // T²/norm rounded once, as the host scalar it was (no read-back for it)
     let scale = Tensor::<1>::full([1], tt * tt, &norm.device()) / norm;
     let cls = kl.sum() * scale.clone();
@@ -493,6 +498,26 @@ pub fn bckd(
     let t_box = grid_boxes(t_boxes.detach(), t_reg_max, anchors).map(|c| c.detach());
     let giou = giou_columns(s_box, t_box);
     let boxes = (gap.max_dim(1) * (giou.neg() + 1.0)).sum() / norm;
+    (cls, boxes)
+}
+
+/// CrossKD (Wang et al., CVPR 2024): the cross-head predictions (the student's head features
+/// through the teacher's later head layers: boxes `[N, 4·reg_max, A]` in the teacher's
+/// reg_max, class logits `[N, nc, A]`) against the teacher's own. Class term: the binary KL at
+/// temperature `T` on every anchor and class, times T²; box term: `Σ_a conf_a · (1 − GIoU)` of the
+/// decoded boxes, `conf_a` the teacher's highest class probability. Both are divided by the
+/// batch's total teacher confidence (at least 1). Teacher tensors are constants; the gradient
+/// reaches the cross predictions (and through them the student). Returns (class, box).
+pub fn crosskd(c_boxes: Tensor<3>, c_scores: Tensor<3>, t_boxes: Tensor<3>, t_scores: Tensor<3>, reg_max: usize, anchors: Tensor<3>, temperature: f32) -> (Tensor<1>, Tensor<1>) {
+    assert_same_shape(&c_scores, &t_scores, "crosskd (scores)");
+    assert_same_shape(&c_boxes, &t_boxes, "crosskd (boxes)");
+    let t_scores = t_scores.detach();
+    let conf = sigmoid(t_scores.clone()).max_dim(1); // [N, 1, A]
+    let norm = conf.clone().sum().clamp_min(1.0);
+    let tt = temperature;
+    let cls = binary_kl(c_scores / tt, t_scores / tt).sum() * (tt * tt) / norm.clone();
+    let giou = giou_columns(grid_boxes(c_boxes, reg_max, anchors.clone()), grid_boxes(t_boxes.detach(), reg_max, anchors));
+    let boxes = (conf * (giou.neg() + 1.0)).sum() / norm;
     (cls, boxes)
 }
 

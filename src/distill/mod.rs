@@ -1,6 +1,7 @@
 //! Knowledge distillation from a teacher detector into a student.
 
 pub mod args;
+pub mod crosskd;
 pub mod distiller;
 pub mod extension;
 pub mod losses;

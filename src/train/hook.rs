@@ -103,6 +103,8 @@ pub struct HookInput<'a> {
     pub labeled: usize,
     pub taps: &'a [Tensor<4>],
     pub student: &'a HeadOutput,
+    /// The student's head (its layers, for methods that run parts of it again).
+    pub student_head: &'a crate::model::layers::head::Detect,
     /// The batch's ground truth and the student's (one-to-many) assignment.
     pub targets: &'a Targets,
     pub assigned: &'a Assignment,

@@ -107,6 +107,7 @@ fn step_losses(
             labeled,
             taps: &fwd.taps,
             student: &fwd.head,
+            student_head: model.head(),
             targets: &targets,
             assigned: &assigned,
             loss_cfg,

@@ -27,7 +27,19 @@ impl BoxBranch {
         }
     }
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::kernels::conv2d_layer(&self.out, self.c1.forward(self.c0.forward(x)))
+        self.later_stages(self.first_stage(x))
+    }
+    /// The first 3×3 Conv: the head features a CrossKD student passes to its teacher's head.
+    pub fn first_stage(&self, x: Tensor<4>) -> Tensor<4> {
+        self.c0.forward(x)
+    }
+    /// The second Conv and the output convolution.
+    pub fn later_stages(&self, y: Tensor<4>) -> Tensor<4> {
+        crate::kernels::conv2d_layer(&self.out, self.c1.forward(y))
+    }
+    /// Channels between the first stage and the later ones.
+    pub fn stage_width(&self) -> usize {
+        self.c0.conv.weight.val().dims()[0]
     }
 }
 
@@ -65,15 +77,28 @@ impl ClsBranch {
         }
     }
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut y = self.a.forward(x);
-        if let Some(c) = &self.a2 {
-            y = c.forward(y);
+        self.later_stages(self.first_stage(x))
+    }
+    /// The first stage (a 3×3 Conv, or a depthwise 3×3 and a 1×1): the head features a CrossKD
+    /// student passes to its teacher's head.
+    pub fn first_stage(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.a.forward(x);
+        match &self.a2 {
+            Some(c) => c.forward(y),
+            None => y,
         }
-        y = self.b.forward(y);
+    }
+    /// The second stage and the output convolution.
+    pub fn later_stages(&self, y: Tensor<4>) -> Tensor<4> {
+        let mut y = self.b.forward(y);
         if let Some(c) = &self.b2 {
             y = c.forward(y);
         }
         crate::kernels::conv2d_layer(&self.out, y)
+    }
+    /// Channels between the first stage and the later ones.
+    pub fn stage_width(&self) -> usize {
+        self.a2.as_ref().unwrap_or(&self.a).conv.weight.val().dims()[0]
     }
 }
 
