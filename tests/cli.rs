@@ -272,3 +272,38 @@ fn a_distillation_whose_terms_stay_zero_says_so() {
         assert_eq!(err.contains("every distillation term was zero for a whole epoch"), warns, "--distill {methods}:\n{err}");
     }
 }
+
+/// Ultralytics' command form: `detect train key=value …` writes the same args.yaml as the flag
+/// form; an unknown key is refused naming the closest one; `predict` takes it too.
+#[test]
+fn ultralytics_key_value_commands() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("key-value");
+    let data = common::bccd_subset(&shared, &dir, 2);
+    let d = data.to_str().unwrap();
+    let (p1, p2) = (dir.join("a"), dir.join("b"));
+    let kv = format!("detect train model=yolov8n.yaml data={d} imgsz=64 epochs=1 batch=2 lr0=0.02 cos_lr=True val=False workers=1 project={} name=run", p1.display());
+    let out = bin().args(kv.split_whitespace()).args(["--max-batches", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["train", "--model", "yolov8n.yaml", "--data", d, "--imgsz", "64", "--epochs", "1", "--batch", "2", "--lr0", "0.02", "--cos-lr"])
+        .args(["--val", "false", "--workers", "1", "--name", "run", "--max-batches", "1", "--project"])
+        .arg(&p2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = |p: &std::path::Path| {
+        let text = std::fs::read_to_string(p.join("run/args.yaml")).unwrap();
+        text.lines().filter(|l| !l.starts_with("project:")).collect::<Vec<_>>().join("\n")
+    };
+    assert_eq!(args(&p1), args(&p2));
+    let out = bin().args(["train", "model=yolov8n.yaml", "lr=0.01"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("'lr' is not a valid key of train; the closest is 'lr0'"), "{err}");
+    let out = bin().args(["train", "model=yolov8n.yaml", "data=x.yaml", "lr0=-1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("--lr0") && err.contains("0 or more"), "the flag's own check: {err}");
+    let image = std::fs::read_dir(shared.join("data/bccd/images/val")).unwrap().next().unwrap().unwrap().path();
+    let out = bin().args(["predict", "model=yolov8n.yaml", "imgsz=64", "conf=0.5", "--json", &format!("source={}", image.display())]).output().unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"boxes\""), "{}", String::from_utf8_lossy(&out.stderr));
+}

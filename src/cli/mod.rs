@@ -8,6 +8,7 @@ mod demo;
 mod distill_plan;
 mod export;
 mod info;
+pub mod key_value;
 mod predict;
 mod train;
 mod val;

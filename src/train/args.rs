@@ -28,7 +28,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 16, value_parser = crate::options::at_least_one)]
     pub batch: usize,
     /// Optimizer; `auto` follows Ultralytics (SGD for long runs, AdamW otherwise).
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Auto)]
+    #[arg(long, value_enum, ignore_case = true, default_value_t = OptimizerKind::Auto)]
     pub optimizer: OptimizerKind,
     /// Initial learning rate (SGD/AdamW; `auto` picks its own).
     #[arg(long, default_value_t = 0.01, value_parser = crate::options::non_negative)]
