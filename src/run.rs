@@ -81,7 +81,7 @@ pub fn settings_differ(r: &RunArgs, last: &std::path::Path) -> Result<Vec<String
 }
 
 /// Differences as (name, `--flag: was → now`).
-fn changed_values(was: &serde_json::Value, now: &serde_json::Value) -> Vec<(String, String)> {
+pub fn changed_values(was: &serde_json::Value, now: &serde_json::Value) -> Vec<(String, String)> {
     let show = |v: &serde_json::Value| if v.is_null() { "unset".to_string() } else { v.to_string() };
     train::setup::differences(was, now)
         .into_iter()

@@ -180,10 +180,7 @@ fn claim_folder(dir: &Path, a: &DemoArgs) -> Result<()> {
         let saved_path = dir.join(SETTINGS);
         if let Ok(text) = std::fs::read_to_string(&saved_path) {
             let saved: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not the demo's settings", saved_path.display()))?;
-            let differ: Vec<String> = crate::train::setup::differences(&saved, &settings)
-                .into_iter()
-                .map(|(k, was, now)| format!("--{}: {was} → {now}", k.replace('_', "-")))
-                .collect();
+            let differ: Vec<String> = crate::run::changed_values(&saved, &settings).into_iter().map(|(_, shown)| shown).collect();
             if !differ.is_empty() {
                 bail!(
                     "--dir {} holds a demo run with other settings ({}); its runs are not reused: choose another --dir, or remove it",

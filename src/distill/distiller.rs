@@ -464,11 +464,7 @@ impl Distiller {
                     dense_response(s_head.boxes.clone(), s_head.scores.clone(), t_head.boxes.clone(), t_head.scores.clone(), r, self.args.temperature);
                 // On the detection loss's scale: its class and DFL gains.
                 let g = ctx.loss_cfg.gains;
-                let (cls, boxes) = (cls * g.cls, boxes * g.dfl);
-                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
-                out.log("l_dense.cls", shown(&cls));
-                out.log("l_dense.box", shown(&boxes));
-                Some(("l_dense", cls + boxes))
+                Some(self.class_and_box("l_dense", cls * g.cls, boxes * g.dfl, w, out))
             }
             Response::Bckd => {
                 let t_reg_max = self.teacher.head().reg_max;
@@ -484,11 +480,7 @@ impl Distiller {
                 );
                 // On the detection loss's scale: its class and box gains.
                 let g = ctx.loss_cfg.gains;
-                let (cls, boxes) = (cls * g.cls, boxes * g.boxes);
-                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
-                out.log("l_bckd.cls", shown(&cls));
-                out.log("l_bckd.box", shown(&boxes));
-                Some(("l_bckd", cls + boxes))
+                Some(self.class_and_box("l_bckd", cls * g.cls, boxes * g.boxes, w, out))
             }
             Response::Crosskd => {
                 let cross = self.cross.as_ref().expect("the distiller makes the cross head for --logit crosskd");
@@ -497,11 +489,7 @@ impl Distiller {
                 let (anchors, _) = anchor_tensors(&ctx.student.shapes, &head.strides, &device);
                 let (cls, boxes) = crosskd(c.boxes, c.scores, t_head.boxes.clone(), t_head.scores.clone(), head.reg_max, anchors, self.args.temperature);
                 let g = ctx.loss_cfg.gains;
-                let (cls, boxes) = (cls * g.cls, boxes * g.boxes);
-                let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
-                out.log("l_crosskd.cls", shown(&cls));
-                out.log("l_crosskd.box", shown(&boxes));
-                Some(("l_crosskd", cls + boxes))
+                Some(self.class_and_box("l_crosskd", cls * g.cls, boxes * g.boxes, w, out))
             }
             Response::Ld => {
                 let t_scores = burn::tensor::activation::sigmoid(t_head.scores.clone()).max_dim(1);
@@ -518,6 +506,15 @@ impl Distiller {
         } else if self.args.logit == Response::Mse {
             out.log("l_mse_skipped", Tensor::ones([1], &device));
         }
+    }
+
+    /// A response of a class and a box term: both logged as `<name>.cls` / `<name>.box` at the
+    /// weight the step gives them; returns the term (their sum).
+    fn class_and_box(&self, name: &'static str, cls: Tensor<1>, boxes: Tensor<1>, w: f32, out: &mut HookLoss) -> (&'static str, Tensor<1>) {
+        let shown = |t: &Tensor<1>| t.clone() * self.args.logit_weight * w;
+        out.log(format!("{name}.cls"), shown(&cls));
+        out.log(format!("{name}.box"), shown(&boxes));
+        (name, cls + boxes)
     }
 
     /// Calibrated multipliers apply to a term and to its per-level values.
