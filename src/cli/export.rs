@@ -43,6 +43,10 @@ pub struct ExportArgs {
     /// Output file (default: the model's name with the format's extension).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Print `{"file": …, "format": …}` on stdout instead of the sentence, as the Python package
+    /// reads it.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn default_output(m: &str, format: Format) -> PathBuf {
@@ -83,20 +87,31 @@ pub fn run(a: ExportArgs) -> Result<()> {
             let opts = OnnxOptions { batch: a.batch, dynamic: a.dynamic, half: a.half, end2end, ..OnnxOptions::new((imgsz, imgsz)) };
             let bytes = export::onnx::export_onnx_with(&m, &opts)?;
             crate::files::write_atomic(&out, &bytes)?;
-            println!(
-                "exported {} to {} ({:.1} MB, opset {}{}{})",
-                a.model,
-                out.display(),
+            report(&a, &out, &format!(
+                "{:.1} MB, opset {}{}{}",
                 bytes.len() as f64 / 1e6,
                 export::onnx::OPSET,
                 if a.half { ", float16" } else { "" },
                 if end2end { ", end-to-end: output0 [B, 300, 6]" } else { "" }
-            );
+            ));
         }
         Format::Safetensors => {
             export::export_safetensors_fused(&m, &out)?;
-            println!("exported {} to {} (fused safetensors)", a.model, out.display());
+            report(&a, &out, "fused safetensors");
         }
     }
     Ok(())
+}
+
+/// What was written: a sentence, or with `--json` one JSON line.
+fn report(a: &ExportArgs, out: &Path, details: &str) {
+    if a.json {
+        let format = match a.format {
+            Format::Onnx => "onnx",
+            Format::Safetensors => "safetensors",
+        };
+        println!("{}", serde_json::json!({"file": out, "format": format}));
+    } else {
+        println!("exported {} to {} ({details})", a.model, out.display());
+    }
 }

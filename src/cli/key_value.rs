@@ -138,7 +138,7 @@ mod tests {
         use clap::Parser;
         let argv = flags(line).unwrap();
         match crate::cli::Cli::try_parse_from(std::iter::once("yolodistill".to_string()).chain(argv)).unwrap().command {
-            crate::cli::Command::Train(r) => serde_json::to_value(r).unwrap(),
+            crate::cli::Command::Train(t) => serde_json::to_value(t.run).unwrap(),
             _ => unreachable!("a train command"),
         }
     }

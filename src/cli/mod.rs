@@ -43,7 +43,7 @@ pub enum Command {
     /// Show how a student would be paired with a teacher for distillation, without training.
     DistillPlan(distill_plan::DistillPlanArgs),
     /// Train a detector on a YOLO-format dataset (with `--teacher`: distil it).
-    Train(crate::run::RunArgs),
+    Train(train::TrainCommand),
     /// Validate a model on a dataset split (mAP50, mAP50-95, COCO AP).
     Val(val::ValArgs),
     /// Time the model's forward pass on this machine.

@@ -134,20 +134,7 @@ pub fn run(a: ValArgs) -> Result<()> {
     }
     let names = &data.names;
     if a.json {
-        let per_class: serde_json::Map<String, serde_json::Value> = r
-            .metrics
-            .per_class
-            .iter()
-            .map(|c| (names.get(c.class).cloned().unwrap_or_default(), serde_json::json!({"AP50": c.ap50, "AP50-95": c.ap})))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "mAP50": r.metrics.map50, "mAP50-95": r.metrics.map, "precision": r.metrics.precision,
-                "recall": r.metrics.recall, "per_class": per_class, "images": r.images, "instances": r.instances,
-                "coco": {"AP50-95": r.coco.ap, "AP50": r.coco.ap50, "AP75": r.coco.ap75},
-            })
-        );
+        println!("{}", metrics_json(&r, names));
     } else {
         println!("{:>12} {:>7} {:>9} {:>7} {:>7} {:>7} {:>9}", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95");
         let m = &r.metrics;
@@ -159,6 +146,21 @@ pub fn run(a: ValArgs) -> Result<()> {
         println!("COCO: AP50-95 {:.3}  AP50 {:.3}  AP75 {:.3}  ({:.1} ms/image)", r.coco.ap, r.coco.ap50, r.coco.ap75, r.ms_per_image);
     }
     Ok(())
+}
+
+/// A validation's figures as `--json` prints them (`val`, and `train`'s final validation).
+pub(super) fn metrics_json(r: &crate::eval::validate::ValResult, names: &[String]) -> serde_json::Value {
+    let per_class: serde_json::Map<String, serde_json::Value> = r
+        .metrics
+        .per_class
+        .iter()
+        .map(|c| (names.get(c.class).cloned().unwrap_or_default(), serde_json::json!({"AP50": c.ap50, "AP50-95": c.ap})))
+        .collect();
+    serde_json::json!({
+        "mAP50": r.metrics.map50, "mAP50-95": r.metrics.map, "precision": r.metrics.precision,
+        "recall": r.metrics.recall, "per_class": per_class, "images": r.images, "instances": r.instances,
+        "coco": {"AP50-95": r.coco.ap, "AP50": r.coco.ap50, "AP75": r.coco.ap75},
+    })
 }
 
 /// No file val writes (the COCO JSON, the plots, dumped inputs) replaces the model, the

@@ -46,6 +46,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// This process's rank under mpirun (0 alone): rank 0 wrote the run folder and reports.
     pub rank: usize,
+    /// The class names of the trained model.
+    pub names: Vec<String>,
 }
 
 /// Trains a model as `a` says; `ext` (distillation) adds to every step.

@@ -636,6 +636,7 @@ impl Trainer {
             seconds: self.t_start.elapsed().as_secs_f64(),
             run_dir: self.dir,
             rank: self.world.rank(),
+            names: self.model.names.clone(),
         })
     }
 }
