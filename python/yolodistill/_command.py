@@ -19,7 +19,10 @@ class CommandError(RuntimeError):
 def binary() -> Path:
     """The command: $YOLODISTILL_BIN, else the one installed next to this Python, else the PATH's."""
     if os.environ.get("YOLODISTILL_BIN"):
-        return Path(os.environ["YOLODISTILL_BIN"])
+        chosen = Path(os.environ["YOLODISTILL_BIN"])
+        if not chosen.is_file():
+            raise FileNotFoundError(f"YOLODISTILL_BIN names {chosen}, which is not a file; unset it or name the yolodistill command")
+        return chosen
     schemes = [sysconfig.get_path("scripts")]
     user_scheme = f"{os.name}_user"
     if user_scheme in sysconfig.get_scheme_names():
