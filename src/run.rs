@@ -1,5 +1,5 @@
 //! A training run as the `train` command describes it: detection training (`train`) and,
-//! with `--teacher`, distillation (`distill`) plugged into it as its extension.
+//! with `--teacher` or `--mean-teacher`, distillation (`distill`) plugged into it as its extension.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -24,12 +24,13 @@ impl RunArgs {
         crate::options::from_flags(flags)
     }
 
+    /// Whether the run learns from a teacher (a file, or the mean teacher).
     pub fn distilled(&self) -> bool {
-        self.distill.teacher.is_some()
+        self.distill.active()
     }
 }
 
-/// Trains as `r` says: distilled when it names a teacher (a resumed run: when its
+/// Trains as `r` says: distilled when it names a teacher or the mean teacher (a resumed run: when its
 /// checkpoint does).
 pub fn train(r: RunArgs) -> Result<TrainSummary> {
     let mut distill = match r.train.resume_path() {
@@ -39,7 +40,8 @@ pub fn train(r: RunArgs) -> Result<TrainSummary> {
             if !idle.is_empty() {
                 eprintln!("warning: {} act only with --teacher; without one they do nothing", idle.join(", "));
             }
-            Some(r.distill).filter(|d| d.teacher.is_some())
+            r.distill.check_pseudo(r.train.epochs)?;
+            Some(r.distill).filter(DistillArgs::active)
         }
     };
     train::train(r.train, distill.as_mut().map(|d| d as &mut dyn train::Extension))
@@ -55,7 +57,7 @@ fn saved_distillation(given: &DistillArgs, last: &std::path::Path) -> Result<Opt
     let args = train::checkpoint::saved_args(last)?;
     let Some(v) = args.get(SECTION) else { return Ok(None) };
     let d: DistillArgs = serde_json::from_value(v.clone()).with_context(|| format!("{}: bad distillation settings", last.display()))?;
-    Ok(Some(d).filter(|d| d.teacher.is_some()))
+    Ok(Some(d).filter(DistillArgs::active))
 }
 
 /// Options that change where or how a run is shown or written, not what it computes.
@@ -71,7 +73,7 @@ pub fn settings_differ(r: &RunArgs, last: &std::path::Path) -> Result<Vec<String
     let saved_distill: Option<DistillArgs> = saved.get(SECTION).map(|v| serde_json::from_value(v.clone())).transpose().with_context(bad)?;
     let pack = |t: &TrainArgs, d: Option<&DistillArgs>| -> Result<serde_json::Value> {
         let mut v = serde_json::to_value(TrainArgs { imgsz: crate::options::fit_stride(t.imgsz), ..t.clone() })?;
-        if let Some(d) = d.filter(|d| d.teacher.is_some()) {
+        if let Some(d) = d.filter(|d| d.active()) {
             v[SECTION] = serde_json::to_value(d)?;
         }
         Ok(v)

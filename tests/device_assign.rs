@@ -165,7 +165,7 @@ fn a_device_resident_step_reads_nothing_back() {
     let hp = StepParams { lr: [0.01; 3], momentum: 0.9 };
     let mut grads = GradStore::default();
     let mut step = |cfg: &LossConfig, model: &mut _, grads: &mut GradStore| {
-        let items = forward_backward(model, cfg, &batch, &ad, &[], None, pos, grads, cfg.on_device);
+        let items = forward_backward(model, cfg, &batch, &ad, &[], None, None, pos, grads, cfg.on_device);
         if cfg.on_device {
             grads.clip_global_norm_on_device(10.0);
         } else {
@@ -212,7 +212,7 @@ fn a_distilled_device_resident_step_reads_nothing_back() {
     let mut grads = GradStore::default();
     let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 2 };
     let before = reads_so_far();
-    let items = forward_backward(&mut student, &cfg, &noise_batch(), &ad, &taps, Some(&mut d), pos, &mut grads, true);
+    let items = forward_backward(&mut student, &cfg, &noise_batch(), &ad, &taps, Some(&mut d), None, pos, &mut grads, true);
     grads.clip_global_norm_on_device(10.0);
     assert_eq!(reads_so_far(), before, "a distilled device-resident step made a read-back");
     let host = items.read();

@@ -58,7 +58,7 @@ fn step_with(student_yaml: &str, a: &DistillArgs, imgsz: usize) -> ((Distiller, 
     let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
     let taps = d.taps();
     let mut grads = GradStore::default();
-    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 }, &mut grads, false).read();
+    let items = forward_backward(&mut student, &loss_cfg, &toy_batch(2, imgsz), &ad, &taps, Some(&mut d), None, StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 }, &mut grads, false).read();
     assert!(items.iter().all(|(_, v)| v.is_finite()), "{items:?}");
     assert!(items.len() > 3, "distillation terms are logged: {items:?}");
     // each method's term is logged per level too, and the levels add up to it
@@ -132,7 +132,7 @@ fn end_to_end_heads_train_both_branches() {
         let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
         let mut grads = GradStore::default();
         let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 1 };
-        let items = forward_backward(&mut m, &loss_cfg, &toy_batch(2, 64), &ad, &[], None, pos, &mut grads, false).read();
+        let items = forward_backward(&mut m, &loss_cfg, &toy_batch(2, 64), &ad, &[], None, None, pos, &mut grads, false).read();
         assert!(items.iter().all(|(_, v)| v.is_finite() && *v >= 0.0), "{yaml}: {items:?}");
         let mut opt = Optimizer::new(Method::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, 5e-4);
         opt.tick();
@@ -163,13 +163,13 @@ fn calibration_sets_each_terms_gradient_to_the_asked_share_of_the_detection_grad
     let batch = toy_batch(2, 64);
     let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
     assert_eq!(d.calibration_pending(), Some(0.25));
-    let (det, before) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, pos);
+    let (det, before) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, None, pos);
     let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["d_cwd", "d_at", "l_ld"]);
     let scales = d.calibrate(det, &before);
     assert_eq!(d.calibration_pending(), None, "calibration runs once");
     assert!(scales.iter().all(|(_, s)| s.is_finite() && *s > 0.0 && (s - 1.0).abs() > 1e-3), "{scales:?}");
-    let (det_again, after) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, pos);
+    let (det_again, after) = gradient_norms(&mut student, &loss_cfg, &batch, &ad, &taps, &mut d, None, pos);
     assert!((det_again - det).abs() <= 1e-5 * det, "nothing trained: {det} vs {det_again}");
     for ((name, norm), written) in after.iter().zip([1.0, 2.0, 0.5]) {
         let want = 0.25 * written * det;
@@ -274,6 +274,59 @@ fn resumed_distillation_matches_the_uninterrupted_run() {
     }
 }
 
+/// A mean-teacher run (the EMA labels, next to a frozen teacher that distils, calibrated) stopped
+/// after its first epoch and resumed trains its second epoch as the uninterrupted run does: the
+/// EMA, the mean teacher, carries over in `last`. The same without a teacher file. Low
+/// thresholds, so that the young EMA labels something.
+#[test]
+fn mean_teacher_run_resumes_exactly() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("mean-teacher-resume");
+    let data = common::bccd_subset(&shared, &dir, 8);
+    let project = dir.join("runs");
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill")).arg("train").args(extra).arg("--project").arg(&project).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    // four other BCCD training images as the unlabeled ones
+    let mut files: Vec<String> =
+        std::fs::read_dir(shared.join("data/bccd/images/train")).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    let unlabeled = dir.join("unlabeled.txt");
+    std::fs::write(&unlabeled, files[8..12].join("\n")).unwrap();
+    let (data, teacher, unlabeled) = (data.to_str().unwrap(), teacher.to_str().unwrap(), unlabeled.to_str().unwrap());
+    // --nbs 4: an optimizer step, and so an EMA update, every batch
+    let common = [
+        "--model", "yolov8n.yaml", "--data", data, "--epochs", "2", "--imgsz", "64", "--batch", "4", "--nbs", "4", "--workers", "1",
+        "--unlabeled", unlabeled, "--mean-teacher", "--burn-in", "0", "--pseudo-conf", "0.02", "--pseudo-low", "0.001",
+    ];
+    for (name, extra) in [("alone", &[][..]), ("with-teacher", &["--teacher", teacher, "--distill", "cwd", "--distill-calibrate", "0.3"][..])] {
+        let (whole, cut) = (format!("whole-{name}"), format!("cut-{name}"));
+        let said = run(&[&common[..], extra, &["--name", &whole]].concat());
+        assert!(said.contains("mean teacher: the EMA of the student labels the unlabeled images from epoch 1"), "{said}");
+        // 8 labeled images in batches of 4: --max-batches 2 is the first epoch
+        run(&[&common[..], extra, &["--name", &cut, "--max-batches", "2", "--quiet"]].concat());
+        let last = project.join(&cut).join("weights/last.safetensors");
+        run(&["--resume", last.to_str().unwrap(), "--quiet"]);
+        let load = |name: &str| yolodistill::report::Results::load(&project.join(name).join("results.csv")).unwrap();
+        let (c, w) = (load(&cut), load(&whole));
+        let uncertain = w.column("train/pseudo_uncertain").unwrap();
+        assert!(uncertain.iter().all(|&v| v > 0.0), "{name}: the EMA labels something: {uncertain:?}");
+        let mut cols = vec!["train/box_loss", "train/cls_loss", "train/dfl_loss", "train/pseudo_reliable", "train/pseudo_uncertain"];
+        if name == "with-teacher" {
+            cols.push("train/d_cwd");
+        }
+        for col in cols {
+            let (c1, w1) = (c.column(col).unwrap(), w.column(col).unwrap());
+            assert_eq!(c1.len(), 2, "{name} {col}: {c1:?}");
+            assert!((c1[1] - w1[1]).abs() <= 1e-6 * w1[1].abs(), "{name} {col}: resumed {c1:?} vs uninterrupted {w1:?}");
+        }
+    }
+}
+
 #[test]
 fn online_run_saves_and_resumes_its_teacher() {
     let Some(shared) = common::shared() else { return };
@@ -368,7 +421,7 @@ fn crosskd_trains_through_the_frozen_teacher_head() {
     let loss_cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
     let taps = d.taps();
     let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
-    let (_, terms) = gradient_norms(&mut student, &loss_cfg, &toy_batch(2, 64), &ad, &taps, &mut d, pos);
+    let (_, terms) = gradient_norms(&mut student, &loss_cfg, &toy_batch(2, 64), &ad, &taps, &mut d, None, pos);
     assert!(terms.iter().any(|(n, g)| n == "l_crosskd" && *g > 0.0 && g.is_finite()), "{terms:?}");
     let student = model::load("yolov8n.yaml", Some(3), &plain).unwrap().model;
     for (a, why) in [

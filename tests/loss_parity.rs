@@ -28,6 +28,7 @@ fn fixture(shared: &std::path::Path) -> (HeadMaps, Targets, Vec<(String, yolodis
         batch_idx: bi.data.iter().map(|&v| v as usize).collect(),
         cls: cls.data.iter().map(|&v| v as usize).collect(),
         bboxes: bb.data.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
+        ..Default::default()
     };
     (maps, targets, fx)
 }
@@ -91,6 +92,7 @@ fn loss_gradient_matches_finite_differences() {
         batch_idx: vec![0, 0],
         cls: vec![0, 1],
         bboxes: vec![[0.35, 0.4, 0.5, 0.45], [0.7, 0.65, 0.3, 0.4]],
+        ..Default::default()
     };
     let boxes0 = Tensor::<3>::random([1, 64, 16], Distribution::Normal(0.0, 1.0), &device).inner();
     let scores0 = Tensor::<3>::random([1, 2, 16], Distribution::Normal(-1.0, 1.0), &device).inner();
@@ -156,4 +158,65 @@ fn device_assignment_matches_ultralytics_and_the_host() {
             assert!(to_ref <= 1e-4 && to_host <= 1e-5, "item {i}: device {} host {} ultralytics {}", dev[i], host[i], want[i]);
         }
     }
+}
+
+/// An uncertain pseudo-label (Efficient Teacher's split): the class targets of its anchors are
+/// its score times their alignment score, and it has no box or DFL term. Checked against a host
+/// computation: the certain assignment edited by hand, and the class BCE summed on the host.
+#[test]
+fn uncertain_boxes_scale_class_targets_and_drop_box_terms() {
+    let device = yolodistill::default_device();
+    let shapes = [(4usize, 4usize)];
+    let cfg = LossConfig::new(2, 16, vec![8.0]);
+    let certain = Targets {
+        batch_idx: vec![0, 0],
+        cls: vec![0, 1],
+        bboxes: vec![[0.35, 0.4, 0.5, 0.45], [0.7, 0.65, 0.3, 0.4]],
+        ..Default::default()
+    };
+    let score = 0.4f32;
+    let uncertain = Targets { soft: vec![None, Some(score)], ..certain.clone() };
+    assert!(uncertain.has_soft() && !certain.has_soft());
+    let boxes = Tensor::<3>::random([1, 64, 16], Distribution::Normal(0.0, 1.0), &device);
+    let scores = Tensor::<3>::random([1, 2, 16], Distribution::Normal(-1.0, 1.0), &device);
+    let maps = HeadMaps { boxes, scores: scores.clone() };
+    let got = assign_targets(&cfg, &maps, &shapes, &uncertain);
+
+    // by hand: box 1's anchors (class 1) get score × their target and weight 0 on box terms
+    let mut want = assign_targets(&cfg, &maps, &shapes, &certain);
+    assert!(want.fg_class.contains(&0) && want.fg_class.contains(&1), "both boxes have anchors: {:?}", want.fg_class);
+    let a_n = 16;
+    for (k, (&flat, &c)) in want.fg_index.iter().zip(&want.fg_class).enumerate() {
+        if c == 1 {
+            want.target_scores[c * a_n + flat as usize] *= score;
+            want.fg_weight[k] = 0.0;
+        }
+    }
+    want.tss = want.target_scores.iter().sum::<f32>().max(1.0);
+    assert_eq!(got.target_scores, want.target_scores);
+    assert_eq!(got.fg_weight, want.fg_weight);
+    assert_eq!(got.tss, want.tss);
+
+    // the loss: class BCE on the host over the edited targets; box terms from box 0 alone
+    let out = loss_from_assigned(&cfg, &maps, &got).host_items();
+    let x = scores.try_into_vec_as::<f32>().unwrap();
+    let bce: f64 = x.iter().zip(&want.target_scores).map(|(&x, &t)| (x.max(0.0) - x * t + (-x.abs()).exp().ln_1p()) as f64).sum();
+    let cls = bce / want.tss as f64 * cfg.gains.cls as f64;
+    assert!((out[1] as f64 - cls).abs() <= 1e-5 * cls, "cls {} vs host {cls}", out[1]);
+    let mut box0 = want.clone();
+    let keep: Vec<usize> = (0..box0.fg_index.len()).filter(|&k| box0.fg_class[k] == 0).collect();
+    box0.fg_index = keep.iter().map(|&k| want.fg_index[k]).collect();
+    box0.fg_target = keep.iter().flat_map(|&k| want.fg_target[4 * k..4 * k + 4].to_vec()).collect();
+    box0.fg_anchor = keep.iter().flat_map(|&k| want.fg_anchor[2 * k..2 * k + 2].to_vec()).collect();
+    box0.fg_stride = keep.iter().map(|&k| want.fg_stride[k]).collect();
+    box0.fg_weight = keep.iter().map(|&k| want.fg_weight[k]).collect();
+    box0.fg_class = keep.iter().map(|&k| want.fg_class[k]).collect();
+    let only0 = loss_from_assigned(&cfg, &maps, &box0).host_items();
+    assert!(out[0] > 0.0 && out[2] > 0.0);
+    assert!((out[0] - only0[0]).abs() <= 1e-6 * only0[0] && (out[2] - only0[2]).abs() <= 1e-6 * only0[2], "{out:?} vs {only0:?}");
+
+    // joined targets keep each box's certainty
+    let joined = certain.clone().joined(Targets { batch_idx: vec![1], cls: vec![0], bboxes: vec![[0.5; 4]], soft: vec![Some(0.3)] });
+    assert_eq!(joined.soft, [None, None, Some(0.3)]);
+    assert!(certain.clone().joined(certain.clone()).soft.is_empty(), "certain boxes stay without soft scores");
 }

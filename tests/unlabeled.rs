@@ -7,6 +7,7 @@ mod common;
 use yolodistill::data::loader::Batch;
 use yolodistill::distill::args::DistillArgs;
 use yolodistill::distill::distiller::Distiller;
+use yolodistill::distill::pseudo::{MeanTeacher, MeanTeacherHook, Thresholds};
 use yolodistill::loss::LossConfig;
 use yolodistill::model::{self, DetectionModel};
 use yolodistill::report::Results;
@@ -42,7 +43,7 @@ fn run(s: &mut Setup, b: &Batch, with_hook: bool) -> (Vec<(String, f64)>, GradSt
     let taps = s.distiller.taps();
     let mut grads = GradStore::default();
     let hook = if with_hook { Some(&mut s.distiller as &mut dyn StepHook) } else { None };
-    let items = forward_backward(&mut s.student, &s.loss_cfg, b, &ad, &taps, hook, POS, &mut grads, false).read();
+    let items = forward_backward(&mut s.student, &s.loss_cfg, b, &ad, &taps, hook, None, POS, &mut grads, false).read();
     (items, grads)
 }
 
@@ -111,14 +112,58 @@ fn pseudo_labels_are_the_teachers_confident_detections() {
         images.push(t);
     }
     let x = burn::tensor::Tensor::cat(images, 0).autodiff();
-    let t = s.distiller.pseudo_labels(&x, 1, POS).expect("pseudo-labels are on");
+    let t = s.distiller.pseudo_labels(&x, 1, POS, None).expect("pseudo-labels are on");
     assert!(!t.cls.is_empty(), "the BCCD teacher finds cells at 0.25");
     assert!(t.batch_idx.iter().all(|&i| i == 1), "only the unlabeled image gets pseudo-labels: {:?}", t.batch_idx);
     assert!(t.bboxes.iter().flatten().all(|v| (0.0..=1.0).contains(v)), "normalised boxes");
     // a higher threshold keeps fewer
     s.distiller.args.pseudo_conf = Some(0.8);
-    let fewer = s.distiller.pseudo_labels(&x, 1, POS).unwrap();
+    let fewer = s.distiller.pseudo_labels(&x, 1, POS, None).unwrap();
     assert!(fewer.cls.len() < t.cls.len(), "{} at 0.8 vs {} at 0.25", fewer.cls.len(), t.cls.len());
+}
+
+/// The mean teacher labels with the model it is given (the run's EMA), after the burn-in only:
+/// reliable labels are the detections a single threshold at --pseudo-conf keeps, and the
+/// uncertain ones carry their scores, between the two thresholds.
+#[test]
+fn mean_teacher_splits_its_labels_into_reliable_and_uncertain_after_the_burn_in() {
+    let Some(shared) = common::shared() else { return };
+    let dev = yolodistill::default_device();
+    // the BCCD teacher stands for a run's EMA; two BCCD images, the second one unlabeled
+    let ema = model::load(shared.join("fixtures/teacher_v8s_bccd.pt").to_str().unwrap(), None, &dev).unwrap().model;
+    let dir = shared.join("data/bccd/images/val");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let images: Vec<_> = files[..2]
+        .iter()
+        .map(|f| yolodistill::infer::predict::preprocess(&yolodistill::pixels::load::load_rgb(f).unwrap(), 320, 32, &dev).0)
+        .collect();
+    let x = burn::tensor::Tensor::cat(images, 0).autodiff();
+    let a = DistillArgs { mean_teacher: true, burn_in: Some(2), ..Default::default() };
+    let at = |epoch| StepPos { epoch, ..POS };
+    // Efficient Teacher's thresholds by default
+    let mut split = MeanTeacherHook(a.mean_teacher(10).unwrap());
+    assert_eq!(split.0.thresholds, Thresholds { reliable: 0.6, uncertain: Some(0.1) });
+    assert!(split.pseudo_labels(&x, 1, at(1), Some(&ema)).is_none(), "no labels during the burn-in");
+    assert!(!split.wants_unlabeled(1) && split.wants_unlabeled(2));
+    assert!(split.pseudo_labels(&x, 1, at(2), None).is_none(), "no EMA, no labels");
+    let t = split.pseudo_labels(&x, 1, at(2), Some(&ema)).unwrap();
+    let single_threshold = MeanTeacher::new(Thresholds { reliable: 0.6, uncertain: None }, 2);
+    let single = MeanTeacherHook(single_threshold).pseudo_labels(&x, 1, at(2), Some(&ema)).unwrap();
+    assert!(single.soft.is_empty() && !single.cls.is_empty(), "the teacher finds cells at 0.6");
+    assert!(t.batch_idx.iter().all(|&i| i == 1), "only the unlabeled image is labelled");
+    let reliable: Vec<usize> = (0..t.cls.len()).filter(|&k| t.soft[k].is_none()).collect();
+    assert_eq!(reliable.iter().map(|&k| t.bboxes[k]).collect::<Vec<_>>(), single.bboxes, "reliable = the single threshold's labels");
+    assert_eq!(reliable.iter().map(|&k| t.cls[k]).collect::<Vec<_>>(), single.cls);
+    let scores: Vec<f32> = t.soft.iter().flatten().copied().collect();
+    assert!(!scores.is_empty(), "the teacher has detections between 0.1 and 0.6");
+    assert!(scores.iter().all(|&s| (0.1..0.6).contains(&s)), "{scores:?}");
+    // a run with a teacher file: the mean teacher, not the teacher, labels
+    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let a = DistillArgs { teacher: Some(teacher.display().to_string()), mean_teacher: true, burn_in: Some(0), ..args("none") };
+    let mut s = setup(&a, 320);
+    assert!(s.distiller.pseudo_labels(&x, 1, POS, None).is_none(), "the teacher does not label in its place");
+    assert_eq!(s.distiller.pseudo_labels(&x, 1, POS, Some(&ema)).unwrap().bboxes, t.bboxes);
 }
 
 #[test]
@@ -175,7 +220,7 @@ fn every_method_and_calibration_work_on_batches_with_unlabeled_images() {
     let mut s = setup(&a, 64);
     let ad = yolodistill::default_device().autodiff();
     let taps = s.distiller.taps();
-    let (det, terms) = yolodistill::train::gradient_norms(&mut s.student, &s.loss_cfg, &batch(3, 64, 1), &ad, &taps, &mut s.distiller, POS);
+    let (det, terms) = yolodistill::train::gradient_norms(&mut s.student, &s.loss_cfg, &batch(3, 64, 1), &ad, &taps, &mut s.distiller, None, POS);
     assert!(det > 0.0 && det.is_finite(), "{det}");
     let names: Vec<&str> = terms.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["d_cwd", "l_dense"]);

@@ -77,7 +77,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let pos = |i: usize| StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() };
     let mut step = |i: usize, hook: Option<&mut dyn StepHook>| {
         let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
-        let items = forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, pos(i), &mut grads, loss_cfg.on_device);
+        let items = forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, None, pos(i), &mut grads, loss_cfg.on_device);
         if loss_cfg.on_device {
             grads.clip_global_norm_on_device(10.0);
         } else {

@@ -19,7 +19,7 @@ pub struct CompareArgs {
     #[arg(long, default_value = "0,1,2", value_parser = crate::options::seeds)]
     pub seeds: crate::options::Seeds,
     /// The comparison at each of these shares of labeled training images (e.g. `0.1,0.25,1`; with
-    /// the teacher the other images are unlabeled images), each into its folder `fraction-<f>`,
+    /// a teacher, the mean teacher included, the other images are unlabeled images), each into its folder `fraction-<f>`,
     /// and label_budget.md / .csv / .png: each arm's mAP50-95 and the gain per share.
     #[arg(long = "label-fractions", value_parser = crate::options::shares)]
     pub label_fractions: Option<crate::options::Shares>,
@@ -27,7 +27,7 @@ pub struct CompareArgs {
     /// where one run does not keep every core busy).
     #[arg(long = "side-by-side")]
     pub side_by_side: bool,
-    /// Training and distillation options as for `train` (`--teacher` is required).
+    /// Training and distillation options as for `train` (`--teacher` or `--mean-teacher` is required).
     #[command(flatten)]
     pub train: RunArgs,
 }
@@ -139,7 +139,7 @@ pub(crate) fn finished_or_train(r: RunArgs, what: &str) -> Result<(f64, f64)> {
 /// `compare.md` and `compare.csv` there. `side_by_side` trains a seed's two students at once.
 pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side: bool) -> Result<(Vec<PairResult>, String)> {
     if !base.distilled() {
-        bail!("compare needs --teacher (and the distillation options to test)");
+        bail!("compare needs --teacher or --mean-teacher (and the distillation options to test)");
     }
     if base.train.resume.is_some() {
         bail!("compare takes no --resume: it continues by itself; rerun the same command and its interrupted runs go on from their last.safetensors");

@@ -3,6 +3,8 @@
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
+use super::pseudo::{MeanTeacher, Thresholds, MEAN_TEACHER_RELIABLE, MEAN_TEACHER_UNCERTAIN};
+
 /// Response (logit) distillation.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,9 +105,24 @@ pub struct DistillArgs {
     #[arg(long = "distill-calibrate", value_parser = crate::options::positive_f32)]
     pub distill_calibrate: Option<f32>,
     /// Pseudo-labels: the teacher's detections (NMS at IoU 0.7) with at least this confidence
-    /// become detection targets of the unlabeled images. Off by default.
+    /// become detection targets of the unlabeled images. Off by default (0.6 with --mean-teacher).
     #[arg(long = "pseudo-conf", value_parser = crate::options::open_unit)]
     pub pseudo_conf: Option<f32>,
+    /// Uncertain pseudo-labels: detections from this confidence up to --pseudo-conf enter as soft
+    /// class targets (the score times the usual target) without box terms. Off by default (0.1
+    /// with --mean-teacher).
+    #[arg(long = "pseudo-low", value_parser = crate::options::open_unit)]
+    pub pseudo_low: Option<f32>,
+    /// Mean teacher: the run's EMA of the student (the weights it validates and saves)
+    /// pseudo-labels the unlabeled images after --burn-in, reliable and uncertain ones (see
+    /// --pseudo-conf, --pseudo-low). Needs no --teacher; next to one, the EMA labels and the
+    /// teacher distils.
+    #[arg(long = "mean-teacher")]
+    pub mean_teacher: bool,
+    /// Epochs on the labeled images alone before the mean teacher labels; default: a quarter
+    /// of --epochs, rounded down.
+    #[arg(long = "burn-in")]
+    pub burn_in: Option<usize>,
     /// Multipliers found by the calibration, by term; saved so a resumed run keeps them.
     #[arg(skip)]
     pub calibrated: Vec<(String, f32)>,
@@ -114,6 +131,41 @@ pub struct DistillArgs {
 /// `--distill`: a list of known methods with optional weights, checked when parsed.
 fn method_list(s: &str) -> Result<String, String> {
     super::distiller::parse_methods(s, 1.0).map(|_| s.to_string()).map_err(|e| format!("{e:#}"))
+}
+
+impl DistillArgs {
+    /// Whether the run has something to teach with: a teacher, or the mean teacher.
+    pub fn active(&self) -> bool {
+        self.teacher.is_some() || self.mean_teacher
+    }
+
+    /// Which teacher detections become pseudo-labels (None: no pseudo-labels). An uncertain
+    /// threshold at or above the reliable one (the mean teacher's default under a low
+    /// --pseudo-conf) leaves no uncertain labels.
+    pub fn pseudo_thresholds(&self) -> Option<Thresholds> {
+        let reliable = self.pseudo_conf.or(self.mean_teacher.then_some(MEAN_TEACHER_RELIABLE))?;
+        let uncertain = self.pseudo_low.or(self.mean_teacher.then_some(MEAN_TEACHER_UNCERTAIN)).filter(|&u| u < reliable);
+        Some(Thresholds { reliable, uncertain })
+    }
+
+    /// The mean teacher of a run of `epochs`, when asked for.
+    pub fn mean_teacher(&self, epochs: usize) -> Option<MeanTeacher> {
+        let th = self.pseudo_thresholds().filter(|_| self.mean_teacher)?;
+        Some(MeanTeacher::new(th, self.burn_in.unwrap_or(epochs / 4)))
+    }
+
+    /// Checks of the pseudo-label options against each other and the run's `epochs`.
+    pub fn check_pseudo(&self, epochs: usize) -> anyhow::Result<()> {
+        if let (Some(low), Some(conf)) = (self.pseudo_low, self.pseudo_conf) {
+            if low >= conf {
+                anyhow::bail!("--pseudo-low {low} must be below --pseudo-conf {conf} (uncertain labels score between the two)");
+            }
+        }
+        if let Some(m) = self.mean_teacher(epochs).filter(|m| m.burn_in >= epochs) {
+            anyhow::bail!("--burn-in {} leaves the mean teacher no epoch of the {epochs} (--epochs): it must be below --epochs", m.burn_in);
+        }
+        Ok(())
+    }
 }
 
 /// The command-line defaults.

@@ -12,7 +12,7 @@ use super::crosskd::CrossHead;
 use super::losses::{bckd, crosskd, dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
-use crate::infer::nms::{nms, NmsConfig};
+use super::pseudo::{detections_as_targets, MeanTeacher};
 use crate::loss::{model_loss, LossConfig, Targets};
 use crate::model::walk::{child, Visit, Walk};
 use crate::model::layers::head::{anchor_tensors, HeadMaps, HeadOutput};
@@ -114,6 +114,8 @@ pub struct Distiller {
     student_box_channels: usize,
     /// CrossKD's cross head (`--logit crosskd`).
     cross: Option<CrossHead>,
+    /// The mean teacher (`--mean-teacher`): it, not the teacher, pseudo-labels.
+    mean_teacher: Option<MeanTeacher>,
 }
 
 /// The teacher's pass over a batch: its tapped layers, and its head's maps when a term reads
@@ -225,6 +227,7 @@ impl Distiller {
             pass: None,
             student_box_channels: 4 * student.head().reg_max,
             cross,
+            mean_teacher: args.mean_teacher(epochs),
         })
     }
 
@@ -266,6 +269,9 @@ impl Distiller {
             flag_value(&self.args.distill_schedule),
             self.stop_epoch
         ));
+        if let Some(m) = &self.mean_teacher {
+            s.push_str(&format!("{}\n", m.describe()));
+        }
         s.push_str(&format!(
             "distiller parameters: {} | teacher extra cost: {:.2} GFLOPs per image at {imgsz}\n",
             self.param_count(),
@@ -295,7 +301,7 @@ impl Distiller {
     /// a response (logit) term, or a feature method weighted by the teacher's class scores.
     fn needs_teacher_head(&self) -> bool {
         self.args.online
-            || self.args.pseudo_conf.is_some()
+            || (self.args.pseudo_conf.is_some() && self.mean_teacher.is_none())
             || self.args.logit != Response::None
             || self.methods.iter().any(|m| m.imp.needs_teacher_scores())
     }
@@ -314,31 +320,6 @@ impl Distiller {
             self.teacher.forward_taps(images.clone().inner(), &t_layers, false)
         };
         TeacherPass { taps: f.taps, head: Some(f.head) }
-    }
-
-    /// The teacher's detections on images `from..` of its forward `pass` with at least
-    /// confidence `conf` (NMS at IoU 0.7, best class), as normalised targets of those images.
-    fn detections_as_targets(&self, pass: &TeacherPass, from: usize, size: (usize, usize), conf: f32) -> Targets {
-        let head = self.teacher.head();
-        let decoded = head.decode(pass.head()).detach();
-        let [b, rows, a] = decoded.dims();
-        // NMS runs on the host: pseudo-labels are the one read-back of a distilled step
-        let host = crate::device::read_back(decoded.narrow(0, from, b - from));
-        let cfg = NmsConfig { conf, multi_label: false, ..NmsConfig::predict() };
-        let (h, w) = (size.0 as f32, size.1 as f32);
-        let mut t = Targets::default();
-        for (j, img) in host.chunks(rows * a).enumerate() {
-            for d in nms(img, head.nc, &cfg) {
-                let [x1, y1, x2, y2] = d.xyxy.map(|v| v.max(0.0));
-                let (x2, y2) = (x2.min(w), y2.min(h));
-                if x2 > x1 && y2 > y1 {
-                    t.batch_idx.push(from + j);
-                    t.cls.push(d.cls);
-                    t.bboxes.push([(x1 + x2) / 2.0 / w, (y1 + y2) / 2.0 / h, (x2 - x1) / w, (y2 - y1) / h]);
-                }
-            }
-        }
-        t
     }
 
     /// While calibration is asked for and not done: the asked fraction of the detection gradient.
@@ -578,6 +559,9 @@ impl StepHook for Distiller {
         let t_head = t_fwd.head.as_ref().map(|h| HeadMaps { boxes: constant(&h.one2many.boxes, online), scores: constant(&h.one2many.scores, online) });
         self.feature_terms(ctx, &t_fwd, &teacher_maps, t_head.as_ref(), w, &mut out);
         self.response_term(ctx, &t_fwd, t_head.as_ref(), w, &mut out);
+        if let Some(m) = self.mean_teacher.as_mut() {
+            m.log(ctx, &mut out);
+        }
         self.apply_calibration(&mut out);
         self.note_terms(ctx, &out);
         out
@@ -587,14 +571,18 @@ impl StepHook for Distiller {
         epoch < self.stop_epoch
     }
 
-    fn pseudo_labels(&mut self, images: &Tensor<4>, labeled: usize, pos: StepPos) -> Option<Targets> {
-        let conf = self.args.pseudo_conf?;
+    /// The mean teacher's pseudo-labels when there is one, else the teacher's.
+    fn pseudo_labels(&mut self, images: &Tensor<4>, labeled: usize, pos: StepPos, mean: Option<&DetectionModel>) -> Option<Targets> {
         if pos.epoch >= self.stop_epoch {
             return None;
         }
+        if let Some(m) = self.mean_teacher.as_mut() {
+            return m.labels(mean, images, labeled, pos.epoch);
+        }
+        let th = self.args.pseudo_thresholds()?;
         let pass = self.teacher_forward(images);
         let [_, _, h, w] = images.dims();
-        let targets = self.detections_as_targets(&pass, labeled, (h, w), conf);
+        let targets = detections_as_targets(self.teacher.head(), pass.head(), labeled, (h, w), th);
         self.pass = Some(pass);
         Some(targets)
     }

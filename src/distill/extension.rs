@@ -7,6 +7,7 @@ use burn::tensor::Device;
 
 use super::args::DistillArgs;
 use super::distiller::Distiller;
+use super::pseudo::MeanTeacherHook;
 use crate::model;
 use crate::train::{Extension, RunContext, StepHook};
 
@@ -23,7 +24,12 @@ impl Extension for DistillArgs {
     }
 
     fn check(&self, device: &Device) -> Result<()> {
-        let Some(t) = &self.teacher else { bail!("distillation needs --teacher") };
+        let Some(t) = &self.teacher else {
+            if self.mean_teacher {
+                return Ok(());
+            }
+            bail!("distillation needs --teacher (or --mean-teacher)")
+        };
         if !std::path::Path::new(t).exists() && model::builtin_yaml(t).is_none() {
             bail!("--teacher {t}: no such file, and not a built-in model name such as yolov8s.yaml");
         }
@@ -46,6 +52,19 @@ impl Extension for DistillArgs {
 
     fn attach(&mut self, ctx: &RunContext<'_>) -> Result<Box<dyn StepHook>> {
         let a = ctx.args;
+        if self.mean_teacher && !ctx.unlabeled {
+            eprintln!(
+                "warning: --mean-teacher labels unlabeled images, and this run has none (--unlabeled, data.yaml's `unlabeled:`, \
+                 or --label-fraction below 1); it does nothing"
+            );
+        }
+        if self.teacher.is_none() {
+            let m = self.mean_teacher(a.epochs).context("an extension without a teacher is a mean teacher")?;
+            if !a.quiet {
+                eprintln!("{}", m.describe());
+            }
+            return Ok(Box::new(MeanTeacherHook(m)));
+        }
         let mut d = Distiller::new(self, ctx.student, a.imgsz, a.epochs, a.close_mosaic, ctx.device)?;
         d.mask_seed = a.seed;
         // With unlabeled images the teacher is their only teacher: by default it teaches the
@@ -53,7 +72,7 @@ impl Extension for DistillArgs {
         if ctx.unlabeled && self.distill_stop_epoch.is_none() {
             d.stop_epoch = a.epochs;
         }
-        if self.pseudo_conf.is_some() && !ctx.unlabeled {
+        if self.pseudo_conf.is_some() && !self.mean_teacher && !ctx.unlabeled {
             eprintln!(
                 "warning: --pseudo-conf labels unlabeled images, and this run has none (--unlabeled, data.yaml's `unlabeled:`, \
                  or --label-fraction below 1); it does nothing"
@@ -72,7 +91,7 @@ impl DistillArgs {
         let no_terms = super::distiller::parse_methods(&self.distill, self.distill_weight).map_or(false, |m| m.is_empty())
             && self.logit == super::args::Response::None;
         let mut out = Vec::new();
-        if no_terms && self.pseudo_conf.is_none() && !self.online {
+        if no_terms && (self.pseudo_conf.is_none() || self.mean_teacher) && !self.online {
             out.push("the teacher teaches nothing: --distill none, --logit none and no --pseudo-conf; the run trains as a plain one, at the teacher's cost".into());
         }
         if no_terms && self.distill_calibrate.is_some() {
@@ -81,13 +100,19 @@ impl DistillArgs {
         out
     }
 
-    /// Distillation options given without `--teacher`, as flags: they do nothing.
+    /// Distillation options given without `--teacher`, as flags: they do nothing (but the
+    /// mean teacher's own with `--mean-teacher`).
     pub fn given_without_teacher(&self) -> Vec<String> {
         if self.teacher.is_some() {
             return Vec::new();
         }
         let given = serde_json::to_value(self).unwrap_or_default();
         let defaults = serde_json::to_value(DistillArgs::default()).unwrap_or_default();
-        crate::train::setup::changed_options(&given, &defaults).iter().map(|k| format!("--{}", k.replace('_', "-"))).collect()
+        let mean_teachers = ["mean_teacher", "burn_in", "pseudo_conf", "pseudo_low"];
+        crate::train::setup::changed_options(&given, &defaults)
+            .iter()
+            .filter(|k| !(self.mean_teacher && mean_teachers.contains(&k.as_str())))
+            .map(|k| format!("--{}", k.replace('_', "-")))
+            .collect()
     }
 }

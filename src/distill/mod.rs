@@ -6,3 +6,4 @@ pub mod distiller;
 pub mod extension;
 pub mod losses;
 pub mod methods;
+pub mod pseudo;

@@ -108,7 +108,7 @@ pub fn validate_full(
             if let Some(Exchange::DumpInputs(dir)) = exchange {
                 dump_outputs(&dir.join(format!("ours_{n_batches}.npy")), &host, b, nc, end2end, nms_cfg.max_det)?;
             }
-            let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+            let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone(), soft: Vec::new() };
             let l = detection_loss(&loss_cfg, &out.one2many.to_f32(), &out.shapes, &targets).host_items();
             for k in 0..3 {
                 loss_sum[k] += l[k] as f64;

@@ -51,15 +51,34 @@ pub struct Targets {
     pub cls: Vec<usize>,
     /// Normalised centre-x, centre-y, width, height.
     pub bboxes: Vec<[f32; 4]>,
+    /// Per box, for uncertain pseudo-labels: `Some(score)` scales the class targets of the
+    /// anchors assigned to the box by the teacher's score and gives it no box or DFL term
+    /// (Efficient Teacher's uncertain labels); `None` is a certain box. Empty: all certain.
+    pub soft: Vec<Option<f32>>,
 }
 
 impl Targets {
     /// These targets and `more` (whose `batch_idx` already count in the same batch).
     pub fn joined(mut self, more: Targets) -> Targets {
+        if !self.soft.is_empty() || !more.soft.is_empty() {
+            let (n, m) = (self.cls.len(), more.cls.len());
+            self.soft.resize(n, None);
+            self.soft.extend(more.soft.into_iter().chain(std::iter::repeat(None)).take(m));
+        }
         self.batch_idx.extend(more.batch_idx);
         self.cls.extend(more.cls);
         self.bboxes.extend(more.bboxes);
         self
+    }
+
+    /// Whether some box is an uncertain (soft) one.
+    pub fn has_soft(&self) -> bool {
+        self.soft.iter().any(Option::is_some)
+    }
+
+    /// The soft score of box `k` (None: certain).
+    fn soft_of(&self, k: usize) -> Option<f32> {
+        self.soft.get(k).copied().flatten()
     }
 }
 
@@ -168,7 +187,8 @@ pub struct Assigned {
     /// [N, 2] anchor centres in grid units.
     pub fg_anchor: Vec<f32>,
     pub fg_stride: Vec<f32>,
-    /// Σ over classes of the target scores of each foreground anchor.
+    /// Weight of each foreground anchor's box and DFL terms: its alignment score (Σ of its
+    /// target scores), 0 for an uncertain box.
     pub fg_weight: Vec<f32>,
     /// Class of the box assigned to each foreground anchor.
     pub fg_class: Vec<usize>,
@@ -190,7 +210,8 @@ pub fn detection_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
 
 /// The loss of one branch's maps, assigned where `cfg` says, and the assignment.
 fn branch_loss(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> (LossOutput, Assignment) {
-    if cfg.on_device {
+    // Soft (uncertain) boxes are weighted on the host only: a batch with some is assigned there.
+    if cfg.on_device && !targets.has_soft() {
         let asg = assign_on_device(cfg, maps, shapes, targets);
         (loss_on_device(cfg, maps, &asg), Assignment::Device(asg))
     } else {
@@ -233,12 +254,15 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let img_w = shapes[0].1 as f32 * cfg.strides[0] as f32;
 
     // Ground truth per image, xyxy pixels.
+    // (and each box's soft score: None for a certain box)
     let mut gts: Vec<Vec<GtBox>> = vec![Vec::new(); b];
-    for ((&i, &c), bb) in targets.batch_idx.iter().zip(&targets.cls).zip(&targets.bboxes) {
+    let mut soft: Vec<Vec<Option<f32>>> = vec![Vec::new(); b];
+    for (k, ((&i, &c), bb)) in targets.batch_idx.iter().zip(&targets.cls).zip(&targets.bboxes).enumerate() {
         let (cx, cy, w, h) = (bb[0] * img_w, bb[1] * img_h, bb[2] * img_w, bb[3] * img_h);
         let xyxy = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
         if i < b && xyxy.iter().sum::<f32>() > 0.0 {
             gts[i].push(GtBox { cls: c, xyxy });
+            soft[i].push(targets.soft_of(k));
         }
     }
 
@@ -265,13 +289,18 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
                 continue;
             }
             let g = &image_gts[asg.gt_idx[a]];
-            out.target_scores[(bi * nc + g.cls) * a_n + a] = asg.score[a];
+            // an uncertain box: a class target scaled by its score, no box or DFL term
+            let (class_target, box_weight) = match soft[bi][asg.gt_idx[a]] {
+                Some(score) => (asg.score[a] * score, 0.0),
+                None => (asg.score[a], asg.score[a]),
+            };
+            out.target_scores[(bi * nc + g.cls) * a_n + a] = class_target;
             let s = stride[a];
             out.fg_index.push((bi * a_n + a) as i64);
             out.fg_target.extend(g.xyxy.map(|v| v / s));
             out.fg_anchor.extend(pts[a]);
             out.fg_stride.push(s);
-            out.fg_weight.push(asg.score[a]);
+            out.fg_weight.push(box_weight);
             out.fg_class.push(g.cls);
         }
     }

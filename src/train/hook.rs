@@ -65,8 +65,9 @@ pub trait StepHook {
         false
     }
     /// Detection targets for the unlabeled images `images[labeled..]` (pseudo-labels), called
-    /// before the detection loss; `None` leaves them out of the detection loss.
-    fn pseudo_labels(&mut self, _images: &Tensor<4>, _labeled: usize, _pos: StepPos) -> Option<Targets> {
+    /// before the detection loss; `None` leaves them out of the detection loss. `mean` is the
+    /// run's EMA of the student (a mean teacher), None outside a trainer.
+    fn pseudo_labels(&mut self, _images: &Tensor<4>, _labeled: usize, _pos: StepPos, _mean: Option<&DetectionModel>) -> Option<Targets> {
         None
     }
 }

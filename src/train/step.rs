@@ -82,6 +82,7 @@ fn step_losses(
     ad: &Device,
     taps: &[usize],
     mut hook: Option<&mut dyn StepHook>,
+    mean: Option<&DetectionModel>,
     pos: StepPos,
 ) -> (Tensor<1>, Vec<(String, Tensor<1>)>, StepItems) {
     let [b, c, h, w] = batch.shape;
@@ -89,9 +90,9 @@ fn step_losses(
     let e2e = model.head().has_one2one();
     let fwd = model.forward_taps(x.clone(), taps, e2e);
     let labeled = batch.labeled.min(b);
-    let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone() };
+    let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone(), soft: Vec::new() };
     // Unlabeled images enter the detection loss only with pseudo-labels.
-    let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos)) } else { None };
+    let pseudo = if labeled < b { hook.as_deref_mut().and_then(|h| h.pseudo_labels(&x, labeled, pos, mean)) } else { None };
     let with_pseudo = pseudo.map(|p| targets.clone().joined(p));
     let (det_targets, det_images) = match &with_pseudo {
         Some(t) => (t, b),
@@ -148,7 +149,8 @@ fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n
 }
 
 /// One forward + backward pass of `batch`: detection loss (plus the hook's
-/// terms), gradients added to `grads`. Returns the named loss items. With `guard` the
+/// terms), gradients added to `grads`. `mean` is the run's EMA of the student, for a hook that
+/// pseudo-labels with it. Returns the named loss items. With `guard` the
 /// gradients of a non-finite loss are dropped on the device (for a trainer that reads the
 /// loss back only now and then); without it the caller checks the items before stepping.
 #[allow(clippy::too_many_arguments)]
@@ -159,12 +161,13 @@ pub fn forward_backward<'h>(
     ad: &Device,
     taps: &[usize],
     mut hook: Option<&mut (dyn StepHook + 'h)>,
+    mean: Option<&DetectionModel>,
     pos: StepPos,
     grads: &mut GradStore,
     guard: bool,
 ) -> StepItems {
     let b = batch.shape[0] as f32;
-    let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), pos);
+    let (det, terms, items) = step_losses(model, loss_cfg, batch, ad, taps, hook.as_deref_mut().map(|h| h as &mut dyn StepHook), mean, pos);
     // The terms are per image: scaled by the batch size like the detection loss.
     let total = terms.into_iter().fold(det, |t, (_, term)| t + term * b);
     let finite = guard.then(|| total.clone().detach().is_finite());
@@ -187,6 +190,7 @@ pub fn gradient_norms(
     ad: &Device,
     taps: &[usize],
     hook: &mut dyn StepHook,
+    mean: Option<&DetectionModel>,
     pos: StepPos,
 ) -> (f32, Vec<(String, f32)>) {
     let b = batch.shape[0] as f32;
@@ -195,13 +199,13 @@ pub fn gradient_norms(
         g.accumulate(model, &loss.backward(), None);
         g.norm()
     };
-    let (det, terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+    let (det, terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), mean, pos);
     let names: Vec<String> = terms.into_iter().map(|(n, _)| n).collect();
     let det_norm = norm_of(det, model);
     let mut out = Vec::new();
     for (k, name) in names.into_iter().enumerate() {
         // A fresh forward per term: a backward pass consumes its graph.
-        let (_, mut terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), pos);
+        let (_, mut terms, _) = step_losses(model, loss_cfg, batch, ad, taps, Some(&mut *hook), mean, pos);
         let term = terms.swap_remove(k).1;
         out.push((name, norm_of(term * b, model)));
     }

@@ -472,7 +472,7 @@ impl Trainer {
         for k in 0..n {
             let shard = (n > 1).then(|| batch.shard(k, n));
             let b = shard.as_ref().unwrap_or(batch);
-            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), pos, &mut self.p.grads, guard);
+            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), Some(&self.ema.model), pos, &mut self.p.grads, guard);
             sum = Some(match sum {
                 Some(s) => s.add(it),
                 None => it,
@@ -526,7 +526,7 @@ impl Trainer {
     /// on this batch, and saves the settings the hook derives from them.
     fn measure_gradients_if_asked(&mut self, batch: &Batch, pos: StepPos) -> Result<()> {
         let Some(h) = self.hook.as_deref_mut().filter(|h| h.wants_gradient_norms()) else { return Ok(()) };
-        let (det, mut terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, pos);
+        let (det, mut terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, Some(&self.ema.model), pos);
         // every rank measured its own images: all take the ranks' mean, so all decide alike
         let mut norms: Vec<f64> = std::iter::once(det).chain(terms.iter().map(|t| t.1)).map(f64::from).collect();
         self.world.sum_same(&mut norms)?;
