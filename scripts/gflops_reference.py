@@ -1,4 +1,5 @@
-"""Print reference parameter counts and GFLOPs from Ultralytics for the model-zoo test.
+"""Print reference parameter counts and GFLOPs from Ultralytics for the model-zoo test (detection
+and `-seg` segmentation models).
 
 For every zoo YAML (nc=80, built from the YAML only, no weights, eval mode, CPU) prints one JSON object per line:
     {"yaml": ..., "params": <int, sum of p.numel()>, "gflops": <float, exactly ultralytics get_flops(model, 640)>,
@@ -18,7 +19,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 import thop  # noqa: E402
 import torch  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, SegmentationModel  # noqa: E402
 from ultralytics.utils import LOGGER  # noqa: E402
 from ultralytics.utils.torch_utils import get_flops  # noqa: E402
 
@@ -29,6 +30,10 @@ FAMILIES = {
     "yolo12{}.yaml": "nsmlx",
     "yolo26{}.yaml": "nsmlx",
     "yolov10{}.yaml": "nsmblx",
+    "yolov8{}-seg.yaml": "nsmlx",
+    "yolo11{}-seg.yaml": "nsmlx",
+    "yolo12{}-seg.yaml": "nsmlx",
+    "yolo26{}-seg.yaml": "nsmlx",
 }
 
 
@@ -38,7 +43,8 @@ def main():
     names = sys.argv[1:] or [pattern.format(s) for pattern, scales in FAMILIES.items() for s in scales]
     for name in names:
         try:
-            model = DetectionModel(name, nc=80, verbose=False).eval()
+            task_model = SegmentationModel if "-seg" in name else DetectionModel
+            model = task_model(name, nc=80, verbose=False).eval()
             gflops = get_flops(model, 640)
             # the same call get_flops makes, to expose the unscaled operation count
             stride = max(int(model.stride.max()), 32)

@@ -223,6 +223,11 @@ fn onnxruntime_python() -> Option<std::path::PathBuf> {
 
 /// Runs `onnx` in onnxruntime on `input` (shape `shape`) and returns `output0`, flattened.
 fn onnxruntime_run(py: &Path, onnx: &Path, input: &[f32], shape: &[usize], dir: &Path) -> Vec<f32> {
+    onnxruntime_output(py, onnx, input, shape, dir, "output0")
+}
+
+/// Runs `onnx` in onnxruntime on `input` (shape `shape`) and returns its output `name`, flattened.
+fn onnxruntime_output(py: &Path, onnx: &Path, input: &[f32], shape: &[usize], dir: &Path, name: &str) -> Vec<f32> {
     let raw: Vec<u8> = input.iter().flat_map(|x| x.to_le_bytes()).collect();
     std::fs::write(dir.join("input.bin"), raw).unwrap();
     let shape: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -230,10 +235,11 @@ fn onnxruntime_run(py: &Path, onnx: &Path, input: &[f32], shape: &[usize], dir: 
         "import numpy as np, onnxruntime as ort\n\
          s = ort.InferenceSession('{}', providers=['CPUExecutionProvider'])\n\
          x = np.fromfile('{}', dtype=np.float32).reshape({})\n\
-         s.run(['output0'], {{'images': x}})[0].astype(np.float32).tofile('{}')\n",
+         s.run(['{}'], {{'images': x}})[0].astype(np.float32).tofile('{}')\n",
         onnx.display(),
         dir.join("input.bin").display(),
         shape.join(", "),
+        name,
         dir.join("ort.bin").display()
     );
     let out = std::process::Command::new(py).args(["-c", &script]).output().unwrap();
@@ -310,4 +316,60 @@ fn onnxruntime_runs_the_end_to_end_graph() {
             assert!(worst <= 1e-3, "{what}: differs from Ultralytics by {worst:.2e}");
         }
     }
+}
+
+/// A segmentation model's graph (the small `-seg` fixtures of `tests/data/seg`): `output0` holds the
+/// decoded boxes, the scores and the 32 mask coefficients per anchor, `output1` the prototypes at a
+/// quarter of the input size, as Ultralytics exports them; the task is `segment`. The end-to-end
+/// export of a segmentation model is refused by name.
+#[test]
+fn segmentation_graph_has_coefficients_and_prototypes() {
+    let device = yolodistill::default_device();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg");
+    for arch in ["yolov8t", "yolo11t", "yolo26t"] {
+        let mut m = model::load(dir.join(format!("{arch}-seg.pt")).to_str().unwrap(), None, &device).unwrap().model;
+        m.fuse();
+        let g = summarize(&export_onnx(&m, (128, 128), 1, false).unwrap()).unwrap();
+        // 16² + 8² + 4² = 336 anchors; 4 + 3 classes + 32 coefficients
+        assert_eq!(g.outputs, vec![("output0".to_string(), s(&["1", "39", "336"])), ("output1".to_string(), s(&["1", "32", "32", "32"]))], "{arch}");
+        assert_eq!(g.metadata["task"], "segment");
+        assert!(g.op_counts.contains_key("ConvTranspose"), "{arch}: {:?}", g.op_counts);
+    }
+    let m = model::load(dir.join("yolo26t-seg.pt").to_str().unwrap(), None, &device).unwrap().model;
+    let e = export_onnx_with(&m, &OnnxOptions { end2end: true, ..OnnxOptions::new((128, 128)) }).unwrap_err().to_string();
+    assert!(e.contains("segmentation model") && e.contains("--nms false"), "{e}");
+}
+
+/// onnxruntime runs the segmentation graphs and gives our fused forward: `output0` against our
+/// decoded output with the mask coefficients, `output1` against our prototypes.
+#[test]
+fn onnxruntime_computes_our_segmentation_forward() {
+    let Some(py) = onnxruntime_python() else {
+        eprintln!("notice: no reference environment with onnxruntime (../shared/tools/ref-env.sh); skipping");
+        return;
+    };
+    let tmp = common::temp_dir("onnx-ort-seg");
+    let device = yolodistill::default_device();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg");
+    for arch in ["yolov8t", "yolo11t", "yolo26t"] {
+        let mut m = model::load(dir.join(format!("{arch}-seg.pt")).to_str().unwrap(), None, &device).unwrap().model;
+        m.fuse();
+        let (refs, _) = read_tensors(&dir.join(format!("{arch}-seg_ref.safetensors"))).unwrap();
+        let input = refs.iter().find(|(n, _)| n == "input").map(|(_, t)| t.clone()).unwrap();
+        let onnx = tmp.join(format!("{arch}.onnx"));
+        std::fs::write(&onnx, export_onnx(&m, (128, 128), 1, false).unwrap()).unwrap();
+        let x: Tensor<4> = Tensor::from_data(TensorData::new(input.data.clone(), input.shape.clone()), &device);
+        let head = m.forward(x);
+        let masks = head.masks.clone().unwrap();
+        let output0 = Tensor::cat(vec![m.head().decode(&head), masks.coeffs], 1).try_into_vec_as::<f32>().unwrap();
+        let protos = masks.protos.try_into_vec_as::<f32>().unwrap();
+        for (name, ours) in [("output0", output0), ("output1", protos)] {
+            let theirs = onnxruntime_output(&py, &onnx, &input.data, &input.shape, &tmp, name);
+            assert_eq!(theirs.len(), ours.len(), "{arch} {name}: sizes");
+            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / a.abs().max(1.0)).fold(0f32, f32::max);
+            eprintln!("{arch} {name}: onnxruntime vs our forward, worst |Δ|/max(1, |v|) = {worst:.2e} over {} values", ours.len());
+            assert!(worst <= 1e-4, "{arch} {name}: onnxruntime differs from our forward by {worst:.2e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -347,6 +347,17 @@ fn options_that_cannot_act_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("--pseudo-conf labels unlabeled images, and this run has none"), "{err}");
     assert!(err.contains("--unlabeled-ratio 2 has no unlabeled images to act on"), "{err}");
+    // the mean teacher: its own options act without a teacher, the others are named; it has no
+    // unlabeled images here; thresholds out of order and a burn-in past the run are refused
+    let out = train(&["--batch", "6", "--max-batches", "1", "--mean-teacher", "--burn-in", "0", "--pseudo-low", "0.2", "--distill", "mgd"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: --distill act only with --teacher"), "{err}");
+    assert!(err.contains("--mean-teacher labels unlabeled images, and this run has none"), "{err}");
+    let out = train(&["--batch", "6", "--mean-teacher", "--pseudo-conf", "0.3", "--pseudo-low", "0.3"]);
+    refused(&out, "--pseudo-low at --pseudo-conf", &["--pseudo-low 0.3 must be below --pseudo-conf 0.3"]);
+    let out = train(&["--batch", "6", "--mean-teacher", "--burn-in", "1"]);
+    refused(&out, "--burn-in of every epoch", &["--burn-in 1 leaves the mean teacher no epoch", "--epochs"]);
     // a YAML teacher is random unless it trains (--online)
     let out = train(&["--batch", "2", "--teacher", "yolov8s.yaml"]);
     refused(&out, "an offline YAML teacher", &["--teacher yolov8s.yaml", "random weights", "--online"]);
@@ -485,4 +496,35 @@ fn val_refuses_non_finite_outputs() {
         .unwrap();
     refused(&out, "non-finite outputs", &["output_0.npy", "not finite"]);
     assert!(!json.exists());
+}
+
+/// Segmentation models load and teach, but the commands that handle detection only so far refuse
+/// them by name rather than treating them as detectors.
+#[test]
+fn segmentation_models_are_refused_where_only_detection_is_handled() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("seg-refused");
+    let data = common::bccd_subset(&shared, &dir, 4);
+    let seg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8t-seg.pt");
+    let (data, seg) = (data.to_str().unwrap(), seg.to_str().unwrap());
+    let images = shared.join("data/bccd/images/val");
+    let project = dir.join("runs");
+    let project = project.to_str().unwrap();
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("train", vec!["train", "--model", "yolov8n-seg.yaml", "--data", data, "--epochs", "1", "--project", project]),
+        ("val", vec!["val", "--model", seg, "--data", data]),
+        ("predict", vec!["predict", "--model", seg, "--source", images.to_str().unwrap(), "--save-dir", project]),
+    ];
+    for (command, args) in cases {
+        let out = bin().args(&args).output().unwrap();
+        refused(&out, command, &["is a segmentation model (Segment)", &format!("`{command}` takes detection models only")]);
+    }
+    assert!(!dir.join("runs").exists(), "a refused command left files");
+    // a segmentation teacher teaches a detection student (its mask parts unused)
+    let out = bin()
+        .args(["train", "--model", "yolov8n.yaml", "--data", data, "--epochs", "1", "--imgsz", "64", "--batch", "4", "--quiet"])
+        .args(["--teacher", seg, "--distill", "cwd", "--logit", "bckd", "--project", project])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor, TensorData};
+use yolodistill::loss::segment::{mask_loss, InstanceMasks};
 use yolodistill::loss::{assign_targets, detection_loss, e2e_one2many_weight, loss_from_assigned, LossConfig, Targets};
 use yolodistill::model::layers::head::HeadMaps;
 use yolodistill::weights::st::read_tensors;
@@ -219,4 +220,79 @@ fn uncertain_boxes_scale_class_targets_and_drop_box_terms() {
     let joined = certain.clone().joined(Targets { batch_idx: vec![1], cls: vec![0], bboxes: vec![[0.5; 4]], soft: vec![Some(0.3)] });
     assert_eq!(joined.soft, [None, None, Some(0.3)]);
     assert!(certain.clone().joined(certain.clone()).soft.is_empty(), "certain boxes stay without soft scores");
+}
+
+/// Ultralytics' segmentation loss (v8SegmentationLoss) on `scripts/seg_loss_reference.py`'s batch:
+/// two images, five boxes with overlap-form instance masks, random head maps and prototypes. The
+/// box, class and DFL terms are the detection loss's; the mask term is `mask_loss` times the box
+/// gain, as Ultralytics weighs it.
+#[test]
+fn segmentation_loss_items_match_ultralytics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/seg_loss_ref.safetensors");
+    let (fx, _) = read_tensors(&path).unwrap();
+    let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no {k}"));
+    let device = yolodistill::default_device();
+    let t3 = |k: &str| {
+        let t = get(k);
+        Tensor::<3>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1], t.shape[2]]), &device)
+    };
+    let maps = HeadMaps { boxes: t3("boxes"), scores: t3("scores") };
+    let p = get("protos");
+    let protos = Tensor::<4>::from_data(TensorData::new(p.data, [p.shape[0], p.shape[1], p.shape[2], p.shape[3]]), &device);
+    let targets = Targets {
+        batch_idx: get("batch_idx").data.iter().map(|&v| v as usize).collect(),
+        cls: get("cls").data.iter().map(|&v| v as usize).collect(),
+        bboxes: get("bboxes").data.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
+        ..Default::default()
+    };
+    let m = get("masks");
+    let masks = InstanceMasks { size: (m.shape[1], m.shape[2]), ids: m.data.iter().map(|&v| v as u16).collect() };
+    let cfg = LossConfig::new(3, 16, vec![8.0, 16.0, 32.0]);
+    let shapes = [(16, 16), (8, 8), (4, 4)];
+    let asg = assign_targets(&cfg, &maps, &shapes, &targets);
+    assert!(asg.fg_gt.contains(&2), "the third object of the second image has anchors: {:?}", asg.fg_gt);
+    let det = loss_from_assigned(&cfg, &maps, &asg).host_items();
+    let seg = mask_loss(&t3("mask_coefficient"), &protos, &asg, &masks).unwrap().into_scalar::<f32>() * cfg.gains.boxes;
+    let ours = [det[0], seg, det[1], det[2]];
+    let want = get("items").data;
+    for (i, name) in ["box", "seg", "cls", "dfl"].iter().enumerate() {
+        let rel = (ours[i] - want[i]).abs() / want[i];
+        eprintln!("{name}: ours {} ultralytics {} (rel {rel:.2e})", ours[i], want[i]);
+        assert!(rel < 1e-5, "{name}: ours {} vs Ultralytics {}", ours[i], want[i]);
+    }
+    // a mask map of another size is refused, naming mask_ratio
+    let small = InstanceMasks { size: (8, 8), ids: vec![0; 2 * 64] };
+    let e = mask_loss(&t3("mask_coefficient"), &protos, &asg, &small).unwrap_err().to_string();
+    assert!(e.contains("mask_ratio"), "{e}");
+}
+
+/// Instance masks from polygons are Ultralytics' (`polygons2masks_overlap`: OpenCV's fillPoly, its
+/// bilinear resize, ids by decreasing area), pixel for pixel, on real garbage-set polygons and on
+/// drawn ones at ratios 4 and 2 (`scripts/mask_reference.py`).
+#[test]
+fn instance_masks_from_polygons_match_ultralytics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/mask_ref.safetensors");
+    let (fx, _) = read_tensors(&path).unwrap();
+    let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.data.clone()).unwrap_or_else(|| panic!("no {k}"));
+    let cases: Vec<String> = fx.iter().filter_map(|(n, _)| n.strip_suffix(".ids").map(str::to_string)).collect();
+    assert_eq!(cases.len(), 8);
+    let mut pixels = 0;
+    for c in &cases {
+        let (pts, lengths, size) = (get(&format!("{c}.points")), get(&format!("{c}.lengths")), get(&format!("{c}.size")));
+        let mut polygons = Vec::new();
+        let mut at = 0;
+        for &n in &lengths {
+            let n = n as usize;
+            polygons.push((at..at + n).map(|i| [pts[2 * i], pts[2 * i + 1]]).collect::<Vec<_>>());
+            at += n;
+        }
+        let (h, w, ratio) = (size[0] as usize, size[1] as usize, size[2] as usize);
+        let (ids, order) = yolodistill::data::masks::overlap_masks(&polygons, (h, w), ratio);
+        let want: Vec<u16> = get(&format!("{c}.ids")).iter().map(|&v| v as u16).collect();
+        let wrong = ids.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(wrong, 0, "{c}: {wrong} of {} pixels differ", want.len());
+        assert_eq!(order, get(&format!("{c}.order")).iter().map(|&v| v as usize).collect::<Vec<_>>(), "{c}: object order");
+        pixels += want.iter().filter(|&&v| v > 0).count();
+    }
+    assert!(pixels > 10_000, "the cases cover objects: {pixels} pixels");
 }

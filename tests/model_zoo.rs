@@ -37,6 +37,27 @@ const TARGETS: &[(&str, usize, f64)] = &[
     ("yolov10b.yaml", 20_574_384, 99.4681344),
     ("yolov10l.yaml", 25_888_688, 127.9894016),
     ("yolov10x.yaml", 31_808_960, 171.9898112),
+    // segmentation (Segment, YOLO26's Segment26; eval mode, so without Proto26's semantic branch)
+    ("yolov8n-seg.yaml", 3_409_968, 12.1411072),
+    ("yolov8s-seg.yaml", 11_821_056, 40.3390976),
+    ("yolov8m-seg.yaml", 27_285_968, 104.9772544),
+    ("yolov8l-seg.yaml", 45_997_728, 211.0597632),
+    ("yolov8x-seg.yaml", 71_827_888, 329.1888128),
+    ("yolo11n-seg.yaml", 2_876_848, 9.9593344),
+    ("yolo11s-seg.yaml", 10_113_248, 33.3635072),
+    ("yolo11m-seg.yaml", 22_420_896, 113.9681792),
+    ("yolo11l-seg.yaml", 27_678_368, 133.1761664),
+    ("yolo11x-seg.yaml", 62_142_656, 297.8924032),
+    ("yolo12n-seg.yaml", 2_855_056, 10.9201536),
+    ("yolo12s-seg.yaml", 9_938_592, 35.1802880),
+    ("yolo12m-seg.yaml", 22_505_376, 116.6729728),
+    ("yolo12l-seg.yaml", 28_756_992, 141.6200448),
+    ("yolo12x-seg.yaml", 64_387_264, 311.7230592),
+    ("yolo26n-seg.yaml", 3_126_280, 10.6303744),
+    ("yolo26s-seg.yaml", 11_505_800, 37.6619008),
+    ("yolo26m-seg.yaml", 27_112_072, 132.7808512),
+    ("yolo26l-seg.yaml", 31_515_528, 151.3039872),
+    ("yolo26x-seg.yaml", 70_693_800, 338.2033408),
 ];
 
 #[test]

@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod loader;
+pub mod masks;
 pub mod synthetic;
 
 pub use augment::{AugConfig, Sample};

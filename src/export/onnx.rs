@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::Tensor;
 
@@ -19,6 +19,7 @@ use super::onnx_proto::{read_fields, Msg};
 use crate::model::graph::{DetectionModel, Layer};
 use crate::model::layers::attention::A2Inner;
 use crate::model::layers::head::{anchor_points, Detect};
+use crate::model::layers::mask::Proto;
 
 pub const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
@@ -220,11 +221,7 @@ impl Builder {
             PaddingConfig2d::Valid => (0, 0, 0, 0),
             PaddingConfig2d::Same => (kh / 2, kw / 2, kh / 2, kw / 2),
         };
-        let w = self.tensor("weight", conv.weight.val());
-        let mut inputs = vec![x.name.clone(), w];
-        if let Some(bias) = &conv.bias {
-            inputs.push(self.tensor("bias", bias.val()));
-        }
+        let inputs = self.conv_inputs(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
         let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let [sh, sw] = conv.stride;
         let [dh, dw] = conv.dilation;
@@ -242,6 +239,33 @@ impl Builder {
         let h = (x.h + t + b - dh * (kh - 1) - 1) / sh + 1;
         let w = (x.w + l + r - dw * (kw - 1) - 1) / sw + 1;
         V { name, c: co, h, w }
+    }
+
+    /// A convolution node's inputs: `x`, the weight and the bias when there is one.
+    fn conv_inputs(&mut self, x: &V, weight: Tensor<4>, bias: Option<Tensor<1>>) -> Vec<String> {
+        let mut inputs = vec![x.name.clone(), self.tensor("weight", weight)];
+        if let Some(b) = bias {
+            inputs.push(self.tensor("bias", b));
+        }
+        inputs
+    }
+
+    /// A transposed convolution without padding (Proto's 2× upsampling).
+    pub(crate) fn conv_transpose2d(&mut self, x: &V, conv: &ConvTranspose2d) -> V {
+        let [_, co_per_group, kh, kw] = conv.weight.dims();
+        let inputs = self.conv_inputs(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()));
+        let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let [sh, sw] = conv.stride;
+        let name = self.node(
+            "ConvTranspose",
+            &ins,
+            vec![
+                ("group", Attr::Int(conv.groups as i64)),
+                ("kernel_shape", Attr::Ints(vec![kh as i64, kw as i64])),
+                ("strides", Attr::Ints(vec![sh as i64, sw as i64])),
+            ],
+        );
+        V { name, c: co_per_group * conv.groups, h: (x.h - 1) * sh + kh, w: (x.w - 1) * sw + kw }
     }
 
     pub(crate) fn batch_norm(&mut self, x: &V, bn: &BatchNorm) -> V {
@@ -389,8 +413,42 @@ impl Builder {
         let wh = self.binary("Sub", &x2y2, &x1y1);
         let xywh = self.node("Concat", &[&c, &wh], vec![("axis", Attr::Int(1))]);
         let xywh = self.binary("Mul", &xywh, &strides);
-        self.emit("Concat", &[&xywh, &cls], vec!["output0".into()], vec![("axis", Attr::Int(1))]);
+        let mut parts = vec![xywh, cls];
+        if let Some(m) = &d.mask {
+            // a segmentation head: its mask coefficients after the scores, its prototypes as output1
+            let coeffs: Vec<V> = xs
+                .iter()
+                .zip(&m.cv4)
+                .map(|(x, branch)| {
+                    let c = branch.to_onnx(self, x);
+                    V { name: self.reshape(&c.name, &[0, c.c as i64, -1]), c: c.c, h: 1, w: x.h * x.w }
+                })
+                .collect();
+            parts.push(self.concat(&coeffs, 2).name);
+            let protos = self.proto(xs, &m.proto);
+            self.emit("Identity", &[&protos.name], vec!["output1".into()], vec![]);
+        }
+        let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.emit("Concat", &parts, vec!["output0".into()], vec![("axis", Attr::Int(1))]);
         Ok(a)
+    }
+
+    /// The prototypes of a segmentation head [B, nm, 2H, 2W] from the level inputs (P3 at H×W).
+    fn proto(&mut self, xs: &[V], p: &Proto) -> V {
+        let mut feat = xs[0].clone();
+        for (i, refine) in p.feat_refine.iter().enumerate() {
+            let up = refine.to_onnx(self, &xs[i + 1]);
+            let up = self.upsample(&up, 1 << (i + 1));
+            feat.name = self.binary("Add", &feat.name, &up.name);
+        }
+        let x = match &p.feat_fuse {
+            Some(f) => f.to_onnx(self, &feat),
+            None => feat,
+        };
+        let y = p.cv1.to_onnx(self, &x);
+        let y = self.conv_transpose2d(&y, &p.upsample);
+        let y = p.cv2.to_onnx(self, &y);
+        p.cv3.to_onnx(self, &y)
     }
 
     /// The one-to-one head's post-processing in the graph, as Ultralytics' end-to-end export
@@ -523,6 +581,10 @@ pub fn export_onnx(model: &DetectionModel, imgsz: (usize, usize), batch: usize, 
 pub fn export_onnx_with(model: &DetectionModel, opts: &OnnxOptions) -> Result<Vec<u8>> {
     let OnnxOptions { imgsz, batch, dynamic, half, end2end } = *opts;
     let end2end = end2end && model.head().has_one2one();
+    let mask = model.head().mask.as_ref();
+    if end2end && mask.is_some() {
+        bail!("the end-to-end (NMS-free, --nms false) export of a segmentation model is not supported yet; export it with NMS");
+    }
     let (h, w) = imgsz;
     let stride = model.max_stride().max(1);
     if h == 0 || w == 0 || h % stride != 0 || w % stride != 0 {
@@ -562,12 +624,18 @@ pub fn export_onnx_with(model: &DetectionModel, opts: &OnnxOptions) -> Result<Ve
     }
     let elem = b.elem();
     graph.msg(11, &value_info("images", &[dim("batch", batch), Ok(3), dim("height", h), dim("width", w)], elem));
+    let nm = mask.map_or(0, |m| m.nm);
     let output = if end2end {
         [dim("batch", batch), dim("detections", rows), Ok(6)]
     } else {
-        [dim("batch", batch), Ok(4 + model.nc()), dim("anchors", rows)]
+        [dim("batch", batch), Ok(4 + model.nc() + nm), dim("anchors", rows)]
     };
     graph.msg(12, &value_info("output0", &output, elem));
+    if mask.is_some() {
+        let p = head_inputs[0].clone();
+        let protos = [dim("batch", batch), Ok(nm), dim("proto_height", 2 * p.h), dim("proto_width", 2 * p.w)];
+        graph.msg(12, &value_info("output1", &protos, elem));
+    }
 
     let stem = model.spec.yaml.get("yaml_file").and_then(|v| v.as_str()).unwrap_or("model");
     let stem = std::path::Path::new(stem).file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
@@ -576,7 +644,7 @@ pub fn export_onnx_with(model: &DetectionModel, opts: &OnnxOptions) -> Result<Ve
         ("author", "yolodistill".into()),
         ("version", env!("CARGO_PKG_VERSION").into()),
         ("stride", stride.to_string()),
-        ("task", "detect".into()),
+        ("task", if mask.is_some() { "segment" } else { "detect" }.into()),
         ("batch", batch.to_string()),
         ("imgsz", format!("[{h}, {w}]")),
         ("names", names_repr(&model.names)),

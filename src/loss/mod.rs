@@ -10,6 +10,7 @@
 pub mod assigner;
 pub mod iou;
 pub mod on_device;
+pub mod segment;
 
 use burn::tensor::activation::{log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -192,6 +193,9 @@ pub struct Assigned {
     pub fg_weight: Vec<f32>,
     /// Class of the box assigned to each foreground anchor.
     pub fg_class: Vec<usize>,
+    /// Position of that box among its image's targets, in target order (the object's id − 1 in
+    /// the image's instance-mask map).
+    pub fg_gt: Vec<usize>,
     /// Input size (h, w) in pixels.
     pub img_hw: (f32, f32),
 }
@@ -254,16 +258,24 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     let img_w = shapes[0].1 as f32 * cfg.strides[0] as f32;
 
     // Ground truth per image, xyxy pixels.
-    // (and each box's soft score: None for a certain box)
+    // (and each box's soft score, None for a certain box, and its position among its image's
+    // targets, empty ones included)
     let mut gts: Vec<Vec<GtBox>> = vec![Vec::new(); b];
     let mut soft: Vec<Vec<Option<f32>>> = vec![Vec::new(); b];
+    let mut slot: Vec<Vec<usize>> = vec![Vec::new(); b];
+    let mut seen = vec![0usize; b];
     for (k, ((&i, &c), bb)) in targets.batch_idx.iter().zip(&targets.cls).zip(&targets.bboxes).enumerate() {
         let (cx, cy, w, h) = (bb[0] * img_w, bb[1] * img_h, bb[2] * img_w, bb[3] * img_h);
         let xyxy = [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0];
-        if i < b && xyxy.iter().sum::<f32>() > 0.0 {
+        if i >= b {
+            continue;
+        }
+        if xyxy.iter().sum::<f32>() > 0.0 {
             gts[i].push(GtBox { cls: c, xyxy });
             soft[i].push(targets.soft_of(k));
+            slot[i].push(seen[i]);
         }
+        seen[i] += 1;
     }
 
     // Detached predictions on the host: sigmoid scores [B][A][nc] and boxes in pixels.
@@ -302,6 +314,7 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
             out.fg_stride.push(s);
             out.fg_weight.push(box_weight);
             out.fg_class.push(g.cls);
+            out.fg_gt.push(slot[bi][asg.gt_idx[a]]);
         }
     }
     out.tss = out.target_scores.iter().sum::<f32>().max(1.0);

@@ -1,6 +1,7 @@
 //! GFLOPs counted the way Ultralytics 8.4.190 reports them (its thop): 2 × the
-//! multiply-adds of every Conv2d and of attention's matrix products, plus 4 operations
-//! per BatchNorm element; activations, softmax, pooling and upsampling count zero.
+//! multiply-adds of every Conv2d (a transposed one at its input's size) and of attention's
+//! matrix products, plus 4 operations per BatchNorm element; activations, softmax, pooling and
+//! upsampling count zero.
 //! `scripts/gflops_reference.py` prints Ultralytics' figures.
 
 use super::graph::{layer_strides, DetectionModel};
@@ -30,15 +31,15 @@ pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
             let local = &name[prefix.len()..];
             // spatial size this tensor's conv runs at
             let r = if matches!(l.kind, LayerKind::Detect(_)) {
-                // cv2.<lvl>. / cv3.<lvl>. / one2one_cv*.<lvl>.
-                let lvl = local.split('.').nth(1).and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
-                res(head_strides[lvl.min(head_strides.len() - 1)])
+                res(head_tensor_stride(local, &head_strides))
             } else if is_scdown && local.starts_with("cv1.") {
                 in_res
             } else {
                 out_res
             };
             match slot {
+                // Proto26's semantic branch runs in training only
+                _ if local.starts_with("proto.semseg.") => {}
                 // DFL's fixed 1×1 conv runs over the 4 sides of every anchor of every level.
                 Slot::P4(p) if name.ends_with("dfl.conv.weight") => {
                     let anchors: f64 = head_strides.iter().map(|&s| res(s)).sum();
@@ -57,4 +58,21 @@ pub fn gflops(model: &DetectionModel, imgsz: usize) -> f64 {
         });
     }
     2.0 * ops / 1e9
+}
+
+/// The stride at which a head tensor's convolution runs, from its name under the head:
+/// `cv2.<lvl>.` / `cv3.<lvl>.` / `cv4.<lvl>.` / `one2one_cv*.<lvl>.` at their level's; the
+/// prototypes' layers before their 2× upsampling (`proto.cv1`, Proto26's `feat_fuse`) at the first
+/// level's, and so the transposed convolution that upsamples (thop counts one at its input's size),
+/// the rest of `proto` at half of it; Proto26's `feat_refine.<i>` at level i+1's.
+fn head_tensor_stride(local: &str, strides: &[f64]) -> f64 {
+    let level = |i: usize| strides[i.min(strides.len() - 1)];
+    let parts: Vec<&str> = local.split('.').collect();
+    let index = |k: usize| parts.get(k).and_then(|s| s.parse::<usize>().ok()).unwrap_or(0);
+    match parts.as_slice() {
+        ["proto", "feat_refine", ..] => level(index(2) + 1),
+        ["proto", "cv1" | "upsample" | "feat_fuse" | "semseg", ..] => level(0),
+        ["proto", ..] => level(0) / 2.0,
+        _ => level(index(1)),
+    }
 }

@@ -9,6 +9,7 @@ pub mod spec;
 pub mod validate;
 pub mod walk;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -53,9 +54,21 @@ pub fn builtin_names() -> Vec<String> {
 
 /// Finds the built-in YAML for a name such as `yolov8n.yaml` or `yolov5nu`.
 /// The scale letter comes from the name; the family file drops it.
-pub fn builtin_yaml(name: &str) -> Option<(&'static str, Option<char>)> {
+/// A `-seg` name (`yolo11n-seg.yaml`) gives the family's segmentation model: its detection
+/// YAML with the head row made `Segment` (`Segment26` for YOLO26), as Ultralytics' `-seg` YAMLs are.
+pub fn builtin_yaml(name: &str) -> Option<(Cow<'static, str>, Option<char>)> {
     let stem = Path::new(name).file_stem()?.to_str()?.to_ascii_lowercase();
-    let scale = spec::guess_scale(&stem);
+    let Some(detect) = stem.strip_suffix("-seg") else { return builtin_detection(&stem).map(|(t, s)| (Cow::Borrowed(t), s)) };
+    let (text, scale) = builtin_detection(detect)?;
+    let family = ["yolov8", "yolo11", "yolo12", "yolo26"].into_iter().find(|f| detect.starts_with(f))?;
+    let head = if family == "yolo26" { "Segment26" } else { "Segment" };
+    const ROW_END: &str = ", Detect, [nc]]";
+    (text.matches(ROW_END).count() == 1).then(|| (Cow::Owned(text.replace(ROW_END, &format!(", {head}, [nc, 32, 256]]"))), scale))
+}
+
+/// The built-in detection YAML of a name such as `yolov8n.yaml` or `yolov5nu`.
+fn builtin_detection(stem: &str) -> Option<(&'static str, Option<char>)> {
+    let scale = spec::guess_scale(stem);
     if let Some((_, text)) = BUILTIN.iter().find(|(f, _)| f.trim_end_matches(".yaml") == stem) {
         return Some((text, scale));
     }

@@ -51,6 +51,20 @@ pub struct DetectSpec {
     pub end2end: bool,
     /// Legacy class branch (two 3×3 Convs) of v5u/v8; otherwise depthwise.
     pub legacy: bool,
+    /// The segmentation head's mask parts (`Segment`, `Segment26`); None for `Detect`.
+    pub seg: Option<SegSpec>,
+}
+
+/// What a segmentation head adds to Detect: mask coefficients per anchor and prototypes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegSpec {
+    /// Mask coefficients per anchor (= prototypes), 32 in Ultralytics' models.
+    pub nm: usize,
+    /// Channels inside the Proto module (256 written, scaled by the width).
+    pub npr: usize,
+    /// YOLO26's Proto26: the three levels fused before the prototypes, and a semantic branch
+    /// used only in training.
+    pub proto26: bool,
 }
 
 /// A parsed model: layers plus the metadata needed elsewhere.
@@ -392,16 +406,30 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                 }
                 LayerKind::Upsample { scale: s }
             }
-            "Detect" | "v10Detect" => {
+            "Detect" | "v10Detect" | "Segment" | "Segment26" => {
                 let chs = from.iter().map(|&f| input(f)).collect::<Result<Vec<_>>>()?;
                 c2 = 0;
                 let v10 = module == "v10Detect";
+                let seg = if module.starts_with("Segment") {
+                    let rest = Args { v: &a, row: i, module: &module };
+                    let nm = rest.usize_or(1, 32)?;
+                    // the Proto's width scales as a layer's channels do (parse_model's args[2])
+                    let npr = scale_c2(&Value::Number(rest.usize_or(2, 256)?.into()))?;
+                    if nm == 0 {
+                        bail!("layer {i} ({module}): argument 2 (mask coefficients) must be at least 1");
+                    }
+                    l = format!("{nc}, {nm}, {npr}");
+                    Some(SegSpec { nm, npr, proto26: module == "Segment26" })
+                } else {
+                    None
+                };
                 LayerKind::Detect(DetectSpec {
                     nc,
                     ch: chs,
                     reg_max,
                     end2end: v10 || end2end_yaml,
                     legacy: legacy && !v10,
+                    seg,
                 })
             }
             other => bail!("layer {i}: unknown module '{other}'"),
@@ -425,7 +453,7 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
         layers.push(LayerSpec { index: i, from, repeats, kind, module, args_text: l, c2 });
     }
     if !matches!(layers.last().map(|l| &l.kind), Some(LayerKind::Detect(_))) {
-        bail!("the last layer of the model must be a Detect head");
+        bail!("the last layer of the model must be a Detect or Segment head");
     }
     save.sort_unstable();
     save.dedup();

@@ -5,7 +5,7 @@
 //! saving and counting parameters are all built on this one traversal.
 
 use burn::module::{Param, RunningState};
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 
@@ -61,14 +61,21 @@ pub fn child(prefix: &str, name: impl std::fmt::Display) -> String {
     format!("{prefix}{name}.")
 }
 
-impl Walk for Conv2d {
-    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
-        f(&format!("{prefix}weight"), Slot::P4(&mut self.weight));
-        if let Some(b) = self.bias.as_mut() {
-            f(&format!("{prefix}bias"), Slot::P1(b));
-        }
-    }
+/// A convolution's `weight` and optional `bias`.
+macro_rules! walk_weight_and_bias {
+    ($($ty:ty),+) => {
+        $(impl Walk for $ty {
+            fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+                f(&format!("{prefix}weight"), Slot::P4(&mut self.weight));
+                if let Some(b) = self.bias.as_mut() {
+                    f(&format!("{prefix}bias"), Slot::P1(b));
+                }
+            }
+        })+
+    };
 }
+
+walk_weight_and_bias!(Conv2d, ConvTranspose2d);
 
 impl Walk for BatchNorm {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {

@@ -1,4 +1,5 @@
-//! The Detect head (v5u/v8/11/12/26, and v10's dual-assignment head) and its decoding.
+//! The Detect head (v5u/v8/11/12/26, and v10's dual-assignment head) and its decoding; a
+//! segmentation head is Detect with mask parts (`mask.rs`).
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
@@ -6,6 +7,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::conv::{conv2d_bias, Conv, ConvCfg};
+use super::mask::{MaskHead, MaskMaps};
 use crate::model::spec::DetectSpec;
 use crate::model::walk::{child, walk_fields, Slot, Visit, Walk};
 use crate::export::onnx::{Builder, ToOnnx, V};
@@ -137,6 +139,8 @@ pub struct HeadOutput {
     pub one2one: Option<HeadMaps>,
     /// (H, W) of each level.
     pub shapes: Vec<(usize, usize)>,
+    /// A segmentation head's mask coefficients and prototypes.
+    pub masks: Option<MaskMaps>,
 }
 
 impl HeadMaps {
@@ -158,6 +162,7 @@ impl HeadOutput {
             one2many: self.one2many.first_images(n),
             one2one: self.one2one.as_ref().map(|m| m.first_images(n)),
             shapes: self.shapes.clone(),
+            masks: self.masks.as_ref().map(|m| m.first_images(n)),
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct Detect {
     pub one2one_cv3: Vec<ClsBranch>,
     /// The fixed DFL projection [0, 1, …, reg_max−1] (kept for Ultralytics' state dict).
     pub dfl: Option<Param<Tensor<4>>>,
+    /// A segmentation head's mask parts (`Segment`, `Segment26`).
+    pub mask: Option<MaskHead>,
     pub nc: usize,
     pub reg_max: usize,
     pub strides: Vec<f64>,
@@ -193,6 +200,7 @@ impl Detect {
             one2one_cv2: o2o_box,
             one2one_cv3: o2o_cls,
             dfl,
+            mask: spec.seg.as_ref().map(|seg| MaskHead::new(seg, &spec.ch, nc, spec.end2end, device)),
             nc,
             reg_max: r,
             strides,
@@ -223,13 +231,14 @@ impl Detect {
         !self.one2one_cv2.is_empty()
     }
 
-    /// Runs the branches on the level inputs. `one2one` also runs the
-    /// end-to-end branches (on detached inputs, as Ultralytics trains them).
+    /// Runs the branches on the level inputs. `one2one` (training) also runs the end-to-end
+    /// branches (on detached inputs, as Ultralytics trains them) and Proto26's semantic branch.
     pub fn forward(&self, xs: Vec<Tensor<4>>, one2one: bool) -> HeadOutput {
         let shapes = level_shapes(&xs);
         let one2many = run_branches(&xs, &self.cv2, &self.cv3, false);
         let o2o = (one2one && self.has_one2one()).then(|| run_branches(&xs, &self.one2one_cv2, &self.one2one_cv3, true));
-        HeadOutput { one2many, one2one: o2o, shapes }
+        let masks = self.mask.as_ref().map(|m| m.forward(&xs, one2one));
+        HeadOutput { one2many, one2one: o2o, shapes, masks }
     }
 
     /// Inference with the one-to-one branches alone (the one-to-many ones are not run):
@@ -342,6 +351,9 @@ impl Walk for Detect {
         }
         self.one2one_cv2.walk(&child(prefix, "one2one_cv2"), f);
         self.one2one_cv3.walk(&child(prefix, "one2one_cv3"), f);
+        if let Some(m) = self.mask.as_mut() {
+            m.walk(prefix, f);
+        }
     }
 }
 

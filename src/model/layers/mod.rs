@@ -4,4 +4,5 @@ pub mod attention;
 pub mod blocks;
 pub mod conv;
 pub mod head;
+pub mod mask;
 pub mod v10;
