@@ -432,3 +432,19 @@ fn crosskd_trains_through_the_frozen_teacher_head() {
         assert!(format!("{e:#}").contains(why), "{e:#}");
     }
 }
+
+/// A segmentation teacher of a detection student runs without its mask parts: no term reads them,
+/// and its prototypes would be a third of its forward.
+#[test]
+fn a_segmentation_teacher_of_a_detection_student_drops_its_masks() {
+    let dev = yolodistill::default_device();
+    let seg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8t-seg.pt");
+    let seg = seg.to_str().unwrap();
+    let student = model::load("yolov8n.yaml", Some(3), &dev).unwrap().model;
+    let d = Distiller::new(&args(seg, "cwd", "bckd"), &student, 64, 1, 0, &dev).unwrap();
+    assert!(d.teacher.head().mask.is_none());
+    let mut whole = model::load(seg, None, &dev).unwrap().model;
+    whole.fuse();
+    let (kept, all) = (yolodistill::model::flops::gflops(&d.teacher, 640), yolodistill::model::flops::gflops(&whole, 640));
+    assert!(kept < 0.9 * all, "{kept} GFLOPs of {all}");
+}

@@ -5,8 +5,11 @@
 
 use clap::{Arg, ArgAction, Command};
 
-/// Ultralytics' task words; only detection is implemented.
+/// Ultralytics' task words; detection is implemented, segmentation in part.
 const TASKS: [&str; 5] = ["detect", "segment", "classify", "pose", "obb"];
+
+/// The modes that take segmentation models so far.
+const SEGMENT_MODES: [&str; 3] = ["info", "export", "benchmark"];
 
 /// Ultralytics keys whose option is written otherwise here: (key, our flag).
 const RENAMED: [(&str, &str); 1] = [("distill_model", "teacher")];
@@ -17,7 +20,14 @@ pub fn to_flags(argv: Vec<String>, cli: &Command) -> Result<Vec<String>, String>
     let mut out: Vec<String> = argv.first().cloned().into_iter().collect();
     if rest.peek().is_some_and(|w| TASKS.contains(&w.as_str())) {
         let task = rest.next().expect("peeked");
-        if task != "detect" {
+        let mode = rest.peek().map(|m| m.as_str()).unwrap_or("");
+        if task == "segment" && !SEGMENT_MODES.contains(&mode) {
+            return Err(format!(
+                "task 'segment' with mode '{mode}' is not supported yet: segmentation models work with {} so far",
+                SEGMENT_MODES.join(", ")
+            ));
+        }
+        if task != "detect" && task != "segment" {
             return Err(format!("task '{task}' is not supported: yolodistill trains and runs detection models (the task word 'detect')"));
         }
     }
@@ -173,7 +183,9 @@ mod tests {
         assert!(e.contains("'lr' is not a valid key of train") && e.contains("the closest is 'lr0'"), "{e}");
         let e = flags("predict max_dets=10").unwrap_err();
         assert!(e.contains("the closest is 'max_det'"), "{e}");
-        assert!(flags("segment train model=x").unwrap_err().contains("task 'segment' is not supported"));
+        assert!(flags("segment train model=x").unwrap_err().contains("task 'segment' with mode 'train' is not supported yet"));
+        assert!(flags("pose train model=x").unwrap_err().contains("task 'pose' is not supported"));
+        assert_eq!(flags("segment export model=m-seg.pt format=onnx").unwrap(), ["export", "--model=m-seg.pt", "--format=onnx"]);
         assert!(flags("train cos_lr=maybe").unwrap_err().contains("cos_lr is True or False"));
     }
 }

@@ -10,6 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Label;
+use super::segments::{resample, transform, RESAMPLED_POINTS};
 use crate::pixels::letterbox::{letterbox, resize_bilinear, Placement};
 
 /// Gray used for padding and borders, as Ultralytics.
@@ -63,14 +64,18 @@ impl Default for AugConfig {
     }
 }
 
-/// An image with its boxes in pixels (x1, y1, x2, y2) and their classes. The image is the
-/// sample's own, or (`Sample<Arc<RgbImage>>`, as loaded) shared with the loader's cache, so
-/// that mosaic and the warp read it without a copy.
+/// An image with its boxes in pixels (x1, y1, x2, y2), their classes, and (polygon labels) each
+/// box's polygon in pixels. The image is the sample's own, or (`Sample<Arc<RgbImage>>`, as
+/// loaded) shared with the loader's cache, so that mosaic and the warp read it without a copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<I = RgbImage> {
     pub img: I,
     pub boxes: Vec<[f32; 4]>,
     pub cls: Vec<usize>,
+    /// One polygon per box, or none at all: a polygon moves with the image, and the box of a
+    /// moved polygon is the extent of its part inside the image (Ultralytics keeps polygons in
+    /// detection training too).
+    pub segments: Vec<Vec<[f32; 2]>>,
 }
 
 /// The image of a sample, owned or shared.
@@ -109,7 +114,22 @@ impl<I: Pixels> Sample<I> {
                 [(x - bw / 2.0) * w, (y - bh / 2.0) * h, (x + bw / 2.0) * w, (y + bh / 2.0) * h]
             })
             .collect();
-        Sample { img, boxes, cls: labels.iter().map(|l| l.cls).collect() }
+        Sample { img, boxes, cls: labels.iter().map(|l| l.cls).collect(), segments: Vec::new() }
+    }
+
+    /// These labels' polygons (normalised points, one per box, or none), placed in pixels and
+    /// resampled as Ultralytics loads them.
+    pub fn with_segments(mut self, segments: &[Vec<[f32; 2]>]) -> Sample<I> {
+        if segments.len() != self.boxes.len() {
+            return self;
+        }
+        let (w, h) = self.img.borrow().dimensions();
+        let (w, h) = (w as f32, h as f32);
+        // more points than the default: one more than the longest polygon
+        let longest = segments.iter().map(Vec::len).max().unwrap_or(0);
+        let n = if longest > RESAMPLED_POINTS { longest + 1 } else { RESAMPLED_POINTS };
+        self.segments = segments.iter().map(|p| resample(&p.iter().map(|q| [q[0] * w, q[1] * h]).collect::<Vec<_>>(), n)).collect();
+        self
     }
 
     /// Boxes as normalised centre-x, centre-y, width, height (the Format step).
@@ -189,8 +209,8 @@ fn geometric(
     if mosaic_on && cfg.mosaic > 0.0 && rng.random::<f32>() < cfg.mosaic {
         let others: [usize; 3] = std::array::from_fn(|_| rng.random_range(0..src.len()));
         let parts = [src.load(index), src.load(others[0]), src.load(others[1]), src.load(others[2])];
-        let Sample { img, boxes, cls } = mosaic4(parts, s, rng);
-        let out = random_perspective(Sample { img: &img, boxes, cls }, s, cfg, rng);
+        let Sample { img, boxes, cls, segments } = mosaic4(parts, s, rng);
+        let out = random_perspective(Sample { img: &img, boxes, cls, segments }, s, cfg, rng);
         keep_canvas(img);
         out
     } else {
@@ -207,7 +227,9 @@ pub fn mosaic4<I: Pixels>(parts: [Sample<I>; 4], s: u32, rng: &mut StdRng) -> Sa
     let xc = rng.random_range(half..3.0 * half) as i64;
     let yc = rng.random_range(half..3.0 * half) as i64;
     let mut canvas = gray_canvas(s2 as u32);
-    let (mut boxes, mut cls) = (Vec::new(), Vec::new());
+    let (mut boxes, mut cls, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+    // polygons only when every part has them for every box
+    let with_segments = parts.iter().all(|p| p.segments.len() == p.boxes.len()) && parts.iter().any(|p| !p.segments.is_empty());
     // One axis: the canvas span [a1, a2) before (or after) the centre c, and its start in a part n long.
     let span = |c: i64, n: i64, before: bool| {
         let (a1, a2) = if before { ((c - n).max(0), c) } else { (c, (c + n).min(s2)) };
@@ -221,15 +243,19 @@ pub fn mosaic4<I: Pixels>(parts: [Sample<I>; 4], s: u32, rng: &mut StdRng) -> Sa
         let (ay1, ay2, by1) = span(yc, h, i < 2);
         copy_rect(img, (bx1, by1), &mut canvas, (ax1, ay1), (ax2 - ax1, ay2 - ay1));
         let (dx, dy) = ((ax1 - bx1) as f32, (ay1 - by1) as f32);
-        for (b, c) in part.boxes.iter().zip(&part.cls) {
+        for (k, (b, c)) in part.boxes.iter().zip(&part.cls).enumerate() {
             let b = clip([b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy], s2 as f32);
             if b[2] > b[0] && b[3] > b[1] {
                 boxes.push(b);
                 cls.push(*c);
+                if with_segments {
+                    let limit = s2 as f32;
+                    segments.push(part.segments[k].iter().map(|p| [(p[0] + dx).clamp(0.0, limit), (p[1] + dy).clamp(0.0, limit)]).collect());
+                }
             }
         }
     }
-    Sample { img: canvas, boxes, cls }
+    Sample { img: canvas, boxes, cls, segments }
 }
 
 thread_local! {
@@ -270,7 +296,8 @@ fn clip(b: [f32; 4], s: f32) -> [f32; 4] {
     b.map(|v| v.clamp(0.0, s))
 }
 
-type Mat3 = [[f64; 3]; 3];
+/// A 3×3 transform of pixel coordinates (row-major).
+pub type Mat3 = [[f64; 3]; 3];
 
 fn matmul(a: &Mat3, b: &Mat3) -> Mat3 {
     let mut m = [[0.0; 3]; 3];
@@ -318,15 +345,24 @@ pub fn random_perspective<I: Pixels>(sample: Sample<I>, s: u32, cfg: &AugConfig,
     let (m, scale) = perspective_matrix(w as f64, h as f64, s as f64, cfg, rng);
     let projective = cfg.perspective != 0.0;
     let img = if m == EYE && (w, h) == (s, s) { sample.img.into_owned() } else { warp(sample.img.borrow(), &m, s, s, projective) };
-    let (mut boxes, mut cls) = (Vec::new(), Vec::new());
-    for (b, c) in sample.boxes.iter().zip(&sample.cls) {
-        let nb = clip(transform_box(b, &m, projective), s as f32);
-        if box_candidate(b, &nb, scale as f32) {
+    let (mut boxes, mut cls, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+    let with_segments = !sample.segments.is_empty() && sample.segments.len() == sample.boxes.len();
+    for (k, (b, c)) in sample.boxes.iter().zip(&sample.cls).enumerate() {
+        // a polygon's box is the extent of the moved polygon inside the image, and it may keep
+        // a smaller share of its area (Ultralytics' 0.01 against 0.1)
+        let (nb, moved, area_share) = if with_segments {
+            let (moved, nb) = transform(&sample.segments[k], &m, (s as f32, s as f32));
+            (clip(nb, s as f32), Some(moved), 0.01)
+        } else {
+            (clip(transform_box(b, &m, projective), s as f32), None, 0.1)
+        };
+        if box_candidate(b, &nb, scale as f32, area_share) {
             boxes.push(nb);
             cls.push(*c);
+            segments.extend(moved);
         }
     }
-    Sample { img, boxes, cls }
+    Sample { img, boxes, cls, segments }
 }
 
 /// Hull of the 4 transformed corners.
@@ -350,13 +386,14 @@ fn transform_box(b: &[f32; 4], m: &Mat3, projective: bool) -> [f32; 4] {
     [x0 as f32, y0 as f32, x1 as f32, y1 as f32]
 }
 
-/// Ultralytics' box_candidates with its defaults (2 px, 0.1 area ratio, aspect 100).
-fn box_candidate(before: &[f32; 4], after: &[f32; 4], scale: f32) -> bool {
+/// Ultralytics' box_candidates with its defaults (2 px, aspect 100) and the share of its area a
+/// box must keep (`area_share`: 0.1, or 0.01 for a polygon's).
+fn box_candidate(before: &[f32; 4], after: &[f32; 4], scale: f32, area_share: f32) -> bool {
     const EPS: f32 = 1e-16;
     let (w1, h1) = ((before[2] - before[0]) * scale, (before[3] - before[1]) * scale);
     let (w2, h2) = (after[2] - after[0], after[3] - after[1]);
     let ar = (w2 / (h2 + EPS)).max(h2 / (w2 + EPS));
-    w2 > 2.0 && h2 > 2.0 && w2 * h2 / (w1 * h1 + EPS) > 0.1 && ar < 100.0
+    w2 > 2.0 && h2 > 2.0 && w2 * h2 / (w1 * h1 + EPS) > area_share && ar < 100.0
 }
 
 fn invert(m: &Mat3) -> Option<Mat3> {
@@ -475,7 +512,10 @@ pub fn mixup(a: Sample, b: Sample, rng: &mut StdRng) -> Sample {
         // Truncation, as numpy's astype(uint8).
         *p = (*p as f32 * r + *q as f32 * (1.0 - r)) as u8;
     }
-    Sample { img, boxes: [a.boxes, b.boxes].concat(), cls: [a.cls, b.cls].concat() }
+    // polygons only when both have them for every box
+    let both = a.segments.len() == a.boxes.len() && b.segments.len() == b.boxes.len();
+    let segments = if both { [a.segments, b.segments].concat() } else { Vec::new() };
+    Sample { img, boxes: [a.boxes, b.boxes].concat(), cls: [a.cls, b.cls].concat(), segments }
 }
 
 /// Beta(a, b) from two Gamma draws (Marsaglia–Tsang), avoiding a dependency for one use.
@@ -603,6 +643,9 @@ pub fn flip_ud(s: &mut Sample) {
     for b in &mut s.boxes {
         *b = [b[0], h - b[3], b[2], h - b[1]];
     }
+    for p in s.segments.iter_mut().flatten() {
+        p[1] = h - p[1];
+    }
 }
 
 /// Left-right flip of image and boxes.
@@ -611,6 +654,9 @@ pub fn flip_lr(s: &mut Sample) {
     let w = s.img.width() as f32;
     for b in &mut s.boxes {
         *b = [w - b[2], b[1], w - b[0], b[3]];
+    }
+    for p in s.segments.iter_mut().flatten() {
+        p[0] = w - p[0];
     }
 }
 
@@ -622,7 +668,8 @@ pub fn letterbox_sample(sample: Sample, shape: (u32, u32)) -> (Sample, Placement
     let (img, place) = letterbox(&sample.img, shape, false, false, 32);
     let (g, (px, py)) = (place.gain, place.pad);
     let boxes = sample.boxes.iter().map(|b| [b[0] * g + px, b[1] * g + py, b[2] * g + px, b[3] * g + py]).collect();
-    (Sample { img, boxes, cls: sample.cls }, place)
+    let segments = sample.segments.iter().map(|p| p.iter().map(|q| [q[0] * g + px, q[1] * g + py]).collect()).collect();
+    (Sample { img, boxes, cls: sample.cls, segments }, place)
 }
 
 #[cfg(test)]
@@ -710,6 +757,7 @@ mod tests {
             img: RgbImage::from_pixel(32, 32, Rgb([c; 3])),
             boxes: vec![[0.0, 0.0, 32.0, 32.0]],
             cls: vec![c as usize],
+            segments: Vec::new(),
         };
         let m = mosaic4([one(1), one(2), one(3), one(4)], 32, &mut r);
         // Part 0's box ends at the centre; part 3's starts there.
@@ -786,10 +834,58 @@ mod tests {
 
     #[test]
     fn box_filter_drops_thin_and_cut_boxes() {
-        assert!(box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0], 1.0));
-        assert!(!box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 2.0, 10.0], 1.0));
-        assert!(!box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 1.0));
-        assert!(box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 0.5));
+        assert!(box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0], 1.0, 0.1));
+        assert!(!box_candidate(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 2.0, 10.0], 1.0, 0.1));
+        assert!(!box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 1.0, 0.1));
+        assert!(box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 0.5, 0.1));
+        // a polygon's box may keep a tenth of that share
+        assert!(box_candidate(&[0.0, 0.0, 100.0, 100.0], &[0.0, 0.0, 30.0, 30.0], 1.0, 0.01));
+    }
+
+    /// A diamond label inside its box: the polygon moves with the sample, and after a rotation
+    /// its box is the moved diamond's extent, tighter than the hull of the moved box corners.
+    #[test]
+    fn polygons_move_with_the_sample_and_make_the_boxes() {
+        let lbl = Label { cls: 0, xywhn: [0.5, 0.5, 0.5, 0.5] };
+        let diamond = vec![vec![[0.5, 0.25], [0.75, 0.5], [0.5, 0.75], [0.25, 0.5]]];
+        let with = |img| Sample::new(img, &[lbl]).with_segments(&diamond);
+        let s = with(pattern(64, 64));
+        assert_eq!(s.segments[0].len(), RESAMPLED_POINTS);
+        assert_eq!(&s.segments[0][..2], &[[32.0, 16.0], [s.segments[0][1][0], s.segments[0][1][1]]]);
+        let cfg = AugConfig { degrees: 30.0, translate: 0.0, scale: 0.0, ..Default::default() };
+        for seed in 0..5 {
+            let poly = random_perspective(with(pattern(64, 64)), 64, &cfg, &mut rng(seed));
+            let plain = random_perspective(Sample::new(pattern(64, 64), &[lbl]), 64, &cfg, &mut rng(seed));
+            assert_eq!(poly.img, plain.img, "same draws, same picture");
+            let (p, q) = (poly.boxes[0], plain.boxes[0]);
+            let extent = crate::data::segments::segment_box(&poly.segments[0], 64.0, 64.0);
+            assert_eq!(p, extent, "seed {seed}: the box is the moved polygon's extent");
+            assert!(p[0] >= q[0] && p[1] >= q[1] && p[2] <= q[2] && p[3] <= q[3], "seed {seed}: {p:?} inside {q:?}");
+        }
+        // flips and the letterbox move the polygon as they move the box
+        let mut f = with(pattern(64, 64));
+        f.segments[0] = vec![[10.0, 20.0], [30.0, 20.0], [30.0, 40.0]];
+        flip_lr(&mut f);
+        flip_ud(&mut f);
+        assert_eq!(f.segments[0], vec![[54.0, 44.0], [34.0, 44.0], [34.0, 24.0]]);
+        let (l, place) = letterbox_sample(with(pattern(64, 32)), (32, 64));
+        assert_eq!(place.gain, 1.0);
+        let b = l.boxes[0];
+        let e = crate::data::segments::segment_box(&l.segments[0], 64.0, 32.0);
+        assert!((e[0] - b[0]).abs() < 1e-4 && (e[3] - b[3]).abs() < 1e-4, "{e:?} vs {b:?}");
+        // a label set without a polygon for every box carries none
+        assert!(Sample::new(pattern(8, 8), &[lbl, lbl]).with_segments(&diamond).segments.is_empty());
+        // mosaic shifts each part's polygon with its box (clipped to the canvas), mixup keeps both
+        let parts = [0, 1, 2, 3].map(|_| with(pattern(32, 32)));
+        let m = mosaic4(parts, 32, &mut rng(4));
+        assert_eq!(m.segments.len(), m.boxes.len());
+        for (p, b) in m.segments.iter().zip(&m.boxes) {
+            let e = crate::data::segments::segment_box(p, 64.0, 64.0);
+            assert!(e[0] >= b[0] - 1e-4 && e[1] >= b[1] - 1e-4 && e[2] <= b[2] + 1e-4 && e[3] <= b[3] + 1e-4, "{e:?} in {b:?}");
+        }
+        let mixed = mixup(with(pattern(16, 16)), with(pattern(16, 16)), &mut rng(5));
+        assert_eq!((mixed.boxes.len(), mixed.segments.len()), (2, 2));
+        assert_eq!(mixup(with(pattern(16, 16)), Sample::new(pattern(16, 16), &[lbl]), &mut rng(5)).segments.len(), 0);
     }
 
     #[test]
@@ -862,9 +958,9 @@ mod tests {
     #[test]
     fn mixup_blends_and_concatenates() {
         let a =
-            Sample { img: RgbImage::from_pixel(4, 4, Rgb([200; 3])), boxes: vec![[0.0, 0.0, 2.0, 2.0]], cls: vec![0] };
+            Sample { img: RgbImage::from_pixel(4, 4, Rgb([200; 3])), boxes: vec![[0.0, 0.0, 2.0, 2.0]], cls: vec![0], segments: Vec::new() };
         let b =
-            Sample { img: RgbImage::from_pixel(4, 4, Rgb([0; 3])), boxes: vec![[1.0, 1.0, 3.0, 3.0]], cls: vec![1] };
+            Sample { img: RgbImage::from_pixel(4, 4, Rgb([0; 3])), boxes: vec![[1.0, 1.0, 3.0, 3.0]], cls: vec![1], segments: Vec::new() };
         let m = mixup(a, b, &mut rng(5));
         assert_eq!(m.cls, vec![0, 1]);
         let v = m.img.get_pixel(0, 0).0[0];

@@ -186,12 +186,16 @@ pub struct Label {
 }
 
 /// One usable image and its labels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     pub image: PathBuf,
     /// (w, h) after the EXIF orientation is applied.
     pub size: (u32, u32),
     pub labels: Vec<Label>,
+    /// Each label's polygon (normalised points) when the label file gives every object as a
+    /// polygon; empty otherwise.
+    #[serde(default)]
+    pub segments: Vec<Vec<[f32; 2]>>,
 }
 
 /// Counts from a scan, for the summary line.
@@ -229,7 +233,7 @@ struct CacheFile {
     stats: ScanStats,
 }
 
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 impl Dataset {
     /// Lists the images of `sources` (folders, `.txt` lists or image files), checks
@@ -299,7 +303,7 @@ impl Dataset {
         }
         let (labeled, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.items).into_iter().zip(kept).partition(|(_, k)| *k);
         self.items = labeled.into_iter().map(|(it, _)| it).collect();
-        rest.into_iter().map(|(it, _)| Item { labels: Vec::new(), ..it }).collect()
+        rest.into_iter().map(|(it, _)| Item { labels: Vec::new(), segments: Vec::new(), ..it }).collect()
     }
 
     /// A dataset from items already in memory (tests, synthetic data).
@@ -430,15 +434,15 @@ fn check_guarded(image: &Path, nc: Option<usize>) -> Checked {
 fn check_pair(image: &Path, nc: Option<usize>) -> Checked {
     let (size, mut warning) =
         check_image(image).map_err(|e| format!("{}: skipping corrupt image: {e:#}", image.display()))?;
-    let item = |labels: Vec<Label>| Item { image: image.to_path_buf(), size, labels };
-    let Some(nc) = nc else { return Ok((item(Vec::new()), LabelState::Missing, warning)) };
+    let item = |labels: Vec<Label>, segments: Vec<Vec<[f32; 2]>>| Item { image: image.to_path_buf(), size, labels, segments };
+    let Some(nc) = nc else { return Ok((item(Vec::new(), Vec::new()), LabelState::Missing, warning)) };
     let lpath = label_path(image);
     let skip = |why: String| format!("{}{why}; skipping image {}", lpath.display(), image.display());
     let bytes = match fs::read(&lpath) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((item(Vec::new()), LabelState::Missing, warning)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((item(Vec::new(), Vec::new()), LabelState::Missing, warning)),
         read => read.map_err(|e| skip(format!(": cannot read ({e})")))?,
     };
-    let (labels, dups) = parse_labels(&bytes, nc).map_err(|(line, msg)| {
+    let (labels, segments, dups) = parse_labels(&bytes, nc).map_err(|(line, msg)| {
         let at = line.map(|n| format!(":{n}")).unwrap_or_default();
         skip(format!("{at}: {msg}"))
     })?;
@@ -446,7 +450,7 @@ fn check_pair(image: &Path, nc: Option<usize>) -> Checked {
         warning = Some(format!("{}: {dups} duplicate labels removed", lpath.display()));
     }
     let state = if labels.is_empty() { LabelState::Empty } else { LabelState::Found };
-    Ok((item(labels), state, warning))
+    Ok((item(labels, segments), state, warning))
 }
 
 /// Image size (w, h) after EXIF orientation, from the header. A file whose end marker is
@@ -475,33 +479,40 @@ fn check_image(path: &Path) -> Result<((u32, u32), Option<String>)> {
 /// Parses a label file (public for the fuzz tests). Err carries the 1-based line (if any) and the reason; the
 /// whole image is then skipped, as Ultralytics does, because a partly read label
 /// file would teach the model that the dropped objects are background.
-pub fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, usize), (Option<usize>, String)> {
+/// Returns the labels, their polygons (empty unless every row is a polygon, as Ultralytics keeps
+/// them only then) and the number of duplicate rows left out.
+#[allow(clippy::type_complexity)]
+pub fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, Vec<Vec<[f32; 2]>>, usize), (Option<usize>, String)> {
     let text = std::str::from_utf8(bytes).map_err(|_| (None, "label file is not UTF-8 text".to_string()))?;
     let text = crate::files::without_bom(text);
     let mut labels: Vec<Label> = Vec::new();
+    let mut segments: Vec<Option<Vec<[f32; 2]>>> = Vec::new();
     let mut seen = HashSet::new();
     let mut dups = 0;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let label = parse_row(line, nc).map_err(|m| (Some(i + 1), m))?;
+        let (label, polygon) = parse_row(line, nc).map_err(|m| (Some(i + 1), m))?;
         let key = (label.cls, label.xywhn.map(f32::to_bits));
         if seen.insert(key) {
             labels.push(label);
+            segments.push(polygon);
         } else {
             dups += 1;
         }
     }
-    Ok((labels, dups))
+    let segments = if segments.iter().all(Option::is_some) { segments.into_iter().flatten().collect() } else { Vec::new() };
+    Ok((labels, segments, dups))
 }
 
 /// Ultralytics' tolerances: coordinates in [-0.01, 1.01].
 const COORD_MIN: f32 = -0.01;
 const COORD_MAX: f32 = 1.01;
 
-/// One row: `cls xc yc w h`, or a polygon `cls x1 y1 x2 y2 ...` turned into its box.
-fn parse_row(line: &str, nc: usize) -> std::result::Result<Label, String> {
+/// One row: `cls xc yc w h`, or a polygon `cls x1 y1 x2 y2 ...` turned into its box (and
+/// returned as points).
+fn parse_row(line: &str, nc: usize) -> std::result::Result<(Label, Option<Vec<[f32; 2]>>), String> {
     let vals = line
         .split_whitespace()
         .map(|t| t.parse::<f32>().map_err(|_| format!("'{t}' is not a number")))
@@ -521,7 +532,8 @@ fn parse_row(line: &str, nc: usize) -> std::result::Result<Label, String> {
     if let Some(v) = xywh.iter().find(|v| !(COORD_MIN..=COORD_MAX).contains(*v)) {
         return Err(format!("coordinate {v} is outside [0, 1] (not normalised?)"));
     }
-    Ok(Label { cls: c as usize, xywhn: xywh })
+    let polygon = (vals.len() > 5).then(|| vals[1..].chunks_exact(2).map(|p| [p[0], p[1]]).collect());
+    Ok((Label { cls: c as usize, xywhn: xywh }, polygon))
 }
 
 /// xywh of the box around polygon points (x, y, x, y, ...).
@@ -804,6 +816,11 @@ pub(crate) mod tests {
         let poly = good.labels[1];
         assert_eq!(poly.cls, 0);
         assert!((poly.xywhn[0] - 0.2).abs() < 1e-6 && (poly.xywhn[2] - 0.2).abs() < 1e-6);
+        // a box row next to the polygon: no polygons are kept (every row must be one)
+        assert!(good.segments.is_empty());
+        let (labels, segments, _) = parse_labels(b"0 0.2 0.2 0.1 0.1 0.3 0.3\n1 0.5 0.5 0.9 0.5 0.6 0.8\n", 2).unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(segments, vec![vec![[0.2, 0.2], [0.1, 0.1], [0.3, 0.3]], vec![[0.5, 0.5], [0.9, 0.5], [0.6, 0.8]]]);
         let has = |needle: &str| ds.warnings.iter().any(|w| w.contains(needle));
         assert!(has("cls.txt:2") && has("class 7 exceeds"), "{:?}", ds.warnings);
         assert!(has("coord.txt:2") && has("1.2"), "{:?}", ds.warnings);

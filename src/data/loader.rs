@@ -339,7 +339,7 @@ impl ImageSource for TrainSource {
         let item = &self.dataset.items[i];
         let img = self.cache.get_or_load(i, || load_or_warn(&item.image, self.imgsz));
         match img {
-            Some(img) => Sample::new(img, &item.labels),
+            Some(img) => Sample::new(img, &item.labels).with_segments(&item.segments),
             None => Sample::new(Arc::new(RgbImage::from_pixel(self.imgsz, self.imgsz, Rgb([FILL; 3]))), &[]),
         }
     }
@@ -441,7 +441,7 @@ fn val_part(dataset: &Dataset, idx: usize, imgsz: u32, shape: (u32, u32)) -> Par
         return Part { sample: blank, path: item.image.clone(), ori: item.size, place: Some(place) };
     };
     let load_gain = img.width().max(img.height()) as f32 / w0.max(h0) as f32;
-    let (sample, lb) = letterbox_sample(Sample::new(img, &item.labels), shape);
+    let (sample, lb) = letterbox_sample(Sample::new(img, &item.labels).with_segments(&item.segments), shape);
     let place = Placement { gain: lb.gain * load_gain, pad: lb.pad, orig: item.size };
     Part { sample, path: item.image.clone(), ori: item.size, place: Some(place) }
 }
@@ -617,7 +617,7 @@ mod tests {
                 let labels = if i % 3 == 0 { "0 0.5 0.5 0.4 0.4\n1 0.2 0.3 0.2 0.2\n" } else { "1 0.6 0.4 0.3 0.5\n" };
                 let image = write_sample(&d, "train", &format!("im{i:02}"), size, Some(labels));
                 let labels = crate::data::dataset::parse_labels(labels.as_bytes(), 2).unwrap().0;
-                Item { image, size, labels }
+                Item { image, size, labels, ..Default::default() }
             })
             .collect();
         (d, Arc::new(Dataset::from_items(items, 2)))

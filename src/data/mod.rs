@@ -6,6 +6,7 @@ pub mod augment;
 pub mod dataset;
 pub mod loader;
 pub mod masks;
+pub mod segments;
 pub mod synthetic;
 
 pub use augment::{AugConfig, Sample};

@@ -175,6 +175,10 @@ impl Distiller {
             // the same maps in one pass instead of two.
             teacher.fuse();
         }
+        if student.head().mask.is_none() {
+            // no term of a detection student reads a segmentation teacher's masks
+            teacher.drop_masks();
+        }
         if teacher.nc() != student.nc() {
             bail!("the teacher {path} has {} classes but the student has {}: they must agree", teacher.nc(), student.nc());
         }

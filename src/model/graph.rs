@@ -235,6 +235,14 @@ impl DetectionModel {
         }
     }
 
+    /// Drops a segmentation head's mask parts (a frozen teacher of a detection student: nothing
+    /// reads its masks, and its prototypes cost a third of its forward).
+    pub fn drop_masks(&mut self) {
+        if let Some(Layer::Detect(d)) = self.layers.last_mut() {
+            d.mask = None;
+        }
+    }
+
     /// Largest stride of the head (32 for the standard models).
     pub fn max_stride(&self) -> usize {
         self.head().strides.iter().cloned().fold(0.0, f64::max) as usize

@@ -81,7 +81,7 @@ mod tests {
     use crate::data::dataset::Label;
 
     fn item(path: &str) -> Item {
-        Item { image: PathBuf::from(path), size: (64, 64), labels: vec![Label { cls: 0, xywhn: [0.5, 0.5, 0.2, 0.2] }] }
+        Item { image: PathBuf::from(path), size: (64, 64), labels: vec![Label { cls: 0, xywhn: [0.5, 0.5, 0.2, 0.2] }], ..Default::default() }
     }
 
     #[test]
