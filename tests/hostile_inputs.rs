@@ -354,6 +354,9 @@ fn options_that_cannot_act_are_named() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("warning: --distill act only with --teacher"), "{err}");
     assert!(err.contains("--mean-teacher labels unlabeled images, and this run has none"), "{err}");
+    let out = train(&["--batch", "6", "--max-batches", "1", "--teacher", t, "--pseudo-low", "0.2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("--pseudo-low sets the uncertain labels below --pseudo-conf"), "{err}");
     let out = train(&["--batch", "6", "--mean-teacher", "--pseudo-conf", "0.3", "--pseudo-low", "0.3"]);
     refused(&out, "--pseudo-low at --pseudo-conf", &["--pseudo-low 0.3 must be below --pseudo-conf 0.3"]);
     let out = train(&["--batch", "6", "--mean-teacher", "--burn-in", "1"]);

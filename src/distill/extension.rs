@@ -91,8 +91,13 @@ impl DistillArgs {
         let no_terms = super::distiller::parse_methods(&self.distill, self.distill_weight).map_or(false, |m| m.is_empty())
             && self.logit == super::args::Response::None;
         let mut out = Vec::new();
-        if no_terms && (self.pseudo_conf.is_none() || self.mean_teacher) && !self.online {
+        if no_terms && self.mean_teacher && !self.online {
+            out.push("the teacher teaches nothing: --distill none and --logit none, and the mean teacher labels in its place; the run pays for the teacher's forward".into());
+        } else if no_terms && self.pseudo_conf.is_none() && !self.online {
             out.push("the teacher teaches nothing: --distill none, --logit none and no --pseudo-conf; the run trains as a plain one, at the teacher's cost".into());
+        }
+        if self.pseudo_low.is_some() && self.pseudo_conf.is_none() && !self.mean_teacher {
+            out.push("--pseudo-low sets the uncertain labels below --pseudo-conf, and neither --pseudo-conf nor --mean-teacher is given; it does nothing".into());
         }
         if no_terms && self.distill_calibrate.is_some() {
             out.push("--distill-calibrate has no term to calibrate (--distill none, --logit none); it does nothing".into());
