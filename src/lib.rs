@@ -18,6 +18,6 @@ pub mod run;
 pub mod train;
 pub mod weights;
 
-pub use device::{default_device, reads_so_far, select_device};
+pub use device::{default_device, is_cpu, reads_so_far, select_device};
 
 mod device;

@@ -32,11 +32,24 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// The GPU device of this run (chosen once per process; later calls find it chosen).
+fn gpu_device() -> burn::tensor::Device {
+    let _ = yolodistill::select_device(&gpu());
+    let device = yolodistill::default_device();
+    assert!(!yolodistill::is_cpu(&device), "YOLODISTILL_DEVICE chose the CPU; this suite compares a GPU with it");
+    device
+}
+
+/// The BCCD teacher: the shared fixture, or `YOLODISTILL_TEST_TEACHER` where a run cannot carry
+/// it (a lent GPU machine takes 64 MiB per call).
+fn teacher(shared: &Path) -> PathBuf {
+    std::env::var_os("YOLODISTILL_TEST_TEACHER").map(PathBuf::from).unwrap_or_else(|| shared.join("fixtures/teacher_v8s_bccd.pt"))
+}
+
 #[test]
 fn the_gpu_runs_a_tensor_operation() {
     use burn::tensor::Tensor;
-    yolodistill::select_device(&gpu()).unwrap();
-    let device = yolodistill::default_device();
+    let device = gpu_device();
     let x = Tensor::<1>::from_floats([1.0, 2.0, 3.0], &device);
     let y = (x.clone() * x).sum();
     assert_eq!(y.into_scalar::<f32>(), 14.0);
@@ -103,14 +116,14 @@ fn training_steps_assigned_on_the_device_match_the_cpu() {
 #[test]
 fn distilled_steps_match_the_cpu() {
     let Some(shared) = common::shared() else { return };
-    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let teacher = teacher(&shared);
     train_both("distilled", &["--teacher", path(&teacher), "--distill", "cwd", "--logit", "dense"]);
 }
 
 #[test]
 fn distilled_steps_with_unlabeled_images_match_the_cpu() {
     let Some(shared) = common::shared() else { return };
-    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
+    let teacher = teacher(&shared);
     let unlabeled = shared.join("data/bccd/images/val");
     train_both("unlabeled", &["--teacher", path(&teacher), "--distill", "cwd", "--unlabeled", path(&unlabeled), "--unlabeled-ratio", "0.5"]);
 }
@@ -119,17 +132,94 @@ fn distilled_steps_with_unlabeled_images_match_the_cpu() {
 fn val_of_the_bccd_teacher_gives_the_cpus_map() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("gpu-val");
-    let teacher = shared.join("fixtures/teacher_v8s_bccd.pt");
     let data = shared.join("data/bccd/data.yaml");
-    let val = |device: &str| {
-        let args = ["val", "--model", path(&teacher), "--data", path(&data), "--json", "--plots", "false", "--project", path(&dir), "--exist-ok"];
-        json(&run(device, &args))
+    // the teacher (NMS head) and a trained end-to-end model (one-to-one head, no NMS)
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/yolo26n_bccd.pt");
+    for model in [teacher(&shared), e2e] {
+        let val = |device: &str| {
+            let args = ["val", "--model", path(&model), "--data", path(&data), "--json", "--plots", "false", "--project", path(&dir), "--exist-ok"];
+            json(&run(device, &args))
+        };
+        let (cpu, gpu_val) = (val("cpu"), val(&gpu()));
+        for key in ["mAP50", "mAP50-95"] {
+            let (a, b) = (cpu[key].as_f64().unwrap(), gpu_val[key].as_f64().unwrap());
+            eprintln!("{}: {key}: cpu {a:.6} gpu {b:.6}", model.display());
+            assert!((a - b).abs() <= 1e-3, "{}: {key}: cpu {a} gpu {b}", model.display());
+        }
+    }
+}
+
+/// Every head map of `model` (a built-in name or a file) on the GPU against the CPU, from the
+/// same weights and input: the per-family parity of tests/parity.rs without its fixtures, so that
+/// it runs wherever the GPU is (random weights for the built-ins, trained ones for the files).
+fn forward_matches_the_cpu(model: &str) {
+    use burn::tensor::{Tensor, TensorData};
+    use yolodistill::model;
+    let gpu_dev = gpu_device();
+    let cpu_dev = burn::tensor::Device::flex();
+    let dir = common::temp_dir("gpu-forward");
+    let file = if model.ends_with(".yaml") {
+        let built = model::load(model, Some(3), &cpu_dev).unwrap().model;
+        let file = dir.join("weights.safetensors");
+        model::save_safetensors(&built, &file, Default::default()).unwrap();
+        file
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(model)
     };
-    let (cpu, gpu_val) = (val("cpu"), val(&gpu()));
-    for key in ["mAP50", "mAP50-95"] {
-        let (a, b) = (cpu[key].as_f64().unwrap(), gpu_val[key].as_f64().unwrap());
-        eprintln!("{key}: cpu {a:.6} gpu {b:.6}");
-        assert!((a - b).abs() <= 1e-3, "{key}: cpu {a} gpu {b}");
+    let (s, b) = (128, 2);
+    let input: Vec<f32> = (0..b * 3 * s * s).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    let maps = |device: &burn::tensor::Device| -> Vec<(String, Vec<f32>)> {
+        let m = model::load(path(&file), None, device).unwrap().model;
+        let x: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [b, 3, s, s]), device);
+        // every layer before the head too: a random model's head maps are mostly its biases
+        let taps: Vec<usize> = (0..m.layers.len() - 1).collect();
+        let fwd = m.forward_taps(x, &taps, true);
+        let head = fwd.head;
+        let host = |t: Tensor<3>| t.try_into_vec_as::<f32>().unwrap();
+        let mut out: Vec<(String, Vec<f32>)> =
+            fwd.taps.into_iter().enumerate().map(|(i, t)| (format!("layer.{i}"), t.try_into_vec_as::<f32>().unwrap())).collect();
+        out.extend([("boxes".into(), host(head.one2many.boxes.clone())), ("scores".into(), host(head.one2many.scores.clone()))]);
+        if let Some(o) = &head.one2one {
+            out.push(("one2one.boxes".into(), host(o.boxes.clone())));
+            out.push(("one2one.scores".into(), host(o.scores.clone())));
+        }
+        if let Some(mk) = &head.masks {
+            out.push(("mask_coefficients".into(), host(mk.coeffs.clone())));
+            out.push(("protos".into(), mk.protos.clone().try_into_vec_as::<f32>().unwrap()));
+        }
+        out
+    };
+    let (want, got) = (maps(&cpu_dev), maps(&gpu_dev));
+    assert_eq!(want.len(), got.len());
+    let mut worst = 0f32;
+    for ((name, w), (_, g)) in want.iter().zip(&got) {
+        assert!(w.iter().all(|v| v.is_finite()), "{model}: {name}: the CPU's maps are not finite");
+        let (d, mx) = common::max_diff(g, w);
+        worst = worst.max(d / mx.max(1e-6));
+        assert!(d <= 1e-3 * mx.max(1e-6), "{model}: {name} max |Δ| = {d} (max |v| = {mx})");
+    }
+    eprintln!("{model}: {} maps, the largest difference {worst:.2e} of the map's largest value", want.len());
+}
+
+#[test]
+fn every_family_forward_matches_the_cpu() {
+    for model in ["yolov5nu.yaml", "yolov8n.yaml", "yolov10n.yaml", "yolo11n.yaml", "yolo12n.yaml", "yolo26n.yaml"] {
+        forward_matches_the_cpu(model);
+    }
+}
+
+#[test]
+fn segmentation_forward_matches_the_cpu() {
+    for model in ["yolov8n-seg.yaml", "yolo11n-seg.yaml", "yolo26n-seg.yaml"] {
+        forward_matches_the_cpu(model);
+    }
+}
+
+#[test]
+fn trained_models_forward_matches_the_cpu() {
+    // trained weights: BatchNorm statistics and activations as in use
+    for model in ["tests/data/yolo26n_bccd.pt", "tests/data/yolov10n_bccd.pt", "tests/data/seg/yolo11t-seg.pt"] {
+        forward_matches_the_cpu(model);
     }
 }
 
