@@ -15,6 +15,7 @@ pub mod options;
 pub mod pixels;
 pub mod report;
 pub mod run;
+pub mod task;
 pub mod train;
 pub mod weights;
 

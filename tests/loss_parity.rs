@@ -6,7 +6,10 @@ mod common;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use yolodistill::loss::segment::{mask_loss, InstanceMasks};
 use yolodistill::loss::{assign_targets, detection_loss, e2e_one2many_weight, loss_from_assigned, LossConfig, Targets};
-use yolodistill::model::layers::head::HeadMaps;
+use yolodistill::loss::Assignment;
+use yolodistill::model::layers::head::{HeadMaps, HeadOutput};
+use yolodistill::model::layers::mask::MaskMaps;
+use yolodistill::task::{Segmentation, Task};
 use yolodistill::weights::st::read_tensors;
 
 const SHAPES: [(usize, usize); 3] = [(40, 40), (20, 20), (10, 10)];
@@ -225,9 +228,8 @@ fn uncertain_boxes_scale_class_targets_and_drop_box_terms() {
 }
 
 /// Ultralytics' segmentation loss (v8SegmentationLoss) on `scripts/seg_loss_reference.py`'s batch:
-/// two images, five boxes with overlap-form instance masks, random head maps and prototypes. The
-/// box, class and DFL terms are the detection loss's; the mask term is `mask_loss` times the box
-/// gain, as Ultralytics weighs it.
+/// two images, five boxes with overlap-form instance masks, random head maps and prototypes,
+/// through the segmentation task's loss as a training step runs it (box, seg, cls, dfl).
 #[test]
 fn segmentation_loss_items_match_ultralytics() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/seg_loss_ref.safetensors");
@@ -249,14 +251,19 @@ fn segmentation_loss_items_match_ultralytics() {
     };
     let m = get("masks");
     let masks = InstanceMasks { size: (m.shape[1], m.shape[2]), ids: m.data.iter().map(|&v| v as u16).collect() };
-    let cfg = LossConfig::new(3, 16, vec![8.0, 16.0, 32.0]);
-    let shapes = [(16, 16), (8, 8), (4, 4)];
-    let asg = assign_targets(&cfg, &maps, &shapes, &targets);
+    let mut cfg = LossConfig::new(3, 16, vec![8.0, 16.0, 32.0]);
+    cfg.on_device = true; // the task assigns on the host all the same: the mask term needs each anchor's object
+    let shapes = vec![(16, 16), (8, 8), (4, 4)];
+    let mask_maps = MaskMaps { coeffs: t3("mask_coefficient"), coeffs_one2one: None, protos: protos.clone(), semantic: None };
+    let head = HeadOutput { one2many: maps.clone(), one2one: None, shapes: shapes.clone(), masks: Some(mask_maps) };
+    let (out, asg) = Segmentation.loss(&cfg, &head, &targets, Some(&masks), 0, 1);
+    let Assignment::Host(asg) = asg else { panic!("a segmentation loss assigns on the host") };
     assert!(asg.fg_gt.contains(&2), "the third object of the second image has anchors: {:?}", asg.fg_gt);
-    let det = loss_from_assigned(&cfg, &maps, &asg).host_items();
-    let seg = mask_loss(&t3("mask_coefficient"), &protos, &asg, &masks).unwrap().into_scalar::<f32>() * cfg.gains.boxes;
-    let ours = [det[0], seg, det[1], det[2]];
+    assert_eq!(Segmentation.loss_names(), ["box_loss", "seg_loss", "cls_loss", "dfl_loss"]);
+    let ours = out.items.clone().try_into_vec_as::<f32>().unwrap();
+    let total = out.total.into_scalar::<f32>();
     let want = get("items").data;
+    assert!((total - 2.0 * ours.iter().sum::<f32>()).abs() < 1e-4 * total, "the total is the items' sum times the batch size: {total}");
     for (i, name) in ["box", "seg", "cls", "dfl"].iter().enumerate() {
         let rel = (ours[i] - want[i]).abs() / want[i];
         eprintln!("{name}: ours {} ultralytics {} (rel {rel:.2e})", ours[i], want[i]);

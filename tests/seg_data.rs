@@ -88,3 +88,91 @@ fn instance_masks_from_polygons_match_ultralytics() {
     }
     assert!(pixels > 10_000, "the cases cover objects: {pixels} pixels");
 }
+
+mod common;
+
+use std::sync::Arc;
+
+use yolodistill::data::augment::AugConfig;
+use yolodistill::data::dataset::Dataset;
+use yolodistill::data::loader::TrainLoader;
+
+/// The first `n` garbage training images (instance polygons, 6 classes) as a dataset YAML.
+fn garbage_subset(shared: &Path, dir: &Path, n: usize) -> std::path::PathBuf {
+    let imgs = shared.join("data/garbage/images/train");
+    let mut files: Vec<String> = std::fs::read_dir(&imgs).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    std::fs::write(dir.join("subset.txt"), files[..n].join("\n")).unwrap();
+    let yaml = dir.join("data.yaml");
+    let names = "[biological, cardboard, glass, metal, paper, plastic]";
+    std::fs::write(&yaml, format!("path: {}\ntrain: subset.txt\nval: subset.txt\nnames: {names}\n", dir.display())).unwrap();
+    yaml
+}
+
+/// A segmentation task's training batches carry overlap-form masks at a quarter of the image
+/// size, with each image's labels in the masks' object order: object k of an image (k-th label)
+/// has id k + 1, and its pixels lie in its box.
+#[test]
+fn training_batches_carry_masks_in_their_labels_order() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("seg-batches");
+    let ds = Arc::new(Dataset::scan(&[shared.join("data/garbage/images/train")], 6, Some(&dir)).unwrap());
+    let loader = |masks| TrainLoader::new(ds.clone(), 128, 4, AugConfig::default(), 0, 5).unwrap().with_masks(masks);
+    let (plain, seg) = (loader(None).epoch(0, true).next().unwrap(), loader(Some(4)).epoch(0, true).next().unwrap());
+    assert_eq!(plain.images, seg.images, "masks change no pixel");
+    assert!(plain.masks.is_none());
+    let masks = seg.masks.as_ref().expect("masks");
+    assert_eq!(masks.size, (32, 32));
+    assert_eq!(masks.ids.len(), 4 * 32 * 32);
+    let sorted = |b: &yolodistill::data::loader::Batch| {
+        let mut v: Vec<String> = b.batch_idx.iter().zip(&b.cls).zip(&b.bboxes).map(|((i, c), x)| format!("{i} {c} {x:?}")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&plain), sorted(&seg), "the same labels, reordered");
+    let mut objects_drawn = 0;
+    for j in 0..4 {
+        let ids = &masks.ids[j * 1024..(j + 1) * 1024];
+        let labels: Vec<[f32; 4]> = seg.batch_idx.iter().zip(&seg.bboxes).filter(|(&i, _)| i == j).map(|(_, b)| *b).collect();
+        assert!(ids.iter().all(|&v| (v as usize) <= labels.len()), "image {j}: ids up to its {} labels", labels.len());
+        for (k, b) in labels.iter().enumerate() {
+            let (x1, y1, x2, y2) = ((b[0] - b[2] / 2.0) * 32.0, (b[1] - b[3] / 2.0) * 32.0, (b[0] + b[2] / 2.0) * 32.0, (b[1] + b[3] / 2.0) * 32.0);
+            let pixels: Vec<(f32, f32)> = (0..1024).filter(|&p| ids[p] as usize == k + 1).map(|p| ((p % 32) as f32, (p / 32) as f32)).collect();
+            objects_drawn += usize::from(!pixels.is_empty());
+            for (x, y) in pixels {
+                assert!(x >= x1 - 1.0 && x <= x2 + 1.0 && y >= y1 - 1.0 && y <= y2 + 1.0, "image {j} object {k}: pixel ({x}, {y}) outside its box");
+            }
+        }
+    }
+    assert!(objects_drawn > 0, "some object has mask pixels");
+}
+
+/// A segmentation model trains on polygon labels at toy size: the run logs Ultralytics' four
+/// items, its mask loss falls, and its weights are a segmentation model's.
+#[test]
+fn a_segmentation_model_learns_at_toy_size() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("seg-train");
+    let data = garbage_subset(&shared, &dir, 8);
+    let project = dir.join("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["train", "--model", "yolov8n-seg.yaml", "--data", data.to_str().unwrap(), "--imgsz", "96", "--batch", "8", "--nbs", "8", "--epochs", "6"])
+        // the same eight images every step, unaugmented: one optimizer step per epoch on one batch
+        .args(["--mosaic", "0", "--scale", "0", "--translate", "0", "--fliplr", "0", "--hsv-h", "0", "--hsv-s", "0", "--hsv-v", "0"])
+        .args(["--warmup-epochs", "0", "--lr0", "0.004", "--val", "false", "--workers", "1", "--quiet", "--project", project.to_str().unwrap(), "--name", "seg"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = project.join("seg");
+    let r = yolodistill::report::Results::load(&run.join("results.csv")).unwrap();
+    let items: Vec<&str> = r.columns.iter().filter(|c| c.starts_with("train/")).map(String::as_str).collect();
+    assert_eq!(items, ["train/box_loss", "train/seg_loss", "train/cls_loss", "train/dfl_loss"]);
+    let seg = r.column("train/seg_loss").unwrap();
+    eprintln!("seg_loss by epoch: {seg:?}");
+    assert!(seg.iter().all(|v| v.is_finite()));
+    assert!(seg[seg.len() - 1] < 0.7 * seg[0], "the mask loss falls: {seg:?}");
+    // --warmup-epochs 0 is no warm-up: the first step already moves the weights
+    assert!((seg[1] - seg[0]).abs() > 1e-3 * seg[0], "epoch 2 starts from other weights than epoch 1: {seg:?}");
+    let m = yolodistill::model::load(run.join("weights/last.safetensors").to_str().unwrap(), None, &yolodistill::default_device()).unwrap().model;
+    assert_eq!(yolodistill::task::of(m.head()).name(), "segment");
+}

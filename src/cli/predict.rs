@@ -49,7 +49,7 @@ pub struct PredictArgs {
 pub fn run(a: PredictArgs) -> Result<()> {
     let device = crate::default_device();
     let mut m = model::load(&a.model, None, &device)?.model;
-    m.require_detection("predict", &a.model)?;
+    crate::task::of(m.head()).check_command("predict", m.head(), &a.model)?;
     m.fuse();
     super::apply_half(&mut m, a.half);
     let images = list_images(&a.source)?;

@@ -90,7 +90,7 @@ pub fn run(a: ValArgs) -> Result<()> {
     let plots_dir = crate::train::run_dir(&a.project, &a.name, a.exist_ok);
     check_outputs(&a, &data, &plots_dir)?;
     let mut m = model::load(&a.model, Some(data.names.len()).filter(|_| a.model.ends_with(".yaml")), &device)?.model;
-    m.require_detection("val", &a.model)?;
+    crate::task::of(m.head()).check_command("val", m.head(), &a.model)?;
     // BatchNorm folded into the convolutions, as Ultralytics' standalone validator runs it.
     m.fuse();
     super::apply_half(&mut m, a.half);

@@ -15,6 +15,8 @@ use rand::SeedableRng;
 
 use super::augment::{letterbox_sample, resize_long_side, train_sample, AugConfig, ImageSource, Sample, FILL};
 use super::dataset::Dataset;
+use super::masks::overlap_masks;
+use crate::loss::segment::InstanceMasks;
 use crate::pixels::letterbox::{extend_chw, Placement};
 use crate::pixels::load::load_rgb;
 
@@ -37,6 +39,9 @@ pub struct Batch {
     /// The first `labeled` images carry labels; the rest are unlabeled images (see
     /// [`Batch::append_unlabeled`]), which contribute distillation terms only.
     pub labeled: usize,
+    /// A segmentation task's instance masks of the labeled images, whose labels are then in the
+    /// masks' object order (see [`crate::data::masks::overlap_masks`]).
+    pub masks: Option<InstanceMasks>,
 }
 
 impl Batch {
@@ -71,6 +76,7 @@ impl Batch {
             ori_sizes: keep.iter().filter_map(|&i| self.ori_sizes.get(i).copied()).collect(),
             placements: keep.iter().filter_map(|&i| self.placements.get(i).copied()).collect(),
             labeled: labeled.len(),
+            masks: self.masks.as_ref().map(|m| m.images(labeled.clone())),
         };
         for ((&i, &c), &xywh) in self.batch_idx.iter().zip(&self.cls).zip(&self.bboxes) {
             if labeled.contains(&i) {
@@ -117,18 +123,33 @@ struct Part {
     place: Option<Placement>,
 }
 
-/// Stacks same-size images and concatenates their labels.
-fn collate(parts: Vec<Part>) -> Batch {
+/// Stacks same-size images and concatenates their labels; with `mask_ratio`, also draws each
+/// image's instance masks from its polygons and puts its labels in the masks' object order.
+fn collate(parts: Vec<Part>, mask_ratio: Option<usize>) -> Batch {
     let (w, h) = parts.first().map_or((0, 0), |p| p.sample.img.dimensions());
     let n = parts.len();
     let mut b = Batch { images: Vec::with_capacity(n * 3 * (w * h) as usize), shape: [n, 3, h as usize, w as usize], labeled: n, ..Default::default() };
+    if let Some(r) = mask_ratio {
+        b.masks = Some(InstanceMasks { size: (h as usize / r, w as usize / r), ids: Vec::new() });
+    }
     for (i, p) in parts.into_iter().enumerate() {
         debug_assert_eq!(p.sample.img.dimensions(), (w, h));
         extend_chw(&mut b.images, &p.sample.img);
-        for (xywh, c) in p.sample.xywhn().into_iter().zip(&p.sample.cls) {
+        let xywh = p.sample.xywhn();
+        let order: Vec<usize> = match (&mut b.masks, mask_ratio) {
+            (Some(masks), Some(r)) => {
+                // the dataset check keeps a polygon for every label (Task::check_labels)
+                debug_assert_eq!(p.sample.segments.len(), p.sample.cls.len());
+                let (ids, order) = overlap_masks(&p.sample.segments, (h as usize, w as usize), r);
+                masks.ids.extend(ids);
+                order
+            }
+            _ => (0..xywh.len()).collect(),
+        };
+        for k in order {
             b.batch_idx.push(i);
-            b.cls.push(*c);
-            b.bboxes.push(xywh);
+            b.cls.push(p.sample.cls[k]);
+            b.bboxes.push(xywh[k]);
         }
         b.paths.push(p.path);
         b.ori_sizes.push(p.ori);
@@ -210,6 +231,8 @@ pub struct TrainLoader {
     cache: Arc<ImageCache>,
     /// (rank, ranks): this process builds only its rank's shard of every batch.
     part: (usize, usize),
+    /// The task's instance masks, at 1/ratio of the image size (None: boxes only).
+    mask_ratio: Option<usize>,
 }
 
 impl TrainLoader {
@@ -238,7 +261,14 @@ impl TrainLoader {
             cache: Arc::new(ImageCache::new(capacity)),
             dataset,
             part: (0, 1),
+            mask_ratio: None,
         })
+    }
+
+    /// Batches that also carry instance masks at 1/`ratio` of the image size (a segmentation
+    /// task's, [`crate::task::Task::mask_ratio`]).
+    pub fn with_masks(self, ratio: Option<usize>) -> TrainLoader {
+        TrainLoader { mask_ratio: ratio, ..self }
     }
 
     /// Builds only the images of `rank`'s shard (of `ranks`) of each batch, augmented exactly as
@@ -289,7 +319,7 @@ impl TrainLoader {
 
     fn batches_of(&self, order: Vec<usize>, n: usize, epoch: usize, mosaic_on: bool) -> BatchIter {
         let source = TrainSource { dataset: self.dataset.clone(), imgsz: self.imgsz, cache: self.cache.clone() };
-        let (batch, aug, seed, (rank, ranks)) = (self.batch, self.aug, self.seed, self.part);
+        let (batch, aug, seed, (rank, ranks), mask_ratio) = (self.batch, self.aug, self.seed, self.part, self.mask_ratio);
         let make = move |j: usize| {
             let whole = j * batch..((j + 1) * batch).min(order.len());
             let parts = shard_range(whole.len(), rank, ranks)
@@ -302,7 +332,7 @@ impl TrainLoader {
                     Part { sample, path: item.image.clone(), ori: item.size, place: None }
                 })
                 .collect();
-            collate(parts)
+            collate(parts, mask_ratio)
         };
         BatchIter::start(n, self.workers, Arc::new(make))
     }
@@ -424,7 +454,7 @@ impl ValLoader {
                 .iter()
                 .map(|&idx| val_part(&dataset, idx, imgsz, shapes[j]))
                 .collect();
-            collate(parts)
+            collate(parts, None)
         };
         BatchIter::start(self.len(), self.workers, Arc::new(make))
     }

@@ -116,12 +116,14 @@ pub struct LossConfig {
     pub assigner: AssignerConfig,
     /// Assign targets with tensor operations on the training device instead of on the host.
     pub on_device: bool,
+    /// The model's task, whose loss a training step runs (detection unless set).
+    pub task: &'static dyn crate::task::Task,
 }
 
 impl LossConfig {
     pub fn new(nc: usize, reg_max: usize, strides: Vec<f64>) -> Self {
         let assigner = AssignerConfig::for_strides(&strides);
-        Self { nc, reg_max, strides, gains: Gains::default(), assigner, on_device: false }
+        Self { nc, reg_max, strides, gains: Gains::default(), assigner, on_device: false, task: &crate::task::Detection }
     }
 }
 

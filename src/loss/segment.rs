@@ -12,12 +12,20 @@ use super::Assigned;
 /// A batch's instance masks in Ultralytics' overlap form (`overlap_mask`): one map per image at the
 /// prototypes' size, whose pixels hold 1 + the position of the object covering them among the
 /// image's targets (0: background).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceMasks {
     /// (h, w) of each map.
     pub size: (usize, usize),
     /// [B, h, w] object ids.
     pub ids: Vec<u16>,
+}
+
+impl InstanceMasks {
+    /// The maps of images `keep` (in that order).
+    pub fn images(&self, keep: impl Iterator<Item = usize>) -> InstanceMasks {
+        let per = self.size.0 * self.size.1;
+        InstanceMasks { size: self.size, ids: keep.flat_map(|i| &self.ids[i * per..(i + 1) * per]).copied().collect() }
+    }
 }
 
 /// The mask term (before its gain) of `coeffs` [B, nm, A] and `protos` [B, nm, h, w] for the

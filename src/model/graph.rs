@@ -215,19 +215,6 @@ impl DetectionModel {
         self.spec.nc
     }
 
-    /// Refuses a segmentation model (`--model source`) in a command that handles detection models
-    /// only so far.
-    pub fn require_detection(&self, command: &str, source: &str) -> anyhow::Result<()> {
-        if self.head().mask.is_some() {
-            anyhow::bail!(
-                "--model {source} is a segmentation model ({}): `{command}` takes detection models only so far \
-                 (segmentation models are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, and can teach a detection student)",
-                self.spec.layers.last().map_or("Segment", |l| l.module.as_str())
-            );
-        }
-        Ok(())
-    }
-
     pub fn head(&self) -> &Detect {
         match self.layers.last() {
             Some(Layer::Detect(d)) => d,

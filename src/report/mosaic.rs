@@ -150,6 +150,7 @@ mod tests {
             ori_sizes: vec![(s as u32, s as u32); b],
             placements: Vec::new(),
             labeled: b,
+            masks: None,
         };
         batch.images[0] = 1.0;
         batch

@@ -90,7 +90,8 @@ pub fn check_inputs(a: &TrainArgs, ext: Option<&dyn Extension>, device: &Device)
     if !Path::new(model).exists() && model::builtin_yaml(model).is_none() {
         bail!("--model {model}: no such file, and not a built-in model name such as yolov8n.yaml");
     }
-    model::load(model, None, device).with_context(|| format!("--model {model}"))?.model.require_detection("train", model)?;
+    let loaded = model::load(model, None, device).with_context(|| format!("--model {model}"))?.model;
+    crate::task::of(loaded.head()).check_command("train", loaded.head(), model)?;
     if let Some(e) = ext {
         e.check(device)?;
     }

@@ -1,4 +1,4 @@
-//! One training step's arithmetic: the forward pass, the detection loss (over the labeled
+//! One training step's arithmetic: the forward pass, the task's loss (over the labeled
 //! images, or pseudo-labeled ones), the hook's terms, the backward pass into accumulated
 //! gradients, and the gradient norms a hook may ask for.
 
@@ -8,7 +8,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::hook::{HookInput, StepHook, StepPos};
 use super::optim::{self, GradStore, Trainable};
 use crate::data::loader::Batch;
-use crate::loss::{model_loss, Assigned, Assignment, LossConfig, LossOutput, Targets};
+use crate::loss::segment::InstanceMasks;
+use crate::loss::{Assigned, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::HeadOutput;
 use crate::model::walk::Slot;
 use crate::model::DetectionModel;
@@ -98,8 +99,8 @@ fn step_losses(
         Some(t) => (t, b),
         None => (&targets, labeled),
     };
-    let (out, assigned) = detection_part(loss_cfg, &fwd.head, det_targets, det_images, pos);
-    let mut names: Vec<String> = ["box_loss", "cls_loss", "dfl_loss"].map(String::from).to_vec();
+    let (out, assigned) = task_loss(loss_cfg, &fwd.head, det_targets, batch.masks.as_ref(), det_images, pos);
+    let mut names: Vec<String> = loss_cfg.task.loss_names().iter().map(|n| n.to_string()).collect();
     let mut values = vec![out.items.detach()];
     let (mut terms, mut factors) = (Vec::new(), Vec::new());
     if let Some(h) = hook {
@@ -131,21 +132,22 @@ fn step_losses(
     (out.total, terms, StepItems { names, values: Tensor::cat(values, 0), factors })
 }
 
-/// The detection loss over the first `n` images of the batch (the rest are unlabeled): zero,
+/// The task's loss over the first `n` images of the batch (the rest are unlabeled): zero,
 /// still on the graph, when `n` is 0.
-fn detection_part(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, n: usize, pos: StepPos) -> (LossOutput, Assignment) {
+fn task_loss(loss_cfg: &LossConfig, head: &HeadOutput, targets: &Targets, masks: Option<&InstanceMasks>, n: usize, pos: StepPos) -> (LossOutput, Assignment) {
     let b = head.one2many.scores.dims()[0];
+    let task = loss_cfg.task;
     if n == b {
-        return model_loss(loss_cfg, head, targets, pos.epoch, pos.epochs);
+        return task.loss(loss_cfg, head, targets, masks, pos.epoch, pos.epochs);
     }
     if n == 0 {
         let zero = head.one2many.scores.clone().sum() * 0.0;
-        let out = LossOutput { total: zero, items: Tensor::zeros([3], &head.one2many.scores.device()) };
+        let out = LossOutput { total: zero, items: Tensor::zeros([task.loss_names().len()], &head.one2many.scores.device()) };
         let (h, w) = head.shapes[0];
         let s = loss_cfg.strides[0] as f32;
         return (out, Assignment::Host(Assigned::empty((h as f32 * s, w as f32 * s))));
     }
-    model_loss(loss_cfg, &head.first_images(n), targets, pos.epoch, pos.epochs)
+    task.loss(loss_cfg, &head.first_images(n), targets, masks, pos.epoch, pos.epochs)
 }
 
 /// One forward + backward pass of `batch`: detection loss (plus the hook's

@@ -151,9 +151,15 @@ impl Trainer {
         let mut model = setup::initial_model(&a, &data.config.names, &plain)?;
         model.train_imgsz = Some(a.imgsz);
         let head = model.head();
+        let task = crate::task::of(head);
+        task.check_labels(&data.train).context("--data")?;
+        if task.mask_ratio().is_some() && data.unlabeled.is_some() {
+            bail!("--unlabeled with a {} model: unlabeled images have no masks, and the mask loss cannot skip them yet", task.name());
+        }
         let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
         loss_cfg.gains = a.gains;
         loss_cfg.on_device = a.assign_on.on_device(&plain);
+        loss_cfg.task = task;
         let plan = setup::plan_optimizer(&a, n_train, nc);
         let opt = Optimizer::new(plan.method, plan.weight_decay);
         let stride = model.max_stride().max(32);
@@ -161,7 +167,9 @@ impl Trainer {
         let (rank, ranks, here) = (world.rank(), world.size(), world.local_size());
         let val_workers = worker_count(a.workers, data.val.items.len().div_ceil(a.batch * 2), here);
         let mut t = Trainer {
-            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?.for_rank(rank, ranks, here),
+            train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?
+                .with_masks(task.mask_ratio())
+                .for_rank(rank, ranks, here),
             val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, val_workers)?,
             nw: warmup_iters(a.warmup_epochs, a.epochs, nb),
             nb,
@@ -419,7 +427,9 @@ impl Trainer {
     fn schedule(&self, ni: usize, lf: f64) -> (usize, [f64; 3], f64) {
         let (plan, nw) = (&self.plan, self.nw as f64);
         let base = plan.lr0 * lf;
-        if ni > self.nw {
+        // no warm-up iterations (--warmup-epochs 0, or a one-epoch run): none at all, as
+        // Ultralytics' `if nw and ni <= nw` (iteration 0 is not a warm-up step with lr 0)
+        if self.nw == 0 || ni > self.nw {
             return (plan.accumulate, [base; 3], plan.momentum);
         }
         let x = ni as f64;

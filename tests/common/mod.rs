@@ -92,6 +92,7 @@ pub fn toy_batch(b: usize, s: usize, labeled: usize) -> yolodistill::data::loade
         ori_sizes: Vec::new(),
         placements: Vec::new(),
         labeled,
+        masks: None,
     }
 }
 

@@ -1,0 +1,33 @@
+//! Object detection: boxes and classes (Detect heads; v10/26's end-to-end heads too).
+
+use anyhow::Result;
+
+use super::Task;
+use crate::loss::segment::InstanceMasks;
+use crate::loss::{model_loss, Assignment, LossConfig, LossOutput, Targets};
+use crate::model::layers::head::{Detect, HeadOutput};
+
+#[derive(Debug)]
+pub struct Detection;
+
+impl Task for Detection {
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+
+    fn serves(&self, head: &Detect) -> bool {
+        head.mask.is_none()
+    }
+
+    fn loss_names(&self) -> &'static [&'static str] {
+        &["box_loss", "cls_loss", "dfl_loss"]
+    }
+
+    fn check_command(&self, _command: &str, _head: &Detect, _source: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, _masks: Option<&InstanceMasks>, epoch: usize, epochs: usize) -> (LossOutput, Assignment) {
+        model_loss(cfg, head, targets, epoch, epochs)
+    }
+}
