@@ -102,3 +102,53 @@ fn half_precision_val_keeps_the_teachers_map() {
         assert_ne!(got, full, "{half:?} gave f32's exact numbers");
     }
 }
+
+/// `val` of a yolov8n-seg trained by Ultralytics on the garbage set (`scripts/seg_val_reference.py`)
+/// gives Ultralytics' box and mask metrics and fitness, as its validator prints them (rounded to
+/// 6 decimals there): masks at the prototypes' size, cropped by pixel index, IoU in f32.
+#[test]
+fn segmentation_val_matches_ultralytics() {
+    let Some(shared) = common::shared() else { return };
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg");
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(here.join("yolov8n-seg_garbage_val.json")).unwrap()).unwrap();
+    let dir = common::temp_dir("seg-val");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["val", "--model", here.join("yolov8n-seg_garbage.pt").to_str().unwrap()])
+        .args(["--data", shared.join("data/garbage/data.yaml").to_str().unwrap(), "--imgsz", "160", "--batch", "16", "--json"])
+        .args(["--project", dir.to_str().unwrap(), "--name", "v"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let r = &want["results_dict"];
+    let pairs = [
+        ("precision(B)", &got["precision"]),
+        ("recall(B)", &got["recall"]),
+        ("mAP50(B)", &got["mAP50"]),
+        ("mAP50-95(B)", &got["mAP50-95"]),
+        ("precision(M)", &got["masks"]["precision"]),
+        ("recall(M)", &got["masks"]["recall"]),
+        ("mAP50(M)", &got["masks"]["mAP50"]),
+        ("mAP50-95(M)", &got["masks"]["mAP50-95"]),
+    ];
+    for (key, ours) in pairs {
+        let (a, b) = (ours.as_f64().unwrap(), r[format!("metrics/{key}")].as_f64().unwrap());
+        eprintln!("{key}: ours {a:.6} Ultralytics {b:.6}");
+        assert!((a - b).abs() <= 1.5e-6, "{key}: ours {a} vs Ultralytics {b}");
+    }
+    assert!((got["fitness"].as_f64().unwrap() - r["fitness"].as_f64().unwrap()).abs() <= 1.5e-6);
+    assert_eq!(got["instances"], want["instances"], "labels kept (polygons sharing a box are distinct)");
+    for kind in ["PR", "F1", "P", "R"] {
+        for prefix in ["Box", "Mask"] {
+            assert!(dir.join(format!("v/{prefix}{kind}_curve.png")).is_file(), "{prefix}{kind}_curve.png written");
+        }
+    }
+    // per-class mask AP50-95 (Ultralytics' seg.maps, every class present): plastic's differs by
+    // 2e-6 (not traced; a mask logit near 0 summed in another order would flip a pixel), the
+    // means above agree to the fixture's 6 decimals
+    let names = ["biological", "cardboard", "glass", "metal", "paper", "plastic"];
+    for (c, name) in names.iter().enumerate() {
+        let (a, b) = (got["masks"]["per_class"][name]["AP50-95"].as_f64().unwrap(), want["mask"]["maps"][c].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5, "{name}: mask AP50-95 ours {a} vs Ultralytics {b}");
+    }
+}

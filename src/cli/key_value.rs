@@ -9,7 +9,7 @@ use clap::{Arg, ArgAction, Command};
 const TASKS: [&str; 5] = ["detect", "segment", "classify", "pose", "obb"];
 
 /// The modes that take segmentation models so far.
-const SEGMENT_MODES: [&str; 4] = ["info", "export", "benchmark", "train"];
+const SEGMENT_MODES: [&str; 5] = ["info", "export", "benchmark", "train", "val"];
 
 /// Ultralytics keys whose option is written otherwise here: (key, our flag).
 const RENAMED: [(&str, &str); 1] = [("distill_model", "teacher")];
@@ -183,7 +183,7 @@ mod tests {
         assert!(e.contains("'lr' is not a valid key of train") && e.contains("the closest is 'lr0'"), "{e}");
         let e = flags("predict max_dets=10").unwrap_err();
         assert!(e.contains("the closest is 'max_det'"), "{e}");
-        assert!(flags("segment val model=x").unwrap_err().contains("task 'segment' with mode 'val' is not supported yet"));
+        assert!(flags("segment predict model=x").unwrap_err().contains("task 'segment' with mode 'predict' is not supported yet"));
         assert_eq!(flags("segment train model=x").unwrap(), ["train", "--model=x"]);
         assert!(flags("pose train model=x").unwrap_err().contains("task 'pose' is not supported"));
         assert_eq!(flags("segment export model=m-seg.pt format=onnx").unwrap(), ["export", "--model=m-seg.pt", "--format=onnx"]);

@@ -104,10 +104,12 @@ pub fn run(a: ValArgs) -> Result<()> {
     if sources.is_empty() {
         bail!("{} has no {split} split", a.data.display());
     }
+    let task = crate::task::of(m.head());
     let ds = Arc::new(Dataset::scan(sources, data.names.len(), None)?);
+    task.check_labels(&ds).with_context(|| format!("--data {}", a.data.display()))?;
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let workers = crate::data::loader::worker_count(a.workers, ds.len().div_ceil(a.batch.max(1)), 1);
-    let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), workers)?;
+    let loader = ValLoader::new(ds, imgsz, a.batch, m.max_stride().max(32), workers)?.with_masks(task.mask_ratio());
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::val() };
     let exchange = match (&a.dump_inputs, &a.outputs_from) {
         (Some(d), _) => {
@@ -138,11 +140,16 @@ pub fn run(a: ValArgs) -> Result<()> {
         println!("{}", metrics_json(&r, names));
     } else {
         println!("{:>12} {:>7} {:>9} {:>7} {:>7} {:>7} {:>9}", "class", "images", "instances", "P", "R", "mAP50", "mAP50-95");
-        let m = &r.metrics;
-        println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", "all", r.images, r.instances, m.precision, m.recall, m.map50, m.map);
-        for c in &m.per_class {
-            let n = names.get(c.class).cloned().unwrap_or_default();
-            println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", n, r.images, c.n_labels, c.precision, c.recall, c.ap50, c.ap);
+        let own = r.task.iter().map(|t| (t.suffix, &t.metrics));
+        for (suffix, m) in std::iter::once(("B", &r.metrics)).chain(own) {
+            if suffix != "B" {
+                println!("{suffix}:");
+            }
+            println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", "all", r.images, r.instances, m.precision, m.recall, m.map50, m.map);
+            for c in &m.per_class {
+                let n = names.get(c.class).cloned().unwrap_or_default();
+                println!("{:>12} {:>7} {:>9} {:>7.3} {:>7.3} {:>7.3} {:>9.3}", n, r.images, c.n_labels, c.precision, c.recall, c.ap50, c.ap);
+            }
         }
         println!("COCO: AP50-95 {:.3}  AP50 {:.3}  AP75 {:.3}  ({:.1} ms/image)", r.coco.ap, r.coco.ap50, r.coco.ap75, r.ms_per_image);
     }
@@ -151,17 +158,22 @@ pub fn run(a: ValArgs) -> Result<()> {
 
 /// A validation's figures as `--json` prints them (`val`, and `train`'s final validation).
 pub(super) fn metrics_json(r: &crate::eval::validate::ValResult, names: &[String]) -> serde_json::Value {
-    let per_class: serde_json::Map<String, serde_json::Value> = r
-        .metrics
-        .per_class
-        .iter()
-        .map(|c| (names.get(c.class).cloned().unwrap_or_default(), serde_json::json!({"AP50": c.ap50, "AP50-95": c.ap})))
-        .collect();
-    serde_json::json!({
+    let per_class = |m: &crate::eval::metrics::DetMetrics| -> serde_json::Map<String, serde_json::Value> {
+        m.per_class.iter().map(|c| (names.get(c.class).cloned().unwrap_or_default(), serde_json::json!({"AP50": c.ap50, "AP50-95": c.ap}))).collect()
+    };
+    let mut j = serde_json::json!({
         "mAP50": r.metrics.map50, "mAP50-95": r.metrics.map, "precision": r.metrics.precision,
-        "recall": r.metrics.recall, "per_class": per_class, "images": r.images, "instances": r.instances,
-        "coco": {"AP50-95": r.coco.ap, "AP50": r.coco.ap50, "AP75": r.coco.ap75},
-    })
+        "recall": r.metrics.recall, "per_class": per_class(&r.metrics), "images": r.images, "instances": r.instances,
+        "coco": {"AP50-95": r.coco.ap, "AP50": r.coco.ap50, "AP75": r.coco.ap75}, "fitness": r.fitness(),
+    });
+    // a task's own metrics (a segmentation model's: "masks")
+    if let Some(t) = &r.task {
+        let m = &t.metrics;
+        j["masks"] = serde_json::json!({
+            "mAP50": m.map50, "mAP50-95": m.map, "precision": m.precision, "recall": m.recall, "per_class": per_class(m),
+        });
+    }
+    j
 }
 
 /// No file val writes (the COCO JSON, the plots, dumped inputs) replaces the model, the

@@ -233,7 +233,7 @@ struct CacheFile {
     stats: ScanStats,
 }
 
-const CACHE_VERSION: u32 = 2;
+const CACHE_VERSION: u32 = 3;
 
 impl Dataset {
     /// Lists the images of `sources` (folders, `.txt` lists or image files), checks
@@ -485,24 +485,33 @@ fn check_image(path: &Path) -> Result<((u32, u32), Option<String>)> {
 pub fn parse_labels(bytes: &[u8], nc: usize) -> std::result::Result<(Vec<Label>, Vec<Vec<[f32; 2]>>, usize), (Option<usize>, String)> {
     let text = std::str::from_utf8(bytes).map_err(|_| (None, "label file is not UTF-8 text".to_string()))?;
     let text = crate::files::without_bom(text);
-    let mut labels: Vec<Label> = Vec::new();
-    let mut segments: Vec<Option<Vec<[f32; 2]>>> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut dups = 0;
+    let mut rows: Vec<(Label, Option<Vec<[f32; 2]>>)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let (label, polygon) = parse_row(line, nc).map_err(|m| (Some(i + 1), m))?;
-        let key = (label.cls, label.xywhn.map(f32::to_bits));
-        if seen.insert(key) {
+        rows.push(parse_row(line, nc).map_err(|m| (Some(i + 1), m))?);
+    }
+    // Duplicates: rows of the same class and box; when every row is a polygon, of the same class
+    // and polygon (Ultralytics 8.4.190 keeps distinct polygons that share a box).
+    let polygons = rows.iter().all(|(_, p)| p.is_some());
+    let mut seen = HashSet::new();
+    let (mut labels, mut segments, mut dups) = (Vec::new(), Vec::new(), 0);
+    for (label, polygon) in rows {
+        let shape: Vec<u32> = match (&polygon, polygons) {
+            (Some(p), true) => p.iter().flat_map(|q| q.map(f32::to_bits)).collect(),
+            _ => label.xywhn.map(f32::to_bits).to_vec(),
+        };
+        if seen.insert((label.cls, shape)) {
             labels.push(label);
-            segments.push(polygon);
+            segments.extend(polygon);
         } else {
             dups += 1;
         }
     }
-    let segments = if segments.iter().all(Option::is_some) { segments.into_iter().flatten().collect() } else { Vec::new() };
+    if !polygons {
+        segments.clear();
+    }
     Ok((labels, segments, dups))
 }
 
@@ -832,6 +841,17 @@ pub(crate) mod tests {
         assert!(has("1 duplicate labels removed"));
         assert_eq!(ds.stats.corrupt, 7);
         assert_eq!(ds.stats.empty, 1);
+    }
+
+    #[test]
+    fn polygons_sharing_a_box_are_distinct_labels() {
+        // two different polygons with one extent, then a repeat of the first: one duplicate
+        let text = "0 0.1 0.1 0.9 0.1 0.9 0.9\n0 0.1 0.1 0.9 0.9 0.1 0.9 0.9 0.1\n0 0.1 0.1 0.9 0.1 0.9 0.9\n";
+        let (labels, segments, dups) = parse_labels(text.as_bytes(), 1).unwrap();
+        assert_eq!((labels.len(), segments.len(), dups), (2, 2, 1));
+        // box rows (or a mix) are duplicates by class and box
+        let (labels, segments, dups) = parse_labels(b"0 0.5 0.5 0.5 0.5\n0 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75\n", 1).unwrap();
+        assert_eq!((labels.len(), segments.len(), dups), (1, 0, 1));
     }
 
     /// A JPEG carrying an EXIF orientation tag (big-endian TIFF, one IFD entry).

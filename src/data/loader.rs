@@ -403,6 +403,8 @@ pub struct ValLoader {
     order: Vec<usize>,
     /// (h, w) of each batch.
     shapes: Vec<(u32, u32)>,
+    /// The task's instance masks, at 1/ratio of the batch size (None: boxes only).
+    mask_ratio: Option<usize>,
 }
 
 impl ValLoader {
@@ -422,7 +424,13 @@ impl ValLoader {
             order,
             shapes,
             dataset,
+            mask_ratio: None,
         })
+    }
+
+    /// Batches that also carry instance masks at 1/`ratio` of their size (a segmentation task's).
+    pub fn with_masks(self, ratio: Option<usize>) -> ValLoader {
+        ValLoader { mask_ratio: ratio, ..self }
     }
 
     /// Square `imgsz`×`imgsz` batches in dataset order instead of rectangular ones.
@@ -448,13 +456,13 @@ impl ValLoader {
     /// All batches, in order.
     pub fn batches(&self) -> BatchIter {
         let (dataset, order, shapes) = (self.dataset.clone(), self.order.clone(), self.shapes.clone());
-        let (imgsz, batch) = (self.imgsz, self.batch);
+        let (imgsz, batch, mask_ratio) = (self.imgsz, self.batch, self.mask_ratio);
         let make = move |j: usize| {
             let parts = order[j * batch..((j + 1) * batch).min(order.len())]
                 .iter()
                 .map(|&idx| val_part(&dataset, idx, imgsz, shapes[j]))
                 .collect();
-            collate(parts, None)
+            collate(parts, mask_ratio)
         };
         BatchIter::start(self.len(), self.workers, Arc::new(make))
     }

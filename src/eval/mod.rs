@@ -2,5 +2,6 @@
 
 pub mod coco;
 pub mod confusion;
+pub mod masks;
 pub mod metrics;
 pub mod validate;

@@ -12,7 +12,7 @@ use super::confusion::ConfusionMatrix;
 use super::metrics::{Curves, Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
 use crate::infer::nms::{detection_rows, detections_from_rows, end2end_topk, postprocess, Detection, NmsConfig};
-use crate::loss::{detection_loss, LossConfig, Targets};
+use crate::loss::{LossConfig, Targets};
 use crate::model::DetectionModel;
 
 /// Everything one validation pass measures.
@@ -20,8 +20,10 @@ use crate::model::DetectionModel;
 pub struct ValResult {
     pub metrics: DetMetrics,
     pub coco: CocoStats,
-    /// Mean box, cls, dfl loss over the validation batches.
-    pub loss: [f32; 3],
+    /// Mean loss items over the validation batches, named as the task's (`Task::loss_names`).
+    pub loss: Vec<f32>,
+    /// The task's own metrics beside the boxes' (a segmentation model's masks).
+    pub task: Option<TaskResult>,
     pub images: usize,
     pub instances: usize,
     /// Milliseconds per image of the forward pass.
@@ -32,6 +34,35 @@ pub struct ValResult {
     pub curves: Curves,
     /// Detections against labels (Ultralytics' confusion matrix at the validation confidence).
     pub confusion: ConfusionMatrix,
+}
+
+/// A task's own validation metrics (see [`crate::task::TaskMetrics`]).
+#[derive(Clone, Debug)]
+pub struct TaskResult {
+    /// The letter of their names (`metrics/mAP50(M)`).
+    pub suffix: &'static str,
+    /// The first word of their pictures' names (`MaskPR_curve.png`).
+    pub pictures: &'static str,
+    pub metrics: DetMetrics,
+    pub curves: Curves,
+}
+
+impl ValResult {
+    /// Model-selection fitness: the boxes' plus the task's own (Ultralytics' SegmentMetrics sums
+    /// the box and mask fitness).
+    pub fn fitness(&self) -> f64 {
+        self.metrics.fitness + self.task.as_ref().map_or(0.0, |t| t.metrics.fitness)
+    }
+
+    /// The metrics as results columns: `metrics/{name}(B)`, then the task's own.
+    pub fn metric_columns(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for (suffix, m) in std::iter::once(("B", &self.metrics)).chain(self.task.iter().map(|t| (t.suffix, &t.metrics))) {
+            let named = [("precision", m.precision), ("recall", m.recall), ("mAP50", m.map50), ("mAP50-95", m.map)];
+            out.extend(named.map(|(n, x)| (format!("metrics/{n}({suffix})"), x)));
+        }
+        out
+    }
 }
 
 fn xyxy_to_xywh(b: [f32; 4]) -> [f64; 4] {
@@ -74,11 +105,17 @@ pub fn validate_full(
     let head = model.head();
     // Ultralytics' `nms=False` on an end-to-end model: the one-to-one head's top-k, no NMS.
     let end2end = !nms_cfg.nms && head.has_one2one();
-    let loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    let task = crate::task::of(head);
+    let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
+    loss_cfg.task = task;
+    let mut task_metrics = task.metrics(nc);
+    if task_metrics.is_some() && exchange.is_some() {
+        anyhow::bail!("a {} model's exported graph cannot be validated yet (its masks are not read back)", task.name());
+    }
     let mut acc = MetricsAccumulator::new(nc);
     let mut confusion = ConfusionMatrix::new(nc);
     let (mut gts, mut dets) = (Vec::new(), Vec::new());
-    let mut loss_sum = [0f64; 3];
+    let mut loss_sum = vec![0f64; task.loss_names().len()];
     let (mut n_batches, mut n_images, mut n_inst) = (0usize, 0usize, 0usize);
     let mut forward_s = 0f64;
     let mut paths: Vec<std::path::PathBuf> = Vec::new();
@@ -109,11 +146,14 @@ pub fn validate_full(
                 dump_outputs(&dir.join(format!("ours_{n_batches}.npy")), &host, b, nc, end2end, nms_cfg.max_det)?;
             }
             let targets = Targets { batch_idx: batch.batch_idx.clone(), cls: batch.cls.clone(), bboxes: batch.bboxes.clone(), soft: Vec::new() };
-            let l = detection_loss(&loss_cfg, &out.one2many.to_f32(), &out.shapes, &targets).host_items();
-            for k in 0..3 {
-                loss_sum[k] += l[k] as f64;
+            for (sum, l) in loss_sum.iter_mut().zip(task.val_loss(&loss_cfg, &out, &targets, batch.masks.as_ref())) {
+                *sum += l as f64;
             }
-            per_image(&host, b)
+            let found = per_image(&host, b);
+            if let Some(tm) = task_metrics.as_mut() {
+                tm.add_batch(&out, &batch, &found);
+            }
+            found
         };
         forward_s += t0.elapsed().as_secs_f64();
         on_batch(n_batches, &batch, &found_per_image);
@@ -164,7 +204,11 @@ pub fn validate_full(
         curves,
         confusion,
         coco,
-        loss: loss_sum.map(|v| (v / nb) as f32),
+        loss: loss_sum.iter().map(|v| (v / nb) as f32).collect(),
+        task: task_metrics.map(|tm| {
+            let (metrics, curves) = tm.compute();
+            TaskResult { suffix: tm.suffix(), pictures: tm.pictures(), metrics, curves }
+        }),
         images: n_images,
         instances: n_inst,
         ms_per_image: forward_s * 1e3 / n_images.max(1) as f64,

@@ -6,6 +6,9 @@ pub struct Detection {
     pub xyxy: [f32; 4],
     pub conf: f32,
     pub cls: usize,
+    /// The anchor (column of the decoded output) it came from, whose mask coefficients a
+    /// segmentation head gives; 0 where there is none (labels drawn as boxes, exported rows).
+    pub anchor: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +52,7 @@ pub fn end2end_topk(pred: &[f32], nc: usize, max_det: usize) -> Vec<Detection> {
     let mut pairs: Vec<(usize, usize)> = anchors.iter().flat_map(|&i| (0..nc).map(move |c| (i, c))).collect();
     pairs.sort_by(|&(i, c), &(j, d)| at(4 + d, j).total_cmp(&at(4 + c, i)));
     pairs.truncate(k);
-    pairs.into_iter().map(|(i, c)| Detection { xyxy: [at(0, i), at(1, i), at(2, i), at(3, i)], conf: at(4 + c, i), cls: c }).collect()
+    pairs.into_iter().map(|(i, c)| Detection { xyxy: [at(0, i), at(1, i), at(2, i), at(3, i)], conf: at(4 + c, i), cls: c, anchor: i }).collect()
 }
 
 /// One image's detections from the one-to-one head: the top-k above `cfg.conf` (Ultralytics'
@@ -67,7 +70,7 @@ pub fn detection_rows(dets: &[Detection]) -> Vec<f32> {
 /// them): those above `cfg.conf`, at most `cfg.max_det`.
 pub fn detections_from_rows(rows: &[f32], cfg: &NmsConfig) -> Vec<Detection> {
     rows.chunks_exact(6)
-        .map(|r| Detection { xyxy: [r[0], r[1], r[2], r[3]], conf: r[4], cls: r[5].max(0.0) as usize })
+        .map(|r| Detection { xyxy: [r[0], r[1], r[2], r[3]], conf: r[4], cls: r[5].max(0.0) as usize, anchor: 0 })
         .filter(|d| d.conf > cfg.conf)
         .take(cfg.max_det)
         .collect()
@@ -108,14 +111,14 @@ pub fn nms(pred: &[f32], nc: usize, cfg: &NmsConfig) -> Vec<Detection> {
             for c in 0..nc {
                 let s = at(4 + c, i);
                 if s > cfg.conf {
-                    cands.push(Detection { xyxy, conf: s, cls: c });
+                    cands.push(Detection { xyxy, conf: s, cls: c, anchor: i });
                 }
             }
         } else {
             // the first class with the highest score (NaN scores never win)
             let (best, bc) = (0..nc).map(|c| (at(4 + c, i), c)).fold((f32::NEG_INFINITY, 0), |b, x| if x.0 > b.0 { x } else { b });
             if best > cfg.conf {
-                cands.push(Detection { xyxy, conf: best, cls: bc });
+                cands.push(Detection { xyxy, conf: best, cls: bc, anchor: i });
             }
         }
     }
@@ -148,7 +151,7 @@ mod tests {
     use super::*;
 
     fn det(xyxy: [f32; 4], conf: f32, cls: usize) -> Detection {
-        Detection { xyxy, conf, cls }
+        Detection { xyxy, conf, cls, anchor: 0 }
     }
 
     #[test]

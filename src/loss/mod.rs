@@ -123,7 +123,7 @@ pub struct LossConfig {
 impl LossConfig {
     pub fn new(nc: usize, reg_max: usize, strides: Vec<f64>) -> Self {
         let assigner = AssignerConfig::for_strides(&strides);
-        Self { nc, reg_max, strides, gains: Gains::default(), assigner, on_device: false, task: &crate::task::Detection }
+        Self { nc, reg_max, strides, gains: Gains::default(), assigner, on_device: false, task: &crate::task::ObjectDetection }
     }
 }
 

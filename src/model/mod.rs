@@ -112,7 +112,8 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             let scale = ck.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next()).or_else(|| {
                 ck.yaml.get("yaml_file").and_then(|f| f.as_str()).and_then(|f| spec::guess_scale(f))
             });
-            let spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
+            let mut spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
+            spec.fit_head_width(&ck.tensors, |t| &t.shape);
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
             named::write(&mut model, ck.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
@@ -122,7 +123,8 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
         "safetensors" => {
             let f = st::load(path)?;
             let scale = f.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next());
-            let spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
+            let mut spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
+            spec.fit_head_width(&f.tensors, |t| &t.shape);
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, f.names, device).with_context(|| format!("{m}: bad class names"))?;
             if f.extra.get(FUSED_KEY).map(String::as_str) == Some("true") {

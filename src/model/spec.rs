@@ -53,6 +53,10 @@ pub struct DetectSpec {
     pub legacy: bool,
     /// The segmentation head's mask parts (`Segment`, `Segment26`); None for `Detect`.
     pub seg: Option<SegSpec>,
+    /// The class branches' width where a checkpoint's differs from Ultralytics' rule
+    /// (max(ch₀, min(nc, 100))): Ultralytics 8.4.190 keeps the 80-class width when it trains a
+    /// YAML model of 80 classes on fewer. None: the rule.
+    pub cls_width: Option<usize>,
 }
 
 /// What a segmentation head adds to Detect: mask coefficients per anchor and prototypes.
@@ -80,6 +84,19 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// Takes the class branches' width from a checkpoint's tensors (the input channels of the
+    /// first level's last class convolution) where it differs from Ultralytics' rule.
+    pub fn fit_head_width<T>(&mut self, tensors: &[(String, T)], shape: impl Fn(&T) -> &[usize]) {
+        let head = self.layers.len() - 1;
+        let key = format!("model.{head}.cv3.0.2.weight");
+        let Some(width) = tensors.iter().find(|(n, _)| *n == key).and_then(|(_, t)| shape(t).get(1).copied()) else { return };
+        if let Some(LayerSpec { kind: LayerKind::Detect(d), .. }) = self.layers.last_mut() {
+            if width != d.ch[0].max(d.nc.min(100)) {
+                d.cls_width = Some(width);
+            }
+        }
+    }
+
     pub fn detect_from(&self) -> Vec<usize> {
         let last = self.layers.last().expect("model has layers");
         last.from.iter().map(|&f| resolve(f, last.index)).collect()
@@ -430,6 +447,7 @@ pub fn parse(yaml: &Value, scale: Option<char>, nc: Option<usize>) -> Result<Mod
                     end2end: v10 || end2end_yaml,
                     legacy: legacy && !v10,
                     seg,
+                    cls_width: None,
                 })
             }
             other => bail!("layer {i}: unknown module '{other}'"),

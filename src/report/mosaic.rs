@@ -33,7 +33,7 @@ pub struct Tile {
 pub fn label_tiles(batch: &Batch) -> Vec<Tile> {
     (0..batch.shape[0].min(MAX_TILES))
         .map(|j| {
-            let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| Detection { xyxy, conf: 1.0, cls }).collect();
+            let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| Detection { xyxy, conf: 1.0, cls, anchor: 0 }).collect();
             Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes, scored: false }
         })
         .collect()
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn predictions_below_the_drawing_threshold_are_left_out() {
         let b = batch(2, 64);
-        let d = |conf| Detection { xyxy: [1.0, 1.0, 20.0, 20.0], conf, cls: 0 };
+        let d = |conf| Detection { xyxy: [1.0, 1.0, 20.0, 20.0], conf, cls: 0, anchor: 0 };
         let tiles = prediction_tiles(&label_tiles(&b), &[vec![d(0.9), d(0.2)], vec![]]);
         assert_eq!(tiles[0].boxes, [d(0.9)]);
         assert!(tiles[0].scored && tiles[1].boxes.is_empty());

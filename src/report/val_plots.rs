@@ -31,10 +31,13 @@ pub fn write(dir: &Path, r: &ValResult, batches: &[ValBatch], names: &[String]) 
         written.push(p.clone());
         p
     };
-    let c = &r.curves;
-    pr_curve(c, names, &out(CURVE_FILES[0].into()))?;
-    for (file, label, rows) in [(CURVE_FILES[1], "F1", &c.f1), (CURVE_FILES[2], "Precision", &c.p), (CURVE_FILES[3], "Recall", &c.r)] {
-        confidence_curve(c, rows, label, names, &out(file.into()))?;
+    // the boxes' curves, then the task's own (a segmentation model's `MaskPR_curve.png`, …)
+    let own = r.task.iter().map(|t| (t.pictures, &t.curves));
+    for (prefix, c) in std::iter::once(("Box", &r.curves)).chain(own) {
+        pr_curve(c, names, &out(format!("{prefix}PR_curve.png")))?;
+        for (kind, label, rows) in [("F1", "F1", &c.f1), ("P", "Precision", &c.p), ("R", "Recall", &c.r)] {
+            confidence_curve(c, rows, label, names, &out(format!("{prefix}{kind}_curve.png")))?;
+        }
     }
     confusion(&r.confusion, names, true, &out(CONFUSION_FILES[0].into()))?;
     confusion(&r.confusion, names, false, &out(CONFUSION_FILES[1].into()))?;

@@ -8,9 +8,9 @@ use crate::loss::{model_loss, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::{Detect, HeadOutput};
 
 #[derive(Debug)]
-pub struct Detection;
+pub struct ObjectDetection;
 
-impl Task for Detection {
+impl Task for ObjectDetection {
     fn name(&self) -> &'static str {
         "detect"
     }

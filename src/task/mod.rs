@@ -9,12 +9,15 @@ mod segmentation;
 use anyhow::Result;
 
 use crate::data::dataset::Dataset;
+use crate::data::loader::Batch;
+use crate::eval::metrics::{Curves, DetMetrics};
+use crate::infer::nms::Detection;
 use crate::loss::segment::InstanceMasks;
-use crate::loss::{Assignment, LossConfig, LossOutput, Targets};
+use crate::loss::{detection_loss, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::{Detect, HeadOutput};
 
-pub use detection::Detection;
-pub use segmentation::Segmentation;
+pub use detection::ObjectDetection;
+pub use segmentation::InstanceSegmentation;
 
 pub trait Task: Sync + std::fmt::Debug {
     /// Ultralytics' word for the task (`detect`, `segment`).
@@ -44,12 +47,40 @@ pub trait Task: Sync + std::fmt::Debug {
     /// The training loss of `head` for `targets` (whose instance masks are `masks` when the
     /// task asks for them), and the one-to-many assignment (what distillation terms read).
     fn loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, masks: Option<&InstanceMasks>, epoch: usize, epochs: usize) -> (LossOutput, Assignment);
+
+    /// The validation loss items (the `val/…` columns, named as [`Task::loss_names`]) of one
+    /// batch's head output, on the host.
+    fn val_loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, _masks: Option<&InstanceMasks>) -> Vec<f32> {
+        detection_loss(cfg, &head.one2many.to_f32(), &head.shapes, targets).host_items().to_vec()
+    }
+
+    /// The task's own metrics beside the boxes' in validation (None: boxes only).
+    fn metrics(&self, _nc: usize) -> Option<Box<dyn TaskMetrics>> {
+        None
+    }
+}
+
+/// A task's validation metrics beside the boxes' (a segmentation task's masks), with the same
+/// matching and AP arithmetic as the boxes'.
+pub trait TaskMetrics {
+    /// The letter Ultralytics appends to these metrics' names (`M` for masks).
+    fn suffix(&self) -> &'static str;
+
+    /// The first word of their pictures' names (`Mask` in `MaskPR_curve.png`).
+    fn pictures(&self) -> &'static str;
+
+    /// One validation batch: the head's outputs, the batch (labels in its masks' object order)
+    /// and each image's detections, in input pixels.
+    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]);
+
+    /// The metrics and curves over every batch added.
+    fn compute(&self) -> (DetMetrics, Curves);
 }
 
 /// Every task, the most specific head first.
-static TASKS: [&dyn Task; 2] = [&Segmentation, &Detection];
+static TASKS: [&dyn Task; 2] = [&InstanceSegmentation, &ObjectDetection];
 
 /// The task of a model ending with `head`.
 pub fn of(head: &Detect) -> &'static dyn Task {
-    TASKS.iter().copied().find(|t| t.serves(head)).unwrap_or(&Detection)
+    TASKS.iter().copied().find(|t| t.serves(head)).unwrap_or(&ObjectDetection)
 }

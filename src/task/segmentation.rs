@@ -5,8 +5,12 @@
 use anyhow::{bail, Result};
 use burn::tensor::Tensor;
 
-use super::Task;
+use super::{Task, TaskMetrics};
 use crate::data::dataset::{label_path, Dataset};
+use crate::data::loader::Batch;
+use crate::eval::masks::{mask_ious, predicted_masks, MaskInputs};
+use crate::eval::metrics::{Curves, Det, DetMetrics, ImageEval, MetricsAccumulator};
+use crate::infer::nms::Detection;
 use crate::loss::segment::{mask_loss, InstanceMasks};
 use crate::loss::{model_loss, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::{Detect, HeadOutput};
@@ -15,9 +19,9 @@ use crate::model::layers::head::{Detect, HeadOutput};
 pub const MASK_RATIO: usize = 4;
 
 #[derive(Debug)]
-pub struct Segmentation;
+pub struct InstanceSegmentation;
 
-impl Task for Segmentation {
+impl Task for InstanceSegmentation {
     fn name(&self) -> &'static str {
         "segment"
     }
@@ -27,7 +31,8 @@ impl Task for Segmentation {
     }
 
     fn loss_names(&self) -> &'static [&'static str] {
-        &["box_loss", "seg_loss", "cls_loss", "dfl_loss"]
+        // sem_loss: YOLO26's semantic term, 0 for Segment heads (Ultralytics 8.4 logs it for every seg model)
+        &["box_loss", "seg_loss", "cls_loss", "dfl_loss", "sem_loss"]
     }
 
     fn mask_ratio(&self) -> Option<usize> {
@@ -35,13 +40,17 @@ impl Task for Segmentation {
     }
 
     fn check_command(&self, command: &str, head: &Detect, source: &str) -> Result<()> {
-        let trains = command == "train" && !head.has_one2one();
-        if !trains {
+        let handled = match command {
+            "train" => !head.has_one2one(),
+            "val" => true,
+            _ => false,
+        };
+        if !handled {
             let what = if command == "train" { "YOLO26 segmentation models (Segment26: its loss is not written yet)" } else { "segmentation models" };
             bail!(
                 "--model {source} is a segmentation model: `{command}` does not handle {what} yet \
                  (segmentation models are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, \
-                 can teach a detection student, and v8/11/12 -seg models train, with box metrics in validation)"
+                 validated with box and mask metrics, can teach a detection student, and v8/11/12 -seg models train)"
             );
         }
         Ok(())
@@ -70,7 +79,62 @@ impl Task for Segmentation {
         let Assignment::Host(assigned) = &asg else { unreachable!("assigned on the host") };
         let seg = mask_loss(&maps.coeffs, &maps.protos, assigned, gt).expect("instance masks at the prototypes' size") * cfg.gains.boxes;
         let b = maps.coeffs.dims()[0] as f32;
-        let items = Tensor::cat(vec![det.items.clone().narrow(0, 0, 1), seg.clone().detach(), det.items.narrow(0, 1, 2)], 0);
+        let sem = Tensor::zeros([1], &seg.device());
+        let items = Tensor::cat(vec![det.items.clone().narrow(0, 0, 1), seg.clone().detach(), det.items.narrow(0, 1, 2), sem], 0);
         (LossOutput { total: det.total + seg * b, items }, asg)
+    }
+
+    fn val_loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, masks: Option<&InstanceMasks>) -> Vec<f32> {
+        let head = HeadOutput { one2many: head.one2many.to_f32(), ..head.clone() };
+        crate::device::read_back(self.loss(cfg, &head, targets, masks, 0, 1).0.items)
+    }
+
+    fn metrics(&self, nc: usize) -> Option<Box<dyn TaskMetrics>> {
+        Some(Box::new(MaskMetrics { acc: MetricsAccumulator::new(nc) }))
+    }
+}
+
+/// Mask metrics: each detection's mask against its image's labels' masks, at the prototypes' size.
+struct MaskMetrics {
+    acc: MetricsAccumulator,
+}
+
+impl TaskMetrics for MaskMetrics {
+    fn suffix(&self) -> &'static str {
+        "M"
+    }
+
+    fn pictures(&self) -> &'static str {
+        "Mask"
+    }
+
+    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) {
+        let maps = head.masks.as_ref().expect("a segmentation head gives mask coefficients and prototypes");
+        let labels = batch.masks.as_ref().expect("segmentation validation batches carry instance masks (ValLoader::with_masks)");
+        // an end-to-end head's detections come from its one-to-one branch, with its own coefficients
+        let coeffs = if head.one2one.is_some() { maps.coeffs_one2one.as_ref().unwrap_or(&maps.coeffs) } else { &maps.coeffs };
+        let [_, nm, a_n] = coeffs.dims();
+        let [_, _, mh, mw] = maps.protos.dims();
+        let coeffs = crate::device::read_back(coeffs.clone());
+        let protos = crate::device::read_back(maps.protos.clone().flatten::<3>(2, 3));
+        let ratio = batch.shape[3] as f32 / mw as f32;
+        for (j, dets) in found.iter().enumerate() {
+            let inputs = MaskInputs {
+                coeffs: &coeffs[j * nm * a_n..(j + 1) * nm * a_n],
+                protos: &protos[j * nm * mh * mw..(j + 1) * nm * mh * mw],
+                nm,
+                size: (mh, mw),
+                ratio,
+            };
+            let gt = batch.labels_xyxy(j);
+            let ids = &labels.ids[j * mh * mw..(j + 1) * mh * mw];
+            let ious = mask_ious(&predicted_masks(&inputs, dets), ids, gt.len());
+            let img = ImageEval { gt, dets: dets.iter().map(|d| Det { xyxy: d.xyxy, conf: d.conf, cls: d.cls }).collect() };
+            self.acc.add_with_ious(&img, &ious);
+        }
+    }
+
+    fn compute(&self) -> (DetMetrics, Curves) {
+        self.acc.compute_with_curves()
     }
 }

@@ -153,6 +153,7 @@ impl Trainer {
         let head = model.head();
         let task = crate::task::of(head);
         task.check_labels(&data.train).context("--data")?;
+        task.check_labels(&data.val).context("--data")?;
         if task.mask_ratio().is_some() && data.unlabeled.is_some() {
             bail!("--unlabeled with a {} model: unlabeled images have no masks, and the mask loss cannot skip them yet", task.name());
         }
@@ -170,7 +171,7 @@ impl Trainer {
             train_loader: TrainLoader::new(data.train.clone(), a.imgsz, a.batch, a.aug, a.workers, a.seed)?
                 .with_masks(task.mask_ratio())
                 .for_rank(rank, ranks, here),
-            val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, val_workers)?,
+            val_loader: ValLoader::new(data.val.clone(), a.imgsz, a.batch * 2, stride, val_workers)?.with_masks(task.mask_ratio()),
             nw: warmup_iters(a.warmup_epochs, a.epochs, nb),
             nb,
             ema: Ema::new(&model, 0),
@@ -558,11 +559,11 @@ impl Trainer {
         row.extend(mean.iter().map(|(n, v)| (format!("train/{n}"), *v)));
         if let Some(v) = val {
             let m = &v.metrics;
-            let metrics = [("precision", m.precision), ("recall", m.recall), ("mAP50", m.map50), ("mAP50-95", m.map)];
-            row.extend(metrics.map(|(n, x)| (format!("metrics/{n}(B)"), x)));
-            row.extend(["box", "cls", "dfl"].iter().zip(v.loss).map(|(n, l)| (format!("val/{n}_loss"), l as f64)));
+            row.extend(v.metric_columns());
+            row.extend(self.loss_cfg.task.loss_names().iter().zip(&v.loss).map(|(n, &l)| (format!("val/{n}"), l as f64)));
+            let own = v.task.as_ref().map(|t| format!("  {}: mAP50 {:.3}  mAP50-95 {:.3}", t.suffix, t.metrics.map50, t.metrics.map)).unwrap_or_default();
             self.say(format!(
-                "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}  ({:.1} ms/image)",
+                "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}{own}  ({:.1} ms/image)",
                 "val:", v.images, v.instances, m.precision, m.recall, m.map50, m.map, v.ms_per_image
             ));
         }
@@ -574,7 +575,7 @@ impl Trainer {
     /// crash between them leaves `last` one epoch behind (resume trains that epoch again and
     /// rewrites `best`), never `best` behind results.csv.
     fn checkpoint(&mut self, epoch: usize, val: Option<&ValResult>) -> Result<()> {
-        let fitness = val.map(|v| v.metrics.fitness).unwrap_or(f64::NEG_INFINITY);
+        let fitness = val.map(ValResult::fitness).unwrap_or(f64::NEG_INFINITY);
         let improved = fitness > self.p.best_fitness;
         if improved {
             self.p.best_fitness = fitness;

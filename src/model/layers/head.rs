@@ -186,7 +186,7 @@ impl Detect {
     pub fn new(spec: &DetectSpec, strides: Vec<f64>, device: &Device) -> Self {
         let (nc, r) = (spec.nc, spec.reg_max);
         let c2 = 16.max(spec.ch[0] / 4).max(4 * r);
-        let c3 = spec.ch[0].max(nc.min(100));
+        let c3 = spec.cls_width.unwrap_or(spec.ch[0].max(nc.min(100)));
         let boxes = || spec.ch.iter().map(|&c| BoxBranch::new(c, c2, r, device)).collect::<Vec<_>>();
         let classes = || spec.ch.iter().map(|&c| ClsBranch::new(c, c3, nc, spec.legacy, device)).collect::<Vec<_>>();
         let (o2o_box, o2o_cls) = if spec.end2end { (boxes(), classes()) } else { (Vec::new(), Vec::new()) };
