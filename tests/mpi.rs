@@ -84,12 +84,12 @@ mod launched {
         let data = common::bccd_subset(&shared, &dir, 16);
         let project = dir.join("runs");
         let (data, project) = (data.to_str().unwrap(), project.to_str().unwrap());
-        // Two optimizer steps (warm-up accumulates one batch each), then `last` holds the weights,
-        // the EMA and the optimizer's state.
+        // Two optimizer steps (--nbs 8: one per batch; a one-epoch run has no warm-up), then `last`
+        // holds the weights, the EMA and the optimizer's state.
         let run = |ranks: usize, name: &str, shards: &str| {
             let flags = [
                 "--model", "yolov8n.yaml", "--data", data, "--project", project, "--name", name, "--epochs", "1", "--max-batches", "2",
-                "--imgsz", "160", "--batch", "8", "--workers", "1", "--quiet", "--shards", shards,
+                "--imgsz", "160", "--batch", "8", "--nbs", "8", "--workers", "1", "--quiet", "--shards", shards,
             ];
             train(ranks, &flags);
             tensors(&Path::new(project).join(name).join("weights/last.safetensors"))

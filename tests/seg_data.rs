@@ -176,3 +176,26 @@ fn a_segmentation_model_learns_at_toy_size() {
     let m = yolodistill::model::load(run.join("weights/last.safetensors").to_str().unwrap(), None, &yolodistill::default_device()).unwrap().model;
     assert_eq!(yolodistill::task::of(m.head()).name(), "segment");
 }
+
+/// A segmentation teacher distils into a segmentation student with the detection options: feature
+/// terms on the taps, response terms on the box and class maps, beside the student's own mask loss.
+#[test]
+fn a_segmentation_student_distils_from_a_segmentation_teacher() {
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("seg-distill");
+    let data = garbage_subset(&shared, &dir, 8);
+    let teacher = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8n-seg_garbage.pt");
+    let project = dir.join("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["train", "--model", "yolov8n-seg.yaml", "--data", data.to_str().unwrap(), "--imgsz", "64", "--batch", "8", "--epochs", "1"])
+        .args(["--teacher", teacher.to_str().unwrap(), "--distill", "cwd", "--logit", "ld"])
+        .args(["--val", "false", "--workers", "1", "--quiet", "--project", project.to_str().unwrap(), "--name", "d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = yolodistill::report::Results::load(&project.join("d/results.csv")).unwrap();
+    for column in ["train/seg_loss", "train/d_cwd", "train/l_ld"] {
+        let v = r.column(column).unwrap_or_else(|| panic!("no {column}"))[0];
+        assert!(v.is_finite() && v > 0.0, "{column} = {v}");
+    }
+}

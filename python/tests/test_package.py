@@ -102,7 +102,7 @@ def test_a_missing_model_is_named():
 
 
 def test_ctrl_c_stops_training_and_keeps_resumable_checkpoints(data, tmp_path):
-    epochs = 12
+    epochs = 40  # seconds longer than the wait for the first checkpoint, even on a loaded machine
     script = (
         "from yolodistill import YOLO\n"
         f"YOLO('yolov8n.yaml').train(data={str(data)!r}, epochs={epochs}, imgsz=64, batch=4, "
