@@ -109,7 +109,12 @@ def test_ctrl_c_stops_training_and_keeps_resumable_checkpoints(data, tmp_path):
         f"project={str(tmp_path)!r}, name='run')\n"
     )
     # its own session: the SIGINT goes to Python alone, which must pass it on (as in a notebook)
-    python = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # SIGINT at its default, as in a terminal or a notebook: a runner started in the background
+    # (`cmd &` in a script) passes SIGINT on ignored, and Python then installs no KeyboardInterrupt
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    python = subprocess.Popen(
+        [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=default_sigint
+    )
     last = tmp_path / "run/weights/last.safetensors"
     deadline = time.time() + 300
     while not last.exists() and python.poll() is None and time.time() < deadline:
