@@ -22,7 +22,14 @@ DEVICE=${DEVICE:-wgpu}
 FEATURE=${FEATURE-wgpu}
 RUNS=${RUNS:-20}
 PARTS=${PARTS:-suite timings val}
-DEADLINE=$((SECONDS + ${BUDGET:-540}))
+BUDGET=${BUDGET:-540}
+for part in $PARTS; do
+    case $part in suite | timings | val) ;; *) echo "gpu_check.sh: PARTS: unknown part '$part'; accepted: suite, timings, val" >&2; exit 2 ;; esac
+done
+for pair in "RUNS=$RUNS" "BUDGET=$BUDGET"; do
+    [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "gpu_check.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
+done
+DEADLINE=$((SECONDS + BUDGET))
 # a check's limit: its own, or what is left of the budget (at least 5 s)
 lim() { local left=$((DEADLINE - SECONDS)); ((left < $1)) && echo $((left > 5 ? left : 5)) || echo "$1"; }
 G=.gpu

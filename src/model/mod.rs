@@ -113,7 +113,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
                 ck.yaml.get("yaml_file").and_then(|f| f.as_str()).and_then(|f| spec::guess_scale(f))
             });
             let mut spec = spec::parse(&ck.yaml, scale, None).with_context(|| format!("{}: unsupported architecture", m))?;
-            spec.fit_head_width(&ck.tensors, |t| &t.shape);
+            spec.fit_head_width(&ck.tensors);
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, ck.names, device).with_context(|| format!("{m}: bad class names"))?;
             named::write(&mut model, ck.tensors, device, Fit::Strict).with_context(|| format!("{m}: weights do not fit the architecture"))?;
@@ -124,7 +124,7 @@ pub fn load(m: &str, nc: Option<usize>, device: &Device) -> Result<Loaded> {
             let f = st::load(path)?;
             let scale = f.yaml.get("scale").and_then(|s| s.as_str()).and_then(|s| s.chars().next());
             let mut spec = spec::parse(&f.yaml, scale, None).with_context(|| format!("{m}: bad model description"))?;
-            spec.fit_head_width(&f.tensors, |t| &t.shape);
+            spec.fit_head_width(&f.tensors);
             check_nc(nc, spec.nc, m)?;
             let mut model = DetectionModel::new(spec, f.names, device).with_context(|| format!("{m}: bad class names"))?;
             if f.extra.get(FUSED_KEY).map(String::as_str) == Some("true") {

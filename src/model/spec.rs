@@ -86,10 +86,10 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Takes the class branches' width from a checkpoint's tensors (the input channels of the
     /// first level's last class convolution) where it differs from Ultralytics' rule.
-    pub fn fit_head_width<T>(&mut self, tensors: &[(String, T)], shape: impl Fn(&T) -> &[usize]) {
+    pub fn fit_head_width(&mut self, tensors: &[(String, crate::weights::HostTensor)]) {
         let head = self.layers.len() - 1;
         let key = format!("model.{head}.cv3.0.2.weight");
-        let Some(width) = tensors.iter().find(|(n, _)| *n == key).and_then(|(_, t)| shape(t).get(1).copied()) else { return };
+        let Some(width) = tensors.iter().find(|(n, _)| *n == key).and_then(|(_, t)| t.shape.get(1).copied()) else { return };
         if let Some(LayerSpec { kind: LayerKind::Detect(d), .. }) = self.layers.last_mut() {
             if width != d.ch[0].max(d.nc.min(100)) {
                 d.cls_width = Some(width);
