@@ -54,6 +54,34 @@ fn predict_on_bccd_prints_boxes_and_writes_an_annotated_image() {
     assert_eq!((annotated.width(), annotated.height()), (640, 480));
 }
 
+/// A segmentation model's `predict`: each detection's outline as `polygon` in image pixels,
+/// within its box, and the annotated image written (the masks' pixels: src/infer/draw.rs).
+#[test]
+fn predict_with_a_segmentation_model_gives_polygons() {
+    let Some(shared) = common::shared() else { return };
+    let mut images: Vec<_> = std::fs::read_dir(shared.join("data/garbage/images/val")).unwrap().map(|e| e.unwrap().path()).collect();
+    images.sort();
+    let dir = common::temp_dir("predict-seg");
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8n-seg_garbage.pt");
+    let out = bin().args(["predict", "--model"]).arg(&model).arg("--source").arg(&images[2])
+        .args(["--imgsz", "320", "--conf", "0.1", "--json", "--save-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boxes = v["boxes"].as_array().unwrap();
+    assert_eq!(boxes.len(), 6, "the six of tests/data/seg/predict_garbage_ref.json: {v}");
+    for b in boxes {
+        let xy: Vec<f64> = b["xyxy"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let poly = b["polygon"].as_array().unwrap();
+        assert!(poly.len() >= 3, "{b}");
+        for p in poly {
+            let (x, y) = (p[0].as_f64().unwrap(), p[1].as_f64().unwrap());
+            assert!(x >= xy[0] - 2.0 && x <= xy[2] + 2.0 && y >= xy[1] - 2.0 && y <= xy[3] + 2.0, "{p} outside {xy:?}");
+        }
+    }
+    let annotated = image::open(dir.join(images[2].file_name().unwrap()).with_extension("jpg")).unwrap();
+    assert_eq!((annotated.width(), annotated.height()), (640, 640));
+}
+
 #[test]
 fn predict_in_half_precision_finds_the_same_cells() {
     // `predict --half`: the same boxes as f32 up to half-precision rounding (val's mAP check is
@@ -165,11 +193,12 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     // the gain at each label budget: a comparison per fraction, the table and the chart
     let mut budget = args.map(|a| if a == "ab" { "budget" } else { a });
     budget[2] = "0,1"; // --seeds
-    let out = bin().args(budget).args(["--label-fractions", "1,0.5", "--side-by-side"]).output().unwrap();
+    let out = bin().args(budget).args(["--label-fractions", "1,0.5", "--side-by-side", "--scale-epochs"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let table = std::fs::read_to_string(project.join("budget/label_budget.md")).unwrap();
-    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 0.5 | 2 |") || l.starts_with("| 1 | 2 |")).collect();
+    // --scale-epochs: half the labels, twice the epochs (the same optimizer steps)
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 0.5 | 2 | 2 |") || l.starts_with("| 1 | 1 | 2 |")).collect();
     assert_eq!(rows.len(), 2, "{table}");
     assert!(table.find("| 0.5 |") < table.find("| 1 |"), "fractions in increasing order: {table}");
     for f in ["0.5", "1"] {
@@ -178,6 +207,8 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     // half the labels: the distilled arm learns from the other half as unlabeled images, the plain one not
     let header = |run: &str| std::fs::read_to_string(project.join("budget").join(run).join("results.csv")).unwrap().lines().next().unwrap().to_string();
     assert!(header("fraction-0.5/distilled-s0").contains("train/d_cwd"));
+    let epochs = std::fs::read_to_string(project.join("budget/fraction-0.5/plain-s0/results.csv")).unwrap().lines().count() - 1;
+    assert_eq!(epochs, 2, "--scale-epochs trains half the labels twice as long");
     let csv = std::fs::read_to_string(project.join("budget/label_budget.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     common::assert_pictures(&project.join("budget"), &["label_budget.png"]);

@@ -23,6 +23,11 @@ pub struct CompareArgs {
     /// and label_budget.md / .csv / .png: each arm's mAP50-95 and the gain per share.
     #[arg(long = "label-fractions", value_parser = crate::options::shares)]
     pub label_fractions: Option<crate::options::Shares>,
+    /// With --label-fractions: train share f for --epochs / f epochs (rounded up), so that every share
+    /// makes as many optimizer steps as the full set does (a smaller labeled set needs more epochs
+    /// before its plain student stops improving).
+    #[arg(long = "scale-epochs", requires = "label_fractions")]
+    pub scale_epochs: bool,
     /// Train each seed's plain and distilled student at the same time (faster on small models,
     /// where one run does not keep every core busy).
     #[arg(long = "side-by-side")]
@@ -225,10 +230,13 @@ fn compare_by_label_fraction(a: &CompareArgs, fractions: &[f64], project: &Path)
     for &f in fractions {
         let mut base = a.train.clone();
         base.train.label_fraction = f;
-        eprintln!("\ncompare: {} of the labeled images", f);
+        if a.scale_epochs {
+            base.train.epochs = scaled_epochs(base.train.epochs, f);
+        }
+        eprintln!("\ncompare: {f} of the labeled images, {} epochs", base.train.epochs);
         let (pairs, table) = compare_seeds(&base, &a.seeds.0, &project.join(format!("fraction-{f}")), a.side_by_side)?;
         println!("\nlabeled fraction {f}:\n{table}");
-        rows.push(budget_row(f, &pairs));
+        rows.push(budget_row(f, base.train.epochs, &pairs));
     }
     let table = label_budget::table(&rows);
     std::fs::write(project.join("label_budget.md"), &table).with_context(|| format!("cannot write {}", project.display()))?;
@@ -238,11 +246,18 @@ fn compare_by_label_fraction(a: &CompareArgs, fractions: &[f64], project: &Path)
     Ok(())
 }
 
+/// Epochs at a label fraction that make as many optimizer steps as `epochs` on the full set.
+fn scaled_epochs(epochs: usize, fraction: f64) -> usize {
+    // the small tolerance keeps 40 / 0.1 at 400 despite 0.1's binary rounding
+    (epochs as f64 / fraction - 1e-9).ceil() as usize
+}
+
 /// The means of each arm and of the gain over the seeds of one fraction.
-fn budget_row(fraction: f64, pairs: &[PairResult]) -> BudgetRow {
+fn budget_row(fraction: f64, epochs: usize, pairs: &[PairResult]) -> BudgetRow {
     let of = |f: fn(&PairResult) -> f64| mean_ci95(&pairs.iter().map(f).collect::<Vec<_>>());
     BudgetRow {
         fraction,
+        epochs,
         seeds: pairs.len(),
         plain: of(|p| p.plain.1),
         distilled: of(|p| p.distilled.1),
@@ -277,5 +292,13 @@ mod tests {
         assert!((h - 3.182 * sd / 2.0).abs() < 1e-9, "{h}");
         assert_eq!(t_quantile_975(1), 12.706);
         assert_eq!(t_quantile_975(100), 1.96);
+    }
+
+    #[test]
+    fn scaled_epochs_keep_the_optimizer_steps() {
+        assert_eq!(scaled_epochs(40, 0.1), 400);
+        assert_eq!(scaled_epochs(40, 0.25), 160);
+        assert_eq!(scaled_epochs(40, 1.0), 40);
+        assert_eq!(scaled_epochs(10, 0.3), 34);
     }
 }

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::infer::draw::annotate;
+use crate::infer::draw::annotate_prediction;
 use crate::infer::nms::NmsConfig;
 use crate::infer::predict::predict_image;
 use crate::pixels::load::{list_images, load_rgb, truncated};
@@ -41,7 +41,9 @@ pub struct PredictArgs {
     /// outputs are decoded in f32.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "f16")]
     pub half: Option<crate::options::Half>,
-    /// One JSON line per image on stdout.
+    /// One JSON line per image on stdout: each detection's box, confidence and class, and a
+    /// segmentation model's mask outline as `polygon` ([x, y] points in image pixels, as
+    /// Ultralytics' `masks.xy`).
     #[arg(long)]
     pub json: bool,
 }
@@ -65,29 +67,36 @@ pub fn run(a: PredictArgs) -> Result<()> {
             eprintln!("warning: {}: {why}; its detections may be wrong", path.display());
         }
         let t = std::time::Instant::now();
-        let dets = predict_image(&m, &img, imgsz, &cfg, &device);
+        let pred = predict_image(&m, &img, imgsz, &cfg, &device);
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        let dets = &pred.dets;
         if a.json {
+            let polygons = pred.polygons();
             let boxes: Vec<_> = dets
                 .iter()
-                .map(|d| {
-                    serde_json::json!({
+                .enumerate()
+                .map(|(k, d)| {
+                    let mut found = serde_json::json!({
                         "xyxy": d.xyxy, "conf": d.conf, "cls": d.cls,
                         "name": m.names.get(d.cls).cloned().unwrap_or_default(),
-                    })
+                    });
+                    if let Some(p) = polygons.get(k) {
+                        found["polygon"] = serde_json::json!(p);
+                    }
+                    found
                 })
                 .collect();
             println!("{}", serde_json::json!({"image": path.display().to_string(), "boxes": boxes}));
         } else {
             let mut counts = std::collections::BTreeMap::new();
-            for d in &dets {
+            for d in dets {
                 *counts.entry(m.names.get(d.cls).cloned().unwrap_or_default()).or_insert(0) += 1;
             }
             let summary: Vec<_> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
             eprintln!("{}: {} ({ms:.1} ms)", path.display(), if summary.is_empty() { "no detections".into() } else { summary.join(", ") });
         }
         if let Some(d) = &a.save_dir {
-            annotate(&mut img, &dets, &m.names);
+            annotate_prediction(&mut img, &pred, &m.names);
             let out = annotated_path(d, &path);
             img.save(&out).with_context(|| format!("cannot write {}", out.display()))?;
         }

@@ -5,19 +5,8 @@
 //! arithmetic as the boxes'.
 
 use crate::infer::nms::Detection;
-
-/// An image's prototypes and mask coefficients on the host.
-pub struct MaskInputs<'a> {
-    /// [nm][A] the image's coefficients.
-    pub coeffs: &'a [f32],
-    /// [nm][mh·mw] the image's prototypes.
-    pub protos: &'a [f32],
-    pub nm: usize,
-    /// (mh, mw) of the prototypes.
-    pub size: (usize, usize),
-    /// Input pixels per prototype pixel (4).
-    pub ratio: f32,
-}
+pub use crate::infer::segment::MaskInputs;
+use crate::infer::segment::crop_span;
 
 /// Each detection's mask as the flat indices of its pixels (row-major at the prototypes' size):
 /// those whose column c and row r satisfy x1 ≤ c < x2 and y1 ≤ r < y2 for the box divided by the
@@ -25,19 +14,15 @@ pub struct MaskInputs<'a> {
 /// logit is above 0. Only pixels inside the box are computed.
 pub fn predicted_masks(m: &MaskInputs, dets: &[Detection]) -> Vec<Vec<u32>> {
     let (mh, mw) = m.size;
-    let a_n = m.coeffs.len() / m.nm;
-    let plane = mh * mw;
     dets.iter()
         .map(|d| {
-            let coef: Vec<f32> = (0..m.nm).map(|k| m.coeffs[k * a_n + d.anchor]).collect();
+            let coef = m.coefficients(d.anchor);
             let [x1, y1, x2, y2] = d.xyxy.map(|v| v / m.ratio);
-            let span = |lo: f32, hi: f32, n: usize| (lo.ceil().max(0.0) as usize).min(n)..(hi.ceil().max(0.0) as usize).min(n);
             let mut pixels = Vec::new();
-            for r in span(y1, y2, mh) {
-                for c in span(x1, x2, mw) {
+            for r in crop_span(y1, y2, mh) {
+                for c in crop_span(x1, x2, mw) {
                     let p = r * mw + c;
-                    let logit: f32 = coef.iter().enumerate().map(|(k, &w)| w * m.protos[k * plane + p]).sum();
-                    if logit > 0.0 {
+                    if m.logit(&coef, p) > 0.0 {
                         pixels.push(p as u32);
                     }
                 }

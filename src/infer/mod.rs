@@ -1,5 +1,6 @@
-//! Inference: letterbox preprocessing, decoding, NMS, drawing.
+//! Inference: letterbox preprocessing, decoding, NMS, instance masks, drawing.
 
 pub mod draw;
 pub mod nms;
 pub mod predict;
+pub mod segment;

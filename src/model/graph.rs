@@ -329,6 +329,21 @@ impl DetectionModel {
         per_image(&decoded, self.nc(), end2end, cfg)
     }
 
+    /// [`Self::detect`], and for a segmentation head the mask coefficients [B, nm, A] of the
+    /// branch the detections came from with the prototypes [B, nm, H, W] (None for other heads).
+    pub fn detect_with_masks(&self, x: Tensor<4>, cfg: &NmsConfig) -> (Vec<Vec<Detection>>, Option<(Tensor<3>, Tensor<4>)>) {
+        let head = self.head();
+        if head.mask.is_none() {
+            return (self.detect(x, cfg), None);
+        }
+        let end2end = !cfg.nms && head.has_one2one();
+        let out = self.forward_taps(x, &[], end2end).head;
+        let decoded = if end2end { head.decode_end2end(&out).expect("the one-to-one branch ran") } else { head.decode(&out) };
+        let maps = out.masks.expect("a segmentation head gives mask coefficients and prototypes");
+        let coeffs = if end2end { maps.coeffs_one2one.unwrap_or(maps.coeffs) } else { maps.coeffs };
+        (per_image(&decoded, self.nc(), end2end, cfg), Some((coeffs, maps.protos)))
+    }
+
     /// Casts every weight and running statistic to `dtype` (half-precision inference: the
     /// layers run in it, the head's outputs are decoded in f32).
     pub fn cast(&mut self, dtype: DType) {

@@ -14,6 +14,7 @@ pub type MeanCi = (f64, f64);
 /// The comparison at one label fraction.
 pub struct BudgetRow {
     pub fraction: f64,
+    pub epochs: usize,
     pub seeds: usize,
     pub plain: MeanCi,
     pub distilled: MeanCi,
@@ -31,14 +32,15 @@ fn shown(v: MeanCi) -> String {
 /// The markdown table: one row per fraction, the gain's interval and whether it excludes zero.
 pub fn table(rows: &[BudgetRow]) -> String {
     let mut out = String::from(
-        "| labeled fraction | seeds | plain mAP50-95 | distilled mAP50-95 | gain (95% CI) | CI excludes 0 |\n|---:|---:|---:|---:|---:|:---:|\n",
+        "| labeled fraction | epochs | seeds | plain mAP50-95 | distilled mAP50-95 | gain (95% CI) | CI excludes 0 |\n|---:|---:|---:|---:|---:|---:|:---:|\n",
     );
     for r in rows {
         let (g, ci) = r.gain;
         let sure = if !ci.is_finite() { "n/a (one seed)" } else if g - ci > 0.0 { "yes, gain" } else if g + ci < 0.0 { "yes, loss" } else { "no" };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:+.4}{} | {sure} |\n",
+            "| {} | {} | {} | {} | {} | {:+.4}{} | {sure} |\n",
             r.fraction,
+            r.epochs,
             r.seeds,
             shown(r.plain),
             shown(r.distilled),
@@ -52,11 +54,12 @@ pub fn table(rows: &[BudgetRow]) -> String {
 /// The same as CSV (the half-widths empty with one seed).
 pub fn csv(rows: &[BudgetRow]) -> String {
     let ci = |v: f64| if v.is_finite() { v.to_string() } else { String::new() };
-    let mut out = String::from("fraction,seeds,plain_map50_95,plain_ci95,distilled_map50_95,distilled_ci95,gain,gain_ci95\n");
+    let mut out = String::from("fraction,epochs,seeds,plain_map50_95,plain_ci95,distilled_map50_95,distilled_ci95,gain,gain_ci95\n");
     for r in rows {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{}\n",
             r.fraction,
+            r.epochs,
             r.seeds,
             r.plain.0,
             ci(r.plain.1),
@@ -108,10 +111,10 @@ mod tests {
 
     #[test]
     fn the_table_says_whether_each_interval_excludes_zero() {
-        let row = |fraction, gain| BudgetRow { fraction, seeds: 3, plain: (0.3, 0.01), distilled: (0.35, 0.02), gain };
+        let row = |fraction, gain| BudgetRow { fraction, epochs: 40, seeds: 3, plain: (0.3, 0.01), distilled: (0.35, 0.02), gain };
         let t = table(&[row(0.1, (0.05, 0.02)), row(0.25, (0.01, 0.03)), row(1.0, (-0.04, 0.01)), BudgetRow { seeds: 1, ..row(0.5, (0.02, f64::INFINITY)) }]);
         let lines: Vec<&str> = t.lines().skip(2).collect();
-        assert!(lines[0].starts_with("| 0.1 | 3 | 0.3000 ± 0.0100 | 0.3500 ± 0.0200 | +0.0500 ± 0.0200 | yes, gain |"), "{t}");
+        assert!(lines[0].starts_with("| 0.1 | 40 | 3 | 0.3000 ± 0.0100 | 0.3500 ± 0.0200 | +0.0500 ± 0.0200 | yes, gain |"), "{t}");
         assert!(lines[1].ends_with("| no |") && lines[2].ends_with("| yes, loss |") && lines[3].ends_with("| n/a (one seed) |"), "{t}");
         assert!(csv(&[BudgetRow { seeds: 1, ..row(0.5, (0.02, f64::INFINITY)) }]).ends_with("0.02,\n"));
     }

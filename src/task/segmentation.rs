@@ -42,7 +42,7 @@ impl Task for InstanceSegmentation {
     fn check_command(&self, command: &str, head: &Detect, source: &str) -> Result<()> {
         let handled = match command {
             "train" => !head.has_one2one(),
-            "val" => true,
+            "val" | "predict" => true,
             _ => false,
         };
         if !handled {
@@ -50,7 +50,7 @@ impl Task for InstanceSegmentation {
             bail!(
                 "--model {source} is a segmentation model: `{command}` does not handle {what} yet \
                  (segmentation models are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, \
-                 validated with box and mask metrics, can teach a detection student, and v8/11/12 -seg models train)"
+                 validated with box and mask metrics, predicted with masks, can teach a detection student, and v8/11/12 -seg models train)"
             );
         }
         Ok(())
