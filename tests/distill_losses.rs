@@ -631,3 +631,66 @@ fn crosskd_matches_a_host_computation_of_its_formula() {
     let (c, b) = with_gradients(&[&c_box, &c_cls, &t_box, &t_cls], &centres, |t, anchors| crosskd(t[0].clone(), t[1].clone(), t[2].clone(), t[3].clone(), r, anchors, 2.0));
     assert!(c && !b, "the cross predictions get the gradient, the teacher's none");
 }
+
+/// Mask distillation against a plain host computation of its formula: at each of the student's
+/// foreground anchors, BCE of its mask logits (coefficients · prototypes) against the teacher's
+/// sigmoid(coefficients · prototypes) at that anchor, inside the assigned box, weighted by
+/// 1 / (pixels · the box's share of the image), summed and divided by the foreground count. The
+/// teacher has other mask channels than the student (3 and 2); gradients reach the student's
+/// coefficients and prototypes, never the teacher's.
+#[test]
+fn mask_distillation_matches_its_formula() {
+    use yolodistill::loss::segment::mask_distillation;
+    use yolodistill::loss::Assigned;
+    let device = Device::flex().autodiff();
+    let (b, a_n, (mh, mw)) = (2, 5, (4usize, 6usize));
+    let rand = |shape: Vec<usize>| Tensor::<1>::random([shape.iter().product::<usize>()], Distribution::Normal(0.0, 1.0), &device).into_data();
+    let (sc, sp) = (rand(vec![b, 3, a_n]), rand(vec![b, 3, mh, mw]));
+    let (tc, tp) = (rand(vec![b, 2, a_n]), rand(vec![b, 2, mh, mw]));
+    let student_c = Tensor::<3>::from_data(TensorData::new(sc.try_to_vec::<f32>().unwrap(), [b, 3, a_n]), &device).require_grad();
+    let student_p = Tensor::<4>::from_data(TensorData::new(sp.try_to_vec::<f32>().unwrap(), [b, 3, mh, mw]), &device).require_grad();
+    let teacher_c = Tensor::<3>::from_data(TensorData::new(tc.try_to_vec::<f32>().unwrap(), [b, 2, a_n]), &device).require_grad();
+    let teacher_p = Tensor::<4>::from_data(TensorData::new(tp.try_to_vec::<f32>().unwrap(), [b, 2, mh, mw]), &device).require_grad();
+    // input 16×24 pixels; boxes in grid units of stride 4 (x1, y1, x2, y2)
+    let asg = Assigned {
+        fg_index: vec![1, 3, (a_n + 2) as i64],
+        fg_target: vec![0.0, 0.0, 3.0, 2.0, 1.5, 0.5, 6.0, 4.0, 2.0, 1.0, 4.0, 3.0],
+        fg_stride: vec![4.0; 3],
+        fg_gt: vec![0, 1, 0],
+        img_hw: (16.0, 24.0),
+        ..Default::default()
+    };
+    let got = mask_distillation(&student_c, &student_p, &asg, &teacher_c, &teacher_p).unwrap();
+    let (sc, sp, tc, tp) = (sc.try_to_vec::<f32>().unwrap(), sp.try_to_vec::<f32>().unwrap(), tc.try_to_vec::<f32>().unwrap(), tp.try_to_vec::<f32>().unwrap());
+    let logit = |c: &[f32], p: &[f32], nm: usize, img: usize, a: usize, px: usize| -> f64 {
+        (0..nm).map(|j| c[(img * nm + j) * a_n + a] as f64 * p[(img * nm + j) * mh * mw + px] as f64).sum()
+    };
+    let mut want = 0f64;
+    for (k, &f) in asg.fg_index.iter().enumerate() {
+        let (img, a) = (f as usize / a_n, f as usize % a_n);
+        let bx: Vec<f64> = (0..4).map(|j| asg.fg_target[4 * k + j] as f64 * 4.0 / if j % 2 == 0 { 24.0 } else { 16.0 }).collect();
+        let area = (bx[2] - bx[0]) * (bx[3] - bx[1]);
+        for r in 0..mh {
+            for c in 0..mw {
+                let inside = (c as f64) >= bx[0] * mw as f64 && (c as f64) < bx[2] * mw as f64 && (r as f64) >= bx[1] * mh as f64 && (r as f64) < bx[3] * mh as f64;
+                if !inside {
+                    continue;
+                }
+                let l = logit(&sc, &sp, 3, img, a, r * mw + c);
+                let t = 1.0 / (1.0 + (-logit(&tc, &tp, 2, img, a, r * mw + c)).exp());
+                let bce = l.max(0.0) - l * t + (-l.abs()).exp().ln_1p();
+                want += bce / ((mh * mw) as f64 * area);
+            }
+        }
+    }
+    want /= asg.fg_index.len() as f64;
+    let got_v = got.clone().into_scalar::<f32>() as f64;
+    eprintln!("mask distillation: ours {got_v} formula {want}");
+    assert!((got_v - want).abs() <= 1e-5 * want.abs().max(1.0), "{got_v} vs {want}");
+    let grads = got.backward();
+    assert!(grad_abs_sum(&student_c, &grads) > 0.0 && grad_abs_sum(&student_p, &grads) > 0.0, "the student learns");
+    assert!(teacher_c.grad(&grads).is_none() && teacher_p.grad(&grads).is_none(), "the teacher must not receive gradients");
+    // prototypes of another size are refused
+    let small = Tensor::<4>::zeros([b, 2, 2, 3], &device);
+    assert!(mask_distillation(&student_c, &student_p, &asg, &teacher_c, &small).is_err());
+}

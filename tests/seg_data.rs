@@ -178,7 +178,8 @@ fn a_segmentation_model_learns_at_toy_size() {
 }
 
 /// A segmentation teacher distils into a segmentation student with the detection options: feature
-/// terms on the taps, response terms on the box and class maps, beside the student's own mask loss.
+/// terms on the taps, response terms on the box and class maps and on the masks (`l_mask`),
+/// beside the student's own mask loss. `compare` judges segmentation runs by their mask metrics.
 #[test]
 fn a_segmentation_student_distils_from_a_segmentation_teacher() {
     let Some(shared) = common::shared() else { return };
@@ -194,8 +195,22 @@ fn a_segmentation_student_distils_from_a_segmentation_teacher() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r = yolodistill::report::Results::load(&project.join("d/results.csv")).unwrap();
-    for column in ["train/seg_loss", "train/d_cwd", "train/l_ld"] {
+    for column in ["train/seg_loss", "train/d_cwd", "train/l_ld", "train/l_mask"] {
         let v = r.column(column).unwrap_or_else(|| panic!("no {column}"))[0];
         assert!(v.is_finite() && v > 0.0, "{column} = {v}");
     }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["compare", "--seeds", "0", "--model", "yolov8n-seg.yaml", "--data", data.to_str().unwrap(), "--imgsz", "64", "--batch", "8", "--epochs", "1"])
+        .args(["--teacher", teacher.to_str().unwrap(), "--distill", "none", "--logit", "ld"])
+        .args(["--workers", "1", "--quiet", "--project", project.to_str().unwrap(), "--name", "cmp"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = std::fs::read_to_string(project.join("cmp/compare.md")).unwrap();
+    assert!(table.contains("(mask metrics, (M)") && table.contains("| 0 |"), "{table}");
+    // the table's plain mAP50-95 is the run's mask mAP50-95 at its best epoch
+    let plain = yolodistill::report::Results::load(&project.join("cmp/plain-s0/results.csv")).unwrap();
+    let masks = plain.column("metrics/mAP50-95(M)").unwrap()[0];
+    let row = table.lines().find(|l| l.starts_with("| 0 |")).unwrap();
+    assert_eq!(row.split('|').nth(3).unwrap().trim(), format!("{masks:.4}"), "{table}");
 }

@@ -64,16 +64,19 @@ pub fn mean_ci95(x: &[f64]) -> (f64, f64) {
     (mean, t_quantile_975(n - 1) * (var / n as f64).sqrt())
 }
 
-/// Best (mAP50, mAP50-95) of a finished run, from its results.csv (fitness = mAP50-95).
+/// (mAP50, mAP50-95) of a finished run at its best epoch (the one `best` holds, by fitness),
+/// of the metrics it is judged by (a segmentation run's masks, else its boxes).
 fn best_of(run: &Path, epochs: usize) -> Option<(f64, f64)> {
     let r = Results::load(&run.join("results.csv")).ok()?;
     if r.rows.len() < epochs || !run.join("weights/best.safetensors").exists() {
         return None;
     }
-    let m50 = r.column("metrics/mAP50(B)")?;
-    let m = r.column("metrics/mAP50-95(B)")?;
+    let suffix = r.judged_suffix();
+    let m50 = r.column(&format!("metrics/mAP50({suffix})"))?;
+    let m = r.column(&format!("metrics/mAP50-95({suffix})"))?;
+    let fitness = r.fitness()?;
     // epochs without validation (`--val false`) read NaN
-    let i = (0..m.len()).filter(|&i| m[i].is_finite()).max_by(|&a, &b| m[a].total_cmp(&m[b]))?;
+    let i = (0..m.len()).filter(|&i| fitness[i].is_finite()).max_by(|&a, &b| fitness[a].total_cmp(&fitness[b]))?;
     Some((m50[i], m[i]))
 }
 
@@ -170,7 +173,12 @@ pub fn compare_seeds(base: &RunArgs, seeds: &[u64], project: &Path, side_by_side
         };
         rows.push(PairResult { seed, plain: plain?, distilled: distilled? });
     }
-    let table = report(&rows);
+    let first_run = seeds.first().and_then(|&s| Results::load(&project.join(arm_name(s, false)).join("results.csv")).ok());
+    let masks = first_run.is_some_and(|r| r.judged_suffix() == "M");
+    let mut table = report(&rows);
+    if masks {
+        table.push_str("  (mask metrics, (M), at each run's best epoch by fitness = box + mask mAP50-95)\n");
+    }
     let mut csv = String::from("seed,plain_map50,plain_map50_95,distilled_map50,distilled_map50_95\n");
     for r in &rows {
         csv.push_str(&format!("{},{},{},{},{}\n", r.seed, r.plain.0, r.plain.1, r.distilled.0, r.distilled.1));

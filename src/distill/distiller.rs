@@ -13,7 +13,8 @@ use super::losses::{bckd, crosskd, dense_box_term, dense_response, kd_binary, kd
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use super::pseudo::{detections_as_targets, MeanTeacher};
-use crate::loss::{model_loss, LossConfig, Targets};
+use crate::loss::segment::mask_distillation;
+use crate::loss::{model_loss, Assignment, LossConfig, Targets};
 use crate::model::walk::{child, Visit, Walk};
 use crate::model::layers::head::{anchor_tensors, HeadMaps, HeadOutput};
 use crate::model::{self, DetectionModel};
@@ -112,6 +113,8 @@ pub struct Distiller {
     pass: Option<TeacherPass>,
     /// Box channels of the student's head (4 × its reg_max).
     student_box_channels: usize,
+    /// Whether the student and the teacher are both segmentation models (the mask response).
+    both_segment: bool,
     /// CrossKD's cross head (`--logit crosskd`).
     cross: Option<CrossHead>,
     /// The mean teacher (`--mean-teacher`): it, not the teacher, pseudo-labels.
@@ -170,6 +173,7 @@ impl Distiller {
         // A YAML teacher (random init, e.g. for pairing checks) gets the student's class count.
         let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
         let mut teacher = model::load(path, is_yaml.then(|| student.nc()), device)?.model;
+        let both_segment = student.head().mask.is_some() && teacher.head().mask.is_some();
         if !args.online {
             // A frozen teacher runs in eval mode: BatchNorm folded into its convolutions computes
             // the same maps in one pass instead of two.
@@ -230,6 +234,7 @@ impl Distiller {
             last_weight: 1.0,
             pass: None,
             student_box_channels: 4 * student.head().reg_max,
+            both_segment,
             cross,
             mean_teacher: args.mean_teacher(epochs),
         })
@@ -287,6 +292,15 @@ impl Distiller {
     /// What a response method does when the two heads differ (said by `distill-plan` and at the
     /// start of training).
     fn response_note(&self) -> String {
+        let masks = if self.both_segment && self.args.logit != Response::None {
+            " (and l_mask: the student's masks against the teacher's at its foreground anchors)"
+        } else {
+            ""
+        };
+        self.head_note() + masks
+    }
+
+    fn head_note(&self) -> String {
         let (s, t) = (self.student_box_channels, self.teacher.head().reg_max * 4);
         match self.args.logit {
             Response::Dense if !dense_box_term(s, t, self.teacher.head().reg_max) => format!(
@@ -493,6 +507,25 @@ impl Distiller {
         }
     }
 
+    /// The response on the masks, beside any response term between two segmentation models:
+    /// the student's mask at each of its foreground anchors against the teacher's mask
+    /// probabilities at the same anchor (`l_mask`, on the mask term's scale: the box gain).
+    /// Skipped when the two models' prototypes differ in size (see [`Self::response_note`]).
+    fn mask_term(&self, ctx: &HookInput<'_>, t_fwd: &TeacherPass, w: f32, out: &mut HookLoss) {
+        if self.args.logit == Response::None {
+            return;
+        }
+        if !self.both_segment {
+            return;
+        }
+        let (Some(s), Some(t), Assignment::Host(asg)) = (&ctx.student.masks, t_fwd.head().masks.as_ref(), ctx.assigned) else { return };
+        let online = self.args.online;
+        let (tc, tp) = (constant(&t.coeffs, online), constant(&t.protos, online));
+        if let Ok(term) = mask_distillation(&s.coeffs, &s.protos, asg, &tc, &tp) {
+            out.terms.push(("l_mask".to_string(), term * (ctx.loss_cfg.gains.boxes * self.args.logit_weight * w)));
+        }
+    }
+
     /// A response of a class and a box term: both logged as `<name>.cls` / `<name>.box` at the
     /// weight the step gives them; returns the term (their sum).
     fn class_and_box(&self, name: &'static str, cls: Tensor<1>, boxes: Tensor<1>, w: f32, out: &mut HookLoss) -> (&'static str, Tensor<1>) {
@@ -563,6 +596,7 @@ impl StepHook for Distiller {
         let t_head = t_fwd.head.as_ref().map(|h| HeadMaps { boxes: constant(&h.one2many.boxes, online), scores: constant(&h.one2many.scores, online) });
         self.feature_terms(ctx, &t_fwd, &teacher_maps, t_head.as_ref(), w, &mut out);
         self.response_term(ctx, &t_fwd, t_head.as_ref(), w, &mut out);
+        self.mask_term(ctx, &t_fwd, w, &mut out);
         if let Some(m) = self.mean_teacher.as_mut() {
             m.log(ctx, &mut out);
         }

@@ -2,7 +2,8 @@
 //! every foreground anchor, the mask its coefficients make with its image's prototypes
 //! (`coefficients · prototypes`) against the assigned object's mask, binary cross-entropy inside
 //! the object's box only, averaged over the mask's pixels and divided by the box's share of the
-//! image; summed, then divided by the number of foreground anchors.
+//! image; summed, then divided by the number of foreground anchors. Mask distillation is the same
+//! term with a teacher's mask probabilities at those anchors as soft targets.
 
 use anyhow::{bail, Result};
 use burn::tensor::{Int, Tensor, TensorData};
@@ -28,21 +29,53 @@ impl InstanceMasks {
     }
 }
 
+/// What a foreground anchor's mask is compared with.
+enum MaskTarget<'a> {
+    /// The assigned object's pixels in the batch's instance masks (the task's own term).
+    Objects(&'a InstanceMasks),
+    /// A teacher's mask probabilities at the same anchor: sigmoid(its coefficients · its
+    /// prototypes), [B, nm, A] and [B, nm, h, w], constants (mask distillation).
+    Teacher(&'a Tensor<3>, &'a Tensor<4>),
+}
+
 /// The mask term (before its gain) of `coeffs` [B, nm, A] and `protos` [B, nm, h, w] for the
 /// targets of `asg`, whose masks are `gt`.
 pub fn mask_loss(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, gt: &InstanceMasks) -> Result<Tensor<1>> {
-    let [b, nm, a_n] = coeffs.dims();
+    let [b, _, _] = coeffs.dims();
     let [_, _, mh, mw] = protos.dims();
     if gt.size != (mh, mw) || gt.ids.len() != b * mh * mw {
         bail!("instance masks of {:?} for prototypes of {mh}×{mw} (mask_ratio must make them the prototypes' size)", gt.size);
     }
+    Ok(masked_bce(coeffs, protos, asg, MaskTarget::Objects(gt)))
+}
+
+/// Mask distillation: the mask term with the teacher's mask probabilities at each of the
+/// student's foreground anchors as soft targets, inside the assigned box, weighted as the mask
+/// term is. The teacher's prototypes must have the student's size.
+pub fn mask_distillation(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, t_coeffs: &Tensor<3>, t_protos: &Tensor<4>) -> Result<Tensor<1>> {
+    let ([_, _, mh, mw], [_, _, th, tw]) = (protos.dims(), t_protos.dims());
+    if (mh, mw) != (th, tw) || coeffs.dims()[2] != t_coeffs.dims()[2] {
+        bail!("the teacher's prototypes ({th}×{tw}) or anchors differ from the student's ({mh}×{mw})");
+    }
+    Ok(masked_bce(coeffs, protos, asg, MaskTarget::Teacher(t_coeffs, t_protos)))
+}
+
+/// Σ over foreground anchors of the box-weighted BCE of their mask logits against `target`,
+/// divided by the number of foreground anchors.
+fn masked_bce(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, target: MaskTarget) -> Tensor<1> {
+    let [b, nm, a_n] = coeffs.dims();
+    let [_, _, mh, mw] = protos.dims();
     let n = asg.fg_index.len();
     if n == 0 {
         // still on the graph, as Ultralytics keeps it
-        return Ok(coeffs.clone().sum() * 0.0 + protos.clone().sum() * 0.0);
+        return coeffs.clone().sum() * 0.0 + protos.clone().sum() * 0.0;
     }
     let device = coeffs.device();
-    let rows: Tensor<2> = coeffs.clone().swap_dims(1, 2).reshape([b * a_n, nm]);
+    let rows_of = |c: &Tensor<3>| -> Tensor<2> {
+        let nm = c.dims()[1];
+        c.clone().swap_dims(1, 2).reshape([b * a_n, nm])
+    };
+    let rows = rows_of(coeffs);
     let mut total: Option<Tensor<1>> = None;
     let mut k = 0;
     while k < n {
@@ -51,11 +84,20 @@ pub fn mask_loss(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, gt: &In
         let end = k + asg.fg_index[k..].iter().take_while(|&&f| f as usize / a_n == image).count();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(asg.fg_index[k..end].to_vec(), [end - k]), &device);
         let proto: Tensor<2> = protos.clone().narrow(0, image, 1).reshape([nm, mh * mw]);
-        let logits = rows.clone().select(0, idx).matmul(proto);
-        let (target, weight) = targets_and_weights(asg, k..end, &gt.ids[image * mh * mw..(image + 1) * mh * mw], (mh, mw));
+        let logits = rows.clone().select(0, idx.clone()).matmul(proto);
         let shape = [end - k, mh * mw];
-        let t = Tensor::<2>::from_data(TensorData::new(target, shape), &device);
-        let w = Tensor::<2>::from_data(TensorData::new(weight, shape), &device);
+        let t = match &target {
+            MaskTarget::Objects(gt) => {
+                let ids = &gt.ids[image * mh * mw..(image + 1) * mh * mw];
+                Tensor::<2>::from_data(TensorData::new(object_targets(asg, k..end, ids), shape), &device)
+            }
+            MaskTarget::Teacher(tc, tp) => {
+                let t_nm = tc.dims()[1];
+                let t_proto: Tensor<2> = (*tp).clone().narrow(0, image, 1).reshape([t_nm, mh * mw]);
+                burn::tensor::activation::sigmoid(rows_of(tc).select(0, idx).matmul(t_proto)).detach()
+            }
+        };
+        let w = Tensor::<2>::from_data(TensorData::new(box_weights(asg, k..end, (mh, mw)), shape), &device);
         let bce = logits.clone().clamp_min(0.0) - logits.clone() * t + logits.abs().neg().exp().log1p();
         let term = (bce * w).sum();
         total = Some(match total {
@@ -64,18 +106,25 @@ pub fn mask_loss(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, gt: &In
         });
         k = end;
     }
-    Ok(total.expect("at least one foreground anchor") / n as f32)
+    total.expect("at least one foreground anchor") / n as f32
 }
 
-/// Per foreground anchor `ks` of one image and pixel of its mask map `ids`: the target (1 on the
-/// assigned object) and the weight (1 / (pixels · the box's share of the image) inside the box,
-/// 0 outside).
-fn targets_and_weights(asg: &Assigned, ks: std::ops::Range<usize>, ids: &[u16], (mh, mw): (usize, usize)) -> (Vec<f32>, Vec<f32>) {
+/// Per foreground anchor `ks` of one image and pixel of its mask map `ids`: 1 on the assigned
+/// object, else 0.
+fn object_targets(asg: &Assigned, ks: std::ops::Range<usize>, ids: &[u16]) -> Vec<f32> {
+    ks.flat_map(|k| {
+        let id = (asg.fg_gt[k] + 1) as u16;
+        ids.iter().map(move |&v| if v == id { 1.0 } else { 0.0 })
+    })
+    .collect()
+}
+
+/// Per foreground anchor `ks` of one image and pixel: 1 / (pixels · the box's share of the
+/// image) inside its assigned box, 0 outside.
+fn box_weights(asg: &Assigned, ks: std::ops::Range<usize>, (mh, mw): (usize, usize)) -> Vec<f32> {
     let (img_h, img_w) = asg.img_hw;
-    let mut target = Vec::with_capacity(ks.len() * mh * mw);
     let mut weight = Vec::with_capacity(ks.len() * mh * mw);
     for k in ks {
-        let id = (asg.fg_gt[k] + 1) as u16;
         // the box in input pixels, then normalised, then in mask pixels
         let s = asg.fg_stride[k];
         let [x1, y1, x2, y2] = [0, 1, 2, 3].map(|j| asg.fg_target[4 * k + j] * s / if j % 2 == 0 { img_w } else { img_h });
@@ -85,10 +134,9 @@ fn targets_and_weights(asg: &Assigned, ks: std::ops::Range<usize>, ids: &[u16], 
         for r in 0..mh {
             let row_in = (r as f32) >= my1 && (r as f32) < my2;
             for c in 0..mw {
-                target.push(if ids[r * mw + c] == id { 1.0 } else { 0.0 });
                 weight.push(if row_in && (c as f32) >= mx1 && (c as f32) < mx2 { inside } else { 0.0 });
             }
         }
     }
-    (target, weight)
+    weight
 }

@@ -10,8 +10,6 @@ use plotters::style::RGBColor;
 use super::plot::{line_chart, Axes, Canvas, Series, Stroke, TAB10};
 use super::Results;
 
-/// The metric compared.
-const METRIC: &str = "metrics/mAP50-95(B)";
 
 /// One seed's pair of runs (their folders) and its gain.
 pub struct SeedPair<'a> {
@@ -32,7 +30,9 @@ fn shade(c: RGBColor, k: usize) -> RGBColor {
 pub fn write(path: &Path, pairs: &[SeedPair], mean_ci: (f64, f64)) -> Result<()> {
     let curve = |run: &Path| -> Vec<(f64, f64)> {
         let r = Results::load(&run.join("results.csv")).unwrap_or_default();
-        let (e, m) = (r.column("epoch").unwrap_or_default(), r.column(METRIC).unwrap_or_default());
+        // a segmentation run's mask mAP50-95, as compare judges it
+        let metric = format!("metrics/mAP50-95({})", r.judged_suffix());
+        let (e, m) = (r.column("epoch").unwrap_or_default(), r.column(&metric).unwrap_or_default());
         e.into_iter().zip(m).filter(|p| p.1.is_finite()).collect()
     };
     let mut runs = Vec::new();

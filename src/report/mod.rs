@@ -69,6 +69,26 @@ impl Results {
         Some(self.rows.iter().map(|r| r[i]).collect())
     }
 
+    /// The suffix of the metrics a run is judged by: a task's own when it logged them (`M`,
+    /// a segmentation run's masks), else the boxes' (`B`).
+    pub fn judged_suffix(&self) -> &'static str {
+        if self.columns.iter().any(|c| c == "metrics/mAP50-95(M)") {
+            "M"
+        } else {
+            "B"
+        }
+    }
+
+    /// The fitness `best` is chosen by, per epoch: the box mAP50-95, plus the masks' when
+    /// logged (Ultralytics 8.4.190's fitness for each task).
+    pub fn fitness(&self) -> Option<Vec<f64>> {
+        let boxes = self.column("metrics/mAP50-95(B)")?;
+        Some(match self.column("metrics/mAP50-95(M)") {
+            Some(masks) => boxes.iter().zip(masks).map(|(b, m)| b + m).collect(),
+            None => boxes,
+        })
+    }
+
     pub fn to_csv(&self) -> String {
         let mut s = self.columns.join(",");
         s.push('\n');
