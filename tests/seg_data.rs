@@ -213,4 +213,19 @@ fn a_segmentation_student_distils_from_a_segmentation_teacher() {
     let masks = plain.column("metrics/mAP50-95(M)").unwrap()[0];
     let row = table.lines().find(|l| l.starts_with("| 0 |")).unwrap();
     assert_eq!(row.split('|').nth(3).unwrap().trim(), format!("{masks:.4}"), "{table}");
+    // unlabeled images (half the labels): boxes from the teacher's pseudo-labels, masks from its
+    // mask probabilities (l_mask); the mask term keeps to the labeled images
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["train", "--model", "yolov8n-seg.yaml", "--data", data.to_str().unwrap(), "--imgsz", "64", "--batch", "4", "--epochs", "1"])
+        .args(["--teacher", teacher.to_str().unwrap(), "--distill", "none", "--logit", "ld", "--label-fraction", "0.5", "--pseudo-conf", "0.01"])
+        .args(["--val", "false", "--workers", "1", "--quiet", "--project", project.to_str().unwrap(), "--name", "u"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = yolodistill::report::Results::load(&project.join("u/results.csv")).unwrap();
+    for column in ["train/seg_loss", "train/l_mask"] {
+        let v = r.column(column).unwrap_or_else(|| panic!("no {column} in {:?}", r.columns))[0];
+        assert!(v.is_finite() && v > 0.0, "{column} = {v}");
+    }
+    assert!(r.column("metrics/mAP50-95(M)").is_some_and(|m| m[0].is_finite()), "validated with masks: {:?}", r.columns);
 }

@@ -207,6 +207,24 @@ impl Assigned {
     pub fn empty(img_hw: (f32, f32)) -> Assigned {
         Assigned { tss: 1.0, img_hw, ..Default::default() }
     }
+
+    /// The foreground anchors `keep` (positions in the fg lists) alone; the class targets and
+    /// their normaliser unchanged.
+    pub fn subset(&self, keep: &[usize]) -> Assigned {
+        let pick = |v: &[f32], w: usize| keep.iter().filter_map(|&k| v.get(k * w..(k + 1) * w)).flatten().copied().collect::<Vec<f32>>();
+        Assigned {
+            target_scores: self.target_scores.clone(),
+            tss: self.tss,
+            fg_index: keep.iter().map(|&k| self.fg_index[k]).collect(),
+            fg_target: pick(&self.fg_target, 4),
+            fg_anchor: pick(&self.fg_anchor, 2),
+            fg_stride: pick(&self.fg_stride, 1),
+            fg_weight: pick(&self.fg_weight, 1),
+            fg_class: keep.iter().filter_map(|&k| self.fg_class.get(k).copied()).collect(),
+            fg_gt: keep.iter().map(|&k| self.fg_gt[k]).collect(),
+            img_hw: self.img_hw,
+        }
+    }
 }
 
 /// Detection loss of raw head maps (`boxes` [B, 4·reg_max, A], `scores` [B, nc, A]).

@@ -39,14 +39,21 @@ enum MaskTarget<'a> {
 }
 
 /// The mask term (before its gain) of `coeffs` [B, nm, A] and `protos` [B, nm, h, w] for the
-/// targets of `asg`, whose masks are `gt`.
+/// targets of `asg`, whose masks are `gt`. `gt` may hold fewer images than the batch: the
+/// labeled images come first, and the foreground anchors of the others (pseudo-labeled
+/// unlabeled images, which have no masks) are left out of the term and of its count.
 pub fn mask_loss(coeffs: &Tensor<3>, protos: &Tensor<4>, asg: &Assigned, gt: &InstanceMasks) -> Result<Tensor<1>> {
-    let [b, _, _] = coeffs.dims();
+    let [b, _, a_n] = coeffs.dims();
     let [_, _, mh, mw] = protos.dims();
-    if gt.size != (mh, mw) || gt.ids.len() != b * mh * mw {
+    if gt.size != (mh, mw) || gt.ids.len() % (mh * mw) != 0 || gt.ids.len() > b * mh * mw {
         bail!("instance masks of {:?} for prototypes of {mh}×{mw} (mask_ratio must make them the prototypes' size)", gt.size);
     }
-    Ok(masked_bce(coeffs, protos, asg, MaskTarget::Objects(gt)))
+    let with_masks = gt.ids.len() / (mh * mw);
+    if asg.fg_index.iter().all(|&f| (f as usize) / a_n < with_masks) {
+        return Ok(masked_bce(coeffs, protos, asg, MaskTarget::Objects(gt)));
+    }
+    let keep: Vec<usize> = (0..asg.fg_index.len()).filter(|&k| (asg.fg_index[k] as usize) / a_n < with_masks).collect();
+    Ok(masked_bce(coeffs, protos, &asg.subset(&keep), MaskTarget::Objects(gt)))
 }
 
 /// Mask distillation: the mask term with the teacher's mask probabilities at each of the
@@ -139,4 +146,37 @@ fn box_weights(asg: &Assigned, ks: std::ops::Range<usize>, (mh, mw): (usize, usi
         }
     }
     weight
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// Images beyond the masks' (pseudo-labeled unlabeled images) leave the term as if their
+    /// foreground anchors were not there.
+    #[test]
+    fn anchors_of_images_without_masks_are_left_out() {
+        let device = Device::flex();
+        let (a_n, nm) = (4, 2);
+        let values = |n: usize, k: f32| (0..n).map(|i| (i as f32 * 0.37 + k).sin()).collect::<Vec<f32>>();
+        let coeffs = Tensor::<3>::from_data(TensorData::new(values(2 * nm * a_n, 0.1), [2, nm, a_n]), &device);
+        let protos = Tensor::<4>::from_data(TensorData::new(values(2 * nm * 16, 0.7), [2, nm, 4, 4]), &device);
+        let asg = Assigned {
+            fg_index: vec![1, 2, (a_n + 3) as i64],
+            fg_target: vec![0.0, 0.0, 2.0, 2.0, 1.0, 1.0, 4.0, 3.0, 0.0, 1.0, 3.0, 4.0],
+            fg_stride: vec![4.0; 3],
+            fg_gt: vec![0, 0, 0],
+            img_hw: (16.0, 16.0),
+            ..Default::default()
+        };
+        let one_image = InstanceMasks { size: (4, 4), ids: (0..16).map(|p| u16::from(p % 3 == 0)).collect() };
+        let got = mask_loss(&coeffs, &protos, &asg, &one_image).unwrap().into_scalar::<f32>();
+        let first = asg.subset(&[0, 1]);
+        let want = mask_loss(&coeffs.clone().narrow(0, 0, 1), &protos.clone().narrow(0, 0, 1), &first, &one_image).unwrap().into_scalar::<f32>();
+        assert!(got > 0.0 && (got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+        // more maps than images is an error
+        let three = InstanceMasks { size: (4, 4), ids: vec![0; 48] };
+        assert!(mask_loss(&coeffs, &protos, &asg, &three).is_err());
+    }
 }

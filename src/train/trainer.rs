@@ -154,9 +154,6 @@ impl Trainer {
         let task = crate::task::of(head);
         task.check_labels(&data.train).context("--data")?;
         task.check_labels(&data.val).context("--data")?;
-        if task.mask_ratio().is_some() && data.unlabeled.is_some() {
-            bail!("--unlabeled with a {} model: unlabeled images have no masks, and the mask loss cannot skip them yet", task.name());
-        }
         let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
         loss_cfg.gains = a.gains;
         loss_cfg.on_device = a.assign_on.on_device(&plain);
