@@ -10,7 +10,7 @@ use plotters::style::RGBColor;
 
 use crate::data::loader::Batch;
 use crate::infer::nms::Detection;
-use crate::pixels::draw::{draw_boxes, draw_text, LabeledBox};
+use crate::pixels::draw::{class_color, draw_boxes, draw_text, LabeledBox};
 
 /// Most images in one mosaic.
 const MAX_TILES: usize = 16;
@@ -27,6 +27,9 @@ pub struct Tile {
     pub boxes: Vec<Detection>,
     /// Predictions: labelled "name score"; labels: the name alone.
     pub scored: bool,
+    /// A segmentation batch's instance masks of this image, in overlap form: (h, w) and the
+    /// ids, id k + 1 being box k's object.
+    pub masks: Option<((usize, usize), Vec<u16>)>,
 }
 
 /// The first images of `batch` (network input, RGB 0–1) with their labels.
@@ -34,7 +37,12 @@ pub fn label_tiles(batch: &Batch) -> Vec<Tile> {
     (0..batch.shape[0].min(MAX_TILES))
         .map(|j| {
             let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| Detection { xyxy, conf: 1.0, cls, anchor: 0 }).collect();
-            Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes, scored: false }
+            // the labels of a segmentation batch are in its masks' object order
+            let masks = batch.masks.as_ref().filter(|_| j < batch.labeled).map(|m| {
+                let per = m.size.0 * m.size.1;
+                (m.size, m.ids[j * per..(j + 1) * per].to_vec())
+            });
+            Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes, scored: false, masks }
         })
         .collect()
 }
@@ -45,7 +53,7 @@ pub fn prediction_tiles(tiles: &[Tile], dets: &[Vec<Detection>]) -> Vec<Tile> {
     tiles
         .iter()
         .zip(dets)
-        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).copied().collect(), scored: true, ..t.clone() })
+        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).copied().collect(), scored: true, masks: None, ..t.clone() })
         .collect()
 }
 
@@ -99,6 +107,9 @@ pub fn mosaic(tiles: &[Tile], names: &[String]) -> RgbImage {
         let (x0, y0) = (w * (i as u32 / n), h * (i as u32 % n));
         let img = if scale < 1.0 { imageops::resize(&t.image, w, h, imageops::FilterType::Triangle) } else { t.image.clone() };
         imageops::replace(&mut out, &img, x0 as i64, y0 as i64);
+        if let Some(m) = &t.masks {
+            paint_masks(&mut out, (x0, y0, w, h), m, &t.boxes);
+        }
         let (sx, sy) = (w as f32 / w0 as f32, h as f32 / h0 as f32);
         let boxes: Vec<LabeledBox> = t
             .boxes
@@ -116,6 +127,24 @@ pub fn mosaic(tiles: &[Tile], names: &[String]) -> RgbImage {
         draw_boxes(&mut out, &boxes, lw, font_px);
     }
     out
+}
+
+/// Each object's mask over its tile, as Ultralytics' `plot_images` paints it: 40% of the image
+/// and 60% of the class colour, the mask read at the nearest of its pixels.
+fn paint_masks(img: &mut RgbImage, (x0, y0, w, h): (u32, u32, u32, u32), ((mh, mw), ids): &((usize, usize), Vec<u16>), boxes: &[Detection]) {
+    for y in 0..h {
+        let my = (y as usize * mh / h as usize).min(mh - 1);
+        for x in 0..w {
+            let mx = (x as usize * mw / w as usize).min(mw - 1);
+            let id = ids[my * mw + mx] as usize;
+            let Some(b) = (id > 0).then(|| boxes.get(id - 1)).flatten() else { continue };
+            let c = class_color(b.cls);
+            let p = img.get_pixel_mut(x0 + x, y0 + y);
+            for (v, k) in p.0.iter_mut().zip([c.0, c.1, c.2]) {
+                *v = (*v as f32 * 0.4 + k as f32 * 0.6) as u8;
+            }
+        }
+    }
 }
 
 /// A white frame 2 pixels wide around a tile.
@@ -178,5 +207,21 @@ mod tests {
         let tiles = prediction_tiles(&label_tiles(&b), &[vec![d(0.9), d(0.2)], vec![]]);
         assert_eq!(tiles[0].boxes, [d(0.9)]);
         assert!(tiles[0].scored && tiles[1].boxes.is_empty());
+    }
+
+    #[test]
+    fn segmentation_labels_paint_their_masks() {
+        // image 0's first label (class 0) covers the top-left quarter of a 2×2 mask map
+        let mut b = batch(1, 64);
+        b.batch_idx = vec![0];
+        b.cls = vec![0];
+        b.bboxes = vec![[0.25, 0.25, 0.5, 0.5]];
+        b.masks = Some(crate::loss::segment::InstanceMasks { size: (2, 2), ids: vec![1, 0, 0, 0] });
+        let tiles = label_tiles(&b);
+        let m = mosaic(&tiles, &["a".into()]);
+        let c = class_color(0);
+        let painted = |v: u8, k: u8| (v as f32 * 0.4 + k as f32 * 0.6) as u8;
+        assert_eq!(m.get_pixel(20, 20).0, [painted(127, c.0), painted(127, c.1), painted(127, c.2)]);
+        assert_eq!(m.get_pixel(50, 50).0, [127, 127, 127], "outside the mask");
     }
 }
