@@ -501,7 +501,7 @@ fn val_refuses_non_finite_outputs() {
     assert!(!json.exists());
 }
 
-/// Segmentation models load, teach, validate and (v8/11/12) train, but the commands that do not
+/// Segmentation models load, teach, validate, predict and (v8/11/12) train, but the commands that do not
 /// handle them yet refuse them by name rather than treating them as detectors, and a segmentation
 /// run or validation on box labels names the label file.
 #[test]
@@ -511,17 +511,11 @@ fn segmentation_models_are_refused_where_not_handled_yet() {
     let data = common::bccd_subset(&shared, &dir, 4);
     let seg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8t-seg.pt");
     let (data, seg) = (data.to_str().unwrap(), seg.to_str().unwrap());
-    let images = shared.join("data/bccd/images/val");
     let project = dir.join("runs");
     let project = project.to_str().unwrap();
-    let cases: [(&str, Vec<&str>, &str); 2] = [
-        ("train", vec!["train", "--model", "yolo26n-seg.yaml", "--data", data, "--epochs", "1", "--project", project], "YOLO26 segmentation models"),
-        ("predict", vec!["predict", "--model", seg, "--source", images.to_str().unwrap(), "--save-dir", project], "segmentation models yet"),
-    ];
-    for (command, args, what) in cases {
-        let out = bin().args(&args).output().unwrap();
-        refused(&out, command, &["is a segmentation model", &format!("`{command}` does not handle"), what]);
-    }
+    // YOLO26's segmentation loss is not written: its training is refused, naming the model
+    let out = bin().args(["train", "--model", "yolo26n-seg.yaml", "--data", data, "--epochs", "1", "--project", project]).output().unwrap();
+    refused(&out, "train", &["is a segmentation model", "`train` does not handle", "YOLO26 segmentation models"]);
     // BCCD's labels are boxes: validating a segmentation model on them names the first label file
     let out = bin().args(["val", "--model", seg, "--data", data, "--plots", "false"]).output().unwrap();
     refused(&out, "seg val on boxes", &["BloodImage_0000", "a box label in a segmentation dataset"]);
