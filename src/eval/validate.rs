@@ -12,6 +12,7 @@ use super::confusion::ConfusionMatrix;
 use super::metrics::{Curves, Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::data::loader::{Batch, ValLoader};
 use crate::infer::nms::{detection_rows, detections_from_rows, end2end_topk, postprocess, Detection, NmsConfig};
+use crate::loss::segment::InstanceMasks;
 use crate::loss::{LossConfig, Targets};
 use crate::model::DetectionModel;
 
@@ -88,17 +89,18 @@ pub fn validate(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig)
 
 /// As [`validate`], with network inputs dumped or outputs read from files.
 pub fn validate_with(model: &DetectionModel, loader: &ValLoader, nms_cfg: &NmsConfig, exchange: Option<&Exchange>) -> Result<ValResult> {
-    validate_full(model, loader, nms_cfg, exchange, &mut |_, _, _| {})
+    validate_full(model, loader, nms_cfg, exchange, &mut |_, _, _, _| {})
 }
 
-/// As [`validate_with`]; `on_batch(k, batch, detections)` sees every batch with its detections
-/// (input pixels), e.g. to draw the first ones.
+/// As [`validate_with`]; `on_batch(k, batch, detections, masks)` sees every batch with its
+/// detections (input pixels) and a segmentation model's detection masks (overlap form per
+/// image; empty otherwise), e.g. to draw the first ones.
 pub fn validate_full(
     model: &DetectionModel,
     loader: &ValLoader,
     nms_cfg: &NmsConfig,
     exchange: Option<&Exchange>,
-    on_batch: &mut dyn FnMut(usize, &Batch, &[Vec<Detection>]),
+    on_batch: &mut dyn FnMut(usize, &Batch, &[Vec<Detection>], &[InstanceMasks]),
 ) -> Result<ValResult> {
     let device = crate::default_device();
     let nc = model.nc();
@@ -127,6 +129,8 @@ pub fn validate_full(
         let [b, c, h, w] = batch.shape;
         let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
         let t0 = std::time::Instant::now();
+        // a task's detection masks, for pictures (none for boxes alone)
+        let mut drawn: Vec<InstanceMasks> = Vec::new();
         let found_per_image = if let Some(Exchange::ReadOutputs(dir)) = exchange {
             let data = read_outputs(&dir.join(format!("output_{n_batches}.npy")), b, nc, end2end)?;
             if end2end {
@@ -151,12 +155,12 @@ pub fn validate_full(
             }
             let found = per_image(&host, b);
             if let Some(tm) = task_metrics.as_mut() {
-                tm.add_batch(&out, &batch, &found);
+                drawn = tm.add_batch(&out, &batch, &found);
             }
             found
         };
         forward_s += t0.elapsed().as_secs_f64();
-        on_batch(n_batches, &batch, &found_per_image);
+        on_batch(n_batches, &batch, &found_per_image, &drawn);
         n_batches += 1;
         for (j, found) in found_per_image.into_iter().enumerate() {
             let gt = batch.labels_xyxy(j);

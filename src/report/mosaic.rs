@@ -10,6 +10,7 @@ use plotters::style::RGBColor;
 
 use crate::data::loader::Batch;
 use crate::infer::nms::Detection;
+use crate::loss::segment::InstanceMasks;
 use crate::pixels::draw::{class_color, draw_boxes, draw_text, LabeledBox};
 
 /// Most images in one mosaic.
@@ -27,9 +28,9 @@ pub struct Tile {
     pub boxes: Vec<Detection>,
     /// Predictions: labelled "name score"; labels: the name alone.
     pub scored: bool,
-    /// A segmentation batch's instance masks of this image, in overlap form: (h, w) and the
-    /// ids, id k + 1 being box k's object.
-    pub masks: Option<((usize, usize), Vec<u16>)>,
+    /// A segmentation batch's instance masks of this image, in overlap form (one image): id
+    /// k + 1 is box k's object.
+    pub masks: Option<InstanceMasks>,
 }
 
 /// The first images of `batch` (network input, RGB 0–1) with their labels.
@@ -38,22 +39,32 @@ pub fn label_tiles(batch: &Batch) -> Vec<Tile> {
         .map(|j| {
             let boxes = batch.labels_xyxy(j).into_iter().map(|(xyxy, cls)| Detection { xyxy, conf: 1.0, cls, anchor: 0 }).collect();
             // the labels of a segmentation batch are in its masks' object order
-            let masks = batch.masks.as_ref().filter(|_| j < batch.labeled).map(|m| {
-                let per = m.size.0 * m.size.1;
-                (m.size, m.ids[j * per..(j + 1) * per].to_vec())
-            });
+            let masks = batch.masks.as_ref().filter(|_| j < batch.labeled).map(|m| m.images(std::iter::once(j)));
             Tile { image: image_of(batch, j), path: batch.paths.get(j).cloned().unwrap_or_default(), boxes, scored: false, masks }
         })
         .collect()
 }
 
-/// `tiles` with detections (input pixels) instead of labels; only those scoring above
-/// [`DRAW_CONF`] are kept.
-pub fn prediction_tiles(tiles: &[Tile], dets: &[Vec<Detection>]) -> Vec<Tile> {
+/// `tiles` with detections (input pixels) instead of labels, and a segmentation model's
+/// detection masks (`masks`, per image; empty for boxes alone); only detections scoring above
+/// [`DRAW_CONF`] are kept, with their masks.
+pub fn prediction_tiles(tiles: &[Tile], dets: &[Vec<Detection>], masks: &[InstanceMasks]) -> Vec<Tile> {
     tiles
         .iter()
         .zip(dets)
-        .map(|(t, d)| Tile { boxes: d.iter().filter(|d| d.conf > DRAW_CONF).copied().collect(), scored: true, masks: None, ..t.clone() })
+        .enumerate()
+        .map(|(j, (t, d))| {
+            let kept: Vec<usize> = (0..d.len()).filter(|&k| d[k].conf > DRAW_CONF).collect();
+            // ids renumbered to the kept detections; the others' pixels cleared
+            let masks = masks.get(j).map(|m| {
+                let mut new_id = vec![0u16; d.len() + 1];
+                for (n, &k) in kept.iter().enumerate() {
+                    new_id[k + 1] = (n + 1) as u16;
+                }
+                InstanceMasks { size: m.size, ids: m.ids.iter().map(|&v| new_id.get(v as usize).copied().unwrap_or(0)).collect() }
+            });
+            Tile { boxes: kept.iter().map(|&k| d[k]).collect(), scored: true, masks, ..t.clone() }
+        })
         .collect()
 }
 
@@ -68,11 +79,11 @@ pub struct ValBatch {
 
 impl ValBatch {
     /// A validation callback keeping the first [`VAL_BATCHES`] batches into `kept`.
-    pub fn keeper(kept: &mut Vec<ValBatch>) -> impl FnMut(usize, &Batch, &[Vec<Detection>]) + '_ {
-        move |i, batch, dets| {
+    pub fn keeper(kept: &mut Vec<ValBatch>) -> impl FnMut(usize, &Batch, &[Vec<Detection>], &[InstanceMasks]) + '_ {
+        move |i, batch, dets, masks| {
             if i < VAL_BATCHES {
                 let labels = label_tiles(batch);
-                kept.push(ValBatch { predictions: prediction_tiles(&labels, dets), labels });
+                kept.push(ValBatch { predictions: prediction_tiles(&labels, dets, masks), labels });
             }
         }
     }
@@ -131,7 +142,8 @@ pub fn mosaic(tiles: &[Tile], names: &[String]) -> RgbImage {
 
 /// Each object's mask over its tile, as Ultralytics' `plot_images` paints it: 40% of the image
 /// and 60% of the class colour, the mask read at the nearest of its pixels.
-fn paint_masks(img: &mut RgbImage, (x0, y0, w, h): (u32, u32, u32, u32), ((mh, mw), ids): &((usize, usize), Vec<u16>), boxes: &[Detection]) {
+fn paint_masks(img: &mut RgbImage, (x0, y0, w, h): (u32, u32, u32, u32), masks: &InstanceMasks, boxes: &[Detection]) {
+    let ((mh, mw), ids) = (masks.size, &masks.ids);
     for y in 0..h {
         let my = (y as usize * mh / h as usize).min(mh - 1);
         for x in 0..w {
@@ -204,9 +216,14 @@ mod tests {
     fn predictions_below_the_drawing_threshold_are_left_out() {
         let b = batch(2, 64);
         let d = |conf| Detection { xyxy: [1.0, 1.0, 20.0, 20.0], conf, cls: 0, anchor: 0 };
-        let tiles = prediction_tiles(&label_tiles(&b), &[vec![d(0.9), d(0.2)], vec![]]);
+        let tiles = prediction_tiles(&label_tiles(&b), &[vec![d(0.9), d(0.2)], vec![]], &[]);
         assert_eq!(tiles[0].boxes, [d(0.9)]);
         assert!(tiles[0].scored && tiles[1].boxes.is_empty());
+        // with masks: the kept detection's pixels renumbered, the dropped one's cleared
+        let masks = [InstanceMasks { size: (1, 3), ids: vec![0, 1, 2] }, InstanceMasks { size: (1, 3), ids: vec![0; 3] }];
+        let low_first = [vec![d(0.2), d(0.9)], vec![]];
+        let tiles = prediction_tiles(&label_tiles(&b), &low_first, &masks);
+        assert_eq!(tiles[0].masks.as_ref().unwrap().ids, [0, 0, 1]);
     }
 
     #[test]
@@ -216,7 +233,7 @@ mod tests {
         b.batch_idx = vec![0];
         b.cls = vec![0];
         b.bboxes = vec![[0.25, 0.25, 0.5, 0.5]];
-        b.masks = Some(crate::loss::segment::InstanceMasks { size: (2, 2), ids: vec![1, 0, 0, 0] });
+        b.masks = Some(InstanceMasks { size: (2, 2), ids: vec![1, 0, 0, 0] });
         let tiles = label_tiles(&b);
         let m = mosaic(&tiles, &["a".into()]);
         let c = class_color(0);

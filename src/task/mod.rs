@@ -70,8 +70,10 @@ pub trait TaskMetrics {
     fn pictures(&self) -> &'static str;
 
     /// One validation batch: the head's outputs, the batch (labels in its masks' object order)
-    /// and each image's detections, in input pixels.
-    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]);
+    /// and each image's detections, in input pixels. Returns each image's detection masks for
+    /// pictures, in overlap form (detection k's pixels hold k + 1; where several cover a pixel,
+    /// the first, best-scoring one).
+    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks>;
 
     /// The metrics and curves over every batch added.
     fn compute(&self) -> (DetMetrics, Curves);

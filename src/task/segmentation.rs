@@ -94,6 +94,18 @@ impl Task for InstanceSegmentation {
     }
 }
 
+/// Pixel lists (detection k's, best first) as one overlap-form map of `size`: k + 1 where
+/// detection k is the best-scoring one to cover the pixel.
+fn overlap_form(masks: &[Vec<u32>], size: (usize, usize)) -> InstanceMasks {
+    let mut ids = vec![0u16; size.0 * size.1];
+    for (k, pixels) in masks.iter().enumerate().rev() {
+        for &p in pixels {
+            ids[p as usize] = (k + 1).min(u16::MAX as usize) as u16;
+        }
+    }
+    InstanceMasks { size, ids }
+}
+
 /// Mask metrics: each detection's mask against its image's labels' masks, at the prototypes' size.
 struct MaskMetrics {
     acc: MetricsAccumulator,
@@ -108,7 +120,7 @@ impl TaskMetrics for MaskMetrics {
         "Mask"
     }
 
-    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) {
+    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks> {
         let maps = head.masks.as_ref().expect("a segmentation head gives mask coefficients and prototypes");
         let labels = batch.masks.as_ref().expect("segmentation validation batches carry instance masks (ValLoader::with_masks)");
         // an end-to-end head's detections come from its one-to-one branch, with its own coefficients
@@ -118,6 +130,7 @@ impl TaskMetrics for MaskMetrics {
         let coeffs = crate::device::read_back(coeffs.clone());
         let protos = crate::device::read_back(maps.protos.clone().flatten::<3>(2, 3));
         let ratio = batch.shape[3] as f32 / mw as f32;
+        let mut drawn = Vec::with_capacity(found.len());
         for (j, dets) in found.iter().enumerate() {
             let inputs = MaskInputs {
                 coeffs: &coeffs[j * nm * a_n..(j + 1) * nm * a_n],
@@ -128,13 +141,28 @@ impl TaskMetrics for MaskMetrics {
             };
             let gt = batch.labels_xyxy(j);
             let ids = &labels.ids[j * mh * mw..(j + 1) * mh * mw];
-            let ious = mask_ious(&predicted_masks(&inputs, dets), ids, gt.len());
+            let masks = predicted_masks(&inputs, dets);
+            let ious = mask_ious(&masks, ids, gt.len());
             let img = ImageEval { gt, dets: dets.iter().map(|d| Det { xyxy: d.xyxy, conf: d.conf, cls: d.cls }).collect() };
             self.acc.add_with_ious(&img, &ious);
+            drawn.push(overlap_form(&masks, (mh, mw)));
         }
+        drawn
     }
 
     fn compute(&self) -> (DetMetrics, Curves) {
         self.acc.compute_with_curves()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_detection_keeps_the_pixels_it_shares() {
+        // detection 0 (best) and 1 both cover pixel 1; only 1 covers pixel 2
+        let m = overlap_form(&[vec![0, 1], vec![1, 2]], (1, 4));
+        assert_eq!(m.ids, [1, 1, 2, 0]);
     }
 }
