@@ -152,3 +152,70 @@ fn segmentation_val_matches_ultralytics() {
         assert!((a - b).abs() <= 1e-5, "{name}: mask AP50-95 ours {a} vs Ultralytics {b}");
     }
 }
+
+/// `val --outputs-from` reads an exported segmentation graph's two outputs (output0: boxes,
+/// scores, then the mask coefficients; output1: the prototypes) and scores boxes and masks as
+/// `val` does. The outputs here are our own forward, written as the graph lays them out, so the
+/// check needs no onnxruntime (`scripts/check_onnx_map.py` runs the exported graph itself).
+#[test]
+fn segmentation_val_reads_an_exported_graphs_outputs() {
+    use burn::tensor::{Tensor, TensorData};
+    use yolodistill::weights::npy::{read_f32, write_f32};
+    let Some(shared) = common::shared() else { return };
+    let dir = common::temp_dir("seg-outputs-from");
+    let mut files: Vec<String> = std::fs::read_dir(shared.join("data/garbage/images/val")).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
+    files.sort();
+    std::fs::write(dir.join("list.txt"), files[..12].join("\n")).unwrap();
+    let data = dir.join("data.yaml");
+    std::fs::write(&data, format!("path: {}\ntrain: list.txt\nval: list.txt\nnames: [biological, cardboard, glass, metal, paper, plastic]\n", dir.display())).unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/yolov8n-seg_garbage.pt");
+    let exchange = dir.join("x");
+    std::fs::create_dir_all(&exchange).unwrap();
+    let val = |extra: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+            .args(["val", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--imgsz", "160", "--batch", "8", "--json", "--plots", "false"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap()
+    };
+    let ours = val(&["--dump-inputs", exchange.to_str().unwrap()]);
+    let device = yolodistill::default_device();
+    let mut m = yolodistill::model::load(model.to_str().unwrap(), None, &device).unwrap().model;
+    m.fuse();
+    let mut k = 0;
+    while exchange.join(format!("input_{k}.npy")).exists() {
+        let (shape, input) = read_f32(&exchange.join(format!("input_{k}.npy"))).unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new(input, shape.clone()), &device);
+        let out = m.forward_taps(x, &[], false).head;
+        let decoded = m.head().decode(&out).try_into_vec_as::<f32>().unwrap();
+        let maps = out.masks.unwrap();
+        let [b, nm, a_n] = maps.coeffs.dims();
+        let coeffs = maps.coeffs.try_into_vec_as::<f32>().unwrap();
+        let rows = decoded.len() / (b * a_n);
+        let output0: Vec<f32> = (0..b).flat_map(|j| decoded[j * rows * a_n..(j + 1) * rows * a_n].iter().chain(&coeffs[j * nm * a_n..(j + 1) * nm * a_n]).copied().collect::<Vec<_>>()).collect();
+        write_f32(&exchange.join(format!("output_{k}.npy")), &[b, rows + nm, a_n], &output0).unwrap();
+        let protos_shape = maps.protos.dims().to_vec();
+        write_f32(&exchange.join(format!("output1_{k}.npy")), &protos_shape, &maps.protos.try_into_vec_as::<f32>().unwrap()).unwrap();
+        k += 1;
+    }
+    assert!(k >= 2, "{k} batches");
+    let theirs = val(&["--outputs-from", exchange.to_str().unwrap()]);
+    for key in ["mAP50", "mAP50-95"] {
+        for (what, a, b) in [("boxes", &ours[key], &theirs[key]), ("masks", &ours["masks"][key], &theirs["masks"][key])] {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-6, "{what} {key}: val {a} vs the graph's outputs {b}");
+        }
+    }
+    assert!(ours["masks"]["mAP50"].as_f64().unwrap() > 0.0, "some mask is found: {ours}");
+    // a graph without its prototypes is refused, naming the file
+    std::fs::remove_file(exchange.join("output1_0.npy")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["val", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--imgsz", "160", "--batch", "8", "--plots", "false"])
+        .args(["--outputs-from", exchange.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("output1_0.npy"), "{err}");
+}

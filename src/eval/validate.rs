@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::{Tensor, TensorData};
 
 use super::coco::{self, CocoDet, CocoGt, CocoStats};
@@ -111,9 +111,6 @@ pub fn validate_full(
     let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
     loss_cfg.task = task;
     let mut task_metrics = task.metrics(nc);
-    if task_metrics.is_some() && exchange.is_some() {
-        anyhow::bail!("a {} model's exported graph cannot be validated yet (its masks are not read back)", task.name());
-    }
     let mut acc = MetricsAccumulator::new(nc);
     let mut confusion = ConfusionMatrix::new(nc);
     let (mut gts, mut dets) = (Vec::new(), Vec::new());
@@ -129,15 +126,17 @@ pub fn validate_full(
         let [b, c, h, w] = batch.shape;
         let x = Tensor::<4>::from_data(TensorData::new(batch.images.clone(), [b, c, h, w]), &device);
         let t0 = std::time::Instant::now();
-        // a task's detection masks, for pictures (none for boxes alone)
-        let mut drawn: Vec<InstanceMasks> = Vec::new();
+        // what the task's metrics read beside the boxes (none for boxes alone)
+        let mut metric_inputs = Vec::new();
         let found_per_image = if let Some(Exchange::ReadOutputs(dir)) = exchange {
-            let data = read_outputs(&dir.join(format!("output_{n_batches}.npy")), b, nc, end2end)?;
             if end2end {
+                let data = read_outputs(&dir.join(format!("output_{n_batches}.npy")), b)?;
                 let per = data.len() / b;
                 (0..b).map(|j| detections_from_rows(&data[j * per..(j + 1) * per], nms_cfg)).collect()
             } else {
-                per_image(&data, b)
+                let (decoded, inputs) = read_exported(dir, n_batches, b, nc, task)?;
+                metric_inputs = inputs;
+                per_image(&decoded.data, b)
             }
         } else {
             if let Some(Exchange::DumpInputs(dir)) = exchange {
@@ -153,12 +152,13 @@ pub fn validate_full(
             for (sum, l) in loss_sum.iter_mut().zip(task.val_loss(&loss_cfg, &out, &targets, batch.masks.as_ref())) {
                 *sum += l as f64;
             }
-            let found = per_image(&host, b);
-            if let Some(tm) = task_metrics.as_mut() {
-                drawn = tm.add_batch(&out, &batch, &found);
+            if task_metrics.is_some() {
+                metric_inputs = task.metric_inputs(&out);
             }
-            found
+            per_image(&host, b)
         };
+        // a task's detection masks, for pictures (none for boxes alone)
+        let drawn = task_metrics.as_mut().map(|tm| tm.add_batch(&metric_inputs, &batch, &found_per_image)).unwrap_or_default();
         forward_s += t0.elapsed().as_secs_f64();
         on_batch(n_batches, &batch, &found_per_image, &drawn);
         n_batches += 1;
@@ -220,21 +220,42 @@ pub fn validate_full(
     })
 }
 
-/// An exported graph's output for a batch of `b`: end-to-end detection rows [b, k, 6], or the
-/// decoded head [b, 4 + nc, A]; a file of another shape is an error naming it.
-fn read_outputs(p: &Path, b: usize, nc: usize, end2end: bool) -> Result<Vec<f32>> {
-    let (shape, data) = crate::weights::npy::read_f32(p)?;
-    let want = if end2end { shape.len() == 3 && shape[0] == b && shape[2] == 6 } else { shape.len() == 3 && shape[0] == b && shape[1] == 4 + nc };
-    if !want {
-        let expected = if end2end { format!("end-to-end detections [{b}, k, 6]") } else { format!("[{b}, {}, A]", 4 + nc) };
-        anyhow::bail!("{}: shape {shape:?}, expected {expected}", p.display());
+/// An end-to-end graph's detection rows for a batch of `b`: [b, k, 6]; a file of another shape
+/// is an error naming it.
+fn read_outputs(p: &Path, b: usize) -> Result<Vec<f32>> {
+    let (shape, data) = read_finite(p)?;
+    if !(shape.len() == 3 && shape[0] == b && shape[2] == 6) {
+        anyhow::bail!("{}: shape {shape:?}, expected end-to-end detections [{b}, k, 6]", p.display());
     }
+    Ok(data)
+}
+
+/// An .npy file of finite values (its shape and data).
+fn read_finite(p: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let (shape, data) = crate::weights::npy::read_f32(p)?;
     // NaN would rank as no detection in mAP but as a detection in the COCO AP and the JSON.
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         let n = data.iter().filter(|v| !v.is_finite()).count();
         anyhow::bail!("{}: {n} values are not finite (NaN or infinity), the first at flat index {i}: the model gave broken outputs", p.display());
     }
-    Ok(data)
+    Ok((shape, data))
+}
+
+/// Batch `k`'s outputs of an exported graph (`output_<k>.npy`, then `output1_<k>.npy`, … as
+/// many as the task's graph has), as the decoded boxes and scores of `b` images and the task's
+/// metric inputs.
+fn read_exported(dir: &Path, k: usize, b: usize, nc: usize, task: &dyn crate::task::Task) -> Result<(crate::weights::HostTensor, Vec<crate::weights::HostTensor>)> {
+    let mut outputs = Vec::new();
+    for i in 0..task.exported_outputs() {
+        let p = dir.join(if i == 0 { format!("output_{k}.npy") } else { format!("output{i}_{k}.npy") });
+        let (shape, data) = read_finite(&p)?;
+        outputs.push(crate::weights::HostTensor::new(shape, data));
+    }
+    let (decoded, inputs) = task.split_exported(nc, outputs).with_context(|| format!("{}: the outputs of batch {k}", dir.display()))?;
+    if decoded.shape[0] != b {
+        anyhow::bail!("{}: output_{k}.npy holds {} images, the batch {b}", dir.display(), decoded.shape[0]);
+    }
+    Ok((decoded, inputs))
 }
 
 /// Our decoded output as an exported graph gives it: [B, 4 + nc, A], or an end-to-end

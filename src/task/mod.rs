@@ -15,6 +15,7 @@ use crate::infer::nms::Detection;
 use crate::loss::segment::InstanceMasks;
 use crate::loss::{detection_loss, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::{Detect, HeadOutput};
+use crate::weights::HostTensor;
 
 pub use detection::ObjectDetection;
 pub use segmentation::InstanceSegmentation;
@@ -58,6 +59,27 @@ pub trait Task: Sync + std::fmt::Debug {
     fn metrics(&self, _nc: usize) -> Option<Box<dyn TaskMetrics>> {
         None
     }
+
+    /// What the task's metrics read from a batch's head outputs, on the host (see
+    /// [`TaskMetrics::add_batch`]).
+    fn metric_inputs(&self, _head: &HeadOutput) -> Vec<HostTensor> {
+        Vec::new()
+    }
+
+    /// How many outputs an exported graph of this task has (`output0`, `output1`, …).
+    fn exported_outputs(&self) -> usize {
+        1
+    }
+
+    /// An exported graph's outputs, read back, as the decoded boxes and scores [B, 4 + nc, A]
+    /// and the metric inputs (as [`Task::metric_inputs`] gives them).
+    fn split_exported(&self, nc: usize, mut outputs: Vec<HostTensor>) -> Result<(HostTensor, Vec<HostTensor>)> {
+        match outputs.pop() {
+            Some(out) if outputs.is_empty() && out.shape.len() == 3 && out.shape[1] == 4 + nc => Ok((out, Vec::new())),
+            Some(out) => anyhow::bail!("output0 of shape {:?}: expected [B, {}, A]", out.shape, 4 + nc),
+            None => anyhow::bail!("no output0"),
+        }
+    }
 }
 
 /// A task's validation metrics beside the boxes' (a segmentation task's masks), with the same
@@ -69,11 +91,12 @@ pub trait TaskMetrics {
     /// The first word of their pictures' names (`Mask` in `MaskPR_curve.png`).
     fn pictures(&self) -> &'static str;
 
-    /// One validation batch: the head's outputs, the batch (labels in its masks' object order)
-    /// and each image's detections, in input pixels. Returns each image's detection masks for
+    /// One validation batch: the task's metric inputs ([`Task::metric_inputs`], or an exported
+    /// graph's), the batch (labels in its masks' object order) and each image's detections, in
+    /// input pixels. Returns each image's detection masks for
     /// pictures, in overlap form (detection k's pixels hold k + 1; where several cover a pixel,
     /// the first, best-scoring one).
-    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks>;
+    fn add_batch(&mut self, inputs: &[HostTensor], batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks>;
 
     /// The metrics and curves over every batch added.
     fn compute(&self) -> (DetMetrics, Curves);

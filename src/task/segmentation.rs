@@ -14,6 +14,7 @@ use crate::infer::nms::Detection;
 use crate::loss::segment::{mask_loss, InstanceMasks};
 use crate::loss::{model_loss, Assignment, LossConfig, LossOutput, Targets};
 use crate::model::layers::head::{Detect, HeadOutput};
+use crate::weights::HostTensor;
 
 /// Ultralytics' `mask_ratio`: instance masks at the prototypes' size, a quarter of the input's.
 pub const MASK_RATIO: usize = 4;
@@ -92,6 +93,38 @@ impl Task for InstanceSegmentation {
     fn metrics(&self, nc: usize) -> Option<Box<dyn TaskMetrics>> {
         Some(Box::new(MaskMetrics { acc: MetricsAccumulator::new(nc) }))
     }
+
+    /// The mask coefficients of the branch that detected [B, nm, A] (an end-to-end head's
+    /// one-to-one branch has its own) and the prototypes [B, nm, h, w].
+    fn metric_inputs(&self, head: &HeadOutput) -> Vec<HostTensor> {
+        let maps = head.masks.as_ref().expect("a segmentation head gives mask coefficients and prototypes");
+        let coeffs = if head.one2one.is_some() { maps.coeffs_one2one.as_ref().unwrap_or(&maps.coeffs) } else { &maps.coeffs };
+        let host = |shape: &[usize], data| HostTensor::new(shape.to_vec(), data);
+        vec![host(&coeffs.dims(), crate::device::read_back(coeffs.clone())), host(&maps.protos.dims(), crate::device::read_back(maps.protos.clone()))]
+    }
+
+    /// Ultralytics' segmentation graph: output0 [B, 4 + nc + nm, A] (the coefficients after the
+    /// scores) and output1, the prototypes.
+    fn split_exported(&self, nc: usize, mut outputs: Vec<HostTensor>) -> Result<(HostTensor, Vec<HostTensor>)> {
+        let (Some(protos), Some(out0)) = (outputs.pop().filter(|_| outputs.len() == 1), outputs.pop()) else {
+            bail!("a segmentation graph has two outputs (detections with mask coefficients, prototypes)");
+        };
+        let (&[b, rows, a_n], &[pb, nm, _, _]) = (out0.shape.as_slice(), protos.shape.as_slice()) else {
+            bail!("output0 of shape {:?} and output1 of shape {:?}: expected [B, 4 + nc + nm, A] and [B, nm, h, w]", out0.shape, protos.shape);
+        };
+        if rows != 4 + nc + nm || pb != b {
+            bail!("output0 has {rows} rows for {nc} classes and {nm} prototypes (expected {}), output1 {pb} images for {b}", 4 + nc + nm);
+        }
+        let per = rows * a_n;
+        let part = |from: usize, n: usize| out0.data.chunks(per).flat_map(|img| img[from * a_n..(from + n) * a_n].iter().copied()).collect::<Vec<f32>>();
+        let decoded = HostTensor::new(vec![b, 4 + nc, a_n], part(0, 4 + nc));
+        let coeffs = HostTensor::new(vec![b, nm, a_n], part(4 + nc, nm));
+        Ok((decoded, vec![coeffs, protos]))
+    }
+
+    fn exported_outputs(&self) -> usize {
+        2
+    }
 }
 
 /// Pixel lists (detection k's, best first) as one overlap-form map of `size`: k + 1 where
@@ -120,15 +153,11 @@ impl TaskMetrics for MaskMetrics {
         "Mask"
     }
 
-    fn add_batch(&mut self, head: &HeadOutput, batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks> {
-        let maps = head.masks.as_ref().expect("a segmentation head gives mask coefficients and prototypes");
+    fn add_batch(&mut self, inputs: &[HostTensor], batch: &Batch, found: &[Vec<Detection>]) -> Vec<InstanceMasks> {
+        let [coeffs, protos] = inputs else { panic!("mask metrics read the mask coefficients and the prototypes (InstanceSegmentation::metric_inputs)") };
         let labels = batch.masks.as_ref().expect("segmentation validation batches carry instance masks (ValLoader::with_masks)");
-        // an end-to-end head's detections come from its one-to-one branch, with its own coefficients
-        let coeffs = if head.one2one.is_some() { maps.coeffs_one2one.as_ref().unwrap_or(&maps.coeffs) } else { &maps.coeffs };
-        let [_, nm, a_n] = coeffs.dims();
-        let [_, _, mh, mw] = maps.protos.dims();
-        let coeffs = crate::device::read_back(coeffs.clone());
-        let protos = crate::device::read_back(maps.protos.clone().flatten::<3>(2, 3));
+        let (&[_, nm, a_n], &[_, _, mh, mw]) = (coeffs.shape.as_slice(), protos.shape.as_slice()) else { panic!("coefficients [B, nm, A], prototypes [B, nm, h, w]") };
+        let (coeffs, protos) = (&coeffs.data, &protos.data);
         let ratio = batch.shape[3] as f32 / mw as f32;
         let mut drawn = Vec::with_capacity(found.len());
         for (j, dets) in found.iter().enumerate() {
