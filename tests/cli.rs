@@ -169,6 +169,12 @@ fn demo_runs_teacher_and_student_pairs_and_prints_the_table() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("mean gain over 1 seeds") && text.contains("| 0 |"), "{text}");
+    // the gain at the last epoch too (no epoch chosen on the validation set): the runs' last rows
+    assert!(text.contains("mAP50-95 at the last epoch"), "{text}");
+    let csv = std::fs::read_to_string(project.join("ab/compare.csv")).unwrap();
+    let row: Vec<f64> = csv.lines().nth(1).unwrap().split(',').map(|v| v.parse().unwrap()).collect();
+    let last = |arm: &str| *yolodistill::report::Results::load(&project.join("ab").join(arm).join("results.csv")).unwrap().column("metrics/mAP50-95(B)").unwrap().last().unwrap();
+    assert_eq!((row.len(), row[5], row[6]), (7, last("plain-s0"), last("distilled-s0")), "{csv}");
     assert!(project.join("ab/plain-s0/weights/best.safetensors").exists());
     assert!(project.join("ab/distilled-s0/weights/best.safetensors").exists());
     // a second call reuses the finished runs
