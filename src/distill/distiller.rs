@@ -12,7 +12,7 @@ use super::crosskd::CrossHead;
 use super::losses::{bckd, crosskd, dense_box_term, dense_response, kd_binary, kd_mixed, localisation_kl, logit_mse, schedule_weight, Adapter, MgdGenerator, Projector};
 pub use super::methods::{parse_methods, Feature};
 use super::methods::{FeatureMethod, LevelMaps, StepKey};
-use super::pseudo::{detections_as_targets, MeanTeacher};
+use super::pseudo::{detections_as_targets, MeanTeacher, PseudoCounts};
 use crate::loss::segment::mask_distillation;
 use crate::loss::{model_loss, Assignment, LossConfig, Targets};
 use crate::model::walk::{child, Visit, Walk};
@@ -119,6 +119,8 @@ pub struct Distiller {
     cross: Option<CrossHead>,
     /// The mean teacher (`--mean-teacher`): it, not the teacher, pseudo-labels.
     mean_teacher: Option<MeanTeacher>,
+    /// The teacher's pseudo-labels per unlabeled image, once it has made some.
+    pseudo_counts: Option<PseudoCounts>,
 }
 
 /// The teacher's pass over a batch: its tapped layers, and its head's maps when a term reads
@@ -237,6 +239,7 @@ impl Distiller {
             both_segment,
             cross,
             mean_teacher: args.mean_teacher(epochs),
+            pseudo_counts: None,
         })
     }
 
@@ -599,6 +602,8 @@ impl StepHook for Distiller {
         self.mask_term(ctx, &t_fwd, w, &mut out);
         if let Some(m) = self.mean_teacher.as_mut() {
             m.log(ctx, &mut out);
+        } else if let Some(c) = self.pseudo_counts.as_mut() {
+            c.log(ctx, &mut out);
         }
         self.apply_calibration(&mut out);
         self.note_terms(ctx, &out);
@@ -619,8 +624,9 @@ impl StepHook for Distiller {
         }
         let th = self.args.pseudo_thresholds()?;
         let pass = self.teacher_forward(images);
-        let [_, _, h, w] = images.dims();
+        let [b, _, h, w] = images.dims();
         let targets = detections_as_targets(self.teacher.head(), pass.head(), labeled, (h, w), th);
+        self.pseudo_counts.get_or_insert_with(PseudoCounts::default).record(&targets, b - labeled);
         self.pass = Some(pass);
         Some(targets)
     }

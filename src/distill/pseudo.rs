@@ -58,6 +58,29 @@ pub fn detections_as_targets(head: &Detect, out: &HeadOutput, from: usize, size:
     t
 }
 
+/// The pseudo-labels per unlabeled image of the last labelled batch, reliable and uncertain,
+/// logged as `pseudo_reliable` and `pseudo_uncertain` (so a user tuning the thresholds sees how
+/// many labels they make).
+#[derive(Debug, Clone, Default)]
+pub struct PseudoCounts([f32; 2]);
+
+impl PseudoCounts {
+    /// Counts the labels `t` made for `unlabeled` images.
+    pub fn record(&mut self, t: &Targets, unlabeled: usize) {
+        let uncertain = t.soft.iter().filter(|s| s.is_some()).count();
+        let per_image = unlabeled.max(1) as f32;
+        self.0 = [(t.cls.len() - uncertain) as f32 / per_image, uncertain as f32 / per_image];
+    }
+
+    /// Logs the last counts, then forgets them (0 in a batch without pseudo-labels).
+    pub fn log(&mut self, ctx: &HookInput<'_>, out: &mut HookLoss) {
+        let device = ctx.images.device();
+        for (name, v) in ["pseudo_reliable", "pseudo_uncertain"].into_iter().zip(std::mem::take(&mut self.0)) {
+            out.log(name, Tensor::from_data(TensorData::new(vec![v], [1]), &device));
+        }
+    }
+}
+
 /// The mean teacher: the run's EMA of the student labels the unlabeled images once the burn-in
 /// (epochs on the labels alone) is over.
 #[derive(Debug, Clone)]
@@ -65,13 +88,12 @@ pub struct MeanTeacher {
     pub thresholds: Thresholds,
     /// Epochs (0-based bound) before the first pseudo-label.
     pub burn_in: usize,
-    /// (reliable, uncertain) labels per unlabeled image of the last labelled batch.
-    last_counts: [f32; 2],
+    counts: PseudoCounts,
 }
 
 impl MeanTeacher {
     pub fn new(thresholds: Thresholds, burn_in: usize) -> Self {
-        Self { thresholds, burn_in, last_counts: [0.0; 2] }
+        Self { thresholds, burn_in, counts: PseudoCounts::default() }
     }
 
     /// Whether `epoch` (0-based) is past the burn-in.
@@ -82,24 +104,19 @@ impl MeanTeacher {
     /// The EMA model's pseudo-labels of `images[labeled..]` (none during the burn-in, or when no
     /// EMA is given).
     pub fn labels(&mut self, mean: Option<&DetectionModel>, images: &Tensor<4>, labeled: usize, epoch: usize) -> Option<Targets> {
-        self.last_counts = [0.0; 2];
+        self.counts = PseudoCounts::default();
         let mean = mean.filter(|_| self.labels_in(epoch))?;
         let [b, _, h, w] = images.dims();
         let out = mean.forward(images.clone().inner());
         let t = detections_as_targets(mean.head(), &out, labeled, (h, w), self.thresholds);
-        let uncertain = t.soft.iter().filter(|s| s.is_some()).count();
-        let per_image = (b - labeled).max(1) as f32;
-        self.last_counts = [(t.cls.len() - uncertain) as f32 / per_image, uncertain as f32 / per_image];
+        self.counts.record(&t, b - labeled);
         Some(t)
     }
 
-    /// Logs the last batch's pseudo-labels per unlabeled image (`pseudo_reliable`,
-    /// `pseudo_uncertain`; 0 in a batch without, e.g. during the burn-in).
+    /// Logs the last batch's pseudo-labels per unlabeled image (0 in a batch without, e.g.
+    /// during the burn-in).
     pub fn log(&mut self, ctx: &HookInput<'_>, out: &mut HookLoss) {
-        let device = ctx.images.device();
-        for (name, v) in ["pseudo_reliable", "pseudo_uncertain"].into_iter().zip(std::mem::take(&mut self.last_counts)) {
-            out.log(name, Tensor::from_data(TensorData::new(vec![v], [1]), &device));
-        }
+        self.counts.log(ctx, out);
     }
 
     /// What the mean teacher does, in words (printed at the start of training).
