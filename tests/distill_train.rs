@@ -385,6 +385,9 @@ fn responses_across_head_families() {
         let (_, items) = step_with(student, &args(teacher, "none", "bckd"), 64);
         let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
         assert!(item("l_bckd.cls") > 0.0 && item("l_bckd.box") > 0.0, "{student} ← {teacher}: {items:?}");
+        // Ultralytics names the distance term l1_loss for a head without DFL bins (YOLO26)
+        let distance = if student.starts_with("yolo26") { "l1_loss" } else { "dfl_loss" };
+        assert!(item(distance) > 0.0 && items.iter().filter(|(k, _)| k.ends_with("_loss")).count() == 3, "{student}: {items:?}");
         let ((mut d, _, _, _), items) = step_with(student, &args(teacher, "none", "dense"), 64);
         let item = |n: &str| items.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{n} not logged: {items:?}")).1;
         assert!(item("l_dense.cls") > 0.0, "{student} ← {teacher}: {items:?}");

@@ -30,6 +30,13 @@ pub trait Task: Sync + std::fmt::Debug {
     /// The loss items of a training step, in Ultralytics' order (the `train/…` columns).
     fn loss_names(&self) -> &'static [&'static str];
 
+    /// The items as a head with `reg_max` bins logs them: Ultralytics names the distance term
+    /// `l1_loss` when there are no DFL bins (`reg_max` 1: YOLO26), `dfl_loss` otherwise.
+    fn logged_names(&self, reg_max: usize) -> Vec<String> {
+        let rename = |n: &&str| if *n == "dfl_loss" && reg_max <= 1 { "l1_loss".to_string() } else { n.to_string() };
+        self.loss_names().iter().map(rename).collect()
+    }
+
     /// The downsampling of the instance masks a training batch carries (None: no masks).
     fn mask_ratio(&self) -> Option<usize> {
         None

@@ -100,7 +100,7 @@ fn step_losses(
         None => (&targets, labeled),
     };
     let (out, assigned) = task_loss(loss_cfg, &fwd.head, det_targets, batch.masks.as_ref(), det_images, pos);
-    let mut names: Vec<String> = loss_cfg.task.loss_names().iter().map(|n| n.to_string()).collect();
+    let mut names: Vec<String> = loss_cfg.task.logged_names(loss_cfg.reg_max);
     let mut values = vec![out.items.detach()];
     let (mut terms, mut factors) = (Vec::new(), Vec::new());
     if let Some(h) = hook {

@@ -557,7 +557,7 @@ impl Trainer {
         if let Some(v) = val {
             let m = &v.metrics;
             row.extend(v.metric_columns());
-            row.extend(self.loss_cfg.task.loss_names().iter().zip(&v.loss).map(|(n, &l)| (format!("val/{n}"), l as f64)));
+            row.extend(self.loss_cfg.task.logged_names(self.loss_cfg.reg_max).iter().zip(&v.loss).map(|(n, &l)| (format!("val/{n}"), l as f64)));
             let own = v.task.as_ref().map(|t| format!("  {}: mAP50 {:.3}  mAP50-95 {:.3}", t.suffix, t.metrics.map50, t.metrics.map)).unwrap_or_default();
             self.say(format!(
                 "{:>9} {} images, {} instances: P {:.3}  R {:.3}  mAP50 {:.3}  mAP50-95 {:.3}{own}  ({:.1} ms/image)",
