@@ -277,3 +277,35 @@ fn segmentation_loss_items_match_ultralytics() {
     let e = mask_loss(&t3("mask_coefficient"), &protos, &asg, &small).unwrap_err().to_string();
     assert!(e.contains("mask_ratio"), "{e}");
 }
+
+/// YOLO26's semantic term (before its gain) against Ultralytics 8.4.190's BCEDiceLoss on the
+/// one-hot class map it builds from overlap-form instance ids (`tests/data/seg/sem_loss_ref.json`,
+/// scripts/sem_loss_reference.py): logits at an eighth of the input, ids at a quarter, so the
+/// target is nearest-downsampled; one image has a class no object has.
+#[test]
+fn semantic_loss_matches_ultralytics() {
+    use yolodistill::loss::segment::{object_classes, semantic_loss};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/sem_loss_ref.json");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dims = |k: &str| -> Vec<usize> { r[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect() };
+    let (ls, is) = (dims("logits_shape"), dims("ids_shape"));
+    let logits: Vec<f32> = r["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    let ids: Vec<u16> = r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u16).collect();
+    let classes: Vec<Vec<usize>> = r["classes"].as_array().unwrap().iter().map(|c| c.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect()).collect();
+    // the classes as targets list them: image by image, in the masks' object order
+    let (mut batch_idx, mut cls) = (Vec::new(), Vec::new());
+    for (i, c) in classes.iter().enumerate() {
+        batch_idx.extend(std::iter::repeat_n(i, c.len()));
+        cls.extend(c);
+    }
+    assert_eq!(object_classes(&batch_idx, &cls, ls[0]), classes);
+    let device = yolodistill::default_device();
+    let t = Tensor::<4>::from_data(TensorData::new(logits, [ls[0], ls[1], ls[2], ls[3]]), &device);
+    let gt = InstanceMasks { size: (is[1], is[2]), ids };
+    let got = semantic_loss(&t, &gt, &classes).unwrap().into_scalar::<f32>();
+    let want = r["sem_loss"].as_f64().unwrap() as f32;
+    eprintln!("semantic loss: ours {got} Ultralytics {want}");
+    assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+    let wrong = InstanceMasks { size: (is[1], is[2]), ids: vec![0; is[1] * is[2]] };
+    assert!(semantic_loss(&t, &wrong, &classes).is_err(), "masks of one image for two");
+}

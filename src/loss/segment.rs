@@ -148,6 +148,54 @@ fn box_weights(asg: &Assigned, ks: std::ops::Range<usize>, (mh, mw): (usize, usi
     weight
 }
 
+/// YOLO26's semantic term before its gain (Ultralytics' BCEDiceLoss with weights 0.5 and 0.5):
+/// the semantic logits [B, nc, h, w] against the one-hot class map of the objects, built at the
+/// instance masks' size from their overlap ids (`classes[b][k]`: image b's object k + 1's class;
+/// no class where no object is), nearest-downsampled to the logits' size as PyTorch does; a BCE
+/// mean over every value plus a Dice loss (smoothing 1) per image and class, averaged.
+pub fn semantic_loss(logits: &Tensor<4>, gt: &InstanceMasks, classes: &[Vec<usize>]) -> Result<Tensor<1>> {
+    let [b, nc, h, w] = logits.dims();
+    let (mh, mw) = gt.size;
+    if gt.ids.len() != b * mh * mw || classes.len() != b || h == 0 || w == 0 {
+        bail!("semantic targets: {} images of masks {mh}×{mw} and {} of classes for logits of {b} images", gt.ids.len() / (mh * mw).max(1), classes.len());
+    }
+    // PyTorch's nearest: source index floor(dst · in/out)
+    let source = |dst: usize, n_in: usize, n_out: usize| ((dst as f32 * (n_in as f32 / n_out as f32)).floor() as usize).min(n_in - 1);
+    let mut target = vec![0f32; b * nc * h * w];
+    for (i, cls) in classes.iter().enumerate() {
+        for y in 0..h {
+            let row = i * mh * mw + source(y, mh, h) * mw;
+            for x in 0..w {
+                let id = gt.ids[row + source(x, mw, w)] as usize;
+                if let Some(&c) = id.checked_sub(1).and_then(|k| cls.get(k)).filter(|&&c| c < nc) {
+                    target[((i * nc + c) * h + y) * w + x] = 1.0;
+                }
+            }
+        }
+    }
+    let t = Tensor::<4>::from_data(TensorData::new(target, [b, nc, h, w]), &logits.device());
+    let bce = (logits.clone().clamp_min(0.0) - logits.clone() * t.clone() + logits.clone().abs().neg().exp().log1p()).mean();
+    let p = burn::tensor::activation::sigmoid(logits.clone());
+    let per_map = |m: Tensor<4>| -> Tensor<2> { m.sum_dim(3).sum_dim(2).reshape([b, nc]) };
+    let inter = per_map(p.clone() * t.clone());
+    let union = per_map(p) + per_map(t);
+    let dice = (inter * 2.0 + 1.0) / (union + 1.0);
+    let dice_loss = (dice.neg() + 1.0).mean();
+    Ok(bce * 0.5 + dice_loss * 0.5)
+}
+
+/// Each image's object classes in the order of its targets (the masks' object order), for
+/// [`semantic_loss`].
+pub fn object_classes(batch_idx: &[usize], cls: &[usize], images: usize) -> Vec<Vec<usize>> {
+    let mut out = vec![Vec::new(); images];
+    for (&i, &c) in batch_idx.iter().zip(cls) {
+        if let Some(v) = out.get_mut(i) {
+            v.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
