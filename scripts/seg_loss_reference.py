@@ -28,17 +28,9 @@ A = sum(h * w for h, w in SHAPES)
 MASK = IMG // 4
 
 
-def main():
-    model = YOLO("tests/data/seg/yolov8t-seg.pt").model.float()
-    model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, overlap_mask=True)
-    crit = v8SegmentationLoss(model)
-    g = torch.Generator().manual_seed(0)
-    b = 2
-    boxes = torch.randn(b, 16 * 4, A, generator=g)
-    scores = torch.randn(b, NC, A, generator=g) - 1.0
-    coeffs = torch.randn(b, NM, A, generator=g) * 0.5
-    protos = torch.randn(b, NM, MASK, MASK, generator=g) * 0.5
-    # normalised xywh; image 0: two boxes, image 1: three (the last two overlap)
+def labels(b=2):
+    """The fixture's boxes (normalised xywh; image 0: two, image 1: three, the last two
+    overlapping), their images and classes, and their ellipse masks in overlap form."""
     bboxes = torch.tensor(
         [[0.35, 0.40, 0.40, 0.45], [0.72, 0.70, 0.30, 0.35], [0.30, 0.30, 0.35, 0.30], [0.60, 0.62, 0.50, 0.45], [0.70, 0.70, 0.30, 0.30]]
     )
@@ -53,6 +45,20 @@ def main():
         inside = ((xs - cx) / (w / 2)) ** 2 + ((ys - cy) / (h / 2)) ** 2 <= 1.0
         within[i] += 1
         masks[i][inside] = float(within[i])
+    return bboxes, batch_idx, cls, masks
+
+
+def main():
+    model = YOLO("tests/data/seg/yolov8t-seg.pt").model.float()
+    model.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5, overlap_mask=True)
+    crit = v8SegmentationLoss(model)
+    g = torch.Generator().manual_seed(0)
+    b = 2
+    boxes = torch.randn(b, 16 * 4, A, generator=g)
+    scores = torch.randn(b, NC, A, generator=g) - 1.0
+    coeffs = torch.randn(b, NM, A, generator=g) * 0.5
+    protos = torch.randn(b, NM, MASK, MASK, generator=g) * 0.5
+    bboxes, batch_idx, cls, masks = labels(b)
     feats = [torch.zeros(b, 1, h, w) for h, w in SHAPES]
     preds = {"boxes": boxes, "scores": scores, "mask_coefficient": coeffs, "proto": protos, "feats": feats}
     batch = {"batch_idx": batch_idx, "cls": cls.view(-1, 1), "bboxes": bboxes, "masks": masks}

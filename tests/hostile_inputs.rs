@@ -501,11 +501,10 @@ fn val_refuses_non_finite_outputs() {
     assert!(!json.exists());
 }
 
-/// Segmentation models load, teach, validate, predict and (v8/11/12) train, but the commands that do not
-/// handle them yet refuse them by name rather than treating them as detectors, and a segmentation
-/// run or validation on box labels names the label file.
+/// Segmentation models load, teach, validate, predict and train; a segmentation run or
+/// validation on box labels names the label file.
 #[test]
-fn segmentation_models_are_refused_where_not_handled_yet() {
+fn segmentation_models_refuse_box_labels_by_file() {
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("seg-refused");
     let data = common::bccd_subset(&shared, &dir, 4);
@@ -513,9 +512,6 @@ fn segmentation_models_are_refused_where_not_handled_yet() {
     let (data, seg) = (data.to_str().unwrap(), seg.to_str().unwrap());
     let project = dir.join("runs");
     let project = project.to_str().unwrap();
-    // YOLO26's segmentation loss is not written: its training is refused, naming the model
-    let out = bin().args(["train", "--model", "yolo26n-seg.yaml", "--data", data, "--epochs", "1", "--project", project]).output().unwrap();
-    refused(&out, "train", &["is a segmentation model", "`train` does not handle", "YOLO26 segmentation models"]);
     // BCCD's labels are boxes: validating a segmentation model on them names the first label file
     let out = bin().args(["val", "--model", seg, "--data", data, "--plots", "false"]).output().unwrap();
     refused(&out, "seg val on boxes", &["BloodImage_0000", "a box label in a segmentation dataset"]);

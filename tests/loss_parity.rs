@@ -227,30 +227,54 @@ fn uncertain_boxes_scale_class_targets_and_drop_box_terms() {
     assert!(certain.clone().joined(certain.clone()).soft.is_empty(), "certain boxes stay without soft scores");
 }
 
+/// A segmentation-loss fixture of `tests/data/seg` (scripts/seg_loss_reference.py and
+/// seg26_loss_reference.py): its tensors, targets and overlap-form masks.
+struct SegFixture(Vec<(String, yolodistill::weights::HostTensor)>);
+
+impl SegFixture {
+    fn load(name: &str) -> Self {
+        Self(read_tensors(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg").join(name)).unwrap().0)
+    }
+
+    fn get(&self, k: &str) -> yolodistill::weights::HostTensor {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no {k}"))
+    }
+
+    fn t3(&self, k: &str) -> Tensor<3> {
+        let t = self.get(k);
+        Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1], t.shape[2]]), &yolodistill::default_device())
+    }
+
+    fn t4(&self, k: &str) -> Tensor<4> {
+        let t = self.get(k);
+        Tensor::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1], t.shape[2], t.shape[3]]), &yolodistill::default_device())
+    }
+
+    fn targets(&self) -> Targets {
+        Targets {
+            batch_idx: self.get("batch_idx").data.iter().map(|&v| v as usize).collect(),
+            cls: self.get("cls").data.iter().map(|&v| v as usize).collect(),
+            bboxes: self.get("bboxes").data.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn masks(&self) -> InstanceMasks {
+        let m = self.get("masks");
+        InstanceMasks { size: (m.shape[1], m.shape[2]), ids: m.data.iter().map(|&v| v as u16).collect() }
+    }
+}
+
 /// Ultralytics' segmentation loss (v8SegmentationLoss) on `scripts/seg_loss_reference.py`'s batch:
 /// two images, five boxes with overlap-form instance masks, random head maps and prototypes,
 /// through the segmentation task's loss as a training step runs it (box, seg, cls, dfl).
 #[test]
 fn segmentation_loss_items_match_ultralytics() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seg/seg_loss_ref.safetensors");
-    let (fx, _) = read_tensors(&path).unwrap();
-    let get = |k: &str| fx.iter().find(|(n, _)| n == k).map(|(_, t)| t.clone()).unwrap_or_else(|| panic!("no {k}"));
-    let device = yolodistill::default_device();
-    let t3 = |k: &str| {
-        let t = get(k);
-        Tensor::<3>::from_data(TensorData::new(t.data, [t.shape[0], t.shape[1], t.shape[2]]), &device)
-    };
+    let fx = SegFixture::load("seg_loss_ref.safetensors");
+    let (get, t3) = (|k: &str| fx.get(k), |k: &str| fx.t3(k));
     let maps = HeadMaps { boxes: t3("boxes"), scores: t3("scores") };
-    let p = get("protos");
-    let protos = Tensor::<4>::from_data(TensorData::new(p.data, [p.shape[0], p.shape[1], p.shape[2], p.shape[3]]), &device);
-    let targets = Targets {
-        batch_idx: get("batch_idx").data.iter().map(|&v| v as usize).collect(),
-        cls: get("cls").data.iter().map(|&v| v as usize).collect(),
-        bboxes: get("bboxes").data.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect(),
-        ..Default::default()
-    };
-    let m = get("masks");
-    let masks = InstanceMasks { size: (m.shape[1], m.shape[2]), ids: m.data.iter().map(|&v| v as u16).collect() };
+    let protos = fx.t4("protos");
+    let (targets, masks) = (fx.targets(), fx.masks());
     let mut cfg = LossConfig::new(3, 16, vec![8.0, 16.0, 32.0]);
     cfg.on_device = true; // the task assigns on the host all the same: the mask term needs each anchor's object
     let shapes = vec![(16, 16), (8, 8), (4, 4)];
@@ -308,4 +332,36 @@ fn semantic_loss_matches_ultralytics() {
     assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
     let wrong = InstanceMasks { size: (is[1], is[2]), ids: vec![0; is[1] * is[2]] };
     assert!(semantic_loss(&t, &wrong, &classes).is_err(), "masks of one image for two");
+}
+
+/// YOLO26's segmentation loss (`tests/data/seg/seg26_loss_ref.safetensors`,
+/// scripts/seg26_loss_reference.py): Ultralytics 8.4.190's end-to-end loss around SegmentLoss26 at
+/// the first epoch, two branches assigned mask-aware (each candidate's overlap the mean of its box
+/// and mask IoU), with the semantic term; the one-to-one items (box, seg, cls, l1, sem) and the
+/// total of both branches.
+#[test]
+fn yolo26_segmentation_loss_matches_ultralytics() {
+    let fx = SegFixture::load("seg26_loss_ref.safetensors");
+    let (get, t3, t4) = (|k: &str| fx.get(k), |k: &str| fx.t3(k), |k: &str| fx.t4(k));
+    let (targets, masks) = (fx.targets(), fx.masks());
+    let cfg = LossConfig::new(3, 1, vec![8.0, 16.0, 32.0]);
+    let shapes = vec![(16, 16), (8, 8), (4, 4)];
+    let mask_maps = MaskMaps { coeffs: t3("o2m.mask_coefficient"), coeffs_one2one: Some(t3("o2o.mask_coefficient")), protos: t4("protos"), semantic: Some(t4("semantic")) };
+    let head = HeadOutput {
+        one2many: HeadMaps { boxes: t3("o2m.boxes"), scores: t3("o2m.scores") },
+        one2one: Some(HeadMaps { boxes: t3("o2o.boxes"), scores: t3("o2o.scores") }),
+        shapes,
+        masks: Some(mask_maps),
+    };
+    let (out, _) = InstanceSegmentation.loss(&cfg, &head, &targets, Some(&masks), 0, 10);
+    let ours = out.items.try_into_vec_as::<f32>().unwrap();
+    let want = get("items").data;
+    for (i, name) in ["box", "seg", "cls", "l1", "sem"].iter().enumerate() {
+        let rel = (ours[i] - want[i]).abs() / want[i];
+        eprintln!("{name}: ours {} ultralytics {} (rel {rel:.2e})", ours[i], want[i]);
+        assert!(rel < 1e-5, "{name}: ours {} vs Ultralytics {}", ours[i], want[i]);
+    }
+    let (total, want_total) = (out.total.into_scalar::<f32>(), get("total").data[0]);
+    eprintln!("total: ours {total} ultralytics {want_total}");
+    assert!((total - want_total).abs() <= 1e-5 * want_total, "total: ours {total} vs Ultralytics {want_total}");
 }

@@ -50,6 +50,18 @@ pub struct Assignment {
 /// `scores`: [A][nc] sigmoid scores; `boxes`: [A] predicted xyxy in pixels;
 /// `anchors`: [A] centres in pixels.
 pub fn assign(cfg: &AssignerConfig, scores: &[f32], nc: usize, boxes: &[[f32; 4]], anchors: &[[f32; 2]], gts: &[GtBox]) -> Assignment {
+    assign_with(cfg, scores, nc, boxes, anchors, gts, None)
+}
+
+/// The mask IoU of box `g`'s object with the mask anchor `a` predicts (YOLO26 segmentation's
+/// mask-aware assignment).
+pub type MaskIou<'a> = &'a dyn Fn(usize, usize) -> f32;
+
+/// [`assign`], and with `mask_iou` Ultralytics' mask-aware assignment (SegTaskAlignedAssigner):
+/// each box's 3·topk best candidates by the box metric (plus 1e-9, so that every candidate
+/// outranks the other anchors) get their mask IoU, the others 0, and every candidate's overlap
+/// becomes the mean of its box IoU and its mask IoU, for the alignment and all that follows.
+pub fn assign_with(cfg: &AssignerConfig, scores: &[f32], nc: usize, boxes: &[[f32; 4]], anchors: &[[f32; 2]], gts: &[GtBox], mask_iou: Option<MaskIou>) -> Assignment {
     let a_n = anchors.len();
     let g_n = gts.len();
     let mut out = Assignment { fg: vec![false; a_n], gt_idx: vec![0; a_n], score: vec![0.0; a_n] };
@@ -83,6 +95,24 @@ pub fn assign(cfg: &AssignerConfig, scores: &[f32], nc: usize, boxes: &[[f32; 4]
                 overlaps[k] = o;
                 align[k] = s.powf(cfg.alpha) * o.powf(cfg.beta);
             }
+        }
+    }
+    if let Some(mask_iou) = mask_iou {
+        let k = (3 * cfg.topk).min(a_n);
+        let mut order: Vec<usize> = (0..a_n).collect();
+        for g in 0..g_n {
+            let dense = |a: usize| if in_gt[g * a_n + a] { align[g * a_n + a] + cfg.eps } else { 0.0 };
+            order.select_nth_unstable_by(k.saturating_sub(1), |&i, &j| dense(j).total_cmp(&dense(i)).then(i.cmp(&j)));
+            let mut miou = vec![0f32; a_n];
+            for &a in order[..k].iter().filter(|&&a| in_gt[g * a_n + a]) {
+                miou[a] = mask_iou(g, a);
+            }
+            for a in (0..a_n).filter(|&a| in_gt[g * a_n + a]) {
+                let o = (overlaps[g * a_n + a] + miou[a]) / 2.0;
+                overlaps[g * a_n + a] = o;
+                align[g * a_n + a] = scores[a * nc + gts[g].cls].powf(cfg.alpha) * o.powf(cfg.beta);
+            }
+            order.sort_unstable();
         }
     }
     // Top-k anchors by alignment per box (over all anchors, ties to the lower index).

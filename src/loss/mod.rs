@@ -17,7 +17,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps, HeadOutput};
 pub use assigner::AssignerConfig;
-use assigner::{assign, GtBox};
+use assigner::{assign_with, GtBox};
 use iou::ciou_tensor;
 pub use on_device::{assign_on_device, loss_on_device, DeviceAssigned};
 
@@ -269,8 +269,25 @@ pub fn model_loss(cfg: &LossConfig, head: &HeadOutput, targets: &Targets, epoch:
     (out, asg)
 }
 
+/// What YOLO26's mask-aware assignment reads, on the host: the branch's mask coefficients
+/// [B, nm, A] and prototypes [B, nm, h, w] (detached), and the batch's instance masks (of its
+/// first images: the labeled ones).
+pub struct MaskAssignInputs<'a> {
+    pub coeffs: &'a [f32],
+    pub protos: &'a [f32],
+    pub nm: usize,
+    pub ids: &'a segment::InstanceMasks,
+}
+
 /// Runs the task-aligned assigner on detached predictions.
 pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets) -> Assigned {
+    assign_targets_with(cfg, maps, shapes, targets, None)
+}
+
+/// [`assign_targets`], mask-aware with `masks` (YOLO26 segmentation): a candidate's overlap is
+/// the mean of its box IoU and its predicted mask's IoU with the object's (see
+/// [`assigner::assign_with`]).
+pub fn assign_targets_with(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize)], targets: &Targets, masks: Option<&MaskAssignInputs>) -> Assigned {
     let [b, nc, a_n] = maps.scores.dims();
     let r = cfg.reg_max;
     let (pts, stride) = anchor_points(shapes, &cfg.strides);
@@ -315,7 +332,8 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
             .collect();
         let px: Vec<[f32; 2]> = (0..a_n).map(|a| [pts[a][0] * stride[a], pts[a][1] * stride[a]]).collect();
         let sc = &scores_host[bi * a_n * nc..(bi + 1) * a_n * nc];
-        let asg = assign(&cfg.assigner, sc, nc, &boxes, &px, image_gts);
+        let mask_iou = masks.and_then(|m| image_mask_iou(m, bi, a_n, img_h, &boxes, &slot[bi]));
+        let asg = assign_with(&cfg.assigner, sc, nc, &boxes, &px, image_gts, mask_iou.as_ref().map(|f| f as &dyn Fn(usize, usize) -> f32));
         for a in 0..a_n {
             if !asg.fg[a] {
                 continue;
@@ -339,6 +357,36 @@ pub fn assign_targets(cfg: &LossConfig, maps: &HeadMaps, shapes: &[(usize, usize
     }
     out.tss = out.target_scores.iter().sum::<f32>().max(1.0);
     out
+}
+
+/// Image `bi`'s mask IoU of box g (its object: id `slots[g]` + 1) with the mask anchor a
+/// predicts: the prediction's logits above 0 inside the anchor's predicted box at the
+/// prototypes' scale (crop_mask's pixel rule), IoU = intersection / max(union, 1). None for an
+/// image without masks.
+fn image_mask_iou<'a>(m: &'a MaskAssignInputs, bi: usize, a_n: usize, img_h: f32, boxes: &'a [[f32; 4]], slots: &'a [usize]) -> Option<impl Fn(usize, usize) -> f32 + 'a> {
+    let (mh, mw) = m.ids.size;
+    let plane = mh * mw;
+    let ids = m.ids.ids.get(bi * plane..(bi + 1) * plane)?;
+    let protos = &m.protos[bi * m.nm * plane..(bi + 1) * m.nm * plane];
+    let coeffs = &m.coeffs[bi * m.nm * a_n..(bi + 1) * m.nm * a_n];
+    let area: Vec<u32> = slots.iter().map(|&s| ids.iter().filter(|&&v| v as usize == s + 1).count() as u32).collect();
+    let scale = mh as f32 / img_h;
+    Some(move |g: usize, a: usize| -> f32 {
+        let id = (slots[g] + 1) as u16;
+        let [x1, y1, x2, y2] = boxes[a].map(|v| v * scale);
+        let (mut inter, mut predicted) = (0u32, 0u32);
+        for r in crate::infer::segment::crop_span(y1, y2, mh) {
+            for c in crate::infer::segment::crop_span(x1, x2, mw) {
+                let p = r * mw + c;
+                let logit: f32 = (0..m.nm).map(|k| coeffs[k * a_n + a] * protos[k * plane + p]).sum();
+                if logit > 0.0 {
+                    predicted += 1;
+                    inter += u32::from(ids[p] == id);
+                }
+            }
+        }
+        inter as f32 / ((area[g] + predicted - inter) as f32).max(1.0)
+    })
 }
 
 /// The three loss terms for fixed targets.

@@ -11,9 +11,9 @@ use crate::data::loader::Batch;
 use crate::eval::masks::{mask_ious, predicted_masks, MaskInputs};
 use crate::eval::metrics::{Curves, Det, DetMetrics, ImageEval, MetricsAccumulator};
 use crate::infer::nms::Detection;
-use crate::loss::segment::{mask_loss, InstanceMasks};
-use crate::loss::{model_loss, Assignment, LossConfig, LossOutput, Targets};
-use crate::model::layers::head::{Detect, HeadOutput};
+use crate::loss::segment::{mask_loss, object_classes, semantic_loss, InstanceMasks};
+use crate::loss::{assign_targets_with, e2e_one2many_weight, loss_from_assigned, model_loss, Assignment, LossConfig, LossOutput, MaskAssignInputs, Targets};
+use crate::model::layers::head::{Detect, HeadMaps, HeadOutput};
 use crate::weights::HostTensor;
 
 /// Ultralytics' `mask_ratio`: instance masks at the prototypes' size, a quarter of the input's.
@@ -40,18 +40,12 @@ impl Task for InstanceSegmentation {
         Some(MASK_RATIO)
     }
 
-    fn check_command(&self, command: &str, head: &Detect, source: &str) -> Result<()> {
-        let handled = match command {
-            "train" => !head.has_one2one(),
-            "val" | "predict" => true,
-            _ => false,
-        };
-        if !handled {
-            let what = if command == "train" { "YOLO26 segmentation models (Segment26: its loss is not written yet)" } else { "segmentation models" };
+    fn check_command(&self, command: &str, _head: &Detect, source: &str) -> Result<()> {
+        if !matches!(command, "train" | "val" | "predict") {
             bail!(
-                "--model {source} is a segmentation model: `{command}` does not handle {what} yet \
-                 (segmentation models are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, \
-                 validated with box and mask metrics, predicted with masks, can teach a detection student, and v8/11/12 -seg models train)"
+                "--model {source} is a segmentation model: `{command}` does not handle segmentation models yet \
+                 (they are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, trained, \
+                 validated with box and mask metrics, predicted with masks, and can teach)"
             );
         }
         Ok(())
@@ -75,6 +69,9 @@ impl Task for InstanceSegmentation {
     fn loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, masks: Option<&InstanceMasks>, epoch: usize, epochs: usize) -> (LossOutput, Assignment) {
         let maps = head.masks.as_ref().expect("a segmentation head gives mask coefficients and prototypes");
         let gt = masks.expect("segmentation batches carry instance masks (TrainLoader::with_masks)");
+        if let (Some(one2one), Some(coeffs_o2o)) = (&head.one2one, &maps.coeffs_one2one) {
+            return end2end_loss(cfg, head, one2one, coeffs_o2o, targets, gt, e2e_one2many_weight(epoch, epochs));
+        }
         let host = LossConfig { on_device: false, ..cfg.clone() };
         let (det, asg) = model_loss(&host, head, targets, epoch, epochs);
         let Assignment::Host(assigned) = &asg else { unreachable!("assigned on the host") };
@@ -125,6 +122,58 @@ impl Task for InstanceSegmentation {
     fn exported_outputs(&self) -> usize {
         2
     }
+}
+
+/// YOLO26's segmentation loss (Ultralytics' end-to-end loss around SegmentLoss26): each branch
+/// assigned mask-aware and scored with box, seg, cls, distance and semantic terms; the one-to-many
+/// branch with its coefficients, the prototypes and the semantic map, the one-to-one branch with
+/// its own coefficients and both maps detached; weighted `w` and 1 − w, the one-to-one branch's
+/// items logged.
+fn end2end_loss(cfg: &LossConfig, head: &HeadOutput, one2one: &HeadMaps, coeffs_o2o: &Tensor<3>, targets: &Targets, gt: &InstanceMasks, w: f32) -> (LossOutput, Assignment) {
+    let maps = head.masks.as_ref().expect("a segmentation head");
+    let host = LossConfig { on_device: false, ..cfg.clone() };
+    let mut o2o_cfg = host.clone();
+    o2o_cfg.assigner.topk = 7;
+    o2o_cfg.assigner.topk2 = 1;
+    let detached = |t: &Option<Tensor<4>>| t.as_ref().map(|s| s.clone().detach());
+    let (o2m, asg) = seg_branch(&host, &head.one2many, &maps.coeffs, &maps.protos, maps.semantic.as_ref(), &head.shapes, targets, gt);
+    let (o2o, _) = seg_branch(&o2o_cfg, one2one, coeffs_o2o, &maps.protos.clone().detach(), detached(&maps.semantic).as_ref(), &head.shapes, targets, gt);
+    (LossOutput { total: o2m.total * w + o2o.total * (1.0 - w), items: o2o.items }, Assignment::Host(asg))
+}
+
+/// One branch of YOLO26's segmentation loss: the items box, seg, cls, distance, semantic (gains
+/// applied) and their sum times the batch size.
+#[allow(clippy::too_many_arguments)]
+fn seg_branch(
+    cfg: &LossConfig,
+    maps: &HeadMaps,
+    coeffs: &Tensor<3>,
+    protos: &Tensor<4>,
+    semantic: Option<&Tensor<4>>,
+    shapes: &[(usize, usize)],
+    targets: &Targets,
+    gt: &InstanceMasks,
+) -> (LossOutput, crate::loss::Assigned) {
+    let nm = coeffs.dims()[1];
+    let (coeffs_host, protos_host) = (crate::device::read_back(coeffs.clone().detach()), crate::device::read_back(protos.clone().detach()));
+    let inputs = MaskAssignInputs { coeffs: &coeffs_host, protos: &protos_host, nm, ids: gt };
+    let asg = assign_targets_with(cfg, maps, shapes, targets, Some(&inputs));
+    let det = loss_from_assigned(cfg, maps, &asg);
+    let gain = cfg.gains.boxes;
+    let seg = mask_loss(coeffs, protos, &asg, gt).expect("instance masks at the prototypes' size") * gain;
+    let b = coeffs.dims()[0] as f32;
+    let sem = match semantic {
+        // only with a foreground anchor, on the images that have masks (the labeled ones)
+        Some(sem) if !asg.fg_index.is_empty() => {
+            let n = gt.ids.len() / (gt.size.0 * gt.size.1);
+            let classes = object_classes(&targets.batch_idx, &targets.cls, n);
+            semantic_loss(&sem.clone().narrow(0, 0, n), gt, &classes).expect("semantic logits of the masks' images") * gain
+        }
+        Some(sem) => sem.clone().sum() * 0.0,
+        None => Tensor::zeros([1], &coeffs.device()),
+    };
+    let items = Tensor::cat(vec![det.items.clone().narrow(0, 0, 1), seg.clone().detach(), det.items.narrow(0, 1, 2), sem.clone().detach()], 0);
+    (LossOutput { total: det.total + (seg + sem) * b, items }, asg)
 }
 
 /// Pixel lists (detection k's, best first) as one overlap-form map of `size`: k + 1 where
