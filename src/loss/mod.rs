@@ -15,6 +15,7 @@ pub mod segment;
 use burn::tensor::activation::{log_softmax, sigmoid};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::infer::segment::{crop_span, MaskInputs};
 use crate::model::layers::head::{anchor_points, dfl_expectation, HeadMaps, HeadOutput};
 pub use assigner::AssignerConfig;
 use assigner::{assign_with, GtBox};
@@ -367,19 +368,24 @@ fn image_mask_iou<'a>(m: &'a MaskAssignInputs, bi: usize, a_n: usize, img_h: f32
     let (mh, mw) = m.ids.size;
     let plane = mh * mw;
     let ids = m.ids.ids.get(bi * plane..(bi + 1) * plane)?;
-    let protos = &m.protos[bi * m.nm * plane..(bi + 1) * m.nm * plane];
-    let coeffs = &m.coeffs[bi * m.nm * a_n..(bi + 1) * m.nm * a_n];
-    let area: Vec<u32> = slots.iter().map(|&s| ids.iter().filter(|&&v| v as usize == s + 1).count() as u32).collect();
     let scale = mh as f32 / img_h;
+    let image = MaskInputs {
+        coeffs: &m.coeffs[bi * m.nm * a_n..(bi + 1) * m.nm * a_n],
+        protos: &m.protos[bi * m.nm * plane..(bi + 1) * m.nm * plane],
+        nm: m.nm,
+        size: (mh, mw),
+        ratio: 1.0 / scale,
+    };
+    let area: Vec<u32> = slots.iter().map(|&s| ids.iter().filter(|&&v| v as usize == s + 1).count() as u32).collect();
     Some(move |g: usize, a: usize| -> f32 {
         let id = (slots[g] + 1) as u16;
         let [x1, y1, x2, y2] = boxes[a].map(|v| v * scale);
+        let coef = image.coefficients(a);
         let (mut inter, mut predicted) = (0u32, 0u32);
-        for r in crate::infer::segment::crop_span(y1, y2, mh) {
-            for c in crate::infer::segment::crop_span(x1, x2, mw) {
+        for r in crop_span(y1, y2, mh) {
+            for c in crop_span(x1, x2, mw) {
                 let p = r * mw + c;
-                let logit: f32 = (0..m.nm).map(|k| coeffs[k * a_n + a] * protos[k * plane + p]).sum();
-                if logit > 0.0 {
+                if image.logit(&coef, p) > 0.0 {
                     predicted += 1;
                     inter += u32::from(ids[p] == id);
                 }

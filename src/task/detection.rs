@@ -1,6 +1,5 @@
 //! Object detection: boxes and classes (Detect heads; v10/26's end-to-end heads too).
 
-use anyhow::Result;
 
 use super::Task;
 use crate::loss::segment::InstanceMasks;
@@ -21,10 +20,6 @@ impl Task for ObjectDetection {
 
     fn loss_names(&self) -> &'static [&'static str] {
         &["box_loss", "cls_loss", "dfl_loss"]
-    }
-
-    fn check_command(&self, _command: &str, _head: &Detect, _source: &str) -> Result<()> {
-        Ok(())
     }
 
     fn loss(&self, cfg: &LossConfig, head: &HeadOutput, targets: &Targets, _masks: Option<&InstanceMasks>, epoch: usize, epochs: usize) -> (LossOutput, Assignment) {

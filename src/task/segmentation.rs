@@ -40,17 +40,6 @@ impl Task for InstanceSegmentation {
         Some(MASK_RATIO)
     }
 
-    fn check_command(&self, command: &str, _head: &Detect, source: &str) -> Result<()> {
-        if !matches!(command, "train" | "val" | "predict") {
-            bail!(
-                "--model {source} is a segmentation model: `{command}` does not handle segmentation models yet \
-                 (they are built, loaded, shown by `info`, timed by `benchmark`, exported to ONNX, trained, \
-                 validated with box and mask metrics, predicted with masks, and can teach)"
-            );
-        }
-        Ok(())
-    }
-
     fn check_labels(&self, dataset: &Dataset) -> Result<()> {
         // an image's polygons are kept only when every row of its label file is one
         if let Some(item) = dataset.items.iter().find(|i| i.segments.len() != i.labels.len()) {
@@ -136,33 +125,41 @@ fn end2end_loss(cfg: &LossConfig, head: &HeadOutput, one2one: &HeadMaps, coeffs_
     o2o_cfg.assigner.topk = 7;
     o2o_cfg.assigner.topk2 = 1;
     let detached = |t: &Option<Tensor<4>>| t.as_ref().map(|s| s.clone().detach());
-    let (o2m, asg) = seg_branch(&host, &head.one2many, &maps.coeffs, &maps.protos, maps.semantic.as_ref(), &head.shapes, targets, gt);
-    let (o2o, _) = seg_branch(&o2o_cfg, one2one, coeffs_o2o, &maps.protos.clone().detach(), detached(&maps.semantic).as_ref(), &head.shapes, targets, gt);
+    // the prototypes the two branches' assignments read, on the host once
+    let protos_host = crate::device::read_back(maps.protos.clone().detach());
+    let o2m_maps = BranchMaps { scores: &head.one2many, coeffs: &maps.coeffs, protos: maps.protos.clone(), protos_host: &protos_host, semantic: maps.semantic.clone() };
+    let (o2m, asg) = seg_branch(&host, o2m_maps, &head.shapes, targets, gt);
+    let o2o_maps = BranchMaps { scores: one2one, coeffs: coeffs_o2o, protos: maps.protos.clone().detach(), protos_host: &protos_host, semantic: detached(&maps.semantic) };
+    let (o2o, _) = seg_branch(&o2o_cfg, o2o_maps, &head.shapes, targets, gt);
     (LossOutput { total: o2m.total * w + o2o.total * (1.0 - w), items: o2o.items }, Assignment::Host(asg))
+}
+
+/// What one branch of YOLO26's segmentation loss reads.
+struct BranchMaps<'a> {
+    /// Its box and class maps.
+    scores: &'a HeadMaps,
+    /// Its mask coefficients [B, nm, A].
+    coeffs: &'a Tensor<3>,
+    /// The prototypes (detached for the one-to-one branch) and their values on the host.
+    protos: Tensor<4>,
+    protos_host: &'a [f32],
+    /// Proto26's semantic logits (training only; detached for the one-to-one branch).
+    semantic: Option<Tensor<4>>,
 }
 
 /// One branch of YOLO26's segmentation loss: the items box, seg, cls, distance, semantic (gains
 /// applied) and their sum times the batch size.
-#[allow(clippy::too_many_arguments)]
-fn seg_branch(
-    cfg: &LossConfig,
-    maps: &HeadMaps,
-    coeffs: &Tensor<3>,
-    protos: &Tensor<4>,
-    semantic: Option<&Tensor<4>>,
-    shapes: &[(usize, usize)],
-    targets: &Targets,
-    gt: &InstanceMasks,
-) -> (LossOutput, crate::loss::Assigned) {
+fn seg_branch(cfg: &LossConfig, m: BranchMaps, shapes: &[(usize, usize)], targets: &Targets, gt: &InstanceMasks) -> (LossOutput, crate::loss::Assigned) {
+    let (maps, coeffs, protos) = (m.scores, m.coeffs, &m.protos);
     let nm = coeffs.dims()[1];
-    let (coeffs_host, protos_host) = (crate::device::read_back(coeffs.clone().detach()), crate::device::read_back(protos.clone().detach()));
-    let inputs = MaskAssignInputs { coeffs: &coeffs_host, protos: &protos_host, nm, ids: gt };
+    let coeffs_host = crate::device::read_back(coeffs.clone().detach());
+    let inputs = MaskAssignInputs { coeffs: &coeffs_host, protos: m.protos_host, nm, ids: gt };
     let asg = assign_targets_with(cfg, maps, shapes, targets, Some(&inputs));
     let det = loss_from_assigned(cfg, maps, &asg);
     let gain = cfg.gains.boxes;
     let seg = mask_loss(coeffs, protos, &asg, gt).expect("instance masks at the prototypes' size") * gain;
     let b = coeffs.dims()[0] as f32;
-    let sem = match semantic {
+    let sem = match &m.semantic {
         // only with a foreground anchor, on the images that have masks (the labeled ones)
         Some(sem) if !asg.fg_index.is_empty() => {
             let n = gt.ids.len() / (gt.size.0 * gt.size.1);
