@@ -29,6 +29,17 @@ pub fn is_cpu(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
 }
 
+/// Where a run draws its random initial weights: the CPU, whatever device it trains on, so that a
+/// seed gives the same model on every device (PyTorch builds a model on the CPU and moves it).
+/// Whatever is built there moves to the training device with `Module::to_device`.
+pub fn init_device(device: &Device) -> Device {
+    if is_cpu(device) {
+        device.clone().without_autodiff()
+    } else {
+        Device::flex()
+    }
+}
+
 thread_local! {
     static READS: Cell<usize> = const { Cell::new(0) };
 }
@@ -76,7 +87,7 @@ fn not_built(kind: &str) -> anyhow::Result<Device> {
 
 /// Where GPU backends keep compiled kernels and autotune results between processes:
 /// `YOLODISTILL_CACHE`, else the user cache folder (`~/.cache/yolodistill/kernels`).
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+#[cfg(any(feature = "wgpu-untuned", feature = "vulkan", feature = "cuda"))]
 fn kernel_cache_dir() -> std::path::PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     env("YOLODISTILL_CACHE")
@@ -89,7 +100,7 @@ fn kernel_cache_dir() -> std::path::PathBuf {
 /// training run): both are kept on disk in [`kernel_cache_dir`], so the next process on the
 /// machine starts in seconds. Settings a `cubecl.toml` or CUBECL_* variable gives are kept
 /// otherwise. Must run before the first GPU device is made.
-#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
+#[cfg(any(feature = "wgpu-untuned", feature = "vulkan", feature = "cuda"))]
 fn keep_kernel_caches() {
     use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
@@ -99,12 +110,12 @@ fn keep_kernel_caches() {
     let _ = CubeClRuntimeConfig::try_set(config);
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-untuned")]
 fn wgpu(index: Option<usize>) -> anyhow::Result<Device> {
     keep_kernel_caches();
     Ok(Device::wgpu(gpu_kind(index)))
 }
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(feature = "wgpu-untuned"))]
 fn wgpu(_: Option<usize>) -> anyhow::Result<Device> {
     not_built("wgpu")
 }
@@ -130,7 +141,7 @@ fn cuda(_: Option<usize>) -> anyhow::Result<Device> {
 }
 
 /// `wgpu:N` is the N-th discrete GPU; plain `wgpu` lets wgpu pick the best adapter.
-#[cfg(any(feature = "wgpu", feature = "vulkan"))]
+#[cfg(any(feature = "wgpu-untuned", feature = "vulkan"))]
 fn gpu_kind(index: Option<usize>) -> burn::tensor::DeviceKind {
     index.map(burn::tensor::DeviceKind::DiscreteGpu).unwrap_or_default()
 }

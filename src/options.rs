@@ -44,6 +44,14 @@ impl Half {
             Half::Bf16 => burn::tensor::DType::BF16,
         }
     }
+
+    /// The value `--half` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Half::F16 => "f16",
+            Half::Bf16 => "bf16",
+        }
+    }
 }
 
 /// An integer of at least 1.

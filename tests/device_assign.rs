@@ -5,7 +5,6 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor};
-use yolodistill::data::loader::Batch;
 use yolodistill::distill::args::{DistillArgs, Response};
 use yolodistill::distill::distiller::Distiller;
 use yolodistill::train::StepHook;
@@ -18,19 +17,11 @@ use yolodistill::train::{forward_backward, make_trainable, train, StepPos, Train
 
 const SHAPES: [(usize, usize); 3] = [(8, 8), (4, 4), (2, 2)];
 
-/// A small deterministic generator (the test must not depend on burn's random streams).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 /// Up to five boxes per image (some images without any), small ones below the middle stride
 /// included, normalised xywh.
 fn random_targets(seed: u64, b: usize, nc: usize) -> Targets {
-    let mut r = Lcg(seed);
+    let mut r = common::Lcg(seed);
     let mut t = Targets::default();
     for i in 0..b {
         let n = (r.next() * 6.0) as usize;
@@ -136,20 +127,6 @@ fn a_batch_without_boxes_is_background_on_both() {
     assert!((hi[1] - di[1]).abs() <= 1e-5 * hi[1]);
 }
 
-/// A 2-image batch of 64×64 noise with three boxes.
-fn noise_batch() -> Batch {
-    let mut r = Lcg(7);
-    Batch {
-        images: (0..2 * 3 * 64 * 64).map(|_| r.next()).collect(),
-        shape: [2, 3, 64, 64],
-        batch_idx: vec![0, 0, 1],
-        cls: vec![0, 2, 1],
-        bboxes: vec![[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.5], [0.5, 0.5, 0.1, 0.1]],
-        labeled: 2,
-        ..Default::default()
-    }
-}
-
 #[test]
 fn a_device_resident_step_reads_nothing_back() {
     let plain = yolodistill::default_device();
@@ -160,7 +137,7 @@ fn a_device_resident_step_reads_nothing_back() {
     let mut cfg = LossConfig::new(3, head.reg_max, head.strides.clone());
     let mut ema = yolodistill::train::ema::Ema::new(&model, 0);
     let mut opt = Optimizer::new(Method::Sgd { nesterov: true }, 5e-4);
-    let batch = noise_batch();
+    let batch = common::noise_batch();
     let pos = StepPos { epoch: 0, epochs: 1, batch: 0, batches: 1 };
     let hp = StepParams { lr: [0.01; 3], momentum: 0.9 };
     let mut grads = GradStore::default();
@@ -212,7 +189,7 @@ fn a_distilled_device_resident_step_reads_nothing_back() {
     let mut grads = GradStore::default();
     let pos = StepPos { epoch: 0, epochs: 10, batch: 0, batches: 2 };
     let before = reads_so_far();
-    let items = forward_backward(&mut student, &cfg, &noise_batch(), &ad, &taps, Some(&mut d), None, pos, &mut grads, true);
+    let items = forward_backward(&mut student, &cfg, &common::noise_batch(), &ad, &taps, Some(&mut d), None, pos, &mut grads, true);
     grads.clip_global_norm_on_device(10.0);
     assert_eq!(reads_so_far(), before, "a distilled device-resident step made a read-back");
     let host = items.read();

@@ -47,7 +47,7 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     if !a.no_fuse {
         m.fuse();
     }
-    super::apply_half(&mut m, a.half);
+    super::apply_half(&mut m, a.half)?;
     let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
     let once = || {
         let t = std::time::Instant::now();

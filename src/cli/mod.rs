@@ -54,12 +54,24 @@ pub enum Command {
 
 /// `--half`: the model's layers cast to the half type. On the CPU that is slower than f32
 /// (flex has no native half arithmetic; Ultralytics ignores `half` there), so it says so.
-fn apply_half(m: &mut crate::model::DetectionModel, half: Option<crate::options::Half>) {
-    let Some(h) = half else { return };
-    if crate::device::is_cpu(&crate::default_device()) {
+fn apply_half(m: &mut crate::model::DetectionModel, half: Option<crate::options::Half>) -> anyhow::Result<()> {
+    let Some(h) = half else { return Ok(()) };
+    let device = crate::default_device();
+    if !device.supports_dtype(h.dtype()) {
+        let supported: Vec<&str> =
+            [crate::options::Half::F16, crate::options::Half::Bf16].into_iter().filter(|o| device.supports_dtype(o.dtype())).map(|o| o.name()).collect();
+        anyhow::bail!(
+            "--half {}: this device ({device:?}) has no {:?} arithmetic; it supports: {}",
+            h.name(),
+            h.dtype(),
+            if supported.is_empty() { "f32 only (leave --half out)".to_string() } else { supported.join(", ") }
+        );
+    }
+    if crate::device::is_cpu(&device) {
         eprintln!("note: --half on the CPU checks half-precision numbers but runs slower than f32; it pays on a GPU");
     }
     m.cast(h.dtype());
+    Ok(())
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -53,7 +53,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
     let mut m = model::load(&a.model, None, &device)?.model;
     crate::task::of(m.head()).check_command("predict", m.head(), &a.model)?;
     m.fuse();
-    super::apply_half(&mut m, a.half);
+    super::apply_half(&mut m, a.half)?;
     let images = list_images(&a.source)?;
     let imgsz = crate::options::inference_size(a.imgsz, m.train_imgsz);
     let cfg = NmsConfig { conf: a.conf, iou: a.iou, max_det: a.max_det, nms: a.nms, ..NmsConfig::predict() };

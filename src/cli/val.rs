@@ -93,7 +93,7 @@ pub fn run(a: ValArgs) -> Result<()> {
     crate::task::of(m.head()).check_command("val", m.head(), &a.model)?;
     // BatchNorm folded into the convolutions, as Ultralytics' standalone validator runs it.
     m.fuse();
-    super::apply_half(&mut m, a.half);
+    super::apply_half(&mut m, a.half)?;
     if m.nc() != data.names.len() {
         bail!("{} predicts {} classes but {} has {}", a.model, m.nc(), a.data.display(), data.names.len());
     }

@@ -44,7 +44,9 @@ impl CrossHead {
         if s.strides != t.strides {
             bail!("--logit crosskd needs Detect levels of the same strides (student {:?}, teacher {:?})", s.strides, t.strides);
         }
-        let adapter = |from: usize, to: usize| (from != to).then(|| Adapter::new(from, to, device));
+        // drawn on the CPU and moved, as every initial weight (crate::device::init_device)
+        let host = crate::device::init_device(device);
+        let adapter = |from: usize, to: usize| (from != to).then(|| Adapter::new(from, to, &host).drawn_to(device));
         let levels = (0..s.cv2.len())
             .map(|l| CrossLevel {
                 box_adapter: adapter(s.cv2[l].stage_width(), t.cv2[l].stage_width()),

@@ -2,6 +2,7 @@
 //! chosen feature/response losses, plugged into the trainer as a [`StepHook`].
 
 use anyhow::{bail, Context, Result};
+use burn::module::Module;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -15,7 +16,7 @@ use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use super::pseudo::{detections_as_targets, MeanTeacher, PseudoCounts};
 use crate::loss::segment::mask_distillation;
 use crate::loss::{model_loss, Assignment, LossConfig, Targets};
-use crate::model::walk::{child, Visit, Walk};
+use crate::model::walk::{child, draw_now, Visit, Walk};
 use crate::model::layers::head::{anchor_tensors, HeadMaps, HeadOutput};
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
@@ -174,7 +175,11 @@ impl Distiller {
         let path = args.teacher.as_deref().context("no --teacher")?;
         // A YAML teacher (random init, e.g. for pairing checks) gets the student's class count.
         let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
-        let mut teacher = model::load(path, is_yaml.then(|| student.nc()), device)?.model;
+        // built where the student was (random init of a YAML teacher included), then moved
+        let host = crate::device::init_device(device);
+        let mut teacher = model::load(path, is_yaml.then(|| student.nc()), &host)?.model;
+        teacher.walk_all(&mut draw_now);
+        let mut teacher = teacher.to_device(device);
         let both_segment = student.head().mask.is_some() && teacher.head().mask.is_some();
         if !args.online {
             // A frozen teacher runs in eval mode: BatchNorm folded into its convolutions computes
@@ -204,13 +209,13 @@ impl Distiller {
         let need_adapter = methods.iter().any(|(m, _)| m.needs_adapter());
         let adapters = pairs
             .iter()
-            .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| Adapter::new(p.student_shape[0], p.teacher_shape[0], device)))
+            .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| Adapter::new(p.student_shape[0], p.teacher_shape[0], &host).drawn_to(device)))
             .collect();
         // Modules in a fixed order (adapters, MGD generators, sl2 projectors): a seed gives the
         // same initial weights whatever order the methods are written in.
         let has = |f: Feature| methods.iter().any(|(m, _)| *m == f);
-        let mut generators = has(Feature::Mgd).then(|| pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], device)).collect());
-        let mut projectors = has(Feature::Sl2).then(|| pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], device)).collect());
+        let mut generators = has(Feature::Mgd).then(|| pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], &host).drawn_to(device)).collect());
+        let mut projectors = has(Feature::Sl2).then(|| pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], &host).drawn_to(device)).collect());
         let methods = methods
             .into_iter()
             .map(|(feature, weight)| {

@@ -20,6 +20,7 @@ use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid, softmax}
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::kernels::conv2d_layer;
+use crate::model::walk::{draw_now, Walk};
 
 /// Seed default of the MGD loss weight `α_mgd`.
 pub const MGD_ALPHA: f32 = 2e-5;
@@ -109,6 +110,12 @@ impl Adapter {
         Self { conv: conv_config(c_student, c_teacher, 1).init(device) }
     }
 
+    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
+    pub fn drawn_to(mut self, device: &Device) -> Self {
+        self.conv.walk("", &mut draw_now);
+        self.to_device(device)
+    }
+
     /// Adapter with explicit weight `[Ct, Cs, 1, 1]` and bias `[Ct]`.
     pub fn from_weights(weight: Tensor<4>, bias: Tensor<1>) -> Self {
         assert_eq!(&weight.dims()[2..], &[1, 1], "adapter is a 1×1 convolution");
@@ -186,6 +193,13 @@ impl MgdGenerator {
     /// Randomly initialised block for `channels` channels.
     pub fn new(channels: usize, device: &Device) -> Self {
         Self { conv1: conv_config(channels, channels, 3).init(device), conv2: conv_config(channels, channels, 3).init(device) }
+    }
+
+    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
+    pub fn drawn_to(mut self, device: &Device) -> Self {
+        self.conv1.walk("", &mut draw_now);
+        self.conv2.walk("", &mut draw_now);
+        self.to_device(device)
     }
 
     /// Block with explicit weights `[C, C, 3, 3]` and biases `[C]`.
@@ -535,6 +549,13 @@ pub struct Projector {
 impl Projector {
     pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
         Self { conv1: conv_config(c_student, c_teacher, 1).init(device), conv2: conv_config(c_teacher, c_teacher, 1).init(device) }
+    }
+
+    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
+    pub fn drawn_to(mut self, device: &Device) -> Self {
+        self.conv1.walk("", &mut draw_now);
+        self.conv2.walk("", &mut draw_now);
+        self.to_device(device)
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

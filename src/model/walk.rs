@@ -56,6 +56,18 @@ pub trait Walk {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>);
 }
 
+/// A visitor that draws a lazily initialised parameter now, on the device it was made for. burn
+/// draws a parameter at its first use, on whatever device it is by then: a module made on the CPU
+/// (crate::device::init_device) is walked with this before it moves, so that a seed gives the
+/// same weights on every device.
+pub fn draw_now(_: &str, slot: Slot<'_>) {
+    match slot {
+        Slot::P4(p) => drop(p.val()),
+        Slot::P1(p) => drop(p.val()),
+        Slot::Stat(_) | Slot::Conv(_) => {}
+    }
+}
+
 /// `prefix` + `name` + `.`, the prefix of a child module.
 pub fn child(prefix: &str, name: impl std::fmt::Display) -> String {
     format!("{prefix}{name}.")

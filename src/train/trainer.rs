@@ -147,8 +147,12 @@ impl Trainer {
         // --seed fixes the initial weights (and the extension's random tensors) as well as the
         // data order, so two runs that differ in one setting start from the same model.
         let init_turn = INIT_TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let host = crate::device::init_device(&plain);
+        host.seed(a.seed);
         plain.seed(a.seed);
-        let mut model = setup::initial_model(&a, &data.config.names, &plain)?;
+        let mut model = setup::initial_model(&a, &data.config.names, &host)?;
+        model.walk_all(&mut crate::model::walk::draw_now);
+        let mut model = model.to_device(&plain);
         model.train_imgsz = Some(a.imgsz);
         let head = model.head();
         let task = crate::task::of(head);

@@ -146,3 +146,26 @@ pub fn assert_pictures(dir: &Path, files: &[&str]) {
         assert!(img.width() > 0 && img.height() > 0, "{}", p.display());
     }
 }
+
+/// A small deterministic generator (the test must not depend on burn's random streams).
+pub struct Lcg(pub u64);
+impl Lcg {
+    pub fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// A 2-image batch of 64×64 noise with three boxes.
+pub fn noise_batch() -> yolodistill::data::loader::Batch {
+    let mut r = Lcg(7);
+    yolodistill::data::loader::Batch {
+        images: (0..2 * 3 * 64 * 64).map(|_| r.next()).collect(),
+        shape: [2, 3, 64, 64],
+        batch_idx: vec![0, 0, 1],
+        cls: vec![0, 2, 1],
+        bboxes: vec![[0.3, 0.3, 0.2, 0.3], [0.7, 0.6, 0.4, 0.5], [0.5, 0.5, 0.1, 0.1]],
+        labeled: 2,
+        ..Default::default()
+    }
+}
