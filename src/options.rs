@@ -45,12 +45,9 @@ impl Half {
         }
     }
 
-    /// The value `--half` takes for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Half::F16 => "f16",
-            Half::Bf16 => "bf16",
-        }
+    /// The value `--half` takes for it (clap's name of the variant).
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_string()).unwrap_or_default()
     }
 }
 

@@ -17,7 +17,6 @@ use yolodistill::train::{forward_backward, make_trainable, train, StepPos, Train
 
 const SHAPES: [(usize, usize); 3] = [(8, 8), (4, 4), (2, 2)];
 
-
 /// Up to five boxes per image (some images without any), small ones below the middle stride
 /// included, normalised xywh.
 fn random_targets(seed: u64, b: usize, nc: usize) -> Targets {

@@ -58,8 +58,11 @@ fn apply_half(m: &mut crate::model::DetectionModel, half: Option<crate::options:
     let Some(h) = half else { return Ok(()) };
     let device = crate::default_device();
     if !device.supports_dtype(h.dtype()) {
-        let supported: Vec<&str> =
-            [crate::options::Half::F16, crate::options::Half::Bf16].into_iter().filter(|o| device.supports_dtype(o.dtype())).map(|o| o.name()).collect();
+        let supported: Vec<String> = <crate::options::Half as clap::ValueEnum>::value_variants()
+            .iter()
+            .filter(|o| device.supports_dtype(o.dtype()))
+            .map(|o| o.name())
+            .collect();
         anyhow::bail!(
             "--half {}: this device ({device:?}) has no {:?} arithmetic; it supports: {}",
             h.name(),

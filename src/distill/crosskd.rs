@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::losses::Adapter;
 use crate::model::layers::head::{BoxBranch, ClsBranch, Detect, HeadMaps};
-use crate::model::walk::{child, Slot, Visit, Walk};
+use crate::model::walk::{child, drawn_to, Slot, Visit, Walk};
 use crate::model::DetectionModel;
 
 /// One level of the cross head.
@@ -44,9 +44,8 @@ impl CrossHead {
         if s.strides != t.strides {
             bail!("--logit crosskd needs Detect levels of the same strides (student {:?}, teacher {:?})", s.strides, t.strides);
         }
-        // drawn on the CPU and moved, as every initial weight (crate::device::init_device)
         let host = crate::device::init_device(device);
-        let adapter = |from: usize, to: usize| (from != to).then(|| Adapter::new(from, to, &host).drawn_to(device));
+        let adapter = |from: usize, to: usize| (from != to).then(|| drawn_to(Adapter::new(from, to, &host), device));
         let levels = (0..s.cv2.len())
             .map(|l| CrossLevel {
                 box_adapter: adapter(s.cv2[l].stage_width(), t.cv2[l].stage_width()),
@@ -90,7 +89,7 @@ impl CrossHead {
         for (l, level) in self.levels.iter_mut().enumerate() {
             for (what, a) in [("box", &mut level.box_adapter), ("cls", &mut level.cls_adapter)] {
                 if let Some(a) = a {
-                    a.conv.walk(&child(&child(&format!("distill.cross.{what}."), l), "conv"), f);
+                    a.walk(&child(&format!("distill.cross.{what}."), l), f);
                 }
             }
         }

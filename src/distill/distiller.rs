@@ -2,7 +2,6 @@
 //! chosen feature/response losses, plugged into the trainer as a [`StepHook`].
 
 use anyhow::{bail, Context, Result};
-use burn::module::Module;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -16,7 +15,7 @@ use super::methods::{FeatureMethod, LevelMaps, StepKey};
 use super::pseudo::{detections_as_targets, MeanTeacher, PseudoCounts};
 use crate::loss::segment::mask_distillation;
 use crate::loss::{model_loss, Assignment, LossConfig, Targets};
-use crate::model::walk::{child, draw_now, Visit, Walk};
+use crate::model::walk::{child, drawn_to, Visit, Walk};
 use crate::model::layers::head::{anchor_tensors, HeadMaps, HeadOutput};
 use crate::model::{self, DetectionModel};
 use crate::train::optim::Trainable;
@@ -177,9 +176,7 @@ impl Distiller {
         let is_yaml = path.ends_with(".yaml") || path.ends_with(".yml");
         // built where the student was (random init of a YAML teacher included), then moved
         let host = crate::device::init_device(device);
-        let mut teacher = model::load(path, is_yaml.then(|| student.nc()), &host)?.model;
-        teacher.walk_all(&mut draw_now);
-        let mut teacher = teacher.to_device(device);
+        let mut teacher = drawn_to(model::load(path, is_yaml.then(|| student.nc()), &host)?.model, device);
         let both_segment = student.head().mask.is_some() && teacher.head().mask.is_some();
         if !args.online {
             // A frozen teacher runs in eval mode: BatchNorm folded into its convolutions computes
@@ -209,13 +206,13 @@ impl Distiller {
         let need_adapter = methods.iter().any(|(m, _)| m.needs_adapter());
         let adapters = pairs
             .iter()
-            .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| Adapter::new(p.student_shape[0], p.teacher_shape[0], &host).drawn_to(device)))
+            .map(|p| (need_adapter && p.student_shape[0] != p.teacher_shape[0]).then(|| drawn_to(Adapter::new(p.student_shape[0], p.teacher_shape[0], &host), device)))
             .collect();
         // Modules in a fixed order (adapters, MGD generators, sl2 projectors): a seed gives the
         // same initial weights whatever order the methods are written in.
         let has = |f: Feature| methods.iter().any(|(m, _)| *m == f);
-        let mut generators = has(Feature::Mgd).then(|| pairs.iter().map(|p| MgdGenerator::new(p.teacher_shape[0], &host).drawn_to(device)).collect());
-        let mut projectors = has(Feature::Sl2).then(|| pairs.iter().map(|p| Projector::new(p.student_shape[0], p.teacher_shape[0], &host).drawn_to(device)).collect());
+        let mut generators = has(Feature::Mgd).then(|| pairs.iter().map(|p| drawn_to(MgdGenerator::new(p.teacher_shape[0], &host), device)).collect());
+        let mut projectors = has(Feature::Sl2).then(|| pairs.iter().map(|p| drawn_to(Projector::new(p.student_shape[0], p.teacher_shape[0], &host), device)).collect());
         let methods = methods
             .into_iter()
             .map(|(feature, weight)| {
@@ -666,7 +663,7 @@ impl Trainable for Distiller {
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         for (i, a) in self.adapters.iter_mut().enumerate() {
             if let Some(a) = a {
-                a.conv.walk(&child(&child("distill.adapter.", i), "conv"), f);
+                a.walk(&child("distill.adapter.", i), f);
             }
         }
         // the methods' own modules, in a fixed order (as they were made)
@@ -680,7 +677,7 @@ impl Trainable for Distiller {
         }
         // An online teacher trains with the student (same parameter-group rules by name).
         if self.args.online {
-            self.teacher.walk_all(&mut |name, slot| f(&format!("distill.teacher.{name}"), slot));
+            self.teacher.walk("distill.teacher.", f);
         }
     }
 }

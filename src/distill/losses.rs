@@ -20,7 +20,7 @@ use burn::tensor::activation::{log_sigmoid, log_softmax, relu, sigmoid, softmax}
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::kernels::conv2d_layer;
-use crate::model::walk::{draw_now, Walk};
+use crate::model::walk::walk_fields;
 
 /// Seed default of the MGD loss weight `α_mgd`.
 pub const MGD_ALPHA: f32 = 2e-5;
@@ -103,17 +103,12 @@ fn conv_config(c_in: usize, c_out: usize, k: usize) -> Conv2dConfig {
 pub struct Adapter {
     pub conv: Conv2d,
 }
+walk_fields!(Adapter: conv);
 
 impl Adapter {
     /// Randomly initialised adapter `c_student → c_teacher`.
     pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
         Self { conv: conv_config(c_student, c_teacher, 1).init(device) }
-    }
-
-    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
-    pub fn drawn_to(mut self, device: &Device) -> Self {
-        self.conv.walk("", &mut draw_now);
-        self.to_device(device)
     }
 
     /// Adapter with explicit weight `[Ct, Cs, 1, 1]` and bias `[Ct]`.
@@ -188,18 +183,12 @@ pub struct MgdGenerator {
     pub conv1: Conv2d,
     pub conv2: Conv2d,
 }
+walk_fields!(MgdGenerator: conv1, conv2);
 
 impl MgdGenerator {
     /// Randomly initialised block for `channels` channels.
     pub fn new(channels: usize, device: &Device) -> Self {
         Self { conv1: conv_config(channels, channels, 3).init(device), conv2: conv_config(channels, channels, 3).init(device) }
-    }
-
-    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
-    pub fn drawn_to(mut self, device: &Device) -> Self {
-        self.conv1.walk("", &mut draw_now);
-        self.conv2.walk("", &mut draw_now);
-        self.to_device(device)
     }
 
     /// Block with explicit weights `[C, C, 3, 3]` and biases `[C]`.
@@ -545,17 +534,11 @@ pub struct Projector {
     pub conv1: Conv2d,
     pub conv2: Conv2d,
 }
+walk_fields!(Projector: conv1, conv2);
 
 impl Projector {
     pub fn new(c_student: usize, c_teacher: usize, device: &Device) -> Self {
         Self { conv1: conv_config(c_student, c_teacher, 1).init(device), conv2: conv_config(c_teacher, c_teacher, 1).init(device) }
-    }
-
-    /// Drawn where it was made, then moved to `device` (crate::device::init_device).
-    pub fn drawn_to(mut self, device: &Device) -> Self {
-        self.conv1.walk("", &mut draw_now);
-        self.conv2.walk("", &mut draw_now);
-        self.to_device(device)
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

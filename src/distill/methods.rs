@@ -130,12 +130,6 @@ pub fn parse_methods(spec: &str, default_weight: f32) -> Result<Vec<(Feature, f3
         .collect()
 }
 
-/// The two convolutions of an MGD generator or an sl2 projector, named `<prefix>.conv1/2`.
-fn walk_pair(prefix: &str, conv1: &mut burn::nn::conv::Conv2d, conv2: &mut burn::nn::conv::Conv2d, f: &mut Visit<'_>) {
-    conv1.walk(&child(prefix, "conv1"), f);
-    conv2.walk(&child(prefix, "conv2"), f);
-}
-
 /// Normalised student (through the adapter) and teacher maps of level `l`, the seed's pipeline.
 fn normalised(l: usize, maps: &LevelMaps<'_>) -> ([Tensor<4>; 1], [Tensor<4>; 1]) {
     let (s, t) = seed_pipeline(maps.student[l].clone(), maps.teacher[l].clone(), maps.adapters[l].as_ref());
@@ -188,7 +182,7 @@ impl FeatureMethod for Mgd {
     }
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         for (i, g) in self.generators.iter_mut().enumerate() {
-            walk_pair(&child("distill.mgd.", i), &mut g.conv1, &mut g.conv2, f);
+            g.walk(&child("distill.mgd.", i), f);
         }
     }
 }
@@ -248,7 +242,7 @@ impl FeatureMethod for Sl2 {
     }
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         for (i, g) in self.projectors.iter_mut().enumerate() {
-            walk_pair(&child("distill.projector.", i), &mut g.conv1, &mut g.conv2, f);
+            g.walk(&child("distill.projector.", i), f);
         }
     }
 }

@@ -45,6 +45,12 @@ pub trait Trainable {
     fn walk_params(&mut self, f: &mut Visit<'_>);
 }
 
+impl Walk for crate::model::DetectionModel {
+    fn walk(&mut self, prefix: &str, f: &mut Visit<'_>) {
+        self.walk_all(&mut |name, slot| f(&format!("{prefix}{name}"), slot));
+    }
+}
+
 impl Trainable for crate::model::DetectionModel {
     fn walk_params(&mut self, f: &mut Visit<'_>) {
         self.walk_all(f);
@@ -56,16 +62,21 @@ pub trait Walk {
     fn walk(&mut self, prefix: &str, f: &mut Visit<'_>);
 }
 
-/// A visitor that draws a lazily initialised parameter now, on the device it was made for. burn
-/// draws a parameter at its first use, on whatever device it is by then: a module made on the CPU
-/// (crate::device::init_device) is walked with this before it moves, so that a seed gives the
-/// same weights on every device.
-pub fn draw_now(_: &str, slot: Slot<'_>) {
+/// A visitor that draws a lazily initialised parameter now, on the device it was made for: burn
+/// draws a parameter at its first use, on whatever device it is by then.
+fn draw_now(_: &str, slot: Slot<'_>) {
     match slot {
         Slot::P4(p) => drop(p.val()),
         Slot::P1(p) => drop(p.val()),
         Slot::Stat(_) | Slot::Conv(_) => {}
     }
+}
+
+/// `m`, made on the CPU (crate::device::init_device), with its parameters drawn there in walk
+/// order and then moved to `device`: a seed gives the same weights on every device.
+pub fn drawn_to<M: burn::module::Module + Walk>(mut m: M, device: &burn::tensor::Device) -> M {
+    m.walk("", &mut draw_now);
+    m.to_device(device)
 }
 
 /// `prefix` + `name` + `.`, the prefix of a child module.

@@ -150,9 +150,7 @@ impl Trainer {
         let host = crate::device::init_device(&plain);
         host.seed(a.seed);
         plain.seed(a.seed);
-        let mut model = setup::initial_model(&a, &data.config.names, &host)?;
-        model.walk_all(&mut crate::model::walk::draw_now);
-        let mut model = model.to_device(&plain);
+        let mut model = crate::model::walk::drawn_to(setup::initial_model(&a, &data.config.names, &host)?, &plain);
         model.train_imgsz = Some(a.imgsz);
         let head = model.head();
         let task = crate::task::of(head);
