@@ -87,7 +87,7 @@ fn not_built(kind: &str) -> anyhow::Result<Device> {
 
 /// Where GPU backends keep compiled kernels and autotune results between processes:
 /// `YOLODISTILL_CACHE`, else the user cache folder (`~/.cache/yolodistill/kernels`).
-#[cfg(any(feature = "wgpu-untuned", feature = "vulkan", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
 fn kernel_cache_dir() -> std::path::PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     env("YOLODISTILL_CACHE")
@@ -100,7 +100,7 @@ fn kernel_cache_dir() -> std::path::PathBuf {
 /// training run): both are kept on disk in [`kernel_cache_dir`], so the next process on the
 /// machine starts in seconds. Settings a `cubecl.toml` or CUBECL_* variable gives are kept
 /// otherwise. Must run before the first GPU device is made.
-#[cfg(any(feature = "wgpu-untuned", feature = "vulkan", feature = "cuda"))]
+#[cfg(any(feature = "wgpu", feature = "vulkan", feature = "cuda"))]
 fn keep_kernel_caches() {
     use burn::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
@@ -112,6 +112,8 @@ fn keep_kernel_caches() {
 
 #[cfg(feature = "wgpu-untuned")]
 fn wgpu(index: Option<usize>) -> anyhow::Result<Device> {
+    // the untuned build has nothing to keep: no tuning, and cubecl keeps no compiled WGSL
+    #[cfg(feature = "wgpu")]
     keep_kernel_caches();
     Ok(Device::wgpu(gpu_kind(index)))
 }
