@@ -83,13 +83,18 @@ TEACHER=$PWD/$G/shared/fixtures/teacher_v8s_bccd.pt
 [ -f "$TEACHER" ] || { TEACHER=$PWD/tests/data/yolov10n_bccd.pt; export YOLODISTILL_TEST_TEACHER=$TEACHER; }
 DATA=$PWD/$G/shared/data/bccd/data.yaml
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
-{ grep -m1 "model name" /proc/cpuinfo; nproc; "$BIN" --device "$DEVICE" info; } >> "$OUT/gpu.txt" 2>&1 || true
+# the host, the Vulkan driver files chosen, and a first forward on the device (it fails here if none)
+{ grep -m1 "model name" /proc/cpuinfo; nproc; echo "VK_ICD_FILENAMES=${VK_ICD_FILENAMES:-} VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
+  "$BIN" --device "$DEVICE" benchmark --model yolov8n.yaml --imgsz 64 --runs 1 --warmup 0; } >> "$OUT/gpu.txt" 2>&1 || true
 
 # 1. the suite, most telling parts first, each under its own limit
 suite() { # name, seconds, test filter
-    local t0=$SECONDS rc=0
-    YOLODISTILL_TEST_GPU=$DEVICE timeout "$(lim "$2")" $G/gpu_suite "$3" --test-threads 1 --nocapture >> "$OUT/gpu_suite.log" 2>&1 || rc=$?
-    note "{\"check\": \"suite\", \"part\": \"$1\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}"
+    local t0=$SECONDS rc=0 tests
+    YOLODISTILL_TEST_GPU=$DEVICE timeout "$(lim "$2")" $G/gpu_suite "$3" --test-threads 1 --nocapture > "$W/part.log" 2>&1 || rc=$?
+    cat "$W/part.log" >> "$OUT/gpu_suite.log"
+    # how many tests the filter ran: 0 where this build lacks them (the kernel cache when untuned)
+    tests=$(sed -n 's/^running \([0-9]*\) tests\?$/\1/p' "$W/part.log" | head -n 1)
+    note "{\"check\": \"suite\", \"part\": \"$1\", \"tests\": ${tests:-null}, \"rc\": $rc, \"seconds\": $((SECONDS - t0))}"
 }
 if [[ $PARTS == *suite* ]]; then
     suite tensor 60 the_gpu_runs

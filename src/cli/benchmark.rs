@@ -49,18 +49,22 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     }
     super::apply_half(&mut m, a.half)?;
     let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
-    let once = || {
+    let once = || -> Result<f64> {
         let t = std::time::Instant::now();
         match a.nms {
-            None => _ = m.predict(x.clone()).try_into_vec_as::<f32>(), // wait for the result
+            // reading the result back waits for it; a failed read (a GPU out of memory, a buffer
+            // over the device's limit) is an error, not a time
+            None => _ = m.predict(x.clone()).try_into_vec_as::<f32>().map_err(|e| {
+                anyhow::anyhow!("the forward of batch {} at {} on {device:?} failed: {e:?}", a.batch, a.imgsz)
+            })?,
             Some(nms) => _ = m.detect(x.clone(), &NmsConfig { nms, ..NmsConfig::predict() }),
         }
-        t.elapsed().as_secs_f64() * 1e3
+        Ok(t.elapsed().as_secs_f64() * 1e3)
     };
     for _ in 0..a.warmup {
-        once();
+        once()?;
     }
-    let mut ms: Vec<f64> = (0..a.runs).map(|_| once()).collect();
+    let mut ms = (0..a.runs).map(|_| once()).collect::<Result<Vec<f64>>>()?;
     ms.sort_by(|x, y| x.partial_cmp(y).unwrap());
     let median = ms[ms.len() / 2];
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
