@@ -364,3 +364,22 @@ fn a_second_process_finds_the_first_ones_kernels() {
     eprintln!("cold start {cold:.1} s, warm start {warm:.1} s");
     assert!(warm * 5.0 < cold, "the second process took {warm:.1} s against the first's {cold:.1} s");
 }
+
+/// `vulkan` builds: a Vulkan device this build cannot compile for (cubecl 0.11.3 writes invalid
+/// SPIR-V for a device without VK_KHR_workgroup_memory_explicit_layout, such as lavapipe) is
+/// refused with an error naming the extension and the alternative; any other device runs a
+/// forward. Never a crash.
+#[cfg(all(feature = "vulkan", not(feature = "vulkan-spirv-dump")))]
+#[test]
+fn a_vulkan_device_runs_or_is_refused_by_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_yolodistill"))
+        .args(["--device", "vulkan", "benchmark", "--model", "yolov8n.yaml", "--imgsz", "64", "--runs", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => assert!(err.contains("VK_KHR_workgroup_memory_explicit_layout") && err.contains("--device wgpu"), "{err}"),
+        code => panic!("exit code {code:?} (a signal or a panic):\n{err}"),
+    }
+}
