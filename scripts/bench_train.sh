@@ -12,6 +12,9 @@ ITERS=${4:-10}
 DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
 cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
+# the JPEG decoder's SIMD is built only when nasm was on the PATH (1.7x faster decoding, same pixels)
+nm target/debug/yolodistill 2> /dev/null | grep -q jsimd_idct_islow_sse2 ||
+    echo "warning: this build decodes JPEGs without SIMD (no nasm at build time: apt install nasm, then cargo clean -p mozjpeg-sys); the data pipeline figure is low"
 ours=$(target/debug/yolodistill bench-train --model "$MODEL" --data "$DATA" --imgsz "$IMGSZ" --batch "$BATCH" \
     --iters "$ITERS" --data-batches 12 --json 2>/dev/null | tail -n 1)
 echo "yolodistill: $ours"
