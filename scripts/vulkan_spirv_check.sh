@@ -9,6 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 command -v spirv-val > /dev/null || { echo "vulkan_spirv_check.sh: needs spirv-val (apt-get install spirv-tools)" >&2; exit 2; }
 OUT=${1:-$(mktemp -d /tmp/yolodistill-spirv.XXXXXX)}
+# a folder of its own: the modules of an earlier run would mix with this one's
+[ -z "$(ls -A "$OUT" 2> /dev/null)" ] || { echo "vulkan_spirv_check.sh: $OUT is not empty; name a new or empty folder" >&2; exit 2; }
 mkdir -p "$OUT"
 cargo build --quiet --features vulkan-spirv-dump || exit 1
 KERNELS=$(mktemp -d /tmp/yolodistill-kernels.XXXXXX)     # an empty kernel cache: everything compiles

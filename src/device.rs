@@ -124,67 +124,68 @@ fn wgpu(_: Option<usize>) -> anyhow::Result<Device> {
 
 #[cfg(feature = "vulkan")]
 fn vulkan(index: Option<usize>) -> anyhow::Result<Device> {
-    // the dump build exists to see what cubecl writes for such a device
     #[cfg(not(feature = "vulkan-spirv-dump"))]
-    check_vulkan_adapter(index)?;
+    vulkan_check::check_vulkan_adapter(index)?;
     keep_kernel_caches();
     Ok(Device::vulkan(gpu_kind(index)))
 }
 
-/// The Vulkan extension without which cubecl 0.11.3 (burn 0.22.1) compiles every kernel that uses
-/// shared memory (matmul tiles, reductions) into invalid SPIR-V: its fallback declares the shared
-/// arrays as Workgroup variables holding a pointer (`spirv-val`: "OpInBoundsAccessChain reached
-/// non-composite type"), and lavapipe crashes in vkCreateComputePipelines
-/// (benches/results/gpu/vulkan_spirv_session23.md).
+/// The device check of `--device vulkan` (not in the dump build, which exists to see what cubecl
+/// writes for a device the check refuses).
 #[cfg(all(feature = "vulkan", not(feature = "vulkan-spirv-dump")))]
-const WORKGROUP_LAYOUT: &std::ffi::CStr = c"VK_KHR_workgroup_memory_explicit_layout";
-
-/// Refuses, with a clear error, the Vulkan adapter cubecl would pick for `index` when there is
-/// none (cubecl would panic) or when it lacks [`WORKGROUP_LAYOUT`] (the first shared-memory kernel
-/// would crash the process).
-#[cfg(all(feature = "vulkan", not(feature = "vulkan-spirv-dump")))]
-fn check_vulkan_adapter(index: Option<usize>) -> anyhow::Result<()> {
+mod vulkan_check {
     use cubecl::wgpu::wgpu;
-    let adapter = vulkan_adapter(index)?;
-    // SAFETY: the hal adapter is only read, while `adapter` is alive.
-    let has_layout = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }
-        .is_none_or(|hal| hal.physical_device_capabilities().supports_extension(WORKGROUP_LAYOUT));
-    if !has_layout {
-        anyhow::bail!(
-            "the Vulkan device {:?} lacks {}, without which this build's Vulkan compiler (cubecl 0.11.3) \
-             writes invalid shaders that crash the driver; use the wgpu feature and --device wgpu on it \
-             (Vulkan through WGSL)",
-            adapter.get_info().name,
-            WORKGROUP_LAYOUT.to_string_lossy()
-        );
+
+    /// The Vulkan extension without which cubecl 0.11.3 (burn 0.22.1) compiles every kernel that uses
+    /// shared memory (matmul tiles, reductions) into invalid SPIR-V: its fallback declares the shared
+    /// arrays as Workgroup variables holding a pointer (`spirv-val`: "OpInBoundsAccessChain reached
+    /// non-composite type"), and lavapipe crashes in vkCreateComputePipelines
+    /// (benches/results/gpu/vulkan_spirv_session23.md).
+    const WORKGROUP_LAYOUT: &std::ffi::CStr = c"VK_KHR_workgroup_memory_explicit_layout";
+
+    /// Refuses, with a clear error, the Vulkan adapter cubecl would pick for `index` when there is
+    /// none (cubecl would panic) or when it lacks [`WORKGROUP_LAYOUT`] (the first shared-memory kernel
+    /// would crash the process).
+    pub(super) fn check_vulkan_adapter(index: Option<usize>) -> anyhow::Result<()> {
+        let adapter = vulkan_adapter(index)?;
+        // SAFETY: the hal adapter is only read, while `adapter` is alive.
+        let has_layout = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }
+            .is_none_or(|hal| hal.physical_device_capabilities().supports_extension(WORKGROUP_LAYOUT));
+        if !has_layout {
+            anyhow::bail!(
+                "the Vulkan device {:?} lacks {}, without which this build's Vulkan compiler (cubecl 0.11.3) \
+                 writes invalid shaders that crash the driver; use the wgpu feature and --device wgpu on it \
+                 (Vulkan through WGSL)",
+                adapter.get_info().name,
+                WORKGROUP_LAYOUT.to_string_lossy()
+            );
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The adapter cubecl picks for `index`: the index-th discrete GPU, else wgpu's high-performance
-/// choice; none is an error listing the Vulkan devices there are.
-#[cfg(all(feature = "vulkan", not(feature = "vulkan-spirv-dump")))]
-fn vulkan_adapter(index: Option<usize>) -> anyhow::Result<cubecl::wgpu::wgpu::Adapter> {
-    use cubecl::wgpu::wgpu;
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::VULKAN,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let all = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-    let adapter = match index {
-        Some(i) => all.iter().filter(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu).nth(i).cloned(),
-        None => cubecl::future::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        }))
-        .ok(),
-    };
-    adapter.ok_or_else(|| {
-        let wanted = index.map_or("no Vulkan device".to_string(), |i| format!("no discrete GPU number {i} (vulkan:{i})"));
-        let found: Vec<String> = all.iter().map(|a| format!("{:?} ({:?})", a.get_info().name, a.get_info().device_type)).collect();
-        let found = if found.is_empty() { "none".to_string() } else { found.join(", ") };
-        anyhow::anyhow!("{wanted} found; Vulkan devices here: {found}")
-    })
+    /// The adapter cubecl picks for `index`: the index-th discrete GPU, else wgpu's high-performance
+    /// choice; none is an error listing the Vulkan devices there are.
+    fn vulkan_adapter(index: Option<usize>) -> anyhow::Result<wgpu::Adapter> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let all = cubecl::future::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+        let adapter = match index {
+            Some(i) => all.iter().filter(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu).nth(i).cloned(),
+            None => cubecl::future::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .ok(),
+        };
+        adapter.ok_or_else(|| {
+            let wanted = index.map_or("no Vulkan device".to_string(), |i| format!("no discrete GPU number {i} (vulkan:{i})"));
+            let found: Vec<String> = all.iter().map(|a| format!("{:?} ({:?})", a.get_info().name, a.get_info().device_type)).collect();
+            let found = if found.is_empty() { "none".to_string() } else { found.join(", ") };
+            anyhow::anyhow!("{wanted} found; Vulkan devices here: {found}")
+        })
+    }
 }
 
 #[cfg(not(feature = "vulkan"))]
