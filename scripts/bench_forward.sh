@@ -3,8 +3,10 @@
 # our ONNX export under onnxruntime, and Ultralytics/PyTorch; BatchNorm folded and all cores
 # everywhere. The three take turns for ROUNDS rounds of RUNS timed passes each (after warm-up), so
 # that a slow spell of a shared machine falls on all of them; each figure is the median over its
-# rounds of the per-round medians, and the ratio is printed per round too.
-# Usage: scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
+# rounds of the per-round medians, and the ratio is printed per round too. PyTorch is also timed
+# under bf16 autocast where the CPU has bf16 arithmetic (AVX512-BF16 or AMX), or with BF16=1
+# (emulated elsewhere, several times slower than fp32).
+# Usage: [BF16=1] scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-yolov8n.yaml}
@@ -23,18 +25,24 @@ cat > "$WORK/time_pytorch.py" <<'PYEOF'
 import json, os, statistics, sys, time
 import torch
 from ultralytics import YOLO
-name, imgsz, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+name, imgsz, runs, bf16 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 torch.set_num_threads(os.cpu_count())
 m = YOLO(name).model.fuse(verbose=False).eval()
 x = torch.rand(1, 3, imgsz, imgsz)
-with torch.inference_mode():
-    for _ in range(3):
-        m(x)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter(); m(x); ts.append((time.perf_counter() - t) * 1e3)
-print(json.dumps({"median_ms": statistics.median(ts), "mean_ms": statistics.mean(ts), "min_ms": min(ts),
-                  "threads": torch.get_num_threads(), "torch": torch.__version__}))
+def times(autocast):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for _ in range(3):
+            m(x)
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter(); m(x); ts.append((time.perf_counter() - t) * 1e3)
+    return ts
+ts = times(False)
+res = {"median_ms": statistics.median(ts), "mean_ms": statistics.mean(ts), "min_ms": min(ts),
+       "threads": torch.get_num_threads(), "torch": torch.__version__}
+if bf16:
+    res["bf16_median_ms"] = statistics.median(times(True))
+print(json.dumps(res))
 PYEOF
 cat > "$WORK/time_onnxruntime.py" <<'PYEOF'
 import json, os, statistics, sys, time
@@ -54,9 +62,10 @@ print(json.dumps({"median_ms": statistics.median(ts), "mean_ms": statistics.mean
                   "threads": so.intra_op_num_threads, "onnxruntime": ort.__version__}))
 PYEOF
 target/debug/yolodistill export --model "$MODEL" --imgsz "$IMGSZ" --output "$WORK/model.onnx" > /dev/null
+if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo || [[ ${BF16:-0} == 1 ]]; then TIME_BF16=1; else TIME_BF16=0; fi
 for round in $(seq "$ROUNDS"); do
     ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
-    theirs=$("$PY" "$WORK/time_pytorch.py" "$MODEL" "$IMGSZ" "$RUNS" | tail -n 1)
+    theirs=$("$PY" "$WORK/time_pytorch.py" "$MODEL" "$IMGSZ" "$RUNS" "$TIME_BF16" | tail -n 1)
     ortres=$("$PY" "$WORK/time_onnxruntime.py" "$WORK/model.onnx" "$IMGSZ" "$RUNS" | tail -n 1)
     echo "round $round: yolodistill: $ours"
     echo "round $round: ultralytics/pytorch: $theirs"
@@ -72,4 +81,9 @@ for i, (a, b, c) in enumerate(rounds, 1):
 a, b, c = (statistics.median(r[i]["median_ms"] for r in rounds) for i in range(3))
 print(f"median latency over {len(rounds)} rounds: yolodistill {a:.1f} ms, onnxruntime {c:.1f} ms, pytorch {b:.1f} ms")
 print(f"ratios: ours/pytorch = {a / b:.2f}, onnxruntime/pytorch = {c / b:.2f}, ours/onnxruntime = {a / c:.2f}")
+if "bf16_median_ms" in rounds[0][1]:
+    d = statistics.median(r[1]["bf16_median_ms"] for r in rounds)
+    print(f"pytorch under bf16 autocast: {d:.1f} ms, ours (fp32)/pytorch bf16 = {a / d:.2f}")
+else:
+    print("pytorch under bf16 autocast: not timed, this CPU has no bf16 arithmetic (BF16=1 times it emulated)")
 PYEOF

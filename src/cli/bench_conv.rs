@@ -1,5 +1,7 @@
 //! `bench-conv`: GFLOP/s of every convolution of a model's training forward, forward and both
 //! backwards, with our kernels and with burn-flex's. `scripts/bench_conv.sh` adds PyTorch's.
+//! With `--inference`: the inference forward (bias and SiLU fused) as the product runs it, against
+//! the same without the direct convolution, the two taking turns.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,6 +33,10 @@ pub struct BenchConvArgs {
     /// One JSON object per convolution shape instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Time the inference forward instead: ours as the product runs it against ours without the
+    /// direct convolution (im2col or shifted GEMMs), repetitions interleaved.
+    #[arg(long)]
+    pub inference: bool,
 }
 
 /// Median seconds of `reps` calls of `f` after one warm-up call.
@@ -67,6 +73,28 @@ fn time_ours(g: &ConvGeom, reps: u32) -> [f64; 3] {
     ]
 }
 
+/// Median seconds of the inference forward (bias + SiLU) as the product runs it and without the
+/// direct convolution, the two interleaved so that a slow spell of the machine falls on both.
+fn time_inference(g: &ConvGeom, reps: u32) -> [f64; 2] {
+    let x = vec![0.5f32; g.n * g.ci * g.h * g.w];
+    let w = vec![0.01f32; g.weight_len()];
+    let b = vec![0.1f32; g.co];
+    let mut t = [Vec::new(), Vec::new()];
+    for rep in 0..=reps {
+        for (i, f) in [conv::forward_inference, conv::forward_inference_gemm].into_iter().enumerate() {
+            let s = Instant::now();
+            drop(f(g, &x, &w, Some(&b), true));
+            if rep > 0 {
+                t[i].push(s.elapsed().as_secs_f64());
+            }
+        }
+    }
+    t.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    })
+}
+
 /// Seconds of (forward, input gradient, weight gradient) with burn-flex's ops.
 fn time_burn(g: &ConvGeom, reps: u32, device: &Device) -> [f64; 3] {
     let flex = |shape: [usize; 4]| {
@@ -94,6 +122,9 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
             g.n, g.ci, g.h, g.w, g.kh, g.kw, g.stride[0], g.pad[0], g.groups, g.co
         );
         shapes.entry(key).or_insert((g, 0)).1 += 1;
+    }
+    if a.inference {
+        return report_inference(&a, &shapes);
     }
     if !a.json {
         println!("{} at {} batch {}: GFLOP/s, ours | burn-flex (forward, input grad, weight grad)", a.model, a.imgsz, a.batch);
@@ -123,6 +154,28 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
     if !a.json {
         let ms = |t: [f64; 3]| format!("{:.0} + {:.0} + {:.0} ms", t[0] * 1e3, t[1] * 1e3, t[2] * 1e3);
         println!("all convolutions of one step: ours {}, burn-flex {}", ms(total[0]), ms(total[1]));
+    }
+    Ok(())
+}
+
+/// `--inference`: per shape and in all, ours against ours without the direct convolution.
+fn report_inference(a: &BenchConvArgs, shapes: &BTreeMap<String, (ConvGeom, usize)>) -> Result<()> {
+    if !a.json {
+        println!("{} at {} batch {}: inference forward GFLOP/s, ours | without the direct convolution (ratio of times)", a.model, a.imgsz, a.batch);
+    }
+    let mut total = [0.0f64; 2];
+    for (key, (g, count)) in shapes {
+        let t = time_inference(g, a.reps);
+        total.iter_mut().zip(t).for_each(|(s, t)| *s += t * *count as f64);
+        let gf = |s: f64| flops(g) / s / 1e9;
+        if a.json {
+            println!("{}", serde_json::json!({"shape": key, "count": count, "gflop": flops(g) / 1e9, "ours_s": t[0], "gemm_s": t[1]}));
+        } else {
+            println!("{key:<36} ×{count}  {:6.1} | {:6.1}  ({:.2})", gf(t[0]), gf(t[1]), t[0] / t[1]);
+        }
+    }
+    if !a.json {
+        println!("all convolutions of one forward: ours {:.1} ms, without the direct convolution {:.1} ms ({:.2})", total[0] * 1e3, total[1] * 1e3, total[0] / total[1]);
     }
     Ok(())
 }

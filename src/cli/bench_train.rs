@@ -34,7 +34,8 @@ pub struct BenchTrainArgs {
     /// Timed training iterations (forward, loss, backward, optimizer step), at least 1.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub iters: u32,
-    /// Timed data-pipeline batches (mosaic on).
+    /// Timed data-pipeline batches (mosaic on), after the first one, over as many epochs as they
+    /// take.
     #[arg(long = "data-batches", default_value_t = 20, value_parser = crate::options::at_least_one)]
     pub data_batches: usize,
     /// Data-loading threads.
@@ -61,10 +62,19 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let ds = Arc::new(Dataset::scan(&data.train, nc, Some(&std::env::temp_dir().join("yolodistill-bench-cache")))?);
     let loader = TrainLoader::new(ds, a.imgsz, a.batch, AugConfig::default(), a.workers, 0)?;
 
-    let t = Instant::now();
-    let batches: Vec<Batch> = loader.epoch(0, true).take(a.data_batches).collect();
-    let data_s = t.elapsed().as_secs_f64();
-    let data_ips = batches.iter().map(|b| b.shape[0]).sum::<usize>() as f64 / data_s;
+    // The pipeline's steady state: epochs back to back, the clock started once the first batch is
+    // out (workers started), as scripts/bench_train.sh times Ultralytics' loader. The training
+    // steps reuse the first `iters` batches.
+    let mut stream = (0..).flat_map(|e| loader.epoch(e, true));
+    let mut batches: Vec<Batch> = stream.next().into_iter().collect();
+    let (t, mut images) = (Instant::now(), 0);
+    for b in stream.take(a.data_batches) {
+        images += b.shape[0];
+        if batches.len() < a.iters as usize {
+            batches.push(b);
+        }
+    }
+    let data_ips = images as f64 / t.elapsed().as_secs_f64();
 
     let mut m = model::load(&a.model, Some(nc), &plain)?.model;
     let head = m.head();

@@ -16,7 +16,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{shifted, simd, SharedMut};
+use super::{direct, shifted, simd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,25 +256,45 @@ pub(super) unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isi
 /// `y = act(conv(x, weight) + bias)`, act SiLU or identity; `x` is `[n, ci, h, w]`, `weight`
 /// `[co, ci/groups, kh, kw]`. Bias and SiLU are applied to each tile while it is in cache.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, false)
+    forward_with(g, x, weight, bias, silu, Form::Training)
 }
 
-/// [`forward`] for inference, where the convolutions [`shifted`] suits run as one GEMM per tap.
+/// [`forward`] for inference, where the convolutions [`direct`] suits run as a direct convolution
+/// (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm` turns it off) and those
+/// [`shifted`] suits as one GEMM per tap.
 /// Training keeps the im2col forward: the shifted thresholds were measured on batch-1 inference,
 /// and its different summation order alone moved tests/mpi.rs's 30-epoch two-rank run from
 /// mAP50 0.427 to 0.094 (tiny runs amplify rounding).
 pub fn forward_inference(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, true)
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled() })
 }
 
-fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, may_shift: bool) -> Vec<f32> {
+/// [`forward_inference`] without the direct convolution (the baseline `bench-conv --inference`
+/// compares it with).
+pub fn forward_inference_gemm(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: false })
+}
+
+/// Which forward runs: training's im2col GEMMs, or inference's faster forms where they apply.
+#[derive(Clone, Copy)]
+enum Form {
+    Training,
+    Inference { direct: bool },
+}
+
+fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, form: Form) -> Vec<f32> {
+    if let Form::Inference { direct: true } = form {
+        if direct::applies(g) {
+            return direct::forward(g, x, weight, bias, silu);
+        }
+    }
     let (wo, p) = (g.wo(), g.ho() * g.wo());
     let (cig, cog, k, plane) = (g.cig(), g.cog(), g.k(), g.h * g.w);
     // Not zero-filled: the units below write every element (through raw pointers only) before
     // `set_len`, so no reference to an unwritten element is ever made.
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
-    let by_tap = (may_shift && shifted::applies(g)).then(|| shifted::weights_by_tap(g, weight));
+    let by_tap = (matches!(form, Form::Inference { .. }) && shifted::applies(g)).then(|| shifted::weights_by_tap(g, weight));
     g.units().into_par_iter().for_each(|u| with_scratch(|Scratch { col, dyt: out, .. }| {
         let (p0, tile, cols) = (u.rows.0 * wo, (u.rows.1 - u.rows.0) * wo, u.cols(wo));
         for gi in 0..g.groups {
@@ -349,7 +369,7 @@ fn epilogue(row: &mut [f32], bias: f32, silu: bool) {
 
 #[inline(always)]
 fn silu_of(z: f32) -> f32 {
-    z * simd::sigmoid(z)
+    simd::silu(z)
 }
 
 /// Gradients of `conv(x, weight)` for `x` and/or `weight` given the output gradient `dy`.

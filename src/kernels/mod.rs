@@ -1,10 +1,12 @@
 //! Our own CPU kernels, plugged into burn as a backend extension (see `extension`) and used on the
 //! `flex` backend only: GPU backends keep burn's ops. `YOLODISTILL_KERNELS=burn` switches back to
-//! burn's own CPU ops (for A/B measurements and reference checks).
+//! burn's own CPU ops (for A/B measurements and reference checks), `gemm` keeps ours but without
+//! the direct convolution.
 
 pub mod alloc;
 pub mod conv;
 mod decode;
+mod direct;
 mod extension;
 pub mod kd;
 pub mod norm;
@@ -41,18 +43,37 @@ impl SharedMut {
     }
 }
 
-/// Whether our kernels are on (the default, `YOLODISTILL_KERNELS` unset or `ours`) or
-/// `YOLODISTILL_KERNELS=burn` turned them off. Another value is named in a warning, once.
-pub fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("YOLODISTILL_KERNELS").as_deref() {
-        Err(_) | Ok("") | Ok("ours") => true,
-        Ok("burn") => false,
+/// What `YOLODISTILL_KERNELS` asks for: unset or `ours`, `gemm` (ours without the direct
+/// convolution: the A/B switch for it), or `burn` (burn's own ops). Another value is named in a
+/// warning, once, and means ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Choice {
+    Ours,
+    Gemm,
+    Burn,
+}
+
+fn choice() -> Choice {
+    static CHOICE: OnceLock<Choice> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("YOLODISTILL_KERNELS").as_deref() {
+        Err(_) | Ok("") | Ok("ours") => Choice::Ours,
+        Ok("gemm") => Choice::Gemm,
+        Ok("burn") => Choice::Burn,
         Ok(other) => {
-            eprintln!("warning: YOLODISTILL_KERNELS={other:?} is not `ours` or `burn`; using our kernels");
-            true
+            eprintln!("warning: YOLODISTILL_KERNELS={other:?} is not `ours`, `gemm` or `burn`; using our kernels");
+            Choice::Ours
         }
     })
+}
+
+/// Whether our kernels are on (unless `YOLODISTILL_KERNELS=burn`).
+pub fn enabled() -> bool {
+    choice() != Choice::Burn
+}
+
+/// Whether inference may use the direct convolution (`direct.rs`; off with `YOLODISTILL_KERNELS=gemm`).
+fn direct_enabled() -> bool {
+    choice() == Choice::Ours
 }
 
 fn on_cpu<const D: usize>(x: &Tensor<D>) -> bool {

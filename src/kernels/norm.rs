@@ -79,8 +79,7 @@ pub fn forward(x: &[f32], p: Planes, gamma: &[f32], beta: &[f32], mean: &[f32], 
 fn affine_act(out: &mut [f32], x: &[f32], s: f32, t: f32, silu: bool) {
     if silu {
         out.iter_mut().zip(x).for_each(|(o, &v)| {
-            let z = v * s + t;
-            *o = z * sigmoid(z);
+            *o = simd::silu(v * s + t);
         });
     } else {
         out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * s + t);

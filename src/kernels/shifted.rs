@@ -81,7 +81,7 @@ fn fill_patch(g: &ConvGeom, x: &[f32], r0: usize, rows: usize, patch: &mut Vec<f
 }
 
 /// `dst[x] = src[x·stride + phase − pad]`, zero outside `src`.
-fn phase_row(src: &[f32], pad: usize, stride: usize, phase: usize, dst: &mut [f32]) {
+pub(super) fn phase_row(src: &[f32], pad: usize, stride: usize, phase: usize, dst: &mut [f32]) {
     let offset = phase as isize - pad as isize;
     let s = stride as isize;
     // dst[lo..hi] reads inside src.

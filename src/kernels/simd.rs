@@ -37,12 +37,26 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
 /// |r| ≤ ln2/2 (relative error below 4e-7 over the whole range, see the test).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    exp_with(x, |a, b, c| a * b + c)
+}
+
+/// [`exp`] with fused multiply-adds: a third less time, but only for a caller compiled with FMA
+/// (inside a `#[target_feature(enable = "fma")]` function, not merely under [`run`], whose
+/// closures may stay out of line); anywhere else each one is a library call.
+#[inline(always)]
+pub fn exp_fma(x: f32) -> f32 {
+    exp_with(x, f32::mul_add)
+}
+
+/// The one polynomial of [`exp`] and [`exp_fma`], with `madd(a, b, c) = a·b + c`.
+#[inline(always)]
+fn exp_with(x: f32, madd: impl Fn(f32, f32, f32) -> f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer in the low bits
     let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let t = madd(x, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
-    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = madd(-n, 1.428_606_8e-6, madd(-n, 0.693_145_75, x));
+    let p = [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0].into_iter().fold(1.0 / 720.0, |p, c| madd(p, r, c));
     let two_n = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
     p * f32::from_bits(two_n)
 }
@@ -51,6 +65,18 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + exp(-z))
+}
+
+/// SiLU, z · sigmoid(z), as one division (one rounding and one multiplication fewer).
+#[inline(always)]
+pub fn silu(z: f32) -> f32 {
+    z / (1.0 + exp(-z))
+}
+
+/// [`silu`] with [`exp_fma`]: for callers compiled with FMA only.
+#[inline(always)]
+pub fn silu_fma(z: f32) -> f32 {
+    z / (1.0 + exp_fma(-z))
 }
 
 /// Lanes of our vectorised reductions: one AVX-512 register (two AVX2 ones).
@@ -78,8 +104,10 @@ mod tests {
         let mut worst = 0f64;
         for i in 0..=1_750_000 {
             let x = -87.0 + i as f32 * 1e-4;
-            let (ours, exact) = (exp(x) as f64, (x as f64).exp());
-            worst = worst.max((ours - exact).abs() / exact);
+            let exact = (x as f64).exp();
+            for ours in [exp(x), exp_fma(x)] {
+                worst = worst.max((ours as f64 - exact).abs() / exact);
+            }
         }
         assert!(worst < 4e-7, "worst relative error {worst}");
         assert_eq!(exp(-1000.0), exp(-87.0));
