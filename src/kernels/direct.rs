@@ -1,16 +1,18 @@
-//! The inference forward of a k×k stride-1 convolution as a direct convolution with an AVX2+FMA
-//! microkernel: no im2col, no GEMM packing of the input, bias and SiLU applied before the tile
-//! leaves the registers' copy on the stack.
+//! The inference forward of a k×k "same" convolution (stride 1 or 2) as a direct convolution with
+//! an AVX2+FMA microkernel: no im2col, no GEMM packing, bias and SiLU applied to the tile before
+//! it is stored.
 //!
-//! The input of each channel is copied once into a zero-padded plane whose rows are `wp = w + p`
-//! apart (p = k / 2): the right padding of one row is the left padding of the next. Output pixel
-//! (y, x) then sits at flat position q = y·wp + x, and tap (i, j) of every output reads the plane at
-//! q + i·wp + j, so a run of consecutive q reads consecutive memory for every tap. A tile is
-//! [`MR`] output channels × [`NR`] consecutive q, accumulated over every (channel, tap) in
-//! registers; the `p` spare positions per row (x ≥ w) are computed and dropped.
+//! Each worker copies a band of input rows, [`CHUNK`] channels at a time, into a zero-padded
+//! buffer whose rows are `wq` apart. At stride 1, `wq = w + p` (p = k / 2): the right padding of
+//! one row is the left padding of the next. Output pixel (y, x) then sits at flat position
+//! q = y·wq + x, and tap (i, j) of every output reads the band at q + i·wq + j, so a run of
+//! consecutive q reads consecutive memory for every tap. At stride 2 the band is split into
+//! phases (see [`Layout`]) so that the same holds. A tile is [`MR`] output channels × [`NR`]
+//! consecutive q, accumulated over every (channel, tap) in registers, the weights read in place;
+//! the spare positions per row (x ≥ wo) are computed and dropped.
 //!
-//! Used where the CPU has AVX2+FMA but not AVX-512 (there the `gemm` crate's 512-bit kernels are
-//! measured to be faster than ONNX Runtime already), see [`applies`].
+//! Used where the CPU has AVX2+FMA but not AVX-512 (see [`applies`]): with AVX-512 the `gemm`
+//! crate's kernels hold twice the floats per register, and this kernel has not been measured there.
 
 use rayon::prelude::*;
 
@@ -25,12 +27,12 @@ const NR: usize = 16;
 /// Fewest input channels per group: below it the padded copy costs more than im2col saves.
 const MIN_CHANNELS: usize = 16;
 /// Most input channels per group of a stride-2 convolution in the product: with more, the
-/// im2col GEMM measured faster (`time_shapes` below: 32 channels 1.1–1.3× faster, 64 and 128
-/// 0.85–1.0×).
+/// im2col GEMM measured faster (yolov8n's shapes at 640: 16 and 32 channels 1.0–1.3× faster,
+/// 64 and 128 0.85–1.0×).
 const MAX_STRIDED_CHANNELS: usize = 32;
-/// Input channels per pass over a band: their rows stay in L1 while the tiles move along.
-#[allow(non_snake_case)]
-fn CHUNK() -> usize { std::env::var("YD_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(16) }
+/// Input channels per pass over a band: their rows stay in L1 while the tiles move along (8 and
+/// 32 measured no better on yolov8n's shapes).
+const CHUNK: usize = 16;
 /// Floats of one band's input chunk and partial sums that should stay in a core's L2 (384 KiB).
 const BAND_FLOATS: usize = 96 * 1024;
 
@@ -129,7 +131,7 @@ impl Layout {
 fn units(g: &ConvGeom) -> Vec<Unit> {
     let (ho, blocks) = (g.ho(), g.cog().div_ceil(MR));
     let images = g.n * g.groups;
-    let per_row = CHUNK().min(g.cig()) * g.stride[0] * g.w + g.cog() * g.wo();
+    let per_row = CHUNK.min(g.cig()) * g.stride[0] * g.w + g.cog() * g.wo();
     let rows_fit = (BAND_FLOATS / per_row.max(1)).saturating_sub(g.kh - 1).max(1);
     let mut bands = ho.div_ceil(rows_fit).max(1);
     let want = 2 * rayon::current_num_threads();
@@ -208,8 +210,8 @@ unsafe fn run_unit(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>
     SCRATCH.with(|s| {
         let Scratch { band, partial } = &mut *s.borrow_mut();
         partial.resize((u.blocks.1 - u.blocks.0) * tiles, [[0.0; NR]; MR]);
-        for c0 in (0..cig).step_by(CHUNK()) {
-            let chunk = CHUNK().min(cig - c0);
+        for c0 in (0..cig).step_by(CHUNK) {
+            let chunk = CHUNK.min(cig - c0);
             fill_band(g, lay, x, (c0, chunk), (u.rows.0, rows), band);
             let last = c0 + chunk == cig;
             for blk in u.blocks.0..u.blocks.1 {
