@@ -16,6 +16,7 @@ ROUNDS=${4:-3}
 for pair in "IMGSZ=$IMGSZ" "RUNS=$RUNS" "ROUNDS=$ROUNDS"; do
     [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "bench_forward.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
 done
+[[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
 cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 PY=$(../shared/tools/ref-env.sh | tail -n 1)

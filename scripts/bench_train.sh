@@ -16,7 +16,11 @@ IMGSZ=${2:-320}
 BATCH=${3:-16}
 ITERS=${4:-10}
 DATA_BATCHES=${DATA_BATCHES:-36}
+for pair in "IMGSZ=$IMGSZ" "BATCH=$BATCH" "ITERS=$ITERS" "DATA_BATCHES=$DATA_BATCHES"; do
+    [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "bench_train.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
+done
 DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
+[[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
 cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 # the JPEG decoder's SIMD is built only when nasm was on the PATH (1.7x faster decoding, same pixels)

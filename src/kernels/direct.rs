@@ -17,8 +17,7 @@
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::shifted;
-use super::SharedMut;
+use super::{shifted, simd, SharedMut};
 
 /// Output channels per tile (one broadcast weight each) and flat positions per tile (two AVX2
 /// registers): 12 accumulators + 2 inputs + 1 broadcast of the 16 AVX2 registers.
@@ -36,27 +35,11 @@ const CHUNK: usize = 16;
 /// Floats of one band's input chunk and partial sums that should stay in a core's L2 (384 KiB).
 const BAND_FLOATS: usize = 96 * 1024;
 
-/// Whether this CPU runs the microkernel: AVX2 and FMA.
-pub(super) fn cpu_has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// Whether the product uses the direct form for `g`: a shape [`shape_fits`], few enough channels
 /// when strided, on a CPU with AVX2+FMA and without AVX-512.
 pub(super) fn applies(g: &ConvGeom) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    let no_avx512 = !std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    let no_avx512 = false;
     let channels_ok = g.stride == [1, 1] || g.cig() <= MAX_STRIDED_CHANNELS;
-    shape_fits(g) && channels_ok && no_avx512 && cpu_has_avx2_fma()
+    shape_fits(g) && channels_ok && !simd::has_avx512() && simd::has_avx2_fma()
 }
 
 /// The shapes the direct form computes: an odd square kernel larger than 1×1, stride 1 or 2,
@@ -68,7 +51,7 @@ pub(super) fn shape_fits(g: &ConvGeom) -> bool {
 
 /// `y = act(conv(x, weight) + bias)` for a shape [`shape_fits`] on a CPU with AVX2+FMA.
 pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    assert!(shape_fits(g) && cpu_has_avx2_fma(), "direct convolution called for {g:?}");
+    assert!(shape_fits(g) && simd::has_avx2_fma(), "direct convolution called for {g:?}");
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
     units(g).into_par_iter().for_each(|u| {
@@ -250,7 +233,7 @@ unsafe fn run_unit(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>
 fn finish(row: &mut [f32; NR], bias: f32, silu: bool) {
     if silu {
         row.iter_mut().for_each(|v| {
-            *v = super::simd::silu_fma(*v + bias);
+            *v = simd::silu_fma(*v + bias);
         });
     } else {
         row.iter_mut().for_each(|v| *v += bias);
@@ -396,7 +379,7 @@ mod tests {
     /// with and without bias and SiLU. Runs wherever the CPU has AVX2+FMA, AVX-512 or not.
     #[test]
     fn direct_convolution_matches_the_im2col_forward() {
-        if !cpu_has_avx2_fma() {
+        if !simd::has_avx2_fma() {
             eprintln!("skipped: this CPU lacks AVX2+FMA");
             return;
         }

@@ -3,16 +3,34 @@
 //! compiled with those features. [`run`] calls its closure inside such a function for the best set
 //! this CPU has; the loops it runs must be `#[inline(always)]` to be compiled there.
 
+/// Whether this CPU has AVX-512 (F): [`run`]'s first choice.
+#[inline(always)]
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU has AVX2 and FMA: [`run`]'s second choice.
+#[inline(always)]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Calls `f` compiled for AVX-512, AVX2+FMA or the baseline, whichever this CPU supports best.
 #[inline(always)]
 pub fn run<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if has_avx512() {
             // SAFETY: the CPU has the features the function is compiled for.
             return unsafe { avx512(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if has_avx2_fma() {
             // SAFETY: as above.
             return unsafe { avx2(f) };
         }
