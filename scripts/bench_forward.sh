@@ -5,7 +5,8 @@
 # that a slow spell of a shared machine falls on all of them; each figure is the median over its
 # rounds of the per-round medians, and the ratio is printed per round too. PyTorch is also timed
 # under bf16 autocast where the CPU has bf16 arithmetic (AVX512-BF16 or AMX), or with BF16=1
-# (emulated elsewhere, several times slower than fp32).
+# (emulated elsewhere, several times slower than fp32), and so is our forward with bf16 products
+# (`benchmark --amp bf16`, as a distillation's teacher runs under --amp).
 # Usage: [BF16=1] scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,11 @@ target/debug/yolodistill export --model "$MODEL" --imgsz "$IMGSZ" --output "$WOR
 if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo || [[ ${BF16:-0} == 1 ]]; then TIME_BF16=1; else TIME_BF16=0; fi
 for round in $(seq "$ROUNDS"); do
     ours=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --json)
+    if [[ $TIME_BF16 == 1 ]]; then
+        ours16=$(target/debug/yolodistill benchmark --model "$MODEL" --imgsz "$IMGSZ" --runs "$RUNS" --amp bf16 --json 2>/dev/null)
+        echo "round $round: yolodistill --amp bf16: $ours16"
+        ours=$(python3 -c 'import json,sys; a=json.loads(sys.argv[1]); a["bf16_median_ms"]=json.loads(sys.argv[2])["median_ms"]; a["bf16_native"]=json.loads(sys.argv[2])["native_bf16"]; print(json.dumps(a))' "$ours" "$ours16")
+    fi
     theirs=$("$PY" "$WORK/time_pytorch.py" "$MODEL" "$IMGSZ" "$RUNS" "$TIME_BF16" | tail -n 1)
     ortres=$("$PY" "$WORK/time_onnxruntime.py" "$WORK/model.onnx" "$IMGSZ" "$RUNS" | tail -n 1)
     echo "round $round: yolodistill: $ours"
@@ -85,6 +91,13 @@ print(f"ratios: ours/pytorch = {a / b:.2f}, onnxruntime/pytorch = {c / b:.2f}, o
 if "bf16_median_ms" in rounds[0][1]:
     d = statistics.median(r[1]["bf16_median_ms"] for r in rounds)
     print(f"pytorch under bf16 autocast: {d:.1f} ms, ours (fp32)/pytorch bf16 = {a / d:.2f}")
+if "bf16_median_ms" in rounds[0][0]:
+    e = statistics.median(r[0]["bf16_median_ms"] for r in rounds)
+    kind = "native" if rounds[0][0]["bf16_native"] else "emulated: no AVX512-BF16"
+    line = f"ours with bf16 products ({kind}): {e:.1f} ms, /ours fp32 = {e / a:.2f}, /onnxruntime = {e / c:.2f}"
+    if "bf16_median_ms" in rounds[0][1]:
+        line += f", /pytorch bf16 = {e / d:.2f}"
+    print(line)
 else:
     print("pytorch under bf16 autocast: not timed, this CPU has no bf16 arithmetic (BF16=1 times it emulated)")
 PYEOF

@@ -7,7 +7,8 @@
 # PyTorch's own step (the trainer's model, loss and optimizer on batches already loaded) is also
 # timed in fp32 and under bf16 autocast, the mixed precision a bf16 CPU accelerates; where the CPU
 # lacks bf16 arithmetic (AVX512-BF16 or AMX) the bf16 step is emulated, about 5x slower than fp32,
-# and is timed only with BF16=1.
+# and is timed only with BF16=1. Under the same condition our step is also timed with --amp bf16
+# (bf16 products, f32 sums: native on AVX512-BF16, emulated elsewhere).
 # Usage: [BF16=1] [DATA_BATCHES=36] scripts/bench_train.sh [MODEL_YAML] [IMGSZ] [BATCH] [ITERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,15 @@ nm target/debug/yolodistill 2> /dev/null | grep jsimd_idct_islow_sse2 > /dev/nul
 ours=$(target/debug/yolodistill bench-train --model "$MODEL" --data "$DATA" --imgsz "$IMGSZ" --batch "$BATCH" \
     --iters "$ITERS" --data-batches "$DATA_BATCHES" --json 2>/dev/null | tail -n 1)
 echo "yolodistill: $ours"
+if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo || [[ ${BF16:-0} == 1 ]]; then TIME_BF16=1; else TIME_BF16=0; fi
+ours_bf16='{}'
+if [[ $TIME_BF16 == 1 ]]; then
+    ours_bf16=$(target/debug/yolodistill bench-train --model "$MODEL" --data "$DATA" --imgsz "$IMGSZ" --batch "$BATCH" \
+        --iters "$ITERS" --data-batches 1 --amp bf16 --json 2>/dev/null | tail -n 1)
+    echo "yolodistill --amp bf16: $ours_bf16"
+fi
 PY=$(../shared/tools/ref-env.sh | tail -n 1)
 TMP=$(mktemp -d)
-if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo || [[ ${BF16:-0} == 1 ]]; then TIME_BF16=1; else TIME_BF16=0; fi
 theirs=$("$PY" - "$MODEL" "$DATA" "$IMGSZ" "$BATCH" "$ITERS" "$TMP" "$TIME_BF16" "$DATA_BATCHES" <<'PYEOF' 2>/dev/null | tail -n 1
 import json, os, sys, time
 import torch
@@ -90,9 +97,9 @@ PYEOF
 )
 echo "ultralytics/pytorch: $theirs"
 rm -rf "$TMP"
-python3 - "$ours" "$theirs" <<'PYEOF'
+python3 - "$ours" "$theirs" "$ours_bf16" <<'PYEOF'
 import json, sys
-a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+a, b, a16 = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
 print(f"training: yolodistill {a['train_images_per_s']:.2f} images/s, pytorch {b['train_images_per_s']:.2f} images/s, "
       f"ratio {a['train_images_per_s'] / b['train_images_per_s']:.2f}")
 ours = a['train_images_per_s']
@@ -103,6 +110,13 @@ if bf16:
 else:
     line += ", bf16 autocast not timed: this CPU has no bf16 arithmetic (BF16=1 times it emulated)"
 print(line)
+if a16:
+    ips = a16['train_images_per_s']
+    kind = "native" if a16['native_bf16'] else "emulated: this CPU has no AVX512-BF16"
+    line = f"yolodistill --amp bf16 ({kind}): {ips:.2f} images/s, ours fp32 x{ips / ours:.2f}, pytorch's fp32 step x{ips / fp32:.2f}"
+    if bf16:
+        line += f", pytorch's bf16 autocast step x{ips / bf16:.2f}"
+    print(line)
 print(f"data pipeline: yolodistill {a['data_images_per_s']:.1f} images/s, ultralytics {b['data_images_per_s']:.1f} images/s, "
       f"ratio {a['data_images_per_s'] / b['data_images_per_s']:.2f}")
 PYEOF

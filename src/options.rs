@@ -51,6 +51,63 @@ impl Half {
     }
 }
 
+/// Mixed precision in training (Ultralytics' `amp`): which arithmetic the convolutions' matrix
+/// products use, forward and backward, in the student's step and the teacher's forward
+/// (validation stays f32). `true` is bf16 where the CPU has bf16 arithmetic (AVX512-BF16) and f32
+/// elsewhere; `bf16` asks for it on any CPU (emulated without AVX512-BF16: slower than f32, for
+/// accuracy checks); `false`/`fp32` is f32, the default until bf16's speed is measured on a CPU
+/// that has it (Ultralytics' default `true` trains in f32 on a CPU too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Amp {
+    #[default]
+    #[serde(rename = "fp32")]
+    Fp32,
+    #[serde(rename = "bf16")]
+    Bf16,
+    #[serde(rename = "true")]
+    Auto,
+}
+
+/// `--amp`'s values, as Ultralytics spells them (any case).
+pub fn amp(s: &str) -> Result<Amp, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" => Ok(Amp::Auto),
+        "false" | "fp32" => Ok(Amp::Fp32),
+        "bf16" => Ok(Amp::Bf16),
+        "fp16" => Err("fp16 needs a GPU's half arithmetic; on a CPU use bf16 (or true: bf16 where the CPU has it)".into()),
+        _ => Err(format!("must be true, false, fp32 or bf16, got {s:?}")),
+    }
+}
+
+impl Amp {
+    /// The arithmetic it means on this CPU.
+    pub fn arithmetic(self) -> crate::kernels::Arithmetic {
+        use crate::kernels::Arithmetic;
+        match self {
+            Amp::Fp32 => Arithmetic::F32,
+            Amp::Bf16 => Arithmetic::Bf16,
+            Amp::Auto if crate::kernels::bf16::native() => Arithmetic::Bf16,
+            Amp::Auto => Arithmetic::F32,
+        }
+    }
+
+    /// What a run with it should be told before it starts (bf16 without native arithmetic, or on
+    /// a device our CPU kernels do not serve).
+    pub fn warning(self, cpu: bool) -> Option<String> {
+        if self == Amp::Fp32 {
+            return None;
+        }
+        if !cpu {
+            return Some("--amp applies to the CPU's convolutions; on this device training stays f32".into());
+        }
+        (self == Amp::Bf16 && !crate::kernels::bf16::native()).then(|| {
+            "--amp bf16: this CPU has no bf16 arithmetic (AVX512-BF16), so it is emulated: the same numbers, \
+             slower than f32 (use it to check accuracy, or --amp true for bf16 only where it is native)"
+                .into()
+        })
+    }
+}
+
 /// An integer of at least 1.
 pub fn at_least_one(s: &str) -> Result<usize, String> {
     match number::<usize>(s)? {

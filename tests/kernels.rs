@@ -8,7 +8,7 @@ mod common;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use yolodistill::kernels::{self, ConvSpec};
+use yolodistill::kernels::{self, Arithmetic, ConvSpec};
 
 #[derive(Debug, Clone, Copy)]
 struct Case {
@@ -83,11 +83,22 @@ fn vec(t: Tensor<4>) -> Vec<f32> {
 
 /// Runs `conv` on fixed random inputs and returns its output and gradients of `sum(y · r)`.
 fn run(c: Case, ours: bool) -> Grads {
+    run_in(c, ours, Arithmetic::F32)
+}
+
+/// [`run`] with our kernel in arithmetic `arith`; burn's side (`ours` false) with `Bf16` gets
+/// x, the weight and r rounded to bf16, the operands our bf16 products see.
+fn run_in(c: Case, ours: bool, arith: Arithmetic) -> Grads {
     let device = burn::tensor::Device::flex().autodiff();
-    let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups };
-    let x = Tensor::<4>::from_data(TensorData::new(noise(c.n * c.ci * c.h * c.w, 1), [c.n, c.ci, c.h, c.w]), &device).require_grad();
+    let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups, arith };
+    let rounded = !ours && arith == Arithmetic::Bf16;
+    let values = |len: usize, seed: u64| {
+        let v = noise(len, seed);
+        if rounded { v.into_iter().map(kernels::bf16::round).collect() } else { v }
+    };
+    let x = Tensor::<4>::from_data(TensorData::new(values(c.n * c.ci * c.h * c.w, 1), [c.n, c.ci, c.h, c.w]), &device).require_grad();
     let wshape = [c.co, c.ci / c.groups, c.k, c.k];
-    let w = Tensor::<4>::from_data(TensorData::new(noise(wshape.iter().product(), 2), wshape), &device).require_grad();
+    let w = Tensor::<4>::from_data(TensorData::new(values(wshape.iter().product(), 2), wshape), &device).require_grad();
     let b = c.bias.then(|| Tensor::<1>::from_data(TensorData::new(noise(c.co, 3), [c.co]), &device).require_grad());
     let y = if ours {
         kernels::conv2d(x.clone(), w.clone(), b.clone(), spec)
@@ -95,7 +106,7 @@ fn run(c: Case, ours: bool) -> Grads {
         burn::tensor::module::conv2d(x.clone(), w.clone(), b.clone(), spec.options())
     };
     let dims = y.dims();
-    let r = Tensor::<4>::from_data(TensorData::new(noise(dims.iter().product(), 4), dims), &device);
+    let r = Tensor::<4>::from_data(TensorData::new(values(dims.iter().product(), 4), dims), &device);
     let grads = (y.clone() * r).sum().backward();
     Grads {
         y: vec(y.inner()),
@@ -130,11 +141,31 @@ fn conv2d_matches_burn_in_output_and_every_gradient() {
     }
 }
 
+/// Mixed precision: our bf16 convolution, forward and both gradients, is burn's f32 convolution
+/// of bf16-rounded operands (products exact, sums in f32), on every path of CASES but the
+/// depthwise one (burn-flex's, which stays f32). On a CPU with AVX512-BF16 this runs the native
+/// kernel, elsewhere the emulation.
+#[test]
+fn bf16_conv2d_is_burns_conv2d_of_rounded_operands() {
+    let mut apart = 0.0f32;
+    for &c in CASES.iter().filter(|c| c.groups < c.ci) {
+        let (a, b) = (two_threads(|| run_in(c, true, Arithmetic::Bf16)), run_in(c, false, Arithmetic::Bf16));
+        assert_close("bf16 output", c, &a.y, &b.y);
+        assert_close("bf16 input gradient", c, &a.dx, &b.dx);
+        assert_close("bf16 weight gradient", c, &a.dw, &b.dw);
+        // the check can tell bf16 from f32: against unrounded operands the outputs differ by more
+        let f = run(c, false);
+        let (d, m) = common::max_diff(&a.y, &f.y);
+        apart = apart.max(d / m.max(1.0));
+    }
+    assert!(apart > 1e-4, "bf16 outputs within {apart:e} of f32 ones: the comparison above could not see rounding");
+}
+
 #[test]
 fn conv2d_without_autodiff_matches_burn() {
     let device = burn::tensor::Device::flex();
     for &c in CASES {
-        let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups };
+        let spec = ConvSpec { stride: [c.stride; 2], pad: [c.pad; 4], dilation: [c.dilation; 2], groups: c.groups, arith: Arithmetic::F32 };
         device.seed(3);
         let x = Tensor::<4>::random([c.n, c.ci, c.h, c.w], Distribution::Normal(0.0, 1.0), &device);
         let w = Tensor::<4>::random([c.co, c.ci / c.groups, c.k, c.k], Distribution::Normal(0.0, 0.5), &device);

@@ -1,7 +1,8 @@
 //! `bench-conv`: GFLOP/s of every convolution of a model's training forward, forward and both
 //! backwards, with our kernels and with burn-flex's. `scripts/bench_conv.sh` adds PyTorch's.
 //! With `--inference`: the inference forward (bias and SiLU fused) as the product runs it, against
-//! the same without the direct convolution, the two taking turns.
+//! the same without the direct convolution, the two taking turns. With `--bf16`: ours with bf16
+//! products (`--amp bf16`) in place of burn-flex's.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 
 use crate::kernels::conv::{self, ConvGeom};
-use crate::kernels::{self, ConvSpec};
+use crate::kernels::{self, bf16, Arithmetic, ConvSpec};
 use crate::model;
 
 #[derive(Args)]
@@ -37,6 +38,10 @@ pub struct BenchConvArgs {
     /// direct convolution (im2col or shifted GEMMs), repetitions interleaved.
     #[arg(long)]
     pub inference: bool,
+    /// Time ours with bf16 products (`train --amp bf16`'s convolutions; emulated, so about f32's
+    /// cost, on a CPU without AVX512-BF16) in place of burn-flex's.
+    #[arg(long, conflicts_with = "inference")]
+    pub bf16: bool,
 }
 
 /// Median seconds of `reps` calls of `f` after one warm-up call.
@@ -58,7 +63,7 @@ fn flops(g: &ConvGeom) -> f64 {
 }
 
 fn spec(g: &ConvGeom) -> ConvSpec {
-    ConvSpec { stride: g.stride, pad: g.pad, dilation: g.dilation, groups: g.groups }
+    ConvSpec { stride: g.stride, pad: g.pad, dilation: g.dilation, groups: g.groups, arith: g.arith }
 }
 
 /// Seconds of (forward, input gradient, weight gradient) with our kernels.
@@ -126,12 +131,18 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
     if a.inference {
         return report_inference(&a, &shapes);
     }
+    let other = match (a.bf16, bf16::native()) {
+        (false, _) => "burn-flex".to_string(),
+        (true, true) => "ours with bf16 products".to_string(),
+        (true, false) => "ours with bf16 products (emulated: this CPU has no AVX512-BF16)".to_string(),
+    };
     if !a.json {
-        println!("{} at {} batch {}: GFLOP/s, ours | burn-flex (forward, input grad, weight grad)", a.model, a.imgsz, a.batch);
+        println!("{} at {} batch {}: GFLOP/s, ours | {other} (forward, input grad, weight grad)", a.model, a.imgsz, a.batch);
     }
     let mut total = [[0.0f64; 3]; 2];
     for (key, (g, count)) in &shapes {
-        let (ours, burn) = (time_ours(g, a.reps), time_burn(g, a.reps, &device));
+        let ours = time_ours(g, a.reps);
+        let burn = if a.bf16 { time_ours(&ConvGeom { arith: Arithmetic::Bf16, ..*g }, a.reps) } else { time_burn(g, a.reps, &device) };
         for i in 0..3 {
             total[0][i] += ours[i] * *count as f64;
             total[1][i] += burn[i] * *count as f64;
@@ -142,7 +153,7 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
                 "{}",
                 serde_json::json!({"shape": key, "count": count, "n": g.n, "ci": g.ci, "h": g.h, "w": g.w, "co": g.co,
                     "k": g.kh, "stride": g.stride[0], "pad": g.pad[0], "groups": g.groups, "gflop": flops(g) / 1e9,
-                    "ours_s": ours, "burn_s": burn})
+                    "ours_s": ours, if a.bf16 { "bf16_s" } else { "burn_s" }: burn})
             );
         } else {
             println!(
@@ -153,7 +164,7 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
     }
     if !a.json {
         let ms = |t: [f64; 3]| format!("{:.0} + {:.0} + {:.0} ms", t[0] * 1e3, t[1] * 1e3, t[2] * 1e3);
-        println!("all convolutions of one step: ours {}, burn-flex {}", ms(total[0]), ms(total[1]));
+        println!("all convolutions of one step: ours {}, {other} {}", ms(total[0]), ms(total[1]));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::train::StepHook;
 use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{Batch, TrainLoader};
 use crate::loss::LossConfig;
+use crate::kernels::bf16;
 use crate::model;
 use crate::train::optim::{GradStore, Method, Optimizer, StepParams};
 use crate::train::{forward_backward, make_trainable, StepPos};
@@ -47,6 +48,9 @@ pub struct BenchTrainArgs {
     /// Where targets are assigned (as `train --assign-on`).
     #[arg(long = "assign-on", value_enum, default_value_t = crate::loss::AssignOn::Auto)]
     pub assign_on: crate::loss::AssignOn,
+    /// Mixed precision of the timed steps and the teacher's forward (as `train --amp`).
+    #[arg(long, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = crate::options::amp)]
+    pub amp: crate::options::Amp,
     /// With `--teacher`: also times the same steps distilled, and the teacher's forward alone.
     #[command(flatten)]
     pub distill: DistillArgs,
@@ -76,6 +80,10 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     }
     let data_ips = images as f64 / t.elapsed().as_secs_f64();
 
+    if let Some(w) = a.amp.warning(crate::device::is_cpu(&plain)) {
+        eprintln!("warning: {w}");
+    }
+    let arith = a.amp.arithmetic();
     let mut m = model::load(&a.model, Some(nc), &plain)?.model;
     let head = m.head();
     let mut loss_cfg = LossConfig::new(nc, head.reg_max, head.strides.clone());
@@ -87,7 +95,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let pos = |i: usize| StepPos { epoch: 0, epochs: 1, batch: i, batches: batches.len() };
     let mut step = |i: usize, hook: Option<&mut dyn StepHook>| {
         let taps = hook.as_ref().map(|h| h.taps()).unwrap_or_default();
-        let items = forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, None, pos(i), &mut grads, loss_cfg.on_device);
+        let items = bf16::with(arith, || forward_backward(&mut m, &loss_cfg, &batches[i % batches.len()], &ad, &taps, hook, None, pos(i), &mut grads, loss_cfg.on_device));
         if loss_cfg.on_device {
             grads.clip_global_norm_on_device(10.0);
         } else {
@@ -118,7 +126,7 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
             // reads its head); flex computes eagerly, so it is done when it returns.
             let teacher = |d: &Distiller, i: usize| {
                 let b = &batches[i % batches.len()];
-                drop(d.teacher_forward(&Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain)));
+                bf16::with(arith, || drop(d.teacher_forward(&Tensor::<4>::from_data(TensorData::new(b.images.clone(), b.shape), &plain))));
             };
             // Plain step, distilled step and teacher forward take turns, so that a slow spell of
             // a shared machine falls on all three alike.
@@ -138,7 +146,8 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
     let overhead = distilled.map(|(d, t)| d - plain_s - t);
     if a.json {
         let mut j = serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "iters": a.iters,
-            "train_images_per_s": train_ips, "data_images_per_s": data_ips, "workers": a.workers, "step_s": plain_s});
+            "train_images_per_s": train_ips, "data_images_per_s": data_ips, "workers": a.workers, "step_s": plain_s,
+            "amp": a.amp, "arithmetic": format!("{arith:?}"), "native_bf16": bf16::native()});
         if let (Some((d, t)), Some(o)) = (distilled, overhead) {
             j["distilled_step_s"] = d.into();
             j["teacher_forward_s"] = t.into();
@@ -147,8 +156,11 @@ pub fn run(a: BenchTrainArgs) -> Result<()> {
         println!("{j}");
     } else {
         println!(
-            "{} at {} batch {}: training {train_ips:.2} images/s ({plain_s:.2} s/iteration), data pipeline {data_ips:.1} images/s",
-            a.model, a.imgsz, a.batch
+            "{} at {} batch {} ({arith:?} products{}): training {train_ips:.2} images/s ({plain_s:.2} s/iteration), data pipeline {data_ips:.1} images/s",
+            a.model,
+            a.imgsz,
+            a.batch,
+            if arith == crate::kernels::Arithmetic::Bf16 && !bf16::native() { ", emulated" } else { "" }
         );
         if let (Some((d, t)), Some(o)) = (distilled, overhead) {
             println!(

@@ -34,6 +34,10 @@ pub struct BenchmarkArgs {
     /// outputs are decoded in f32.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "f16")]
     pub half: Option<crate::options::Half>,
+    /// The convolutions' products in bf16 (as `train --amp`; f32 activations, unlike `--half`):
+    /// how a distillation's teacher runs under `--amp`.
+    #[arg(long, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = crate::options::amp)]
+    pub amp: crate::options::Amp,
     /// Print one JSON object instead of the line.
     #[arg(long)]
     pub json: bool,
@@ -49,6 +53,10 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     }
     super::apply_half(&mut m, a.half)?;
     let x = Tensor::<4>::random([a.batch, 3, a.imgsz, a.imgsz], Distribution::Uniform(0.0, 1.0), &device);
+    if let Some(w) = a.amp.warning(crate::device::is_cpu(&device)) {
+        eprintln!("warning: {w}");
+    }
+    let arith = a.amp.arithmetic();
     let once = || -> Result<f64> {
         let t = std::time::Instant::now();
         match a.nms {
@@ -61,6 +69,7 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
         }
         Ok(t.elapsed().as_secs_f64() * 1e3)
     };
+    let once = || crate::kernels::bf16::with(arith, once);
     for _ in 0..a.warmup {
         once()?;
     }
@@ -79,7 +88,8 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"model": a.model, "imgsz": a.imgsz, "batch": a.batch, "runs": ms.len(),
-                "median_ms": median, "mean_ms": mean, "min_ms": ms[0], "threads": threads, "fused": !a.no_fuse, "timed": what})
+                "median_ms": median, "mean_ms": mean, "min_ms": ms[0], "threads": threads, "fused": !a.no_fuse, "timed": what,
+                "arithmetic": format!("{arith:?}"), "native_bf16": crate::kernels::bf16::native()})
         );
     } else {
         println!(

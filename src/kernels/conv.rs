@@ -13,9 +13,12 @@
 //! The GEMMs are the `gemm` crate's (runtime-dispatched AVX-512 / AVX2+FMA / portable kernels).
 //! Work is split over (image, tile) units with rayon; each GEMM then runs single-threaded.
 
+use std::borrow::Cow;
+
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::bf16::{self, Arithmetic};
 use super::{direct, shifted, simd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
@@ -32,6 +35,8 @@ pub struct ConvGeom {
     pub pad: [usize; 4],
     pub dilation: [usize; 2],
     pub groups: usize,
+    /// The arithmetic of its matrix products (f32, or bf16 under `--amp bf16`).
+    pub arith: Arithmetic,
 }
 
 /// Target size of one worker's column buffer (floats): 512 Ki floats = 2 MiB (128 Ki to 1 Mi
@@ -253,6 +258,25 @@ pub(super) unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isi
     );
 }
 
+/// Where bf16 arithmetic is not native, a bf16 convolution is the f32 convolution of its operands
+/// rounded to bf16 (the same products, exact in f32, and f32 sums; only the order of the sums may
+/// differ from a native run): this returns that f32 convolution's geometry.
+fn emulated(g: &ConvGeom) -> Option<ConvGeom> {
+    (g.arith == Arithmetic::Bf16 && !bf16::native()).then_some(ConvGeom { arith: Arithmetic::F32, ..*g })
+}
+
+/// [`mm`] in the convolution's arithmetic.
+///
+/// # Safety
+/// As [`mm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(g: &ConvGeom, m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: bool, lhs: Mat, rhs: Mat) {
+    match g.arith {
+        Arithmetic::F32 => mm(m, n, k, dst, acc, lhs, rhs),
+        Arithmetic::Bf16 => bf16::mm(m, n, k, dst, acc, lhs, rhs),
+    }
+}
+
 /// `y = act(conv(x, weight) + bias)`, act SiLU or identity; `x` is `[n, ci, h, w]`, `weight`
 /// `[co, ci/groups, kh, kw]`. Bias and SiLU are applied to each tile while it is in cache.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
@@ -283,6 +307,11 @@ enum Form {
 }
 
 fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, form: Form) -> Vec<f32> {
+    if let Some(f32_geom) = emulated(g) {
+        return forward_with(&f32_geom, &bf16::rounded(x), &bf16::rounded(weight), bias, silu, form);
+    }
+    // the direct and shifted forms are f32 kernels: native bf16 takes the im2col GEMMs
+    let form = if g.arith == Arithmetic::F32 { form } else { Form::Training };
     if let Form::Inference { direct: true } = form {
         if direct::applies(g) {
             return direct::forward(g, x, weight, bias, silu);
@@ -326,7 +355,7 @@ fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s
                         Mat(col.as_ptr(), tile as isize, 1)
                     };
                     let dst = yp.at(y_at(u.b, 0) + p0);
-                    mm(cog, tile, k, (dst, p as isize, 1), false, w, rhs);
+                    product(g, cog, tile, k, (dst, p as isize, 1), false, w, rhs);
                     if bias.is_some() || silu {
                         for o in 0..cog {
                             epilogue(std::slice::from_raw_parts_mut(dst.add(o * p), tile), bias_of(o), silu);
@@ -339,7 +368,7 @@ fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s
                         im2col(g, xg(u.b + i), u.rows, (cols, i * p), col);
                     }
                     out.resize(cog * cols, 0.0);
-                    mm(cog, cols, k, (out.as_mut_ptr(), cols as isize, 1), false, w, Mat(col.as_ptr(), cols as isize, 1));
+                    product(g, cog, cols, k, (out.as_mut_ptr(), cols as isize, 1), false, w, Mat(col.as_ptr(), cols as isize, 1));
                     for i in 0..u.images {
                         for o in 0..cog {
                             let dst = yp.at(y_at(u.b + i, o));
@@ -381,6 +410,12 @@ pub fn backward(
     want_dx: bool,
     want_dw: bool,
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if let Some(f32_geom) = emulated(g) {
+        // dX = Wᵀ·dY reads W and dW = dY·colᵀ reads x: each is rounded only when its product runs
+        let x = if want_dw { Cow::Owned(bf16::rounded(x)) } else { Cow::Borrowed(x) };
+        let w = if want_dx { Cow::Owned(bf16::rounded(weight)) } else { Cow::Borrowed(weight) };
+        return backward(&f32_geom, &x, &w, &bf16::rounded(dy), want_dx, want_dw);
+    }
     let mut dx = want_dx.then(|| vec![0.0f32; x.len()]);
     let dxp = SharedMut(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let wlen = if want_dw { g.weight_len() } else { 0 };
@@ -475,16 +510,16 @@ unsafe fn backward_unit(
             }
             Mat(s.col.as_ptr(), 1, cols as isize)
         };
-        mm(cog, k, cols, (dw[gi * cog * k..].as_mut_ptr(), k as isize, 1), true, dyg, colt);
+        product(g, cog, k, cols, (dw[gi * cog * k..].as_mut_ptr(), k as isize, 1), true, dyg, colt);
     }
     if want_dx {
         let wt = Mat(weight[gi * cog * k..].as_ptr(), 1, k as isize); // Wᵀ[k, cog]
         let dx_of = |b: usize| dxp.at((b * g.ci + gi * cig) * plane);
         if direct {
-            mm(k, tile, cog, (dx_of(u.b).add(p0), p as isize, 1), false, wt, dyg);
+            product(g, k, tile, cog, (dx_of(u.b).add(p0), p as isize, 1), false, wt, dyg);
         } else {
             s.dcol.resize(k * cols, 0.0);
-            mm(k, cols, cog, (s.dcol.as_mut_ptr(), cols as isize, 1), false, wt, dyg);
+            product(g, k, cols, cog, (s.dcol.as_mut_ptr(), cols as isize, 1), false, wt, dyg);
             for i in 0..u.images {
                 let dx_img = std::slice::from_raw_parts_mut(dx_of(u.b + i), cig * plane);
                 col2im(g, &s.dcol, u.rows, (cols, i * tile), dx_img);

@@ -371,7 +371,7 @@ mod tests {
 
     fn geom(n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, groups: usize) -> ConvGeom {
         let p = k / 2;
-        ConvGeom { n, ci, h, w, co, kh: k, kw: k, stride: [1, 1], pad: [p; 4], dilation: [1, 1], groups }
+        ConvGeom { n, ci, h, w, co, kh: k, kw: k, stride: [1, 1], pad: [p; 4], dilation: [1, 1], groups, arith: Default::default() }
     }
 
     /// Against the im2col forward, on every path: odd widths and heights, a channel count that is

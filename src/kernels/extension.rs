@@ -15,6 +15,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::conv::{self, ConvGeom};
+use super::bf16::Arithmetic;
 use super::{decode, kd};
 use super::norm::{self, Planes};
 
@@ -25,6 +26,8 @@ pub struct ConvSpec {
     pub pad: [usize; 4],
     pub dilation: [usize; 2],
     pub groups: usize,
+    /// The arithmetic of its matrix products, also in its backward pass.
+    pub arith: Arithmetic,
 }
 
 impl ConvSpec {
@@ -45,6 +48,7 @@ impl ConvSpec {
             pad: self.pad,
             dilation: self.dilation,
             groups: self.groups,
+            arith: self.arith,
         }
     }
     /// Depthwise-style convolutions (one input channel per group) stay with burn-flex, whose

@@ -4,6 +4,7 @@
 //! the direct convolution.
 
 pub mod alloc;
+pub mod bf16;
 pub mod conv;
 mod decode;
 mod direct;
@@ -24,6 +25,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::DType;
 use burn::tensor::Tensor;
 
+pub use bf16::Arithmetic;
 pub use extension::{ConvSpec, CpuOps, CpuInfer, NormSpec};
 
 /// A buffer's base pointer shared by workers that write disjoint parts of it.
@@ -167,7 +169,7 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
         PaddingConfig2d::Valid => (0, 0, 0, 0),
         PaddingConfig2d::Same => return layer.forward(x),
     };
-    let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups };
+    let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups, arith: bf16::current() };
     let weight = layer.weight.val();
     if inferring_on_cpu(&x) && !spec.depthwise(weight.dims()[1]) {
         record(&x, &weight, spec);

@@ -25,6 +25,7 @@ use crate::data::dataset::{DataConfig, Dataset};
 use crate::data::loader::{worker_count, Batch, TrainLoader, ValLoader};
 use crate::eval::validate::{validate_full, ValResult};
 use crate::infer::nms::NmsConfig;
+use crate::kernels::{bf16, Arithmetic};
 use crate::loss::LossConfig;
 use crate::model::named::{self, Fit};
 use crate::model::{self, DetectionModel};
@@ -88,6 +89,8 @@ pub struct Trainer {
     /// The extension's settings key in args.yaml (where the hook's changed settings go).
     hook_section: String,
     taps: Vec<usize>,
+    /// The arithmetic of the step's convolutions (`--amp`).
+    arith: Arithmetic,
     train_loader: TrainLoader,
     val_loader: ValLoader,
     /// The unlabeled images' loader (its batch joins each labeled batch).
@@ -138,6 +141,9 @@ impl Trainer {
         }
         let nc = data.config.names.len();
         let n_train = data.train.items.len();
+        if let (Some(w), true) = (a.amp.warning(crate::device::is_cpu(&plain)), main) {
+            eprintln!("warning: {w}");
+        }
         if let Some(w) = a.left_out_images(n_train, world.size() * a.shards)? {
             if main {
                 eprintln!("warning: {w}");
@@ -181,6 +187,7 @@ impl Trainer {
             hook: None,
             hook_section: ext.as_deref().map(|e| e.name().to_string()).unwrap_or_default(),
             taps: Vec::new(),
+            arith: a.amp.arithmetic(),
             unlabeled: data.unlabeled.map(|u| u.for_rank(rank, ranks, here)),
             saved_args,
             // A new run (even in a reused folder) starts a new results.csv; a resumed one continues it.
@@ -482,7 +489,9 @@ impl Trainer {
         for k in 0..n {
             let shard = (n > 1).then(|| batch.shard(k, n));
             let b = shard.as_ref().unwrap_or(batch);
-            let it = forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), Some(&self.ema.model), pos, &mut self.p.grads, guard);
+            let it = bf16::with(self.arith, || {
+                forward_backward(&mut self.model, &self.loss_cfg, b, &self.ad, &self.taps, self.hook.as_deref_mut(), Some(&self.ema.model), pos, &mut self.p.grads, guard)
+            });
             sum = Some(match sum {
                 Some(s) => s.add(it),
                 None => it,
@@ -536,7 +545,7 @@ impl Trainer {
     /// on this batch, and saves the settings the hook derives from them.
     fn measure_gradients_if_asked(&mut self, batch: &Batch, pos: StepPos) -> Result<()> {
         let Some(h) = self.hook.as_deref_mut().filter(|h| h.wants_gradient_norms()) else { return Ok(()) };
-        let (det, mut terms) = gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, Some(&self.ema.model), pos);
+        let (det, mut terms) = bf16::with(self.arith, || gradient_norms(&mut self.model, &self.loss_cfg, batch, &self.ad, &self.taps, h, Some(&self.ema.model), pos));
         // every rank measured its own images: all take the ranks' mean, so all decide alike
         let mut norms: Vec<f64> = std::iter::once(det).chain(terms.iter().map(|t| t.1)).map(f64::from).collect();
         self.world.sum_same(&mut norms)?;
