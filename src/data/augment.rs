@@ -553,85 +553,7 @@ pub fn random_hsv(img: &mut RgbImage, gains: [f32; 3], rng: &mut StdRng) {
         return;
     }
     let r: [f64; 3] = std::array::from_fn(|i| rng.random_range(-1.0..1.0) * gains[i] as f64);
-    apply_hsv(img, r);
-}
-
-/// Applies fixed HSV gains `r` (hue as a fraction of the circle).
-pub fn apply_hsv(img: &mut RgbImage, r: [f64; 3]) {
-    let lut_h: [u8; 256] = std::array::from_fn(|x| (x as f64 + r[0] * 180.0).rem_euclid(180.0) as u8);
-    let gain = |g: f64| -> [u8; 256] { std::array::from_fn(|x| (x as f64 * (1.0 + g)).clamp(0.0, 255.0) as u8) };
-    let (mut lut_s, lut_v) = (gain(r[1]), gain(r[2]));
-    // Gray stays gray: zero saturation must not gain any (Ultralytics 8.3.79+).
-    lut_s[0] = 0;
-    let tables = hsv_tables();
-    // Colours repeat (flat backgrounds, the gray border): a small direct-mapped cache of
-    // colour → result skips both conversions for most pixels.
-    const SLOTS: usize = 1 << 12;
-    let (mut keys, mut vals) = ([u32::MAX; SLOTS], [[0u8; 3]; SLOTS]);
-    for p in img.pixels_mut() {
-        let key = u32::from_le_bytes([p.0[0], p.0[1], p.0[2], 0]);
-        let slot = (key.wrapping_mul(0x9E37_79B1) >> (32 - 12)) as usize;
-        if keys[slot] != key {
-            let [h, s, v] = rgb_to_hsv(tables, p.0);
-            keys[slot] = key;
-            vals[slot] = hsv_to_rgb([lut_h[h as usize], lut_s[s as usize], lut_v[v as usize]]);
-        }
-        p.0 = vals[slot];
-    }
-}
-
-const HSV_SHIFT: u32 = 12;
-
-/// OpenCV's rounded reciprocal tables: (255 << 12) / v and (180 << 12) / (6·diff).
-fn hsv_tables() -> &'static ([i32; 256], [i32; 256]) {
-    static TABLES: std::sync::OnceLock<([i32; 256], [i32; 256])> = std::sync::OnceLock::new();
-    TABLES.get_or_init(|| {
-        let (mut sdiv, mut hdiv) = ([0i32; 256], [0i32; 256]);
-        for i in 1..256 {
-            sdiv[i] = ((255 << HSV_SHIFT) as f64 / i as f64).round_ties_even() as i32;
-            hdiv[i] = ((180 << HSV_SHIFT) as f64 / (6.0 * i as f64)).round_ties_even() as i32;
-        }
-        (sdiv, hdiv)
-    })
-}
-
-/// OpenCV's 8-bit RGB → HSV (H in 0..180, S and V in 0..255), integer arithmetic with
-/// its rounded reciprocal tables.
-fn rgb_to_hsv((sdiv, hdiv): &([i32; 256], [i32; 256]), [r, g, b]: [u8; 3]) -> [u8; 3] {
-    let (r, g, b) = (r as i32, g as i32, b as i32);
-    let v = r.max(g).max(b);
-    let diff = v - r.min(g).min(b);
-    let round = 1 << (HSV_SHIFT - 1);
-    let s = (diff * sdiv[v as usize] + round) >> HSV_SHIFT;
-    let h = if v == r {
-        g - b
-    } else if v == g {
-        b - r + 2 * diff
-    } else {
-        r - g + 4 * diff
-    };
-    let mut h = (h * hdiv[diff as usize] + round) >> HSV_SHIFT;
-    if h < 0 {
-        h += 180;
-    }
-    [h as u8, s as u8, v as u8]
-}
-
-/// OpenCV's 8-bit HSV → RGB as its vectorised path computes it (which is what whole
-/// images go through): float maths with fused multiply-adds, then truncation to u8.
-pub fn hsv_to_rgb([h, s, v]: [u8; 3]) -> [u8; 3] {
-    let (s, v) = (s as f32 * (1.0 / 255.0), v as f32 * (1.0 / 255.0));
-    let hh = h as f32 * (6.0 / 180.0);
-    let sector = hh as u32; // hh >= 0: the cast truncates without a libm call
-    let f = hh - sector as f32;
-    // a·b + c rounded once, as an FMA (exact product in f64, one rounding to f32).
-    let fma = |a: f32, b: f32, c: f32| (a as f64 * b as f64 + c as f64) as f32;
-    let tab = [v, v * (1.0 - s), v * fma(-s, f, 1.0), v * fma(-s, 1.0 - f, 1.0)];
-    // Per sector, which tab entry is (r, g, b).
-    const SECTORS: [[usize; 3]; 6] = [[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]];
-    let [ri, gi, bi] = SECTORS[sector as usize % 6];
-    let q = |x: f32| (x * 255.0).clamp(0.0, 255.0) as u8;
-    [q(tab[ri]), q(tab[gi]), q(tab[bi])]
+    super::hsv::apply_hsv(img, r);
 }
 
 // ---------------------------------------------------------------- flips
@@ -912,32 +834,6 @@ mod tests {
         let mut y = img.clone();
         random_hsv(&mut y, [0.015, 0.7, 0.4], &mut rng(1));
         assert_ne!(y, img);
-    }
-
-    #[test]
-    fn opencv_hsv_values() {
-        // Both conversions matched cv2.cvtColor on every 8-bit input (RGB order here).
-        let to_hsv = |rgb| rgb_to_hsv(hsv_tables(), rgb);
-        assert_eq!(to_hsv([255, 0, 0]), [0, 255, 255]);
-        assert_eq!(to_hsv([0, 255, 0]), [60, 255, 255]);
-        assert_eq!(to_hsv([0, 0, 255]), [120, 255, 255]);
-        assert_eq!(to_hsv([128, 128, 128]), [0, 0, 128]);
-        assert_eq!(to_hsv([255, 0, 1]), [0, 255, 255]); // -0.1 degree rounds to 0, not 180
-        assert_eq!(to_hsv([10, 20, 30]), [105, 170, 30]);
-        assert_eq!(hsv_to_rgb([0, 255, 255]), [255, 0, 0]);
-        assert_eq!(hsv_to_rgb([0, 0, 77]), [77, 77, 77]);
-        assert_eq!(hsv_to_rgb([105, 170, 30]), [10, 19, 30]); // truncated, as OpenCV
-        // Round trip stays within a few levels (hue has 2-degree steps).
-        for c in [[200u8, 30, 60], [12, 240, 99], [80, 80, 200]] {
-            let back = hsv_to_rgb(to_hsv(c));
-            for i in 0..3 {
-                assert!((back[i] as i32 - c[i] as i32).abs() <= 4, "{c:?} -> {back:?}");
-            }
-        }
-        // Gray keeps zero saturation even with a saturation gain.
-        let mut gray = RgbImage::from_pixel(2, 2, Rgb([90; 3]));
-        apply_hsv(&mut gray, [0.1, 0.5, 0.0]);
-        assert!(gray.pixels().all(|p| p.0 == [90; 3]));
     }
 
     #[test]

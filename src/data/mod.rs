@@ -4,6 +4,7 @@
 
 pub mod augment;
 pub mod dataset;
+pub mod hsv;
 pub mod loader;
 pub mod masks;
 pub mod segments;
