@@ -4,7 +4,7 @@
 use std::borrow::Borrow;
 use std::sync::Arc;
 
-use image::{Rgb, RgbImage};
+use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -313,7 +313,7 @@ const EYE: Mat3 = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
 
 /// The random M = T·S·R·P·C for an input of `(w, h)` and an `s`×`s` output, with the
 /// scale factor drawn for R (needed by the box filter).
-fn perspective_matrix(w: f64, h: f64, s: f64, cfg: &AugConfig, rng: &mut StdRng) -> (Mat3, f64) {
+pub(super) fn perspective_matrix(w: f64, h: f64, s: f64, cfg: &AugConfig, rng: &mut StdRng) -> (Mat3, f64) {
     let mut u = |r: f32| if r > 0.0 { rng.random_range(-r as f64..r as f64) } else { 0.0 };
     let mut c = EYE;
     c[0][2] = -w / 2.0;
@@ -396,113 +396,7 @@ fn box_candidate(before: &[f32; 4], after: &[f32; 4], scale: f32, area_share: f3
     w2 > 2.0 && h2 > 2.0 && w2 * h2 / (w1 * h1 + EPS) > area_share && ar < 100.0
 }
 
-fn invert(m: &Mat3) -> Option<Mat3> {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-    if det.abs() < 1e-12 {
-        return None;
-    }
-    let c = |r0: usize, c0: usize, r1: usize, c1: usize| m[r0][c0] * m[r1][c1] - m[r0][c1] * m[r1][c0];
-    Some([
-        [c(1, 1, 2, 2) / det, -c(0, 1, 2, 2) / det, c(0, 1, 1, 2) / det],
-        [-c(1, 0, 2, 2) / det, c(0, 0, 2, 2) / det, -c(0, 0, 1, 2) / det],
-        [c(1, 0, 2, 1) / det, -c(0, 0, 2, 1) / det, c(0, 0, 1, 1) / det],
-    ])
-}
-
-/// Inverse-mapped bilinear warp (OpenCV warpAffine/warpPerspective, constant border 114;
-/// neighbours outside the source read as the border).
-pub fn warp(img: &RgbImage, m: &Mat3, out_w: u32, out_h: u32, projective: bool) -> RgbImage {
-    let mut out = RgbImage::from_pixel(out_w, out_h, Rgb([FILL; 3]));
-    let Some(inv) = invert(m) else { return out };
-    let (sw, sh) = (img.width() as i64, img.height() as i64);
-    let src = img.as_raw();
-    let row_len = out_w as usize * 3;
-    for (y, row) in out.chunks_exact_mut(row_len).enumerate() {
-        let fy = y as f64;
-        let (bx, by, bz) = (inv[0][1] * fy + inv[0][2], inv[1][1] * fy + inv[1][2], inv[2][1] * fy + inv[2][2]);
-        for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let fx = x as f64;
-            let (mut sx, mut sy) = (inv[0][0] * fx + bx, inv[1][0] * fx + by);
-            if projective {
-                let z = inv[2][0] * fx + bz;
-                if z.abs() < 1e-12 {
-                    continue;
-                }
-                sx /= z;
-                sy /= z;
-            }
-            if !(sx > -1.0 && sy > -1.0 && sx < sw as f64 && sy < sh as f64) {
-                continue;
-            }
-            // sx, sy > -1 here, so shifting by one makes the integer cast a floor (no libm call).
-            let (x0, y0) = ((sx + 1.0) as i64 - 1, (sy + 1.0) as i64 - 1);
-            let (ax, ay) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
-            let w = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay];
-            if x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh {
-                // All four neighbours inside: the common case, no border checks.
-                let i0 = ((y0 * sw + x0) * 3) as usize;
-                blend_inside(src, i0, i0 + (sw * 3) as usize, w, px);
-            } else {
-                blend_at_border(src, (sw, sh), (x0, y0), w, px);
-            }
-        }
-    }
-    out
-}
-
-/// Bilinear blend of the 2×2 neighbours whose top row starts at byte `i0` and bottom row at
-/// `i1`: per channel ((tl·w0 + tr·w1) + bl·w2) + br·w3, rounded half up.
-#[inline(always)]
-fn blend_inside(src: &[u8], i0: usize, i1: usize, w: [f32; 4], px: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if i1 + 7 <= src.len() {
-        // SAFETY: SSE2 is part of x86-64; the four 4-byte loads end at i1 + 7 ≤ len, checked above.
-        unsafe { blend_sse2(src.as_ptr(), i0, i1, w, px) };
-        return;
-    }
-    let (top, bot) = (&src[i0..i0 + 6], &src[i1..i1 + 6]);
-    for c in 0..3 {
-        let v = top[c] as f32 * w[0] + top[3 + c] as f32 * w[1] + bot[c] as f32 * w[2] + bot[3 + c] as f32 * w[3];
-        px[c] = (v + 0.5) as u8;
-    }
-}
-
-/// The three channels of [`blend_inside`] as lanes of one vector (the fourth lane is ignored):
-/// the same multiplications and additions in the same order, so the same bytes.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn blend_sse2(src: *const u8, i0: usize, i1: usize, w: [f32; 4], px: &mut [u8]) {
-    use std::arch::x86_64::*;
-    let zero = _mm_setzero_si128();
-    let load = |at: usize| {
-        let bytes = _mm_cvtsi32_si128((src.add(at) as *const i32).read_unaligned());
-        _mm_cvtepi32_ps(_mm_unpacklo_epi16(_mm_unpacklo_epi8(bytes, zero), zero))
-    };
-    let v = _mm_add_ps(
-        _mm_add_ps(_mm_add_ps(_mm_mul_ps(load(i0), _mm_set1_ps(w[0])), _mm_mul_ps(load(i0 + 3), _mm_set1_ps(w[1]))), _mm_mul_ps(load(i1), _mm_set1_ps(w[2]))),
-        _mm_mul_ps(load(i1 + 3), _mm_set1_ps(w[3])),
-    );
-    let q = _mm_cvttps_epi32(_mm_add_ps(v, _mm_set1_ps(0.5)));
-    let bytes = _mm_cvtsi128_si32(_mm_packus_epi16(_mm_packs_epi32(q, zero), zero)).to_le_bytes();
-    px.copy_from_slice(&bytes[..3]);
-}
-
-/// Bilinear blend where some of the four neighbours fall outside (they read as 114).
-fn blend_at_border(src: &[u8], (sw, sh): (i64, i64), (x0, y0): (i64, i64), w: [f32; 4], px: &mut [u8]) {
-    let at = |xx: i64, yy: i64, c: usize| -> f32 {
-        if xx < 0 || yy < 0 || xx >= sw || yy >= sh {
-            FILL as f32
-        } else {
-            src[((yy * sw + xx) * 3) as usize + c] as f32
-        }
-    };
-    for (c, p) in px.iter_mut().enumerate() {
-        let v =
-            at(x0, y0, c) * w[0] + at(x0 + 1, y0, c) * w[1] + at(x0, y0 + 1, c) * w[2] + at(x0 + 1, y0 + 1, c) * w[3];
-        *p = (v + 0.5).clamp(0.0, 255.0) as u8;
-    }
-}
+pub use super::warp::warp;
 
 /// Blends two same-size samples with r ~ Beta(32, 32); labels of both are kept.
 pub fn mixup(a: Sample, b: Sample, rng: &mut StdRng) -> Sample {
@@ -597,6 +491,7 @@ pub fn letterbox_sample(sample: Sample, shape: (u32, u32)) -> (Sample, Placement
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::Rgb;
     use rand::SeedableRng;
 
     fn rng(seed: u64) -> StdRng {
@@ -688,68 +583,6 @@ mod tests {
         assert_eq!((b0[2], b0[3]), (b3[0], b3[1]));
         assert_eq!(m.img.get_pixel(b0[2] as u32 - 1, b0[3] as u32 - 1).0, [1; 3]);
         assert_eq!(m.img.get_pixel(b3[0] as u32, b3[1] as u32).0, [4; 3]);
-    }
-
-    #[test]
-    fn warp_blends_as_the_scalar_formula() {
-        // The vector blend against the per-channel formula, for affine and projective maps with
-        // parts of the output off the source (border blends and untouched gray included).
-        let src = RgbImage::from_fn(97, 61, |x, y| Rgb([(x * 7 + y) as u8, (y * 13 + x * x) as u8, (x ^ (y * 3)) as u8]));
-        let (sw, sh) = (97i64, 61i64);
-        let raw = src.as_raw();
-        for seed in 0..12u64 {
-            let mut r = rng(seed);
-            let cfg = AugConfig { perspective: if seed % 2 == 0 { 0.0 } else { 0.0005 }, degrees: 20.0, shear: 5.0, ..AugConfig::default() };
-            let (m, _) = perspective_matrix(97.0, 61.0, 80.0, &cfg, &mut r);
-            let projective = cfg.perspective != 0.0;
-            let out = warp(&src, &m, 80, 80, projective);
-            let inv = invert(&m).unwrap();
-            let mut blended = 0;
-            for (x, y, p) in out.enumerate_pixels() {
-                let (fx, fy) = (x as f64, y as f64);
-                let (mut sx, mut sy) = (inv[0][0] * fx + (inv[0][1] * fy + inv[0][2]), inv[1][0] * fx + (inv[1][1] * fy + inv[1][2]));
-                if projective {
-                    let z = inv[2][0] * fx + (inv[2][1] * fy + inv[2][2]);
-                    (sx, sy) = (sx / z, sy / z);
-                }
-                let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
-                if !(x0 >= 0 && y0 >= 0 && x0 + 1 < sw && y0 + 1 < sh) {
-                    continue;
-                }
-                let (ax, ay) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
-                let w = [(1.0 - ax) * (1.0 - ay), ax * (1.0 - ay), (1.0 - ax) * ay, ax * ay];
-                let at = |xx: i64, yy: i64, c: usize| raw[((yy * sw + xx) * 3) as usize + c] as f32;
-                for c in 0..3 {
-                    let v = at(x0, y0, c) * w[0] + at(x0 + 1, y0, c) * w[1] + at(x0, y0 + 1, c) * w[2] + at(x0 + 1, y0 + 1, c) * w[3];
-                    assert_eq!(p[c], (v + 0.5) as u8, "seed {seed} at ({x}, {y}) channel {c}");
-                }
-                blended += 1;
-            }
-            assert!(blended > 1000, "seed {seed}: {blended} pixels inside");
-        }
-    }
-
-    /// OpenCV's own warps (`tests/data/warp`, written by scripts/warp_reference.py with the
-    /// reference environment's OpenCV 5.1, whose warps interpolate at float positions as ours
-    /// do): six affine and two perspective maps with borders, enlarging and shrinking. Measured:
-    /// 0, 0, 0, 1, 0, 1, 2, 0 bytes of 12288 differ, each by one level (OpenCV computes the
-    /// positions in f32 with fused multiply-adds, and the last 16 pixels of a row otherwise).
-    #[test]
-    fn warp_matches_opencv() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/warp");
-        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("warp_ref.json")).unwrap()).unwrap();
-        let src = RgbImage::from_fn(97, 61, |x, y| Rgb([((7 * x + y) % 256) as u8, ((13 * y + x * x) % 256) as u8, ((x ^ (3 * y)) % 256) as u8]));
-        let size = reference["size"].as_u64().unwrap() as u32;
-        for case in reference["cases"].as_array().unwrap() {
-            let rows: Vec<Vec<f64>> = serde_json::from_value(case["matrix"].clone()).unwrap();
-            let m: Mat3 = std::array::from_fn(|i| std::array::from_fn(|j| rows[i][j]));
-            let want = image::open(dir.join(case["png"].as_str().unwrap())).unwrap().to_rgb8();
-            let got = warp(&src, &m, size, size, case["perspective"].as_bool().unwrap());
-            assert!(want.as_raw().iter().filter(|&&v| v != FILL).count() > 1000, "{}: mostly border", case["png"]);
-            let differ = got.as_raw().iter().zip(want.as_raw()).filter(|(a, b)| a != b).count();
-            let worst = got.as_raw().iter().zip(want.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-            assert!(differ <= 4 && worst <= 1, "{}: {differ} bytes differ from OpenCV's, by up to {worst}", case["png"]);
-        }
     }
 
     #[test]

@@ -135,9 +135,9 @@ mod avx2 {
     pub unsafe fn apply(px: &mut [u8], luts: &Luts) -> usize {
         let (sdiv, hdiv) = hsv_tables();
         let (lh, ls, lv) = (widen(&luts.h), widen(&luts.s), widen(&luts.v));
-        let gather = |t: &[i32; 256], i: __m256i| _mm256_i32gather_epi32::<4>(t.as_ptr(), i);
-        let sectors = |c: usize| _mm256_setr_epi32(SECTORS[0][c] as i32, SECTORS[1][c] as i32, SECTORS[2][c] as i32, SECTORS[3][c] as i32, SECTORS[4][c] as i32, SECTORS[5][c] as i32, 0, 0);
-        let channel_of = [sectors(0), sectors(1), sectors(2)];
+        // (closures here would be compiled without AVX2, their intrinsics called out of line)
+        let sector_tables: [[i32; 8]; 3] = std::array::from_fn(|c| std::array::from_fn(|k| if k < 6 { SECTORS[k][c] as i32 } else { 0 }));
+        let channel_of = sector_tables.map(|t| _mm256_loadu_si256(t.as_ptr() as *const __m256i));
         let byte = _mm256_set1_epi32(0xFF);
         let round = _mm256_set1_epi32(1 << (HSV_SHIFT - 1));
         let offsets = _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21);
@@ -152,16 +152,18 @@ mod avx2 {
             // RGB → HSV
             let v = _mm256_max_epi32(_mm256_max_epi32(r, g), b);
             let diff = _mm256_sub_epi32(v, _mm256_min_epi32(_mm256_min_epi32(r, g), b));
-            let s = _mm256_srai_epi32::<{ HSV_SHIFT as i32 }>(_mm256_add_epi32(_mm256_mullo_epi32(diff, gather(sdiv, v)), round));
+            let s = _mm256_srai_epi32::<{ HSV_SHIFT as i32 }>(_mm256_add_epi32(_mm256_mullo_epi32(diff, _mm256_i32gather_epi32::<4>(sdiv.as_ptr(), v)), round));
             let (is_r, is_g) = (_mm256_cmpeq_epi32(v, r), _mm256_cmpeq_epi32(v, g));
             let h_r = _mm256_sub_epi32(g, b);
             let h_g = _mm256_add_epi32(_mm256_sub_epi32(b, r), _mm256_slli_epi32::<1>(diff));
             let h_b = _mm256_add_epi32(_mm256_sub_epi32(r, g), _mm256_slli_epi32::<2>(diff));
             let h = _mm256_blendv_epi8(_mm256_blendv_epi8(h_b, h_g, is_g), h_r, is_r);
-            let h = _mm256_srai_epi32::<{ HSV_SHIFT as i32 }>(_mm256_add_epi32(_mm256_mullo_epi32(h, gather(hdiv, diff)), round));
+            let h = _mm256_srai_epi32::<{ HSV_SHIFT as i32 }>(_mm256_add_epi32(_mm256_mullo_epi32(h, _mm256_i32gather_epi32::<4>(hdiv.as_ptr(), diff)), round));
             let h = _mm256_add_epi32(h, _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), h), _mm256_set1_epi32(180)));
             // the gains
-            let (h, s, v) = (gather(&lh, h), gather(&ls, s), gather(&lv, v));
+            let h = _mm256_i32gather_epi32::<4>(lh.as_ptr(), h);
+            let s = _mm256_i32gather_epi32::<4>(ls.as_ptr(), s);
+            let v = _mm256_i32gather_epi32::<4>(lv.as_ptr(), v);
             // HSV → RGB, as hsv_to_rgb
             let s = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(1.0 / 255.0));
             let v = _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(1.0 / 255.0));

@@ -8,6 +8,7 @@ pub mod hsv;
 pub mod loader;
 pub mod masks;
 pub mod segments;
+pub mod warp;
 pub mod synthetic;
 
 pub use augment::{AugConfig, Sample};
