@@ -292,7 +292,7 @@ unsafe fn pack_right(k: (usize, usize), n: (usize, usize), rhs: Mat, out: &mut V
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+#[target_feature(enable = "avx512f")]
 unsafe fn pack_right_avx512(k: (usize, usize), n: (usize, usize), rhs: Mat, out: &mut Vec<u32>) {
     pack_right_body(k, n, rhs, out)
 }
@@ -361,11 +361,7 @@ mod native {
 
     impl Tile for Avx512Bf16 {
         unsafe fn product(pairs: usize, a: *const u32, b: *const u32, tile: &mut [f32; MR * NR]) {
-            let acc = sums(pairs, a, b);
-            for (r, row) in acc.iter().enumerate() {
-                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), row[0]);
-                _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), row[1]);
-            }
+            into(pairs, a, b, tile.as_mut_ptr(), NR as isize, false)
         }
 
         unsafe fn product_into(pairs: usize, a: *const u32, b: *const u32, dst: *mut f32, ld: isize, add: bool) {
