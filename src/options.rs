@@ -54,8 +54,8 @@ impl Half {
 /// Mixed precision in training (Ultralytics' `amp`): which arithmetic the convolutions' matrix
 /// products use, forward and backward, in the student's step and the teacher's forward
 /// (validation stays f32). `true` is bf16 where the CPU has bf16 arithmetic (AVX512-BF16) and f32
-/// elsewhere; `bf16` asks for it on any CPU (emulated without AVX512-BF16: slower than f32, for
-/// accuracy checks); `false`/`fp32` is f32, the default until bf16's speed is measured on a CPU
+/// elsewhere; `bf16` asks for it on any CPU (emulated without AVX512-BF16: the same numbers at
+/// about f32's cost, for accuracy checks); `false`/`fp32` is f32, the default until bf16's speed is measured on a CPU
 /// that has it (Ultralytics' default `true` trains in f32 on a CPU too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Amp {
@@ -101,8 +101,8 @@ impl Amp {
             return Some("--amp applies to the CPU's convolutions; on this device training stays f32".into());
         }
         (self == Amp::Bf16 && !crate::kernels::bf16::native()).then(|| {
-            "--amp bf16: this CPU has no bf16 arithmetic (AVX512-BF16), so it is emulated: the same numbers, \
-             slower than f32 (use it to check accuracy, or --amp true for bf16 only where it is native)"
+            "--amp bf16: this CPU has no bf16 arithmetic (AVX512-BF16), so it is emulated: the same numbers \
+             at about f32's cost, without bf16's speed (use it to check accuracy, or --amp true for bf16 only where it is native)"
                 .into()
         })
     }

@@ -114,8 +114,8 @@ pub struct TrainArgs {
     /// --teacher the others become unlabeled images; without, they are left out.
     #[arg(long = "label-fraction", default_value_t = 1.0, value_parser = crate::options::share)]
     pub label_fraction: f64,
-    /// Mixed precision: true (bf16 where the CPU has AVX512-BF16), bf16 (on any CPU; emulated, so
-    /// slower, without AVX512-BF16), false or fp32 (default). The convolutions' products take bf16
+    /// Mixed precision: true (bf16 where the CPU has AVX512-BF16), bf16 (on any CPU; emulated
+    /// without AVX512-BF16, at about f32's cost), false or fp32 (default). The convolutions' products take bf16
     /// operands and f32 sums; weights, gradients and validation stay f32.
     #[arg(long, default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = crate::options::amp)]
     pub amp: crate::options::Amp,
