@@ -75,9 +75,9 @@ pub fn rounded(v: &[f32]) -> Vec<f32> {
     super::simd::run(|| v.iter().map(|&x| round(x)).collect())
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` in bf16 arithmetic, single-threaded: natively where the
-/// CPU can, emulated elsewhere (convolutions emulate it on whole operands instead, see
-/// `conv::emulated`, which costs less than rounding each product's copies).
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]` in bf16 arithmetic, single-threaded, on packed panels:
+/// natively where the CPU can. Convolutions call it only there (elsewhere they emulate bf16 on
+/// whole operands, see `conv::emulated`); the portable tile keeps it correct on any CPU.
 ///
 /// # Safety
 /// As [`conv::mm`]: every view addresses valid memory for its extent; `dst` aliases no input.
@@ -86,33 +86,11 @@ pub(super) unsafe fn mm(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isi
     if native() {
         return packed::<native::Avx512Bf16>(m, n, k, dst, acc, lhs, rhs);
     }
-    emulated(m, n, k, dst, acc, lhs, rhs)
-}
-
-/// Both operands rounded into contiguous f32 copies, then the f32 GEMM.
-unsafe fn emulated(m: usize, n: usize, k: usize, dst: (*mut f32, isize, isize), acc: bool, lhs: Mat, rhs: Mat) {
-    EMULATION.with(|e| {
-        let (a, b) = &mut *e.borrow_mut();
-        rounded_copy(m, k, lhs, a);
-        rounded_copy(k, n, rhs, b);
-        conv::mm(m, n, k, dst, acc, Mat(a.as_ptr(), k as isize, 1), Mat(b.as_ptr(), n as isize, 1));
-    })
+    packed::<Portable>(m, n, k, dst, acc, lhs, rhs)
 }
 
 thread_local! {
-    static EMULATION: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     static PANELS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// The `rows × cols` view `v` rounded to bf16 into `out`, row-major.
-unsafe fn rounded_copy(rows: usize, cols: usize, v: Mat, out: &mut Vec<f32>) {
-    out.clear();
-    out.reserve(rows * cols);
-    for i in 0..rows {
-        for j in 0..cols {
-            out.push(round(*v.0.offset(i as isize * v.1 + j as isize * v.2)));
-        }
-    }
 }
 
 /// Rows of a register tile.
@@ -146,12 +124,10 @@ pub(super) trait Tile {
     }
 }
 
-/// The tile kernel in portable code: the reference the native one is tested against, and what
-/// the packing is tested with on every CPU.
-#[cfg(test)]
+/// The tile kernel in portable code: what the packing is tested with on every CPU, and [`mm`]'s
+/// fallback where bf16 is not native.
 pub(super) struct Portable;
 
-#[cfg(test)]
 impl Tile for Portable {
     unsafe fn product(pairs: usize, a: *const u32, b: *const u32, tile: &mut [f32; MR * NR]) {
         let half = |w: u32, hi: bool| f32::from_bits(if hi { w & 0xFFFF_0000 } else { w << 16 });
@@ -489,13 +465,6 @@ mod tests {
     }
 
     const SHAPES: [(usize, usize, usize); 7] = [(1, 1, 1), (8, 32, 2), (16, 64, 27), (13, 45, 300), (3, 600, 513), (70, 33, 9), (64, 1100, 64)];
-
-    #[test]
-    fn emulated_products_are_bf16_arithmetic() {
-        for (m, n, k) in SHAPES {
-            check("emulated", m, n, k, emulated);
-        }
-    }
 
     #[test]
     fn packed_products_are_bf16_arithmetic() {
