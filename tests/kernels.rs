@@ -50,6 +50,10 @@ const CASES: &[Case] = &[
     case(2, 9, 10, 12, 7, 3, 1, 0),
     Case { groups: 2, bias: true, ..case(1, 32, 9, 9, 8, 3, 1, 1) },
     case(1, 24, 70, 64, 6, 3, 1, 1),
+    // The broadcast direct convolution in inference (≥ 32 channels, rows ≥ 40 wide, AVX2 CPUs):
+    // both strides, output channels not a multiple of its 16.
+    case(1, 32, 7, 45, 20, 3, 1, 1),
+    case(2, 40, 9, 83, 18, 3, 2, 1),
     // Many small images: whole images share one GEMM (in the 2-thread pool of `two_threads`).
     case(40, 6, 7, 5, 5, 3, 1, 1),
     case(40, 8, 6, 6, 12, 1, 1, 0),

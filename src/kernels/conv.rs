@@ -19,7 +19,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::bf16::{self, Arithmetic};
-use super::{direct, shifted, simd, SharedMut};
+use super::{broadcast, direct, shifted, simd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,9 +283,9 @@ pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, si
     forward_with(g, x, weight, bias, silu, Form::Training)
 }
 
-/// [`forward`] for inference, where the convolutions [`direct`] suits run as a direct convolution
-/// (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm` turns it off) and those
-/// [`shifted`] suits as one GEMM per tap.
+/// [`forward`] for inference, where the convolutions [`broadcast`] or [`direct`] suits run as a
+/// direct convolution (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm` turns
+/// them off) and those [`shifted`] suits as one GEMM per tap.
 /// Training keeps the im2col forward: the shifted thresholds were measured on batch-1 inference,
 /// and its different summation order alone moved tests/mpi.rs's 30-epoch two-rank run from
 /// mAP50 0.427 to 0.094 (tiny runs amplify rounding).
@@ -293,7 +293,7 @@ pub fn forward_inference(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&
     forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled() })
 }
 
-/// [`forward_inference`] without the direct convolution (the baseline `bench-conv --inference`
+/// [`forward_inference`] without the direct convolutions (the baseline `bench-conv --inference`
 /// compares it with).
 pub fn forward_inference_gemm(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
     forward_with(g, x, weight, bias, silu, Form::Inference { direct: false })
@@ -313,6 +313,9 @@ fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s
     // the direct and shifted forms are f32 kernels: native bf16 takes the im2col GEMMs
     let form = if g.arith == Arithmetic::F32 { form } else { Form::Training };
     if let Form::Inference { direct: true } = form {
+        if broadcast::applies(g) {
+            return broadcast::forward(g, x, weight, bias, silu);
+        }
         if direct::applies(g) {
             return direct::forward(g, x, weight, bias, silu);
         }

@@ -54,7 +54,7 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f3
     assert!(shape_fits(g) && simd::has_avx2_fma(), "direct convolution called for {g:?}");
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
-    units(g).into_par_iter().for_each(|u| {
+    units(g, MR).into_par_iter().for_each(|u| {
         // SAFETY: units write disjoint (image, channel range, row range) blocks of y; the CPU has
         // AVX2 and FMA (asserted above).
         unsafe { run_unit(g, x, weight, bias, silu, u, yp) }
@@ -66,11 +66,11 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f3
 
 /// One image and group, a range of output-channel blocks, a band of output rows.
 #[derive(Debug, Clone, Copy)]
-struct Unit {
-    b: usize,
-    gi: usize,
-    blocks: (usize, usize),
-    rows: (usize, usize),
+pub(super) struct Unit {
+    pub(super) b: usize,
+    pub(super) gi: usize,
+    pub(super) blocks: (usize, usize),
+    pub(super) rows: (usize, usize),
 }
 
 /// Where a band's padded input lies. Stride s splits it into s × s phases: phase (a, b) keeps the
@@ -109,10 +109,13 @@ impl Layout {
 }
 
 /// Bands of rows whose chunk of input and partial sums fit [`BAND_FLOATS`], then split further
-/// (by channel blocks first, which wastes nothing, then by rows) until every thread has at least
-/// two units.
-fn units(g: &ConvGeom) -> Vec<Unit> {
-    let (ho, blocks) = (g.ho(), g.cog().div_ceil(MR));
+/// (by blocks of `block` output channels first, which wastes nothing, then by rows) until every
+/// thread has at least two units.
+pub(super) fn units(g: &ConvGeom, block: usize) -> Vec<Unit> {
+    let (ho, blocks) = (g.ho(), g.cog().div_ceil(block));
+    if ho == 0 || blocks == 0 {
+        return Vec::new();
+    }
     let images = g.n * g.groups;
     let per_row = CHUNK.min(g.cig()) * g.stride[0] * g.w + g.cog() * g.wo();
     let rows_fit = (BAND_FLOATS / per_row.max(1)).saturating_sub(g.kh - 1).max(1);
@@ -122,13 +125,15 @@ fn units(g: &ConvGeom) -> Vec<Unit> {
     if images * bands * parts < want {
         bands = want.div_ceil(images * parts).min(ho).max(bands);
     }
-    let (rows, per) = (ho.div_ceil(bands).max(1), blocks.div_ceil(parts).max(1));
+    let bands = bands.min(ho).max(1);
+    // Even splits (22 blocks in 4 parts: 5, 6, 5, 6), so that no thread waits for another.
+    let split = |len: usize, parts: usize, i: usize| (i * len / parts, (i + 1) * len / parts);
     let mut out = Vec::new();
     for b in 0..g.n {
         for gi in 0..g.groups {
-            for r in (0..ho).step_by(rows) {
-                for k in (0..blocks).step_by(per) {
-                    out.push(Unit { b, gi, blocks: (k, (k + per).min(blocks)), rows: (r, (r + rows).min(ho)) });
+            for r in 0..bands {
+                for k in 0..parts {
+                    out.push(Unit { b, gi, blocks: split(blocks, parts, k), rows: split(ho, bands, r) });
                 }
             }
         }
@@ -360,19 +365,52 @@ unsafe fn kernel<const M: usize>(_: [*const f32; MR], _: *const f32, _: (usize, 
     unreachable!("the direct convolution runs only on x86-64 with AVX2+FMA")
 }
 
+/// What the tests of this form and of [`super::broadcast`] share: inputs, shapes, and the
+/// comparison with the im2col forward.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod check {
+    use super::super::conv::{self, ConvGeom};
 
     /// Deterministic values in [-1, 1], different for each seed.
     fn noise(len: usize, seed: u32) -> Vec<f32> {
         (0..len).map(|i| ((i as f32 + 0.5) * 0.754_877_7 + seed as f32 * 1.618).sin()).collect()
     }
 
-    fn geom(n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, groups: usize) -> ConvGeom {
+    /// An n×ci×h×w input, co outputs, a k×k "same" kernel, stride 1.
+    pub fn geom(n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, groups: usize) -> ConvGeom {
         let p = k / 2;
         ConvGeom { n, ci, h, w, co, kh: k, kw: k, stride: [1, 1], pad: [p; 4], dilation: [1, 1], groups, arith: Default::default() }
     }
+
+    /// `g` at stride 2.
+    pub fn strided(g: ConvGeom) -> ConvGeom {
+        ConvGeom { stride: [2, 2], ..g }
+    }
+
+    /// `forward` (in a 2-thread pool) within 1e-5 of the largest magnitude of the im2col forward on
+    /// every case, with bias and SiLU and without either.
+    pub fn matches_im2col(cases: &[ConvGeom], forward: impl Fn(&ConvGeom, &[f32], &[f32], Option<&[f32]>, bool) -> Vec<f32> + Sync) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for (i, g) in cases.iter().enumerate() {
+            let x = noise(g.n * g.ci * g.h * g.w, 1 + i as u32);
+            let w = noise(g.weight_len(), 100 + i as u32);
+            let b = noise(g.co, 200 + i as u32);
+            for (bias, silu) in [(Some(&b[..]), true), (None, false)] {
+                let ours = pool.install(|| forward(g, &x, &w, bias, silu));
+                let reference = conv::forward(g, &x, &w, bias, silu);
+                assert_eq!(ours.len(), reference.len());
+                let m = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let d = ours.iter().zip(&reference).fold(0f32, |d, (a, r)| d.max((a - r).abs()));
+                assert!(d <= 1e-5 * m, "{g:?} bias {} silu {silu}: max diff {d} (max {m})", bias.is_some());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check::{geom, matches_im2col, strided};
+    use super::*;
 
     /// Against the im2col forward, on every path: odd widths and heights, a channel count that is
     /// not a multiple of MR, 5×5, groups, several images, small and large maps, stride 2's phases,
@@ -392,26 +430,12 @@ mod tests {
             geom(1, 64, 80, 80, 16, 3, 1),
             geom(1, 128, 20, 20, 128, 3, 1),
             geom(3, 16, 1, 1, 4, 3, 1),
-            ConvGeom { stride: [2, 2], ..geom(1, 16, 13, 11, 12, 3, 1) },
-            ConvGeom { stride: [2, 2], ..geom(2, 32, 16, 16, 20, 3, 2) },
-            ConvGeom { stride: [2, 2], ..geom(1, 16, 12, 15, 8, 5, 1) },
-            ConvGeom { stride: [2, 2], ..geom(1, 64, 80, 80, 32, 3, 1) },
+            strided(geom(1, 16, 13, 11, 12, 3, 1)),
+            strided(geom(2, 32, 16, 16, 20, 3, 2)),
+            strided(geom(1, 16, 12, 15, 8, 5, 1)),
+            strided(geom(1, 64, 80, 80, 32, 3, 1)),
         ];
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for (i, g) in cases.iter().enumerate() {
-            assert!(shape_fits(g), "{g:?}");
-            let x = noise(g.n * g.ci * g.h * g.w, 1 + i as u32);
-            let w = noise(g.weight_len(), 100 + i as u32);
-            let b = noise(g.co, 200 + i as u32);
-            for (bias, silu) in [(Some(&b[..]), true), (None, false)] {
-                let ours = pool.install(|| forward(g, &x, &w, bias, silu));
-                let reference = super::super::conv::forward(g, &x, &w, bias, silu);
-                assert_eq!(ours.len(), reference.len());
-                let m = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
-                let d = ours.iter().zip(&reference).fold(0f32, |d, (a, r)| d.max((a - r).abs()));
-                assert!(d <= 1e-5 * m, "{g:?} bias {} silu {silu}: max diff {d} (max {m})", bias.is_some());
-            }
-        }
+        assert!(cases.iter().all(shape_fits));
+        matches_im2col(&cases, forward);
     }
 }
-

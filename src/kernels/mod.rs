@@ -1,10 +1,11 @@
 //! Our own CPU kernels, plugged into burn as a backend extension (see `extension`) and used on the
 //! `flex` backend only: GPU backends keep burn's ops. `YOLODISTILL_KERNELS=burn` switches back to
 //! burn's own CPU ops (for A/B measurements and reference checks), `gemm` keeps ours but without
-//! the direct convolution.
+//! the direct convolutions.
 
 pub mod alloc;
 pub mod bf16;
+mod broadcast;
 pub mod conv;
 mod decode;
 mod direct;
@@ -73,7 +74,8 @@ pub fn enabled() -> bool {
     choice() != Choice::Burn
 }
 
-/// Whether inference may use the direct convolution (`direct.rs`; off with `YOLODISTILL_KERNELS=gemm`).
+/// Whether inference may use the direct convolutions (`direct.rs`, `broadcast.rs`; off with
+/// `YOLODISTILL_KERNELS=gemm`).
 fn direct_enabled() -> bool {
     choice() == Choice::Ours
 }
