@@ -171,6 +171,16 @@ fn for_each_tap_row(
 /// Gathers the column matrix `[k, tile]` of output rows `rows` from one group's input `[cig, h, w]`
 /// into `col` at (row stride, first column) `place`.
 fn im2col(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, usize), col: &mut [f32]) {
+    let same_width = g.stride == [1, 1] && g.dilation == [1, 1] && g.wo() == g.w && g.w > g.pad[2].max(g.pad[3]);
+    if same_width {
+        im2col_same_width(g, x, rows, place, col)
+    } else {
+        im2col_gather(g, x, rows, place, col)
+    }
+}
+
+/// [`im2col`] row by row (any stride, dilation and padding).
+fn im2col_gather(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, usize), col: &mut [f32]) {
     let (wo, sw, plane) = (g.wo(), g.stride[1], g.h * g.w);
     for_each_tap_row(g, rows, place, |at, c, iy, (lo, hi), x_off| {
         let out = &mut col[at..at + wo];
@@ -184,12 +194,58 @@ fn im2col(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, usize), 
         if sw == 1 {
             let s0 = (lo as isize + x_off) as usize;
             out[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-        } else {
-            for (ox, o) in out.iter_mut().enumerate().take(hi).skip(lo) {
-                *o = src[(ox as isize * sw as isize + x_off) as usize];
-            }
+        } else if hi > lo {
+            let s0 = (lo as isize * sw as isize + x_off) as usize;
+            gather_strided(&mut out[lo..hi], &src[s0..], sw);
         }
     });
+}
+
+/// `out[i] = src[i·stride]` (out of line: inside the tap-row closure the loop kept its state on
+/// the stack).
+#[inline(never)]
+fn gather_strided(out: &mut [f32], src: &[f32], stride: usize) {
+    for (o, s) in out.iter_mut().zip(src.chunks(stride)) {
+        *o = s[0];
+    }
+}
+
+/// [`im2col`] at stride 1 and dilation 1 with output rows as wide as the input's (and wider than
+/// the side padding): each (channel, tap)'s rows of the tile are one shifted copy of consecutive
+/// input rows, after which the columns that fall in the padding are zeroed. The same values as
+/// the row-by-row gather, which cost a library call per row of 10–160 floats.
+fn im2col_same_width(g: &ConvGeom, x: &[f32], rows: (usize, usize), (ld, base): (usize, usize), col: &mut [f32]) {
+    let (w, plane, n) = (g.w, g.h * g.w, rows.1 - rows.0);
+    for c in 0..g.cig() {
+        let src = &x[c * plane..][..plane];
+        for ki in 0..g.kh {
+            // Tile rows t0..t1 read input rows inside the image: iy = rows.0 + t + ki − pad top.
+            let shift = (rows.0 + ki) as isize - g.pad[0] as isize;
+            let t0 = (-shift).clamp(0, n as isize) as usize;
+            let t1 = (g.h as isize - shift).clamp(t0 as isize, n as isize) as usize;
+            let start = (t0 as isize + shift).max(0) as usize * w;
+            let len = (t1 - t0) * w;
+            for kj in 0..g.kw {
+                let r = (c * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[r * ld + base..][..n * w];
+                dst[..t0 * w].fill(0.0);
+                dst[t1 * w..].fill(0.0);
+                let valid = &mut dst[t0 * w..t1 * w];
+                let x_off = kj as isize - g.pad[2] as isize;
+                let a = x_off.unsigned_abs();
+                if len == 0 {
+                    continue;
+                }
+                if x_off <= 0 {
+                    valid[a..].copy_from_slice(&src[start..start + len - a]);
+                    valid.chunks_mut(w).for_each(|row| row[..a].fill(0.0));
+                } else {
+                    valid[..len - a].copy_from_slice(&src[start + a..start + len]);
+                    valid.chunks_mut(w).for_each(|row| row[w - a..].fill(0.0));
+                }
+            }
+        }
+    }
 }
 
 /// Adds the column matrix `[k, tile]` (at `place` in `col`) back into one group's input gradient
@@ -205,9 +261,10 @@ fn col2im(g: &ConvGeom, col: &[f32], rows: (usize, usize), place: (usize, usize)
             for (d, s) in dst[d0..d0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
                 *d += s;
             }
-        } else {
-            for (ox, s) in src.iter().enumerate().take(hi).skip(lo) {
-                dst[(ox as isize * sw as isize + x_off) as usize] += s;
+        } else if hi > lo {
+            let d0 = (lo as isize * sw as isize + x_off) as usize;
+            for (d, s) in dst[d0..].iter_mut().step_by(sw).zip(&src[lo..hi]) {
+                *d += s;
             }
         }
     });
@@ -527,6 +584,41 @@ unsafe fn backward_unit(
                 let dx_img = std::slice::from_raw_parts_mut(dx_of(u.b + i), cig * plane);
                 col2im(g, &s.dcol, u.rows, (cols, i * tile), dx_img);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shifted-copy im2col writes exactly the row-by-row gather's values: 3×3 and 5×5 "same"
+    /// kernels, padding all on one side, one-row-wide images, tiles that start and end inside the
+    /// image or reach past it, and a column matrix with other images' columns beside the tile.
+    #[test]
+    fn same_width_im2col_is_the_gather_bit_for_bit() {
+        let geom = |ci: usize, h: usize, w: usize, k: usize, pad: [usize; 4]| ConvGeom {
+            n: 1, ci, h, w, co: 1, kh: k, kw: k, stride: [1, 1], pad, dilation: [1, 1], groups: 1, arith: Default::default(),
+        };
+        let cases = [
+            (geom(3, 9, 7, 3, [1; 4]), (0, 9)),
+            (geom(3, 9, 7, 3, [1; 4]), (2, 5)),
+            (geom(2, 6, 5, 5, [2; 4]), (1, 6)),
+            (geom(2, 6, 5, 3, [0, 2, 2, 0]), (0, 4)),
+            (geom(2, 6, 5, 3, [2, 0, 0, 2]), (3, 6)),
+            (geom(1, 4, 2, 3, [1; 4]), (0, 4)),
+        ];
+        for (g, rows) in cases {
+            assert_eq!(g.wo(), g.w, "{g:?}");
+            let x: Vec<f32> = (0..g.ci * g.h * g.w).map(|i| i as f32 + 1.0).collect();
+            let tile = (rows.1 - rows.0) * g.wo();
+            let (ld, base) = (3 * tile + 2, tile + 1);
+            let mut fast = vec![f32::NAN; g.k() * ld];
+            let mut gather = fast.clone();
+            im2col_same_width(&g, &x, rows, (ld, base), &mut fast);
+            im2col_gather(&g, &x, rows, (ld, base), &mut gather);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fast), bits(&gather), "{g:?} rows {rows:?}");
         }
     }
 }
