@@ -201,6 +201,16 @@ fn im2col_gather(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, u
     });
 }
 
+/// Zeroes a few floats: one store for the usual one (a `fill` is a `memset` call).
+#[inline(always)]
+fn zero(v: &mut [f32]) {
+    match v {
+        [] => {}
+        [one] => *one = 0.0,
+        more => more.fill(0.0),
+    }
+}
+
 /// `out[i] = src[i·stride]` (out of line: inside the tap-row closure the loop kept its state on
 /// the stack).
 #[inline(never)]
@@ -236,12 +246,13 @@ fn im2col_same_width(g: &ConvGeom, x: &[f32], rows: (usize, usize), (ld, base): 
                 if len == 0 {
                     continue;
                 }
+                // (Single stores where a = 1: a fill per row was a library call per row.)
                 if x_off <= 0 {
                     valid[a..].copy_from_slice(&src[start..start + len - a]);
-                    valid.chunks_mut(w).for_each(|row| row[..a].fill(0.0));
+                    valid.chunks_mut(w).for_each(|row| zero(&mut row[..a]));
                 } else {
                     valid[..len - a].copy_from_slice(&src[start + a..start + len]);
-                    valid.chunks_mut(w).for_each(|row| row[w - a..].fill(0.0));
+                    valid.chunks_mut(w).for_each(|row| zero(&mut row[w - a..]));
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::simd;
+use super::simd::{self, multiversion};
 
 /// `k×k` max pooling, stride 1, padding `k / 2` that never wins (as burn's), over planes of
 /// `h × w`; rows first, then columns, so each element costs about 2k comparisons.
@@ -44,23 +44,46 @@ pub fn sigmoid(x: &[f32]) -> Vec<f32> {
 pub fn dfl(boxes: &[f32], (b, bins, a): (usize, usize, usize)) -> Vec<f32> {
     let mut out = vec![0.0f32; b * 4 * a];
     out.par_chunks_mut(a).enumerate().for_each(|(side, dst)| {
-        let src = &boxes[side * bins * a..][..bins * a];
-        simd::run(|| {
-            let mut top = vec![f32::NEG_INFINITY; a];
-            for bin in src.chunks(a) {
-                top.iter_mut().zip(bin).for_each(|(t, &v)| *t = t.max(v));
-            }
-            let mut sum = vec![0.0f32; a];
-            dst.fill(0.0);
-            for (i, bin) in src.chunks(a).enumerate() {
-                for (((d, s), &t), &v) in dst.iter_mut().zip(sum.iter_mut()).zip(&top).zip(bin) {
-                    let e = simd::exp(v - t);
-                    *s += e;
-                    *d += e * i as f32;
-                }
-            }
-            dst.iter_mut().zip(&sum).for_each(|(d, s)| *d /= s);
-        });
+        dfl_side_best(&boxes[side * bins * a..][..bins * a], dst);
     });
     out
+}
+
+/// One (image, side) of [`dfl`]: `src` `[bins, a]` → `dst` `[a]`.
+#[inline(always)]
+fn dfl_side(src: &[f32], dst: &mut [f32]) {
+    let a = dst.len();
+    let mut top = vec![f32::NEG_INFINITY; a];
+    for bin in src.chunks(a) {
+        top.iter_mut().zip(bin).for_each(|(t, &v)| *t = t.max(v));
+    }
+    let mut sum = vec![0.0f32; a];
+    dst.fill(0.0);
+    for (i, bin) in src.chunks(a).enumerate() {
+        for (((d, s), &t), &v) in dst.iter_mut().zip(sum.iter_mut()).zip(&top).zip(bin) {
+            let e = simd::exp(v - t);
+            *s += e;
+            *d += e * i as f32;
+        }
+    }
+    dst.iter_mut().zip(&sum).for_each(|(d, s)| *d /= s);
+}
+
+multiversion! { fn dfl_side_best(src: &[f32], dst: &mut [f32]) = dfl_side; }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DFL side compiled for this CPU's SIMD gives the baseline build's bits.
+    #[test]
+    fn simd_dfl_gives_the_baseline_bits() {
+        for a in [1, 7, 16, 8400] {
+            let src: Vec<f32> = (0..16 * a).map(|i| ((i as f32 + 0.5) * 0.754_877_7).sin() * 6.0).collect();
+            let (mut x, mut y) = (vec![0.0; a], vec![0.0; a]);
+            dfl_side_best(&src, &mut x);
+            dfl_side(&src, &mut y);
+            assert_eq!(x.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), y.iter().map(|f| f.to_bits()).collect::<Vec<_>>());
+        }
+    }
 }

@@ -4,10 +4,11 @@
 
 use rayon::prelude::*;
 
-use super::{simd, SharedMut};
+use super::simd::{self, multiversion};
+use super::SharedMut;
 
 /// Per-row softmax probabilities of `x/τ` and log-probabilities, into `p` and `lp` (one `exp`
-/// per element, our vectorisable one; callers run it under [`simd::run`]).
+/// per element, our vectorisable one; callers are compiled for this CPU's SIMD by `multiversion!`).
 #[inline(always)]
 fn log_softmax_row(x: &[f32], tau: f32, p: &mut [f32], lp: &mut [f32]) {
     let inv = 1.0 / tau;
@@ -36,16 +37,7 @@ pub fn loss(s: &[f32], t: &[f32], len: usize, tau: f32) -> f32 {
         .zip(t.par_chunks(len))
         .map_init(
             || vec![0.0f32; 4 * len],
-            |buf, (sr, tr)| {
-                let (ps, rest) = buf.split_at_mut(len);
-                let (ls, rest) = rest.split_at_mut(len);
-                let (pt, lt) = rest.split_at_mut(len);
-                simd::run(|| {
-                    log_softmax_row(sr, tau, ps, ls);
-                    log_softmax_row(tr, tau, pt, lt);
-                    simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j])) as f64
-                })
-            },
+            |buf, (sr, tr)| row_loss_best(sr, tr, tau, buf) as f64,
         )
         .sum();
     (total * (tau * tau) as f64 / rows.max(1) as f64) as f32
@@ -63,25 +55,73 @@ pub fn grads(s: &[f32], t: &[f32], len: usize, tau: f32, upstream: f32, want: [b
     (0..rows).into_par_iter().for_each_init(
         || vec![0.0f32; 4 * len],
         |buf, r| {
-            let (ps, rest) = buf.split_at_mut(len);
-            let (ls, rest) = rest.split_at_mut(len);
-            let (pt, lt) = rest.split_at_mut(len);
-            simd::run(|| {
-                log_softmax_row(&s[r * len..][..len], tau, ps, ls);
-                log_softmax_row(&t[r * len..][..len], tau, pt, lt);
-                // SAFETY: row r of ds and dt is written by this task only; the vectors hold
-                // rows·len elements when wanted.
-                if want[0] {
-                    let d = unsafe { std::slice::from_raw_parts_mut(dsp.at(r * len), len) };
-                    d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
-                }
-                if want[1] {
-                    let kl = simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j]));
-                    let d = unsafe { std::slice::from_raw_parts_mut(dtp.at(r * len), len) };
-                    d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
-                }
-            });
+            // SAFETY: row r of ds and dt is written by this task only; the vectors hold rows·len
+            // elements when wanted.
+            let row = |p: SharedMut, want: bool| want.then(|| unsafe { std::slice::from_raw_parts_mut(p.at(r * len), len) });
+            row_grads_best(&s[r * len..][..len], &t[r * len..][..len], (tau, k), buf, row(dsp, want[0]), row(dtp, want[1]));
         },
     );
     (ds, dt)
+}
+
+/// Splits a `4·len` buffer into the student's and the teacher's probabilities and
+/// log-probabilities of one row.
+#[inline(always)]
+fn row_buffers(buf: &mut [f32], len: usize) -> [&mut [f32]; 4] {
+    let (ps, rest) = buf.split_at_mut(len);
+    let (ls, rest) = rest.split_at_mut(len);
+    let (pt, lt) = rest.split_at_mut(len);
+    [ps, ls, pt, &mut lt[..len]]
+}
+
+/// One row's `Σ_j p_t(j)·(log p_t(j) − log p_s(j))`.
+#[inline(always)]
+fn row_loss(s: &[f32], t: &[f32], tau: f32, buf: &mut [f32]) -> f32 {
+    let len = s.len();
+    let [ps, ls, pt, lt] = row_buffers(buf, len);
+    log_softmax_row(s, tau, ps, ls);
+    log_softmax_row(t, tau, pt, lt);
+    simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j]))
+}
+
+/// One row of [`grads`] (`k` = upstream·τ/rows) into `ds` and `dt` where given.
+#[inline(always)]
+fn row_grads(s: &[f32], t: &[f32], (tau, k): (f32, f32), buf: &mut [f32], ds: Option<&mut [f32]>, dt: Option<&mut [f32]>) {
+    let len = s.len();
+    let [ps, ls, pt, lt] = row_buffers(buf, len);
+    log_softmax_row(s, tau, ps, ls);
+    log_softmax_row(t, tau, pt, lt);
+    if let Some(d) = ds {
+        d.iter_mut().zip(ps.iter().zip(pt.iter())).for_each(|(o, (&a, &b))| *o = k * (a - b));
+    }
+    if let Some(d) = dt {
+        let kl = simd::lane_sum(len, |j| pt[j] * (lt[j] - ls[j]));
+        d.iter_mut().zip(pt.iter().zip(lt.iter().zip(ls.iter()))).for_each(|(o, (&p, (&a, &b)))| *o = k * p * ((a - b) - kl));
+    }
+}
+
+multiversion! { fn row_loss_best(s: &[f32], t: &[f32], tau: f32, buf: &mut [f32]) -> f32 = row_loss; }
+multiversion! {
+    fn row_grads_best(s: &[f32], t: &[f32], tk: (f32, f32), buf: &mut [f32], ds: Option<&mut [f32]>, dt: Option<&mut [f32]>) = row_grads;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows compiled for this CPU's SIMD give the baseline build's bits.
+    #[test]
+    fn simd_rows_give_the_baseline_bits() {
+        let noise = |n: usize, seed: f32| (0..n).map(|i| ((i as f32 + seed) * 0.754_877_7).sin() * 4.0).collect::<Vec<f32>>();
+        for len in [1, 15, 16, 17, 400] {
+            let (s, t) = (noise(len, 0.5), noise(len, 9.5));
+            let (mut a, mut b) = (vec![0.0; 4 * len], vec![0.0; 4 * len]);
+            assert_eq!(row_loss_best(&s, &t, 2.0, &mut a).to_bits(), row_loss(&s, &t, 2.0, &mut b).to_bits());
+            let (mut ds_a, mut dt_a, mut ds_b, mut dt_b) = (vec![0.0; len], vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+            row_grads_best(&s, &t, (2.0, 0.3), &mut a, Some(&mut ds_a), Some(&mut dt_a));
+            row_grads(&s, &t, (2.0, 0.3), &mut b, Some(&mut ds_b), Some(&mut dt_b));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&ds_a), bits(&dt_a)), (bits(&ds_b), bits(&dt_b)));
+        }
+    }
 }

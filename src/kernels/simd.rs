@@ -21,7 +21,9 @@ pub fn has_avx2_fma() -> bool {
     false
 }
 
-/// Calls `f` compiled for AVX-512, AVX2+FMA or the baseline, whichever this CPU supports best.
+/// Calls `f` compiled for AVX-512, AVX2+FMA or the baseline, whichever this CPU supports best:
+/// only where LLVM inlines the closure, which it does for short ones (a one-line elementwise loop);
+/// for anything longer use [`multiversion!`].
 #[inline(always)]
 pub fn run<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -37,6 +39,43 @@ pub fn run<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// `vis fn name(args) -> R = body;` defines `name`, which calls the `#[inline(always)]` function
+/// `body` compiled for AVX-512, AVX2+FMA or the baseline, whichever this CPU supports best. Unlike
+/// [`run`], whose closure LLVM may leave out of line (then compiled for the baseline: BatchNorm's
+/// statistics and backward ran in scalar SSE code that way), the body is inlined into each
+/// `#[target_feature]` copy. Arithmetic is the same in every copy (no fused multiply-adds unless
+/// the body asks for them), so results do not depend on the CPU.
+macro_rules! multiversion {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                $(#[$attr])*
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                $(#[$attr])*
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if $crate::kernels::simd::has_avx512() {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if $crate::kernels::simd::has_avx2_fma() {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
