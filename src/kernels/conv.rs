@@ -19,7 +19,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::bf16::{self, Arithmetic};
-use super::{broadcast, direct, shifted, simd, SharedMut};
+use super::simd::{self, multiversion};
+use super::{broadcast, direct, shifted, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +197,7 @@ fn im2col_gather(g: &ConvGeom, x: &[f32], rows: (usize, usize), place: (usize, u
             out[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
         } else if hi > lo {
             let s0 = (lo as isize * sw as isize + x_off) as usize;
-            gather_strided(&mut out[lo..hi], &src[s0..], sw);
+            gather_strided_best(&mut out[lo..hi], &src[s0..], sw);
         }
     });
 }
@@ -211,14 +212,44 @@ fn zero(v: &mut [f32]) {
     }
 }
 
-/// `out[i] = src[i·stride]` (out of line: inside the tap-row closure the loop kept its state on
-/// the stack).
-#[inline(never)]
+/// `out[i] = src[i·stride]` (its own loop: inside the tap-row closure the loop kept its state on
+/// the stack), pairs taken whole at stride 2 so that the loop vectorises.
+#[inline(always)]
 fn gather_strided(out: &mut [f32], src: &[f32], stride: usize) {
+    if stride == 2 {
+        let pairs = src.chunks_exact(2);
+        let last = pairs.remainder().first();
+        let n = out.len().min(pairs.len());
+        for (o, pair) in out[..n].iter_mut().zip(pairs) {
+            *o = pair[0];
+        }
+        if let (Some(o), Some(&v)) = (out.get_mut(n), last) {
+            *o = v;
+        }
+        return;
+    }
     for (o, s) in out.iter_mut().zip(src.chunks(stride)) {
         *o = s[0];
     }
 }
+
+/// `dst[i] += src[i]`.
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+/// `dst[i·stride] += src[i]`.
+#[inline(always)]
+fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize) {
+    dst.iter_mut().step_by(stride).zip(src).for_each(|(d, s)| *d += s);
+}
+
+// The row loops of im2col and col2im compiled for this CPU's SIMD: inside their callers' closures
+// they ran at the baseline (SSE2), four floats at a time or one.
+multiversion! { fn gather_strided_best(out: &mut [f32], src: &[f32], stride: usize) = gather_strided; }
+multiversion! { fn add_into_best(dst: &mut [f32], src: &[f32]) = add_into; }
+multiversion! { fn scatter_add_best(dst: &mut [f32], src: &[f32], stride: usize) = scatter_add; }
 
 /// [`im2col`] at stride 1 and dilation 1 with output rows as wide as the input's (and wider than
 /// the side padding): each (channel, tap)'s rows of the tile are one shifted copy of consecutive
@@ -269,14 +300,10 @@ fn col2im(g: &ConvGeom, col: &[f32], rows: (usize, usize), place: (usize, usize)
         let dst = &mut dx[c * plane + iy * g.w..][..g.w];
         if sw == 1 {
             let d0 = (lo as isize + x_off) as usize;
-            for (d, s) in dst[d0..d0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                *d += s;
-            }
+            add_into_best(&mut dst[d0..d0 + hi - lo], &src[lo..hi]);
         } else if hi > lo {
             let d0 = (lo as isize * sw as isize + x_off) as usize;
-            for (d, s) in dst[d0..].iter_mut().step_by(sw).zip(&src[lo..hi]) {
-                *d += s;
-            }
+            scatter_add_best(&mut dst[d0..], &src[lo..hi], sw);
         }
     });
 }
