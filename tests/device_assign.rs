@@ -4,10 +4,12 @@
 
 mod common;
 
-use burn::tensor::{Distribution, Tensor};
+use std::sync::{Arc, Mutex};
+
+use burn::tensor::{Device, Distribution, Tensor};
 use yolodistill::distill::args::{DistillArgs, Response};
 use yolodistill::distill::distiller::Distiller;
-use yolodistill::train::StepHook;
+use yolodistill::train::{Extension, HookInput, HookLoss, RunContext, StepHook};
 use yolodistill::loss::{assign_on_device, assign_targets, loss_from_assigned, loss_on_device, Assignment, LossConfig, Targets};
 use yolodistill::model::layers::head::HeadMaps;
 use yolodistill::reads_so_far;
@@ -48,17 +50,23 @@ fn check_one(seed: u64, reg_max: usize, topk2: usize) {
     device.seed(seed);
     let boxes0 = Tensor::<3>::random([b, 4 * reg_max, a_n], Distribution::Normal(0.0, 2.0), &device).inner();
     let scores0 = Tensor::<3>::random([b, nc, a_n], Distribution::Normal(-1.0, 2.0), &device).inner();
-    let maps = HeadMaps { boxes: boxes0.clone(), scores: scores0.clone() };
-    let h = assign_targets(&cfg, &maps, &SHAPES, &targets);
-    let d = assign_on_device(&cfg, &maps, &SHAPES, &targets);
     let what = format!("seed {seed}, reg_max {reg_max}, topk2 {topk2}");
+    let fg = check_batch(&cfg, boxes0, scores0, &SHAPES, &targets, &what);
+    assert!(fg > 0, "{what}: the batch has foreground");
+    eprintln!("{what}: {fg} foreground anchors, {} boxes", targets.cls.len());
+}
 
+/// Assigns one batch's head maps on the host and on the device and checks that both give the
+/// same assignment, loss items and gradients; returns the number of foreground anchors.
+fn check_batch(cfg: &LossConfig, boxes0: Tensor<3>, scores0: Tensor<3>, shapes: &[(usize, usize)], targets: &Targets, what: &str) -> usize {
+    let [b, _, a_n] = scores0.dims();
+    let maps = HeadMaps { boxes: boxes0.clone(), scores: scores0.clone() };
+    let h = assign_targets(cfg, &maps, shapes, targets);
+    let d = assign_on_device(cfg, &maps, shapes, targets);
     // The same foreground anchors, with the same classes and target boxes.
     let fg = d.fg.clone().try_into_vec_as::<f32>().unwrap();
     let dev_fg: Vec<i64> = (0..b * a_n).filter(|&i| fg[i] > 0.0).map(|i| i as i64).collect();
     assert_eq!(dev_fg, h.fg_index, "{what}: foreground anchors");
-    assert!(!h.fg_index.is_empty(), "{what}: the batch has foreground");
-    eprintln!("{what}: {} foreground anchors, {} boxes", h.fg_index.len(), targets.cls.len());
     let class = d.class.clone().float().try_into_vec_as::<f32>().unwrap();
     let target = host(d.target.clone());
     for (k, &i) in h.fg_index.iter().enumerate() {
@@ -79,7 +87,7 @@ fn check_one(seed: u64, reg_max: usize, topk2: usize) {
     let grads_of = |on_device: bool| {
         let (bx, sc) = (boxes0.clone().autodiff().require_grad(), scores0.clone().autodiff().require_grad());
         let m = HeadMaps { boxes: bx.clone(), scores: sc.clone() };
-        let out = if on_device { loss_on_device(&cfg, &m, &d) } else { loss_from_assigned(&cfg, &m, &h) };
+        let out = if on_device { loss_on_device(cfg, &m, &d) } else { loss_from_assigned(cfg, &m, &h) };
         let items = out.host_items();
         let g = out.total.backward();
         (items, host(bx.grad(&g).unwrap()), host(sc.grad(&g).unwrap()))
@@ -94,6 +102,7 @@ fn check_one(seed: u64, reg_max: usize, topk2: usize) {
         let worst = hg.iter().zip(dg.iter()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst <= 1e-5 * scale.max(1e-6), "{what}: {name} gradients differ by {worst} (largest {scale})");
     }
+    h.fg_index.len()
 }
 
 #[test]
@@ -215,32 +224,94 @@ fn step_code_reads_back_only_through_the_counted_read() {
     }
 }
 
+/// A trainer extension that adds nothing to the run: at every step it checks which assignment
+/// the trainer made and keeps the first step's head maps; with `compare`, it also assigns the
+/// student's head maps both ways and checks that they agree ([`check_batch`]).
+struct Watch {
+    compare: bool,
+    seen: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    steps: usize,
+    on_device: Vec<bool>,
+    first_maps: Vec<f32>,
+}
+
+impl Extension for Watch {
+    fn name(&self) -> &str {
+        "watch-assignments"
+    }
+    fn settings(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+    fn check(&self, _device: &Device) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn attach(&mut self, _ctx: &RunContext<'_>) -> anyhow::Result<Box<dyn StepHook>> {
+        Ok(Box::new(Watch { compare: self.compare, seen: self.seen.clone() }))
+    }
+}
+
+impl StepHook for Watch {
+    fn taps(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    fn extra_loss(&mut self, ctx: &HookInput<'_>) -> HookLoss {
+        let maps = &ctx.student.one2many;
+        let (boxes, scores) = (maps.boxes.clone().detach().inner(), maps.scores.clone().detach().inner());
+        let mut seen = self.seen.lock().unwrap();
+        if seen.steps == 0 {
+            seen.first_maps = [host(boxes.clone()), host(scores.clone())].concat();
+        }
+        seen.steps += 1;
+        seen.on_device.push(matches!(ctx.assigned, Assignment::Device(_)));
+        if self.compare {
+            let what = format!("epoch {} batch {}", ctx.pos.epoch + 1, ctx.pos.batch + 1);
+            let host_assigned = assign_targets(ctx.loss_cfg, &HeadMaps { boxes: boxes.clone(), scores: scores.clone() }, &ctx.student.shapes, ctx.targets);
+            assert_eq!(ctx.assigned.foreground(), Assignment::Host(host_assigned).foreground(), "{what}: the trainer's assignment");
+            let fg = check_batch(ctx.loss_cfg, boxes, scores, &ctx.student.shapes, ctx.targets, &what);
+            assert!(fg > 0, "{what}: the batch has foreground");
+        }
+        HookLoss::default()
+    }
+}
+
 #[test]
-fn training_with_device_assignment_tracks_the_host_run() {
-    // Three epochs of 4 steps on 16 BCCD images, assigned on the host and on the device (loss
-    // items read every few steps, gradients clipped on the device): the same losses up to the
-    // rounding of pow and of the f32 gradient norm, which training amplifies.
+fn training_assigned_on_the_device_agrees_with_the_host_at_every_step() {
+    // Three epochs of 4 steps on 16 BCCD images, assigned on the host and on the device. Both
+    // runs start from the same weights (the same head maps at the first step); then, at every
+    // step of the device run, the trainer's device assignment and its loss are checked against
+    // the host's on the same head maps, as tightly as on random batches. The two runs' loss
+    // curves are not compared: the loss sums and the gradient norm round differently on the
+    // device (1e-6 relative), and training amplifies that to 1e-3 in the head maps after one
+    // step (it did so with either kernel path), until an anchor near a tie goes to another box.
     let Some(shared) = common::shared() else { return };
     let dir = common::temp_dir("device-assign");
     let data = common::bccd_subset(&shared, &dir, 16);
-    let losses = |on: &str| {
+    let run = |on: &str| {
         let (data, project) = (data.to_str().unwrap(), dir.join("runs"));
         let flags = [
             "--model", "yolov8n.yaml", "--data", data, "--project", project.to_str().unwrap(), "--name", on, "--epochs", "3",
             "--imgsz", "160", "--batch", "4", "--nbs", "4", "--close-mosaic", "1", "--workers", "2", "--assign-on", on,
         ];
-        let s = train(TrainArgs::from_flags(&flags).unwrap(), None).unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut watch = Watch { compare: on == "device", seen: seen.clone() };
+        let s = train(TrainArgs::from_flags(&flags).unwrap(), Some(&mut watch)).unwrap();
         let r = Results::load(&s.run_dir.join("results.csv")).unwrap();
-        ["train/box_loss", "train/cls_loss", "train/dfl_loss"].map(|c| r.column(c).unwrap())
+        let losses = ["train/box_loss", "train/cls_loss", "train/dfl_loss"].map(|c| r.column(c).unwrap());
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        (losses, seen)
     };
-    let (host, dev) = (losses("host"), losses("device"));
-    for (h, d) in host.iter().zip(&dev) {
-        eprintln!("host {h:?}\ndevice {d:?}");
-        // epochs 1 and 2 within 1e-5 (2.4e-6 seen); training amplifies the rounding, so 1e-3
-        // at epoch 3 (2.3e-4 seen; the device run is reproducible: clipping sums in name order)
-        for (e, (a, b)) in h.iter().zip(d).enumerate() {
-            let bound = if e < 2 { 1e-5 } else { 1e-3 };
-            assert!(a.is_finite() && (a - b).abs() <= bound * a.abs(), "epoch {}: host {h:?} device {d:?}", e + 1);
-        }
+    let (host_losses, host_seen) = run("host");
+    let (dev_losses, dev_seen) = run("device");
+    assert_eq!(host_seen.on_device, vec![false; 12], "the host run assigns on the host at every step");
+    assert_eq!(dev_seen.on_device, vec![true; 12], "the device run assigns on the device at every step");
+    assert!(host_seen.first_maps == dev_seen.first_maps, "both runs start from the same weights");
+    for losses in [host_losses, dev_losses] {
+        eprintln!("{losses:?}");
+        let total = |e: usize| losses.iter().map(|l| l[e]).sum::<f64>();
+        assert!(losses.iter().flatten().all(|v| v.is_finite()) && total(2) < total(0), "{losses:?}");
     }
 }

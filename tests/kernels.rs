@@ -54,6 +54,12 @@ const CASES: &[Case] = &[
     // both strides, output channels not a multiple of its 16.
     case(1, 32, 7, 45, 20, 3, 1, 1),
     case(2, 40, 9, 83, 18, 3, 2, 1),
+    // The input gradient of a stride-1 "same" convolution as a direct convolution of dY (AVX2
+    // CPUs): broadcast (≥ 32 output channels, rows ≥ 40 wide) with groups and 5×5, direct tile.
+    case(2, 20, 9, 45, 40, 3, 1, 1),
+    Case { groups: 2, ..case(1, 16, 8, 41, 64, 3, 1, 1) },
+    case(1, 8, 12, 44, 40, 5, 1, 2),
+    case(2, 6, 11, 13, 24, 3, 1, 1),
     // Many small images: whole images share one GEMM (in the 2-thread pool of `two_threads`).
     case(40, 6, 7, 5, 5, 3, 1, 1),
     case(40, 8, 6, 6, 12, 1, 1, 0),

@@ -8,7 +8,9 @@
 //!   tile, reused by each worker) and multiply it in place into the output;
 //! - the input gradient is `Wᵀ·dY` per tile followed by the column-to-image accumulation (a gather
 //!   of the same tile), the weight gradient `dY·colᵀ` accumulates per worker over its images, and
-//!   both share one pass over the tiles.
+//!   both share one pass over the tiles;
+//! - where the direct convolutions apply (AVX2 CPUs), the input gradient of a stride-1 "same"
+//!   convolution runs as the direct convolution of dY with the flipped, transposed weights.
 //!
 //! The GEMMs are the `gemm` crate's (runtime-dispatched AVX-512 / AVX2+FMA / portable kernels).
 //! Work is split over (image, tile) units with rayon; each GEMM then runs single-threaded.
@@ -499,6 +501,9 @@ fn silu_of(z: f32) -> f32 {
     simd::silu(z)
 }
 
+/// The input and weight gradients, each where asked for.
+pub type Gradients = (Option<Vec<f32>>, Option<Vec<f32>>);
+
 /// Gradients of `conv(x, weight)` for `x` and/or `weight` given the output gradient `dy`.
 pub fn backward(
     g: &ConvGeom,
@@ -507,13 +512,22 @@ pub fn backward(
     dy: &[f32],
     want_dx: bool,
     want_dw: bool,
-) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+) -> Gradients {
     if let Some(f32_geom) = emulated(g) {
         // dX = Wᵀ·dY reads W and dW = dY·colᵀ reads x: each is rounded only when its product runs
         let x = if want_dw { Cow::Owned(bf16::rounded(x)) } else { Cow::Borrowed(x) };
         let w = if want_dx { Cow::Owned(bf16::rounded(weight)) } else { Cow::Borrowed(weight) };
         return backward(&f32_geom, &x, &w, &bf16::rounded(dy), want_dx, want_dw);
     }
+    if let Some(dx) = want_dx.then(|| input_grad_by_direct(g, weight, dy)).flatten() {
+        return (Some(dx), want_dw.then(|| backward_by_columns(g, x, weight, dy, false, true).1).flatten());
+    }
+    backward_by_columns(g, x, weight, dy, want_dx, want_dw)
+}
+
+/// [`backward`] over im2col columns: `dW += dY·colᵀ` and `dcol = Wᵀ·dY` scattered into dX by
+/// col2im, in one pass over the units.
+fn backward_by_columns(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], want_dx: bool, want_dw: bool) -> Gradients {
     let mut dx = want_dx.then(|| vec![0.0f32; x.len()]);
     let dxp = SharedMut(dx.as_mut().map_or(std::ptr::null_mut(), |v| v.as_mut_ptr()));
     let wlen = if want_dw { g.weight_len() } else { 0 };
@@ -543,6 +557,34 @@ pub fn backward(
             },
         );
     (dx, want_dw.then_some(dw))
+}
+
+/// The input gradient of a stride-1 "same" convolution is itself a "same" convolution: of dY with
+/// the weights flipped and their input and output channels swapped. Where a direct form applies
+/// to that convolution, it runs there (no `Wᵀ·dY` columns, no col2im); `None` elsewhere.
+fn input_grad_by_direct(g: &ConvGeom, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+    let t = ConvGeom { ci: g.co, co: g.ci, h: g.ho(), w: g.wo(), ..*g };
+    let same = g.stride == [1, 1] && broadcast::shape_fits(g);
+    let fits = broadcast::applies(&t) || direct::applies(&t);
+    let eligible = g.arith == Arithmetic::F32 && same && fits && super::direct_enabled();
+    eligible.then(|| forward_with(&t, dy, &flipped_transpose(g, weight), None, false, Form::Inference { direct: true }))
+}
+
+/// `weight` (`[co, cig, kh, kw]`) as `[ci, cog, kh, kw]`, each kernel turned by 180°: the weights
+/// of the convolution that maps dY to dX.
+fn flipped_transpose(g: &ConvGeom, weight: &[f32]) -> Vec<f32> {
+    let (cig, cog, taps) = (g.cig(), g.cog(), g.kh * g.kw);
+    let mut out = vec![0.0f32; weight.len()];
+    for gi in 0..g.groups {
+        for o in 0..cog {
+            for c in 0..cig {
+                let src = &weight[((gi * cog + o) * cig + c) * taps..][..taps];
+                let dst = &mut out[((gi * cig + c) * cog + o) * taps..][..taps];
+                dst.iter_mut().zip(src.iter().rev()).for_each(|(d, s)| *d = *s);
+            }
+        }
+    }
+    out
 }
 
 /// A worker's reusable buffers: columns of x, their gradient, and gathered output gradients (or
@@ -629,6 +671,29 @@ unsafe fn backward_unit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The input gradient as a direct convolution of dY equals col2im's, where the direct forms
+    /// apply (AVX2 CPUs without AVX-512): 3×3 and 5×5, the broadcast (≥ 32 output channels, rows
+    /// ≥ 40 wide) and the direct tile, groups, several images.
+    #[test]
+    fn input_gradient_as_a_direct_convolution_is_col2ims() {
+        if !(simd::has_avx2_fma() && !simd::has_avx512() && super::super::direct_enabled()) {
+            return;
+        }
+        let geom = |n: usize, ci: usize, h: usize, w: usize, co: usize, k: usize, groups: usize| ConvGeom {
+            n, ci, h, w, co, kh: k, kw: k, stride: [1, 1], pad: [k / 2; 4], dilation: [1, 1], groups, arith: Default::default(),
+        };
+        let cases = [geom(2, 20, 9, 45, 40, 3, 1), geom(1, 16, 8, 41, 64, 3, 2), geom(1, 8, 12, 44, 40, 5, 1), geom(2, 6, 11, 13, 24, 3, 1)];
+        for g in cases {
+            let values = |len: usize, seed: usize| (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<f32>>();
+            let (x, weight, dy) = (values(g.n * g.ci * g.h * g.w, 1), values(g.weight_len(), 2), values(g.out_len(), 3));
+            let direct = input_grad_by_direct(&g, &weight, &dy).unwrap_or_else(|| panic!("no direct form for {g:?}"));
+            let columns = backward_by_columns(&g, &x, &weight, &dy, true, false).0.unwrap();
+            let worst = direct.iter().zip(&columns).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let scale = columns.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            assert!(worst <= 1e-5 * scale, "{g:?}: max difference {worst} (scale {scale})");
+        }
+    }
 
     /// The shifted-copy im2col writes exactly the row-by-row gather's values: 3×3 and 5×5 "same"
     /// kernels, padding all on one side, one-row-wide images, tiles that start and end inside the

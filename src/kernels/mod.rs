@@ -74,8 +74,8 @@ pub fn enabled() -> bool {
     choice() != Choice::Burn
 }
 
-/// Whether inference may use the direct convolutions (`direct.rs`, `broadcast.rs`; off with
-/// `YOLODISTILL_KERNELS=gemm`).
+/// Whether inference's forward and training's input gradient may use the direct convolutions
+/// (`direct.rs`, `broadcast.rs`; off with `YOLODISTILL_KERNELS=gemm`).
 fn direct_enabled() -> bool {
     choice() == Choice::Ours
 }
