@@ -51,9 +51,14 @@ const CASES: &[Case] = &[
     Case { groups: 2, bias: true, ..case(1, 32, 9, 9, 8, 3, 1, 1) },
     case(1, 24, 70, 64, 6, 3, 1, 1),
     // The broadcast direct convolution in inference (≥ 32 channels, rows ≥ 40 wide, AVX2 CPUs):
-    // both strides, output channels not a multiple of its 16.
+    // both strides, output channels not a multiple of its 16 (stride 1 now runs Winograd's).
     case(1, 32, 7, 45, 20, 3, 1, 1),
     case(2, 40, 9, 83, 18, 3, 2, 1),
+    // Winograd's F(2×2, 3×3) in inference (3×3 stride 1, ≥ 16 channels each way, ≥ 64 tiles):
+    // odd sizes (tiles past the right and bottom edges), several images, bands of tile rows.
+    Case { bias: true, ..case(2, 24, 15, 13, 20, 3, 1, 1) },
+    case(1, 64, 20, 21, 48, 3, 1, 1),
+    case(1, 16, 50, 38, 16, 3, 1, 1),
     // The input gradient of a stride-1 "same" convolution as a direct convolution of dY (AVX2
     // CPUs): broadcast (≥ 32 output channels, rows ≥ 40 wide) with groups and 5×5, direct tile.
     case(2, 20, 9, 45, 40, 3, 1, 1),

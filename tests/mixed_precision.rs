@@ -42,7 +42,7 @@ fn the_teacher_in_bf16_stays_within_its_stated_tolerance_of_f32() {
             let (x, _) = preprocess(&img, imgsz, m.max_stride().max(32), &device);
             let maps = |a: Arithmetic| bf16::with(a, || m.forward_taps(x.clone(), &taps, false).taps);
             for (f, h) in maps(Arithmetic::F32).into_iter().zip(maps(Arithmetic::Bf16)) {
-                let (f, h) = (f.into_data().to_vec::<f32>().unwrap(), h.into_data().to_vec::<f32>().unwrap());
+                let (f, h) = (f.into_data().try_to_vec::<f32>().unwrap(), h.into_data().try_to_vec::<f32>().unwrap());
                 let sq = |v: &mut dyn Iterator<Item = f32>| v.map(|d| (d as f64).powi(2)).sum::<f64>();
                 let rms = (sq(&mut f.iter().zip(&h).map(|(a, b)| a - b)) / sq(&mut f.iter().copied())).sqrt() as f32;
                 assert!(rms.is_finite() && rms > 0.0, "{}: bf16 maps equal to f32 ones: not bf16", path.display());

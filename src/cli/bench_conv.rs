@@ -1,7 +1,7 @@
 //! `bench-conv`: GFLOP/s of every convolution of a model's training forward, forward and both
 //! backwards, with our kernels and with burn-flex's. `scripts/bench_conv.sh` adds PyTorch's.
 //! With `--inference`: the inference forward (bias and SiLU fused) as the product runs it, against
-//! the same without the direct convolution, the two taking turns. With `--bf16`: ours with bf16
+//! the same without the direct and Winograd convolutions (im2col or shifted GEMMs), the two taking turns. With `--bf16`: ours with bf16
 //! products (`--amp bf16`) in place of burn-flex's.
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ pub struct BenchConvArgs {
     #[arg(long)]
     pub json: bool,
     /// Time the inference forward instead: ours as the product runs it against ours without the
-    /// direct convolution (im2col or shifted GEMMs), repetitions interleaved.
+    /// direct and Winograd convolutions (im2col or shifted GEMMs), repetitions interleaved.
     #[arg(long)]
     pub inference: bool,
     /// Time ours with bf16 products (`train --amp bf16`'s convolutions; emulated, so about f32's
@@ -169,10 +169,10 @@ pub fn run(a: BenchConvArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--inference`: per shape and in all, ours against ours without the direct convolution.
+/// `--inference`: per shape and in all, ours against ours without the direct and Winograd convolutions.
 fn report_inference(a: &BenchConvArgs, shapes: &BTreeMap<String, (ConvGeom, usize)>) -> Result<()> {
     if !a.json {
-        println!("{} at {} batch {}: inference forward GFLOP/s, ours | without the direct convolution (ratio of times)", a.model, a.imgsz, a.batch);
+        println!("{} at {} batch {}: inference forward GFLOP/s, ours | without the direct and Winograd convolutions (ratio of times)", a.model, a.imgsz, a.batch);
     }
     let mut total = [0.0f64; 2];
     for (key, (g, count)) in shapes {
@@ -186,7 +186,7 @@ fn report_inference(a: &BenchConvArgs, shapes: &BTreeMap<String, (ConvGeom, usiz
         }
     }
     if !a.json {
-        println!("all convolutions of one forward: ours {:.1} ms, without the direct convolution {:.1} ms ({:.2})", total[0] * 1e3, total[1] * 1e3, total[0] / total[1]);
+        println!("all convolutions of one forward: ours {:.1} ms, without the direct and Winograd convolutions {:.1} ms ({:.2})", total[0] * 1e3, total[1] * 1e3, total[0] / total[1]);
     }
     Ok(())
 }

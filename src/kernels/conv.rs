@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::bf16::{self, Arithmetic};
 use super::simd::{self, multiversion};
-use super::{broadcast, direct, shifted, SharedMut};
+use super::{broadcast, direct, shifted, winograd, SharedMut};
 
 /// Shape and options of one convolution; `pad` is (top, bottom, left, right).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,40 +376,59 @@ unsafe fn product(g: &ConvGeom, m: usize, n: usize, k: usize, dst: (*mut f32, is
 
 /// `y = act(conv(x, weight) + bias)`, act SiLU or identity; `x` is `[n, ci, h, w]`, `weight`
 /// `[co, ci/groups, kh, kw]`. Bias and SiLU are applied to each tile while it is in cache.
+/// Training's forward: im2col GEMMs, or Winograd's form where it applies.
 pub fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, Form::Training)
+    forward_with(g, x, weight, bias, silu, Form::Training { winograd: super::winograd_enabled() })
 }
 
-/// [`forward`] for inference, where the convolutions [`broadcast`] or [`direct`] suits run as a
-/// direct convolution (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm` turns
-/// them off) and those [`shifted`] suits as one GEMM per tap.
-/// Training keeps the im2col forward: the shifted thresholds were measured on batch-1 inference,
-/// and its different summation order alone moved tests/mpi.rs's 30-epoch two-rank run from
-/// mAP50 0.427 to 0.094 (tiny runs amplify rounding).
+/// [`forward`] with im2col GEMMs only (the reference of the other forms' unit tests).
+pub fn forward_im2col(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
+    forward_with(g, x, weight, bias, silu, Form::Training { winograd: false })
+}
+
+/// [`forward`] for inference, where the convolutions [`winograd`] suits run as Winograd's
+/// F(2×2, 3×3) (`YOLODISTILL_KERNELS=direct` turns it off), those [`broadcast`] or [`direct`]
+/// suits as a direct convolution (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm`
+/// turns them off as well) and those [`shifted`] suits as one GEMM per tap.
+/// Training keeps im2col where Winograd's form does not apply: the shifted and direct thresholds
+/// were measured on batch-1 inference.
 pub fn forward_inference(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled() })
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled(), winograd: super::winograd_enabled() })
 }
 
-/// [`forward_inference`] without the direct convolutions (the baseline `bench-conv --inference`
+/// [`forward_inference`] without the direct convolutions or Winograd's (the baseline `bench-conv --inference`
 /// compares it with).
 pub fn forward_inference_gemm(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, Form::Inference { direct: false })
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: false, winograd: false })
 }
 
-/// Which forward runs: training's im2col GEMMs, or inference's faster forms where they apply.
+/// Which forward runs: training's im2col GEMMs (or Winograd's form), or inference's faster forms
+/// where they apply.
 #[derive(Clone, Copy)]
 enum Form {
-    Training,
-    Inference { direct: bool },
+    Training { winograd: bool },
+    /// `direct`: the direct convolutions where they apply; `winograd`: Winograd's F(2×2, 3×3)
+    /// where it applies (before them).
+    Inference { direct: bool, winograd: bool },
 }
 
 fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, form: Form) -> Vec<f32> {
     if let Some(f32_geom) = emulated(g) {
+        // exact products of the rounded operands, as native bf16 has: not Winograd's transforms
+        let form = match form {
+            Form::Training { .. } => Form::Training { winograd: false },
+            Form::Inference { direct, .. } => Form::Inference { direct, winograd: false },
+        };
         return forward_with(&f32_geom, &bf16::rounded(x), &bf16::rounded(weight), bias, silu, form);
     }
-    // the direct and shifted forms are f32 kernels: native bf16 takes the im2col GEMMs
-    let form = if g.arith == Arithmetic::F32 { form } else { Form::Training };
-    if let Form::Inference { direct: true } = form {
+    // the direct, shifted and Winograd forms are f32 kernels: native bf16 takes the im2col GEMMs
+    let form = if g.arith == Arithmetic::F32 { form } else { Form::Training { winograd: false } };
+    if let Form::Training { winograd: true } | Form::Inference { winograd: true, .. } = form {
+        if winograd::applies(g) {
+            return winograd::forward(g, x, weight, bias, silu);
+        }
+    }
+    if let Form::Inference { direct: true, .. } = form {
         if broadcast::applies(g) {
             return broadcast::forward(g, x, weight, bias, silu);
         }
@@ -488,7 +507,7 @@ fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s
 }
 
 /// `v = act(v + bias)` over one output row.
-fn epilogue(row: &mut [f32], bias: f32, silu: bool) {
+pub(super) fn epilogue(row: &mut [f32], bias: f32, silu: bool) {
     if silu {
         simd::run(|| row.iter_mut().for_each(|v| *v = silu_of(*v + bias)));
     } else {
@@ -565,9 +584,10 @@ fn backward_by_columns(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], want
 fn input_grad_by_direct(g: &ConvGeom, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
     let t = ConvGeom { ci: g.co, co: g.ci, h: g.ho(), w: g.wo(), ..*g };
     let same = g.stride == [1, 1] && broadcast::shape_fits(g);
-    let fits = broadcast::applies(&t) || direct::applies(&t);
-    let eligible = g.arith == Arithmetic::F32 && same && fits && super::direct_enabled();
-    eligible.then(|| forward_with(&t, dy, &flipped_transpose(g, weight), None, false, Form::Inference { direct: true }))
+    let form = Form::Inference { direct: super::direct_enabled(), winograd: super::winograd_enabled() };
+    let fits = (super::winograd_enabled() && winograd::applies(&t)) || (super::direct_enabled() && (broadcast::applies(&t) || direct::applies(&t)));
+    let eligible = g.arith == Arithmetic::F32 && same && fits;
+    eligible.then(|| forward_with(&t, dy, &flipped_transpose(g, weight), None, false, form))
 }
 
 /// `weight` (`[co, cig, kh, kw]`) as `[ci, cog, kh, kw]`, each kernel turned by 180°: the weights

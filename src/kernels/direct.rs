@@ -397,7 +397,7 @@ pub(super) mod check {
             let b = noise(g.co, 200 + i as u32);
             for (bias, silu) in [(Some(&b[..]), true), (None, false)] {
                 let ours = pool.install(|| forward(g, &x, &w, bias, silu));
-                let reference = conv::forward(g, &x, &w, bias, silu);
+                let reference = conv::forward_im2col(g, &x, &w, bias, silu);
                 assert_eq!(ours.len(), reference.len());
                 let m = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
                 let d = ours.iter().zip(&reference).fold(0f32, |d, (a, r)| d.max((a - r).abs()));

@@ -13,6 +13,7 @@ mod extension;
 pub mod kd;
 pub mod norm;
 mod shifted;
+mod winograd;
 pub(crate) mod simd;
 
 use std::cell::RefCell;
@@ -46,12 +47,13 @@ impl SharedMut {
     }
 }
 
-/// What `YOLODISTILL_KERNELS` asks for: unset or `ours`, `gemm` (ours without the direct
-/// convolution: the A/B switch for it), or `burn` (burn's own ops). Another value is named in a
-/// warning, once, and means ours.
+/// What `YOLODISTILL_KERNELS` asks for: unset or `ours`, `direct` (ours without Winograd's
+/// convolution: the A/B switch for it), `gemm` (ours without the direct convolutions either), or
+/// `burn` (burn's own ops). Another value is named in a warning, once, and means ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Choice {
     Ours,
+    Direct,
     Gemm,
     Burn,
 }
@@ -60,10 +62,11 @@ fn choice() -> Choice {
     static CHOICE: OnceLock<Choice> = OnceLock::new();
     *CHOICE.get_or_init(|| match std::env::var("YOLODISTILL_KERNELS").as_deref() {
         Err(_) | Ok("") | Ok("ours") => Choice::Ours,
+        Ok("direct") => Choice::Direct,
         Ok("gemm") => Choice::Gemm,
         Ok("burn") => Choice::Burn,
         Ok(other) => {
-            eprintln!("warning: YOLODISTILL_KERNELS={other:?} is not `ours`, `gemm` or `burn`; using our kernels");
+            eprintln!("warning: YOLODISTILL_KERNELS={other:?} is not `ours`, `direct`, `gemm` or `burn`; using our kernels");
             Choice::Ours
         }
     })
@@ -77,6 +80,12 @@ pub fn enabled() -> bool {
 /// Whether inference's forward and training's input gradient may use the direct convolutions
 /// (`direct.rs`, `broadcast.rs`; off with `YOLODISTILL_KERNELS=gemm`).
 fn direct_enabled() -> bool {
+    matches!(choice(), Choice::Ours | Choice::Direct)
+}
+
+/// Whether inference's forward may use Winograd's convolution (`winograd.rs`; off with
+/// `YOLODISTILL_KERNELS=direct` or `gemm`).
+fn winograd_enabled() -> bool {
     choice() == Choice::Ours
 }
 
