@@ -3,7 +3,7 @@
 # `benchmark` (yolov8n, batch 1, 640, 20 timed passes) once per side, the sides taking turns, so that
 # a slow spell of a shared machine falls on all of them. Prints each round's medians, the median of
 # the per-round ratios to the first side, and the best (min) pass of each side.
-# A side is BINARY[:KERNELS], KERNELS being a YOLODISTILL_KERNELS value (ours, gemm, burn).
+# A side is BINARY[:KERNELS], KERNELS being a YOLODISTILL_KERNELS value (ours, direct, gemm, burn).
 # Usage: scripts/ab_forward.sh ROUNDS SIDE SIDE [SIDE...]
 #   e.g. scripts/ab_forward.sh 12 /tmp/old-yolodistill target/debug/yolodistill target/debug/yolodistill:gemm
 set -euo pipefail
