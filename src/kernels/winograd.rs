@@ -1,6 +1,7 @@
-//! The inference forward of 3×3, stride-1 "same" convolutions by Winograd's minimal filtering
-//! F(2×2, 3×3): each 2×2 block of outputs comes from a 4×4 block of inputs with 16 products per
-//! (input, output) channel pair instead of 36, so the GEMMs do 2.25× fewer multiply-adds.
+//! The forward of 3×3, stride-1 "same" convolutions (inference and training, and training's input
+//! gradient, itself such a convolution) by Winograd's minimal filtering F(2×2, 3×3): each 2×2
+//! block of outputs comes from a 4×4 block of inputs with 16 products per (input, output) channel
+//! pair instead of 36, so the GEMMs do 2.25× fewer multiply-adds.
 //!
 //! With B, G and A the transforms of F(2, 3), per output channel o and 2×2 tile t:
 //! `Y[o, t] = Aᵀ (Σ_c U[o, c] ⊙ V[c, t]) A` where `U = G w Gᵀ` (4×4, once per call) and
