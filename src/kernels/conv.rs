@@ -9,8 +9,8 @@
 //! - the input gradient is `Wᵀ·dY` per tile followed by the column-to-image accumulation (a gather
 //!   of the same tile), the weight gradient `dY·colᵀ` accumulates per worker over its images, and
 //!   both share one pass over the tiles;
-//! - where the direct convolutions apply (AVX2 CPUs), the input gradient of a stride-1 "same"
-//!   convolution runs as the direct convolution of dY with the flipped, transposed weights.
+//! - where Winograd's form or the direct convolutions apply, the input gradient of a stride-1
+//!   "same" convolution runs as that convolution of dY with the flipped, transposed weights.
 //!
 //! The GEMMs are the `gemm` crate's (runtime-dispatched AVX-512 / AVX2+FMA / portable kernels).
 //! Work is split over (image, tile) units with rayon; each GEMM then runs single-threaded.
@@ -536,9 +536,16 @@ pub fn backward(
         // dX = Wᵀ·dY reads W and dW = dY·colᵀ reads x: each is rounded only when its product runs
         let x = if want_dw { Cow::Owned(bf16::rounded(x)) } else { Cow::Borrowed(x) };
         let w = if want_dx { Cow::Owned(bf16::rounded(weight)) } else { Cow::Borrowed(weight) };
-        return backward(&f32_geom, &x, &w, &bf16::rounded(dy), want_dx, want_dw);
+        // exact products of the rounded operands, as native bf16 has: not Winograd's transforms
+        return backward_with(&f32_geom, &x, &w, &bf16::rounded(dy), (want_dx, want_dw), false);
     }
-    if let Some(dx) = want_dx.then(|| input_grad_by_direct(g, weight, dy)).flatten() {
+    backward_with(g, x, weight, dy, (want_dx, want_dw), super::winograd_enabled())
+}
+
+/// [`backward`] in f32: the input gradient as a direct (or, with `winograd`, Winograd's)
+/// convolution where one applies, im2col for the rest.
+fn backward_with(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], (want_dx, want_dw): (bool, bool), winograd: bool) -> Gradients {
+    if let Some(dx) = want_dx.then(|| input_grad_by_direct(g, weight, dy, winograd)).flatten() {
         return (Some(dx), want_dw.then(|| backward_by_columns(g, x, weight, dy, false, true).1).flatten());
     }
     backward_by_columns(g, x, weight, dy, want_dx, want_dw)
@@ -579,13 +586,14 @@ fn backward_by_columns(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], want
 }
 
 /// The input gradient of a stride-1 "same" convolution is itself a "same" convolution: of dY with
-/// the weights flipped and their input and output channels swapped. Where a direct form applies
-/// to that convolution, it runs there (no `Wᵀ·dY` columns, no col2im); `None` elsewhere.
-fn input_grad_by_direct(g: &ConvGeom, weight: &[f32], dy: &[f32]) -> Option<Vec<f32>> {
+/// the weights flipped and their input and output channels swapped. Where Winograd's form (with
+/// `winograd`) or a direct form applies to that convolution, it runs there (no `Wᵀ·dY` columns, no
+/// col2im); `None` elsewhere.
+fn input_grad_by_direct(g: &ConvGeom, weight: &[f32], dy: &[f32], winograd: bool) -> Option<Vec<f32>> {
     let t = ConvGeom { ci: g.co, co: g.ci, h: g.ho(), w: g.wo(), ..*g };
     let same = g.stride == [1, 1] && broadcast::shape_fits(g);
-    let form = Form::Inference { direct: super::direct_enabled(), winograd: super::winograd_enabled() };
-    let fits = (super::winograd_enabled() && winograd::applies(&t)) || (super::direct_enabled() && (broadcast::applies(&t) || direct::applies(&t)));
+    let form = Form::Inference { direct: super::direct_enabled(), winograd };
+    let fits = (winograd && winograd::applies(&t)) || (super::direct_enabled() && (broadcast::applies(&t) || direct::applies(&t)));
     let eligible = g.arith == Arithmetic::F32 && same && fits;
     eligible.then(|| forward_with(&t, dy, &flipped_transpose(g, weight), None, false, form))
 }
@@ -707,7 +715,7 @@ mod tests {
         for g in cases {
             let values = |len: usize, seed: usize| (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<f32>>();
             let (x, weight, dy) = (values(g.n * g.ci * g.h * g.w, 1), values(g.weight_len(), 2), values(g.out_len(), 3));
-            let direct = input_grad_by_direct(&g, &weight, &dy).unwrap_or_else(|| panic!("no direct form for {g:?}"));
+            let direct = input_grad_by_direct(&g, &weight, &dy, false).unwrap_or_else(|| panic!("no direct form for {g:?}"));
             let columns = backward_by_columns(&g, &x, &weight, &dy, true, false).0.unwrap();
             let worst = direct.iter().zip(&columns).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             let scale = columns.iter().fold(1.0f32, |m, v| m.max(v.abs()));
