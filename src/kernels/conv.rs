@@ -545,7 +545,7 @@ pub fn backward(
 /// [`backward`] in f32: the input gradient as a direct (or, with `winograd`, Winograd's)
 /// convolution where one applies, im2col for the rest.
 fn backward_with(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], (want_dx, want_dw): (bool, bool), winograd: bool) -> Gradients {
-    if let Some(dx) = want_dx.then(|| input_grad_by_direct(g, weight, dy, winograd)).flatten() {
+    if let Some(dx) = want_dx.then(|| input_grad_as_convolution(g, weight, dy, winograd)).flatten() {
         return (Some(dx), want_dw.then(|| backward_by_columns(g, x, weight, dy, false, true).1).flatten());
     }
     backward_by_columns(g, x, weight, dy, want_dx, want_dw)
@@ -589,7 +589,7 @@ fn backward_by_columns(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], want
 /// the weights flipped and their input and output channels swapped. Where Winograd's form (with
 /// `winograd`) or a direct form applies to that convolution, it runs there (no `Wᵀ·dY` columns, no
 /// col2im); `None` elsewhere.
-fn input_grad_by_direct(g: &ConvGeom, weight: &[f32], dy: &[f32], winograd: bool) -> Option<Vec<f32>> {
+fn input_grad_as_convolution(g: &ConvGeom, weight: &[f32], dy: &[f32], winograd: bool) -> Option<Vec<f32>> {
     let t = ConvGeom { ci: g.co, co: g.ci, h: g.ho(), w: g.wo(), ..*g };
     let same = g.stride == [1, 1] && broadcast::shape_fits(g);
     let form = Form::Inference { direct: super::direct_enabled(), winograd };
@@ -715,7 +715,7 @@ mod tests {
         for g in cases {
             let values = |len: usize, seed: usize| (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<f32>>();
             let (x, weight, dy) = (values(g.n * g.ci * g.h * g.w, 1), values(g.weight_len(), 2), values(g.out_len(), 3));
-            let direct = input_grad_by_direct(&g, &weight, &dy, false).unwrap_or_else(|| panic!("no direct form for {g:?}"));
+            let direct = input_grad_as_convolution(&g, &weight, &dy, false).unwrap_or_else(|| panic!("no direct form for {g:?}"));
             let columns = backward_by_columns(&g, &x, &weight, &dy, true, false).0.unwrap();
             let worst = direct.iter().zip(&columns).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             let scale = columns.iter().fold(1.0f32, |m, v| m.max(v.abs()));

@@ -151,9 +151,9 @@ unsafe fn run_band(g: &ConvGeom, x: &[f32], u: &[f32], bias: Option<&[f32]>, sil
     s.v.resize(16 * ci * tiles, 0.0);
     s.m.resize(16 * co * tiles, 0.0);
     let plane = h * w;
-    let n = tw + 1;
-    let split_rows = 2 * (band.rows.1 - band.rows.0) + 2;
-    s.rows.resize((2 * split_rows + 2) * n, 0.0);
+    // the split input rows: 2·rows + 2 of them, each as e and o of n = tw + 1 floats
+    let (n, split_rows) = (tw + 1, 2 * (band.rows.1 - band.rows.0) + 2);
+    s.rows.resize(2 * split_rows * n, 0.0);
     for c in 0..ci {
         let xc = &x[(band.b * ci + c) * plane..][..plane];
         split_band(xc, (h, w), band.rows, &mut s.rows);
