@@ -54,11 +54,15 @@ const CASES: &[Case] = &[
     // both strides, output channels not a multiple of its 16 (stride 1 now runs Winograd's).
     case(1, 32, 7, 45, 20, 3, 1, 1),
     case(2, 40, 9, 83, 18, 3, 2, 1),
-    // Winograd's F(2×2, 3×3) in inference (3×3 stride 1, ≥ 16 channels each way, ≥ 64 tiles):
-    // odd sizes (tiles past the right and bottom edges), several images, bands of tile rows.
+    // Winograd's forms (3×3 stride 1, ≥ 16 channels each way): odd sizes (tiles past the right and
+    // bottom edges), several images, bands of tile rows. Inference runs F(2×2, 3×3) on maps under
+    // 32×32 (the first two), F(4×4, 3×3) on the last three (rows of ≥ 8 tiles: its shuffles);
+    // training's forward and input gradient run F(2×2) on all five.
     Case { bias: true, ..case(2, 24, 15, 13, 20, 3, 1, 1) },
     case(1, 64, 20, 21, 48, 3, 1, 1),
     case(1, 16, 50, 38, 16, 3, 1, 1),
+    Case { bias: true, ..case(1, 32, 37, 35, 24, 3, 1, 1) },
+    case(2, 16, 33, 70, 16, 3, 1, 1),
     // The input gradient of a stride-1 "same" convolution as a direct convolution of dY (AVX2
     // CPUs): broadcast (≥ 32 output channels, rows ≥ 40 wide) with groups and 5×5, direct tile.
     case(2, 20, 9, 45, 40, 3, 1, 1),
@@ -337,4 +341,18 @@ fn max_pooling_and_head_decoding_match_burn() {
         let v3 = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
         assert_close(&format!("dfl ({b}, {bins}, {a})"), c, &v3(ours), &v3(reference));
     }
+}
+
+/// `bench-conv` records every convolution of an inference forward, which runs on a worker of
+/// rayon's pool (`kernels::on_pool`), as it does where the forward runs on the calling thread
+/// (autodiff).
+#[test]
+fn recording_sees_every_convolution_of_a_forward_on_the_pool() {
+    let count = |device: &burn::tensor::Device| {
+        let m = yolodistill::model::load("yolov8n.yaml", None, device).expect("built-in model").model;
+        let x = Tensor::<4>::random([1, 3, 64, 64], Distribution::Uniform(0.0, 1.0), device);
+        kernels::record_convs(|| m.forward(x)).1.len()
+    };
+    let (on_pool, here) = (count(&burn::tensor::Device::flex()), count(&burn::tensor::Device::flex().autodiff()));
+    assert!(on_pool > 0 && on_pool == here, "{on_pool} convolutions recorded on the pool, {here} on the calling thread");
 }

@@ -387,19 +387,20 @@ pub fn forward_im2col(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f3
 }
 
 /// [`forward`] for inference, where the convolutions [`winograd`] suits run as Winograd's
-/// F(2×2, 3×3) (`YOLODISTILL_KERNELS=direct` turns it off), those [`broadcast`] or [`direct`]
-/// suits as a direct convolution (on CPUs with AVX2 and without AVX-512; `YOLODISTILL_KERNELS=gemm`
-/// turns them off as well) and those [`shifted`] suits as one GEMM per tap.
+/// F(4×4, 3×3) or, on smaller maps, F(2×2, 3×3) (`YOLODISTILL_KERNELS=direct` turns them off),
+/// those [`broadcast`] or [`direct`] suits as a direct convolution (on CPUs with AVX2 and without
+/// AVX-512; `YOLODISTILL_KERNELS=gemm` turns them off as well) and those [`shifted`] suits as one
+/// GEMM per tap.
 /// Training keeps im2col where Winograd's form does not apply: the shifted and direct thresholds
 /// were measured on batch-1 inference.
 pub fn forward_inference(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled(), winograd: super::winograd_enabled() })
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: super::direct_enabled(), winograd: if super::winograd_enabled() { Winograd::Large } else { Winograd::Off } })
 }
 
 /// [`forward_inference`] without the direct convolutions or Winograd's (the baseline `bench-conv --inference`
 /// compares it with).
 pub fn forward_inference_gemm(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_with(g, x, weight, bias, silu, Form::Inference { direct: false, winograd: false })
+    forward_with(g, x, weight, bias, silu, Form::Inference { direct: false, winograd: Winograd::Off })
 }
 
 /// Which forward runs: training's im2col GEMMs (or Winograd's form), or inference's faster forms
@@ -407,23 +408,40 @@ pub fn forward_inference_gemm(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Opt
 #[derive(Clone, Copy)]
 enum Form {
     Training { winograd: bool },
-    /// `direct`: the direct convolutions where they apply; `winograd`: Winograd's F(2×2, 3×3)
-    /// where it applies (before them).
-    Inference { direct: bool, winograd: bool },
+    /// `direct`: the direct convolutions where they apply; `winograd`: Winograd's forms where they
+    /// apply (before them).
+    Inference { direct: bool, winograd: Winograd },
 }
+
+/// Which of Winograd's forms a forward may use.
+#[derive(Clone, Copy, PartialEq)]
+enum Winograd {
+    Off,
+    /// F(2×2, 3×3): training's forward and input gradient.
+    Small,
+    /// F(4×4, 3×3) where its larger tiles are enough, else F(2×2, 3×3): inference's forward
+    /// (its roundings are larger: `winograd/f4.rs`).
+    Large,
+}
+
 
 fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, form: Form) -> Vec<f32> {
     if let Some(f32_geom) = emulated(g) {
         // exact products of the rounded operands, as native bf16 has: not Winograd's transforms
         let form = match form {
             Form::Training { .. } => Form::Training { winograd: false },
-            Form::Inference { direct, .. } => Form::Inference { direct, winograd: false },
+            Form::Inference { direct, .. } => Form::Inference { direct, winograd: Winograd::Off },
         };
         return forward_with(&f32_geom, &bf16::rounded(x), &bf16::rounded(weight), bias, silu, form);
     }
     // the direct, shifted and Winograd forms are f32 kernels: native bf16 takes the im2col GEMMs
     let form = if g.arith == Arithmetic::F32 { form } else { Form::Training { winograd: false } };
-    if let Form::Training { winograd: true } | Form::Inference { winograd: true, .. } = form {
+    if let Form::Inference { winograd: Winograd::Large, .. } = form {
+        if winograd::f4::applies(g) {
+            return winograd::f4::forward(g, x, weight, bias, silu);
+        }
+    }
+    if let Form::Training { winograd: true } | Form::Inference { winograd: Winograd::Small | Winograd::Large, .. } = form {
         if winograd::applies(g) {
             return winograd::forward(g, x, weight, bias, silu);
         }
@@ -592,7 +610,7 @@ fn backward_by_columns(g: &ConvGeom, x: &[f32], weight: &[f32], dy: &[f32], want
 fn input_grad_as_convolution(g: &ConvGeom, weight: &[f32], dy: &[f32], winograd: bool) -> Option<Vec<f32>> {
     let t = ConvGeom { ci: g.co, co: g.ci, h: g.ho(), w: g.wo(), ..*g };
     let same = g.stride == [1, 1] && broadcast::shape_fits(g);
-    let form = Form::Inference { direct: super::direct_enabled(), winograd };
+    let form = Form::Inference { direct: super::direct_enabled(), winograd: if winograd { Winograd::Small } else { Winograd::Off } };
     let fits = (winograd && winograd::applies(&t)) || (super::direct_enabled() && (broadcast::applies(&t) || direct::applies(&t)));
     let eligible = g.arith == Arithmetic::F32 && same && fits;
     eligible.then(|| forward_with(&t, dy, &flipped_transpose(g, weight), None, false, form))

@@ -243,14 +243,16 @@ impl DetectionModel {
     /// Forward pass that also returns the outputs of `taps` (layer indices).
     /// `one2one` also runs the end-to-end head branches when the head has them.
     pub fn forward_taps(&self, x: Tensor<4>, taps: &[usize], one2one: bool) -> Forward {
-        let (xs, taps) = self.trunk(x, taps);
-        Forward { head: self.head().forward(xs, one2one), taps }
+        crate::kernels::on_pool(x, |x| {
+            let (xs, taps) = self.trunk(x, taps);
+            Forward { head: self.head().forward(xs, one2one), taps }
+        })
     }
 
     /// The outputs of `taps` alone: the layers after the last of them, the head's included,
     /// do not run (a teacher whose head no term reads).
     pub fn taps_only(&self, x: Tensor<4>, taps: &[usize]) -> Vec<Tensor<4>> {
-        self.trunk_until(x, taps, taps.iter().copied().max().unwrap_or(0)).1
+        crate::kernels::on_pool(x, |x| self.trunk_until(x, taps, taps.iter().copied().max().unwrap_or(0)).1)
     }
 
     /// Every layer before the head: the head's level inputs and the outputs of `taps`.
@@ -322,7 +324,7 @@ impl DetectionModel {
         let end2end = !cfg.nms && head.has_one2one();
         let decoded = if end2end {
             // Only the one-to-one branches run, as in Ultralytics' fused end-to-end model.
-            head.predict_end2end(self.trunk(x, &[]).0).expect("a one-to-one head")
+            crate::kernels::on_pool(x, |x| head.predict_end2end(self.trunk(x, &[]).0)).expect("a one-to-one head")
         } else {
             self.predict(x)
         };
@@ -386,3 +388,4 @@ impl DetectionModel {
         n
     }
 }
+

@@ -15,6 +15,8 @@
 //!
 //! The sums run in another order than im2col's, and the transforms add a few roundings: outputs
 //! differ from im2col's by a few units in the last place of the largest term (unit test).
+//!
+//! Inference's forward runs the larger tiles of F(4×4, 3×3) on maps of at least 32×32 ([`f4`]).
 
 use std::cell::RefCell;
 
@@ -24,12 +26,14 @@ use super::conv::{epilogue, mm, ConvGeom, Mat};
 use super::simd::multiversion;
 use super::{Arithmetic, SharedMut};
 
+pub(super) mod f4;
+
 /// Fewest input and output channels, and fewest tiles in a call: below them the transforms and
 /// small GEMMs cost more than the products save (a 10×10 map of one image, 25 tiles, ran 0.6–0.9×
 /// im2col's speed; 20×20, 100 tiles, 1.06–1.22×; `bench-conv --inference`).
 const MIN_CHANNELS: usize = 16;
 const MIN_TILES: usize = 64;
-/// Floats of one worker's transformed inputs (V, 16 × ci × tiles): about a core's L2 (512 KiB).
+/// Floats of one worker's transformed inputs (V, 16 or 36 × ci × tiles): about a core's L2 (512 KiB).
 const BLOCK_FLOATS: usize = 128 * 1024;
 
 /// Whether the product uses this form for `g`: a shape it [`computes`], with at least
@@ -51,7 +55,7 @@ pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f3
     let u = filter_transform(g, weight);
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
-    bands(g).into_par_iter().for_each(|band| {
+    bands(g, 2, 16).into_par_iter().for_each(|band| {
         SCRATCH.with(|s| {
             // SAFETY: bands write disjoint (image, row range) blocks of y.
             unsafe { run_band(g, x, &u, bias, silu, band, yp, &mut s.borrow_mut()) }
@@ -71,9 +75,10 @@ struct Band {
 
 /// Bands of tile rows of about [`BLOCK_FLOATS`] transformed inputs each, as many in all as a
 /// multiple of the thread count and of equal height (so that no thread waits at the end).
-fn bands(g: &ConvGeom) -> Vec<Band> {
-    let (th, tw) = (g.h.div_ceil(2), g.w.div_ceil(2));
-    let by_size = (BLOCK_FLOATS / (16 * g.ci * tw)).max(1);
+/// `size`: a tile's outputs each way (2 or 4), `elems` the transformed elements per tile (16 or 36).
+fn bands(g: &ConvGeom, size: usize, elems: usize) -> Vec<Band> {
+    let (th, tw) = (g.h.div_ceil(size), g.w.div_ceil(size));
+    let by_size = (BLOCK_FLOATS / (elems * g.ci * tw)).max(1);
     let threads = rayon::current_num_threads();
     let per_image = (g.n * th.div_ceil(by_size)).next_multiple_of(threads).div_ceil(g.n);
     let rows = th.div_ceil(per_image.min(th)).max(1);
