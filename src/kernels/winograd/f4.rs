@@ -341,27 +341,22 @@ unsafe fn interleave4_avx2(q: [&[f32]; SIZE], row: &mut [f32], full: usize) -> u
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::tests::{assert_im2cols, geom};
 
-    /// F(4×4)'s outputs equal im2col's within a bound on its larger roundings: sizes that are and
-    /// are not multiples of 4 (tiles reaching past the right or bottom edge), one tile row, bias
-    /// with and without SiLU, several images.
+    /// F(2×2)'s bound holds for F(4×4)'s larger roundings (measured: up to 2.1 of its 4 units, F(2×2)
+    /// 1 to 2): sizes that are and are not multiples of 4 (tiles past the right or bottom edge),
+    /// one tile row, with and without SiLU, several images, rows of more than 8 tiles (the shuffles).
     #[test]
     fn winograd_f4_forward_is_im2cols() {
-        let geom = |n: usize, ci: usize, h: usize, w: usize, co: usize| ConvGeom {
-            n, ci, h, w, co, kh: 3, kw: 3, stride: [1, 1], pad: [1; 4], dilation: [1, 1], groups: 1, arith: Default::default(),
-        };
-        let cases = [(geom(1, 16, 8, 8, 16), true), (geom(2, 24, 7, 9, 20), false), (geom(1, 32, 1, 5, 16), true), (geom(1, 64, 13, 22, 48), true), (geom(3, 16, 6, 3, 17), false), (geom(1, 16, 40, 40, 32), true), (geom(1, 16, 9, 70, 16), false)];
-        for (g, silu) in cases {
-            let values = |len: usize, seed: usize| (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<f32>>();
-            let (x, weight, bias) = (values(g.n * g.ci * g.h * g.w, 1), values(g.weight_len(), 2), values(g.co, 3));
-            let want = crate::kernels::conv::forward_im2col(&g, &x, &weight, Some(&bias), silu);
-            let got = forward(&g, &x, &weight, Some(&bias), silu);
-            // each output sums 9·ci terms of magnitude ≤ 1: F(2×2)'s bound holds (measured: up to
-            // 2.1 units of it, F(2×2) 1 to 2)
-            let bound = 9.0 * g.ci as f32 * 4.0 * f32::EPSILON;
-            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-            assert!(worst <= bound, "{g:?}: max difference {worst} (bound {bound})");
-        }
+        let cases = [
+            (geom(1, 16, 8, 8, 16), true),
+            (geom(2, 24, 7, 9, 20), false),
+            (geom(1, 32, 1, 5, 16), true),
+            (geom(1, 64, 13, 22, 48), true),
+            (geom(3, 16, 6, 3, 17), false),
+            (geom(1, 16, 40, 40, 32), true),
+            (geom(1, 16, 9, 70, 16), false),
+        ];
+        assert_im2cols(super::forward, &cases);
     }
 }

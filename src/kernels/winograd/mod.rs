@@ -332,19 +332,18 @@ fn interleave(a: &[f32], b: &[f32], row: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Winograd's outputs equal im2col's within a few units in the last place of the largest
-    /// term: even and odd sizes (a tile reaching past the right or bottom edge), one tile row,
-    /// bias with and without SiLU, several images.
-    #[test]
-    fn winograd_forward_is_im2cols() {
-        let geom = |n: usize, ci: usize, h: usize, w: usize, co: usize| ConvGeom {
-            n, ci, h, w, co, kh: 3, kw: 3, stride: [1, 1], pad: [1; 4], dilation: [1, 1], groups: 1, arith: Default::default(),
-        };
-        let cases = [(geom(1, 16, 8, 8, 16), true), (geom(2, 24, 7, 9, 20), false), (geom(1, 32, 1, 5, 16), true), (geom(1, 64, 13, 20, 48), true), (geom(3, 16, 2, 3, 17), false)];
-        for (g, silu) in cases {
+    /// A 3×3, stride-1 "same" convolution of `n` images.
+    pub(in crate::kernels) fn geom(n: usize, ci: usize, h: usize, w: usize, co: usize) -> ConvGeom {
+        ConvGeom { n, ci, h, w, co, kh: 3, kw: 3, stride: [1, 1], pad: [1, 1, 1, 1], dilation: [1, 1], groups: 1, arith: Default::default() }
+    }
+
+    /// `forward`'s outputs equal im2col's within a few units in the last place of the largest term
+    /// on each `(shape, silu)` case, with bias.
+    pub(in crate::kernels) fn assert_im2cols(forward: fn(&ConvGeom, &[f32], &[f32], Option<&[f32]>, bool) -> Vec<f32>, cases: &[(ConvGeom, bool)]) {
+        for &(g, silu) in cases {
             let values = |len: usize, seed: usize| (0..len).map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0).collect::<Vec<f32>>();
             let (x, weight, bias) = (values(g.n * g.ci * g.h * g.w, 1), values(g.weight_len(), 2), values(g.co, 3));
             let want = super::super::conv::forward_im2col(&g, &x, &weight, Some(&bias), silu);
@@ -354,5 +353,13 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst <= bound, "{g:?}: max difference {worst} (bound {bound})");
         }
+    }
+
+    /// Even and odd sizes (a tile reaching past the right or bottom edge), one tile row, with and
+    /// without SiLU, several images.
+    #[test]
+    fn winograd_forward_is_im2cols() {
+        let cases = [(geom(1, 16, 8, 8, 16), true), (geom(2, 24, 7, 9, 20), false), (geom(1, 32, 1, 5, 16), true), (geom(1, 64, 13, 20, 48), true), (geom(3, 16, 2, 3, 17), false)];
+        assert_im2cols(forward, &cases);
     }
 }
