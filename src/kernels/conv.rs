@@ -414,7 +414,7 @@ enum Form {
 }
 
 /// Which of Winograd's forms a forward may use.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Winograd {
     Off,
     /// F(2×2, 3×3): training's forward and input gradient.
@@ -423,7 +423,6 @@ enum Winograd {
     /// (its roundings are larger: `winograd/f4.rs`).
     Large,
 }
-
 
 fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, form: Form) -> Vec<f32> {
     if let Some(f32_geom) = emulated(g) {
