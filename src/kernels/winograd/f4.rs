@@ -10,9 +10,7 @@
 //! The inputs are transformed along each padded row first (every row once per band, though tile
 //! rows overlap by two), then across rows, which is a run of contiguous adds over the tiles.
 
-use rayon::prelude::*;
-
-use super::{bands, computes, Band, Scratch, MIN_CHANNELS, MIN_TILES, SCRATCH};
+use super::{computes, forward_by, Band, Scratch, MIN_CHANNELS, MIN_TILES};
 use crate::kernels::conv::{epilogue, mm, ConvGeom, Mat};
 use crate::kernels::simd::multiversion;
 use crate::kernels::SharedMut;
@@ -38,38 +36,7 @@ pub(in crate::kernels) fn applies(g: &ConvGeom) -> bool {
 
 /// `y = act(conv(x, weight) + bias)` for a convolution the parent module computes.
 pub(in crate::kernels) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    assert!(computes(g), "Winograd convolution called for {g:?}");
-    let u = filter_transform(g, weight);
-    let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
-    let yp = SharedMut(y.as_mut_ptr());
-    bands(g, SIZE, ELEMS).into_par_iter().for_each(|band| {
-        SCRATCH.with(|s| {
-            // SAFETY: bands write disjoint (image, row range) blocks of y.
-            unsafe { run_band(g, x, &u, bias, silu, band, yp, &mut s.borrow_mut()) }
-        })
-    });
-    // SAFETY: the bands cover every (image, channel, output pixel) and have all been written.
-    unsafe { y.set_len(g.out_len()) };
-    y
-}
-
-/// `U_k[o, c]`: `G w Gᵀ` of each 3×3 kernel, as 36 row-major matrices `co × ci`.
-fn filter_transform(g: &ConvGeom, weight: &[f32]) -> Vec<f32> {
-    let (co, ci) = (g.co, g.ci);
-    let mut u: Vec<f32> = Vec::with_capacity(ELEMS * co * ci);
-    let up = SharedMut(u.as_mut_ptr());
-    weight.par_chunks(9 * ci).enumerate().for_each(|(o, w)| {
-        let mut row = vec![0.0f32; ELEMS * ci];
-        filter_rows(w, &mut row);
-        for k in 0..ELEMS {
-            // SAFETY: each output channel o writes its own row of each of the 36 matrices.
-            let dst = unsafe { std::slice::from_raw_parts_mut(up.at((k * co + o) * ci), ci) };
-            dst.iter_mut().zip(row[k..].iter().step_by(ELEMS)).for_each(|(d, v)| *d = *v);
-        }
-    });
-    // SAFETY: every (k, o) row has been written.
-    unsafe { u.set_len(ELEMS * co * ci) };
-    u
+    forward_by(g, (x, weight, bias, silu), (SIZE, ELEMS), filter_rows, run_band)
 }
 
 /// G applied to one column (a, b, d) of a kernel.

@@ -51,11 +51,20 @@ fn computes(g: &ConvGeom) -> bool {
 
 /// `y = act(conv(x, weight) + bias)` for a convolution this form [`computes`].
 pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
+    forward_by(g, (x, weight, bias, silu), (2, 16), filter_rows, run_band)
+}
+
+/// A band's transforms, products and inverse transforms (see [`run_band`]).
+type BandFn = unsafe fn(&ConvGeom, &[f32], &[f32], Option<&[f32]>, bool, Band, SharedMut, &mut Scratch);
+
+/// The frame both forms share: the filter transform (`elems` elements per kernel, from
+/// `filter_rows`), then the bands of tiles of `size` outputs each way, in parallel.
+fn forward_by(g: &ConvGeom, (x, weight, bias, silu): (&[f32], &[f32], Option<&[f32]>, bool), (size, elems): (usize, usize), filter_rows: fn(&[f32], &mut [f32]), run_band: BandFn) -> Vec<f32> {
     assert!(computes(g), "Winograd convolution called for {g:?}");
-    let u = filter_transform(g, weight);
+    let u = filter_transform(g, weight, elems, filter_rows);
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
-    bands(g, 2, 16).into_par_iter().for_each(|band| {
+    bands(g, size, elems).into_par_iter().for_each(|band| {
         SCRATCH.with(|s| {
             // SAFETY: bands write disjoint (image, row range) blocks of y.
             unsafe { run_band(g, x, &u, bias, silu, band, yp, &mut s.borrow_mut()) }
@@ -88,11 +97,11 @@ fn bands(g: &ConvGeom, size: usize, elems: usize) -> Vec<Band> {
 /// A worker's buffers, kept across calls.
 #[derive(Default)]
 struct Scratch {
-    /// Transformed inputs: 16 × ci × tiles.
+    /// Transformed inputs: 16 (F(4×4): 36) × ci × tiles.
     v: Vec<f32>,
-    /// Products: 16 × co × tiles.
+    /// Products: 16 (36) × co × tiles.
     m: Vec<f32>,
-    /// Rows split into even and odd columns, and the transform's intermediate rows.
+    /// Rows split into column phases, and the transforms' intermediate rows.
     rows: Vec<f32>,
 }
 
@@ -100,23 +109,24 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// `U_k[o, c]`: `G w Gᵀ` of each 3×3 kernel, laid out as 16 matrices `co × ci` (rows that the
+/// `U_k[o, c]`: `G w Gᵀ` of each 3×3 kernel, `elems` of them per kernel from `filter_rows` (one
+/// output channel's kernels as `[ci][elems]`), laid out as `elems` matrices `co × ci` (rows that the
 /// GEMMs read contiguously: a strided view made their packing slower than the transform).
-fn filter_transform(g: &ConvGeom, weight: &[f32]) -> Vec<f32> {
+fn filter_transform(g: &ConvGeom, weight: &[f32], elems: usize, filter_rows: fn(&[f32], &mut [f32])) -> Vec<f32> {
     let (co, ci) = (g.co, g.ci);
-    let mut u: Vec<f32> = Vec::with_capacity(16 * co * ci);
+    let mut u: Vec<f32> = Vec::with_capacity(elems * co * ci);
     let up = SharedMut(u.as_mut_ptr());
     weight.par_chunks(9 * ci).enumerate().for_each(|(o, w)| {
-        let mut row = vec![0.0f32; 16 * ci];
+        let mut row = vec![0.0f32; elems * ci];
         filter_rows(w, &mut row);
-        for k in 0..16 {
-            // SAFETY: each output channel o writes its own row of each of the 16 matrices.
+        for k in 0..elems {
+            // SAFETY: each output channel o writes its own row of each of the matrices.
             let dst = unsafe { std::slice::from_raw_parts_mut(up.at((k * co + o) * ci), ci) };
-            dst.iter_mut().zip(row[k..].iter().step_by(16)).for_each(|(d, v)| *d = *v);
+            dst.iter_mut().zip(row[k..].iter().step_by(elems)).for_each(|(d, v)| *d = *v);
         }
     });
     // SAFETY: every (k, o) row has been written.
-    unsafe { u.set_len(16 * co * ci) };
+    unsafe { u.set_len(elems * co * ci) };
     u
 }
 
