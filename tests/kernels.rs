@@ -5,6 +5,7 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::{Distribution, Tensor, TensorData};
@@ -285,6 +286,35 @@ fn inference_batch_norm_and_fused_conv_bias_silu_match_burn() {
             let reference = vec(if with_silu { burn::tensor::activation::silu(y) } else { y });
             assert_close(&format!("conv+bias (silu {with_silu})"), c, &ours, &reference);
         }
+    }
+}
+
+/// A folded 1×1 convolution of concatenated maps, run on the parts in place
+/// (`kernels::conv2d_cat_layer_act`), equals burn's convolution of `Tensor::cat`: two to four
+/// parts, one image (tiles of rows) and nine small ones (two images per GEMM), a part that is
+/// a channel slice of another map (C2f's), with and without SiLU. Under autodiff it declines.
+#[test]
+fn pointwise_conv_of_parts_is_burns_conv_of_their_concatenation() {
+    let device = burn::tensor::Device::flex();
+    for (n, h, w, channels) in [(1, 40, 24, vec![16, 8]), (9, 5, 7, vec![6, 3, 5, 2]), (2, 9, 11, vec![4, 12, 7])] {
+        let ci: usize = channels.iter().sum();
+        let co = 10;
+        let mut layer = Conv2dConfig::new([ci, co], [1, 1]).with_bias(true).init(&device);
+        layer.weight = burn::module::Param::from_tensor(tensor4([co, ci, 1, 1], 51, &device));
+        // the first part is the second half of a wider map, as C2f's bottlenecks read theirs
+        let wide = tensor4([n, 2 * channels[0], h, w], 52, &device);
+        let mut parts = vec![wide.narrow(1, channels[0], channels[0])];
+        parts.extend(channels[1..].iter().enumerate().map(|(i, &c)| tensor4([n, c, h, w], 53 + i as u64, &device)));
+        let c = case(n, ci, h, w, co, 1, 1, 0);
+        for with_silu in [true, false] {
+            let ours = two_threads(|| kernels::conv2d_cat_layer_act(&layer, &parts, with_silu)).expect("a 1×1 convolution inferring on the CPU");
+            let y = layer.forward(Tensor::cat(parts.clone(), 1));
+            let reference = vec(if with_silu { burn::tensor::activation::silu(y) } else { y });
+            assert_close(&format!("1×1 convolution of {channels:?} (silu {with_silu})"), c, &vec(ours), &reference);
+        }
+        let autodiff = burn::tensor::Device::flex().autodiff();
+        let parts: Vec<Tensor<4>> = parts.iter().map(|p| Tensor::from_data(p.to_data(), &autodiff)).collect();
+        assert!(kernels::conv2d_cat_layer_act(&layer.clone().to_device(&autodiff), &parts, true).is_none(), "ran under autodiff");
     }
 }
 

@@ -10,13 +10,13 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Flex, TensorMetadata};
+use burn::backend::{backend_extension, Autodiff, Backend, BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind, Flex, TensorMetadata};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 
 use super::conv::{self, ConvGeom};
 use super::bf16::Arithmetic;
-use super::{decode, kd};
+use super::{decode, kd, pointwise};
 use super::norm::{self, Planes};
 
 /// The options of one convolution, as plain numbers (padding: top, bottom, left, right).
@@ -144,6 +144,39 @@ fn f32s(t: &FlexTensor) -> F32s<'_> {
         Some(s) => F32s::Borrowed(s),
         None => F32s::Copied(t.to_contiguous()),
     }
+}
+
+/// The Flex tensor inside a dispatch tensor on the CPU backend without autodiff; `None` for any
+/// other (for ops whose variable number of inputs `#[backend_extension]` cannot take).
+pub(super) fn flex_of(t: DispatchTensor) -> Option<FlexTensor> {
+    #[allow(unreachable_patterns)] // with the flex backend alone
+    match t.kind {
+        DispatchTensorKind::Flex(BackendTensor::Float(f)) if t.autodiff == DispatchAutodiffContext::Disabled => Some(f),
+        _ => None,
+    }
+}
+
+/// A Flex tensor as a dispatch tensor (the inverse of [`flex_of`]).
+pub(super) fn dispatch_of(t: FlexTensor) -> DispatchTensor {
+    DispatchTensor { kind: DispatchTensorKind::Flex(BackendTensor::Float(t)), autodiff: DispatchAutodiffContext::Disabled }
+}
+
+/// [`pointwise::forward`] on Flex tensors: `act(conv1x1(cat(xs)) + bias)` in one pass, each of
+/// `xs` read in place.
+pub(super) fn pointwise_parts(xs: &[FlexTensor], weight: &FlexTensor, bias: &FlexTensor, spec: ConvSpec, silu: bool) -> FlexTensor {
+    let values: Vec<F32s> = xs.iter().map(f32s).collect();
+    let parts: Vec<(&[f32], usize)> = values.iter().zip(xs).map(|(v, x)| (&v[..], x.shape()[1])).collect();
+    let g = spec.geom(&cat_shape(xs.iter().map(|x| x.shape())), &weight.shape());
+    let y = pointwise::forward(&g, &parts, &f32s(weight), Some(&f32s(bias)), silu);
+    tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
+}
+
+/// The shape of NCHW maps concatenated along their channels (the first one's N, H, W).
+pub(super) fn cat_shape(shapes: impl Iterator<Item = Shape>) -> Shape {
+    let mut shapes = shapes.peekable();
+    let first = shapes.peek().cloned().expect("at least one map");
+    let c = shapes.map(|s| s[1]).sum::<usize>();
+    Shape::new([first[0], c, first[2], first[3]])
 }
 
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {

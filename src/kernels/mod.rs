@@ -12,6 +12,7 @@ mod direct;
 mod extension;
 pub mod kd;
 pub mod norm;
+mod pointwise;
 mod shifted;
 mod winograd;
 pub(crate) mod simd;
@@ -24,7 +25,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::MaxPoolOptions;
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 use burn::tensor::Tensor;
 
 pub use bf16::Arithmetic;
@@ -163,17 +164,17 @@ pub fn record_convs<R>(f: impl FnOnce() -> R) -> (R, Vec<conv::ConvGeom>) {
     (out, RECORDED.with(|r| r.borrow_mut().take().unwrap_or_default()))
 }
 
-fn record(x: &Tensor<4>, weight: &Tensor<4>, spec: ConvSpec) {
+fn record(x: &Shape, weight: &Shape, spec: ConvSpec) {
     RECORDED.with(|r| {
         if let Some(list) = r.borrow_mut().as_mut() {
-            list.push(spec.geom(&x.shape(), &weight.shape()));
+            list.push(spec.geom(x, weight));
         }
     });
 }
 
 /// `conv2d(x, weight) + bias` with our kernel on the CPU and burn's elsewhere.
 pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, spec: ConvSpec) -> Tensor<4> {
-    record(&x, &weight, spec);
+    record(&x.shape(), &weight.shape(), spec);
     if !on_cpu(&x) {
         return burn::tensor::module::conv2d(x, weight, bias, spec.options());
     }
@@ -204,7 +205,7 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
     let spec = ConvSpec { stride: layer.stride, pad: [t, b, l, r], dilation: layer.dilation, groups: layer.groups, arith: bf16::current() };
     let weight = layer.weight.val();
     if inferring_on_cpu(&x) && !spec.depthwise(weight.dims()[1]) {
-        record(&x, &weight, spec);
+        record(&x.shape(), &weight.shape(), spec);
         let bias = match &layer.bias {
             Some(b) => b.val(),
             None => Tensor::zeros([weight.dims()[0]], &x.device()),
@@ -213,6 +214,32 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
         return Tensor::from_dispatch(y);
     }
     act(conv2d(x, weight, layer.bias.as_ref().map(|b| b.val()), spec), with_silu)
+}
+
+/// `act(layer(cat(xs)))`, the channels of `xs` concatenated, without making the concatenation
+/// ([`pointwise`]) where `layer` is a 1×1 convolution (stride 1, one group, no padding) run in f32
+/// inference on the CPU; `None` elsewhere, for the caller to concatenate.
+pub fn conv2d_cat_layer_act(layer: &Conv2d, xs: &[Tensor<4>], with_silu: bool) -> Option<Tensor<4>> {
+    let weight = layer.weight.val();
+    let [_, _, kh, kw] = weight.dims();
+    let [n, _, h, w] = xs.first()?.dims();
+    let unpadded = matches!(layer.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    let pointwise = kh == 1 && kw == 1 && layer.stride == [1, 1] && layer.groups == 1 && unpadded;
+    let same_maps = xs.iter().all(|x| inferring_on_cpu(x) && matches!(x.dims(), [m, _, a, b] if [m, a, b] == [n, h, w]));
+    if !pointwise || !same_maps || bf16::current() != Arithmetic::F32 || !inferring_on_cpu(&weight) {
+        return None;
+    }
+    let flex = |t: Tensor<4>| extension::flex_of(t.into_dispatch());
+    let parts = xs.iter().map(|x| flex(x.clone())).collect::<Option<Vec<_>>>()?;
+    let bias = match &layer.bias {
+        Some(b) => b.val(),
+        None => Tensor::zeros([weight.dims()[0]], &weight.device()),
+    };
+    let (weight_flex, bias_flex) = (flex(weight.clone())?, extension::flex_of(bias.into_dispatch())?);
+    let spec = ConvSpec { stride: [1, 1], pad: [0; 4], dilation: layer.dilation, groups: 1, arith: Arithmetic::F32 };
+    record(&extension::cat_shape(xs.iter().map(|x| x.shape())), &weight.shape(), spec);
+    let y = extension::pointwise_parts(&parts, &weight_flex, &bias_flex, spec, with_silu);
+    Some(Tensor::from_dispatch(extension::dispatch_of(y)))
 }
 
 /// `act(bn(x))` with our fused kernel on the CPU: batch statistics (and the running-statistics

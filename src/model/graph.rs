@@ -264,11 +264,25 @@ impl DetectionModel {
     /// input through unchanged, and the head inputs are then not the real ones).
     fn trunk_until(&self, x: Tensor<4>, taps: &[usize], last: usize) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
         let x = if x.dtype() == self.dtype { x } else { x.cast(self.dtype) };
+        // A concatenation that only the next layer, a C2f, reads goes to it as parts, which its
+        // first convolution reads in place (`Conv::forward_cat`); the concatenation is never made.
+        let only_for_c2f = |i: usize| {
+            let next = (self.layers.get(i + 1), self.spec.layers.get(i + 1));
+            !self.spec.save.contains(&i) && !taps.contains(&i) && matches!(next, (Some(Layer::C2f(_)), Some(s)) if s.from == [-1])
+        };
+        let mut parts = None;
         let step = |i: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
             Ok(match layer {
                 _ if i > last => xs.swap_remove(0),
+                Layer::Concat(1) if only_for_c2f(i) => {
+                    // stands for the concatenation, which nothing reads
+                    let first = xs[0].clone();
+                    parts = Some(xs);
+                    first
+                }
                 Layer::Concat(1) => crate::model::layers::blocks::cat_channels(xs),
                 Layer::Concat(dim) => Tensor::cat(xs, *dim),
+                Layer::C2f(m) if parts.is_some() => m.forward_parts(parts.take().expect("checked")),
                 _ => layer.forward(xs.swap_remove(0)),
             })
         };

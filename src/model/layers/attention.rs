@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::blocks::{cat_channels, residual, C3};
+use super::blocks::{residual, C3};
 use super::conv::{Conv, ConvCfg};
 use crate::model::walk::{child, walk_fields, Slot, Visit, Walk};
 use crate::export::onnx::{Attr, Builder, ToOnnx, V};
@@ -127,7 +127,7 @@ impl C2Psa {
         for blk in &self.m {
             b = blk.forward(b);
         }
-        self.cv2.forward(cat_channels(vec![a, b]))
+        self.cv2.forward_cat(vec![a, b])
     }
     pub fn matmul_macs(&self, n: f64) -> f64 {
         self.m.iter().map(|b| b.attn.matmul_macs(n)).sum()
@@ -279,7 +279,7 @@ impl A2C2f {
             }
             ys.push(y);
         }
-        let y = self.cv2.forward(cat_channels(ys));
+        let y = self.cv2.forward_cat(ys);
         match &self.gamma {
             Some(g) => {
                 let [c] = g.dims();

@@ -86,7 +86,7 @@ impl C3 {
         for b in &self.m {
             a = b.forward(a);
         }
-        self.cv3.forward(cat_channels(vec![a, self.cv2.forward(x)]))
+        self.cv3.forward_cat(vec![a, self.cv2.forward(x)])
     }
 }
 
@@ -185,14 +185,24 @@ impl C2f {
             }
         })
     }
+    /// `cv2(cat(y₀, y₁, m₁(y₁), m₂(m₁(y₁)), …))` with `(y₀, y₁)` the halves of `y = cv1(x)`, so the
+    /// concatenation's first part is `y` itself.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.cv1.forward(x);
-        let mut ys = y.chunk(2, 1);
+        self.forward_parts(vec![x])
+    }
+
+    /// [`forward`](Self::forward) of the channel concatenation of `xs` (the neck's), which `cv1`
+    /// reads in place.
+    pub fn forward_parts(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        let y = self.cv1.forward_cat(xs);
+        let c = y.dims()[1] / 2;
+        let mut last = y.clone().narrow(1, c, c);
+        let mut parts = vec![y];
         for m in &self.m {
-            let last = ys.last().expect("two halves").clone();
-            ys.push(m.forward(last));
+            last = m.forward(last);
+            parts.push(last.clone());
         }
-        self.cv2.forward(cat_channels(ys))
+        self.cv2.forward_cat(parts)
     }
 }
 
@@ -225,7 +235,7 @@ impl Sppf {
             let last = ys.last().expect("one map").clone();
             ys.push(crate::kernels::max_pool_same(last, self.k));
         }
-        let y = self.cv2.forward(cat_channels(ys));
+        let y = self.cv2.forward_cat(ys);
         residual(self.add, x, y)
     }
 }

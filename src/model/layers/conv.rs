@@ -87,6 +87,19 @@ impl Conv {
         }
     }
 
+    /// `forward(cat_channels(xs))`; a folded 1×1 convolution in CPU inference reads the parts in
+    /// place instead of concatenating them (`kernels::conv2d_cat_layer_act`).
+    pub fn forward_cat(&self, mut xs: Vec<Tensor<4>>) -> Tensor<4> {
+        if xs.len() == 1 {
+            return self.forward(xs.remove(0));
+        }
+        let fused = match &self.bn {
+            None => kernels::conv2d_cat_layer_act(&self.conv, &xs, self.act),
+            Some(_) => None,
+        };
+        fused.unwrap_or_else(|| self.forward(super::blocks::cat_channels(xs)))
+    }
+
     /// Folds the BatchNorm (running statistics) into the convolution:
     /// W' = W·γ/√(var+eps) per output channel, b' = β − γ·mean/√(var+eps).
     pub fn fold_bn(&mut self) {
