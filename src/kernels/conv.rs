@@ -443,7 +443,7 @@ fn forward_with(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, s
     }
     if let Form::Training { winograd: true } | Form::Inference { winograd: Winograd::Small | Winograd::Large, .. } = form {
         if winograd::applies(g) {
-            return winograd::forward(g, x, weight, bias, silu);
+            return winograd::forward(g, x, weight, bias, silu, matches!(form, Form::Inference { .. }));
         }
     }
     if let Form::Inference { direct: true, .. } = form {

@@ -34,9 +34,10 @@ pub(in crate::kernels) fn applies(g: &ConvGeom) -> bool {
     computes(g) && g.h.min(g.w) >= MIN_SIDE && g.ci >= MIN_CHANNELS && g.co >= MIN_CHANNELS && tiles >= MIN_TILES
 }
 
-/// `y = act(conv(x, weight) + bias)` for a convolution the parent module computes.
+/// `y = act(conv(x, weight) + bias)` for a convolution the parent module computes (inference
+/// only, so its transformed filters are kept for the next call with the same weights).
 pub(in crate::kernels) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_by(g, (x, weight, bias, silu), (SIZE, ELEMS), filter_rows, run_band)
+    forward_by(g, (x, weight, bias, silu), (SIZE, ELEMS, true), filter_rows, run_band)
 }
 
 /// G applied to one column (a, b, d) of a kernel.

@@ -27,6 +27,7 @@ use super::simd::multiversion;
 use super::{Arithmetic, SharedMut};
 
 pub(super) mod f4;
+mod filters;
 
 /// Fewest input and output channels, and fewest tiles in a call: below them the transforms and
 /// small GEMMs cost more than the products save (a 10×10 map of one image, 25 tiles, ran 0.6–0.9×
@@ -49,19 +50,22 @@ fn computes(g: &ConvGeom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.pad == [1; 4] && g.dilation == [1, 1] && g.groups == 1 && g.arith == Arithmetic::F32
 }
 
-/// `y = act(conv(x, weight) + bias)` for a convolution this form [`computes`].
-pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool) -> Vec<f32> {
-    forward_by(g, (x, weight, bias, silu), (2, 16), filter_rows, run_band)
+/// `y = act(conv(x, weight) + bias)` for a convolution this form [`computes`]; `keep_filters`
+/// (inference) keeps the transformed filters for later calls with the same weights ([`filters`]).
+pub(super) fn forward(g: &ConvGeom, x: &[f32], weight: &[f32], bias: Option<&[f32]>, silu: bool, keep_filters: bool) -> Vec<f32> {
+    forward_by(g, (x, weight, bias, silu), (2, 16, keep_filters), filter_rows, run_band)
 }
 
 /// A band's transforms, products and inverse transforms (see [`run_band`]).
 type BandFn = unsafe fn(&ConvGeom, &[f32], &[f32], Option<&[f32]>, bool, Band, SharedMut, &mut Scratch);
 
 /// The frame both forms share: the filter transform (`elems` elements per kernel, from
-/// `filter_rows`), then the bands of tiles of `size` outputs each way, in parallel.
-fn forward_by(g: &ConvGeom, (x, weight, bias, silu): (&[f32], &[f32], Option<&[f32]>, bool), (size, elems): (usize, usize), filter_rows: fn(&[f32], &mut [f32]), run_band: BandFn) -> Vec<f32> {
+/// `filter_rows`; kept across calls with `keep`), then the bands of tiles of `size` outputs each
+/// way, in parallel.
+fn forward_by(g: &ConvGeom, (x, weight, bias, silu): (&[f32], &[f32], Option<&[f32]>, bool), (size, elems, keep): (usize, usize, bool), filter_rows: fn(&[f32], &mut [f32]), run_band: BandFn) -> Vec<f32> {
     assert!(computes(g), "Winograd convolution called for {g:?}");
-    let u = filter_transform(g, weight, elems, filter_rows);
+    let transform = || filter_transform(g, weight, elems, filter_rows);
+    let u = if keep { filters::transformed(weight, elems, transform) } else { std::sync::Arc::new(transform()) };
     let mut y: Vec<f32> = Vec::with_capacity(g.out_len());
     let yp = SharedMut(y.as_mut_ptr());
     bands(g, size, elems).into_par_iter().for_each(|band| {
@@ -366,10 +370,14 @@ pub(super) mod tests {
     }
 
     /// Even and odd sizes (a tile reaching past the right or bottom edge), one tile row, with and
-    /// without SiLU, several images.
+    /// without SiLU, several images; training's form, then inference's twice (its filters made,
+    /// then kept).
     #[test]
     fn winograd_forward_is_im2cols() {
         let cases = [(geom(1, 16, 8, 8, 16), true), (geom(2, 24, 7, 9, 20), false), (geom(1, 32, 1, 5, 16), true), (geom(1, 64, 13, 20, 48), true), (geom(3, 16, 2, 3, 17), false)];
-        assert_im2cols(forward, &cases);
+        assert_im2cols(|g, x, w, b, silu| forward(g, x, w, b, silu, false), &cases);
+        for _ in 0..2 {
+            assert_im2cols(|g, x, w, b, silu| forward(g, x, w, b, silu, true), &cases);
+        }
     }
 }
