@@ -291,29 +291,51 @@ fn inference_batch_norm_and_fused_conv_bias_silu_match_burn() {
 
 /// A folded 1×1 convolution of concatenated maps, run on the parts in place
 /// (`kernels::conv2d_cat_layer_act`), equals burn's convolution of `Tensor::cat`: two to four
-/// parts, one image (tiles of rows) and nine small ones (two images per GEMM), a part that is
-/// a channel slice of another map (C2f's), with and without SiLU. Under autodiff it declines.
+/// parts, one image (tiles of rows) and nine small ones (two images per GEMM), a part that is a
+/// channel slice of another map (C2f's), parts still to be upsampled (the neck's), first or alone,
+/// with and without SiLU. Under autodiff it declines.
 #[test]
 fn pointwise_conv_of_parts_is_burns_conv_of_their_concatenation() {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
     let device = burn::tensor::Device::flex();
-    for (n, h, w, channels) in [(1, 40, 24, vec![16, 8]), (9, 5, 7, vec![6, 3, 5, 2]), (2, 9, 11, vec![4, 12, 7])] {
-        let ci: usize = channels.iter().sum();
+    let upsampled = |x: Tensor<4>, s: usize| {
+        let [_, _, h, w] = x.dims();
+        interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
+    };
+    // (images, height, width, (channels, scale) of each part)
+    let cases: [(usize, usize, usize, &[(usize, usize)]); 6] = [
+        (1, 40, 24, &[(16, 1), (8, 1)]),
+        (9, 5, 7, &[(6, 1), (3, 1), (5, 1), (2, 1)]),
+        (2, 9, 11, &[(4, 1), (12, 1), (7, 1)]),
+        (1, 40, 24, &[(12, 2), (16, 1)]),
+        (9, 6, 8, &[(5, 2), (3, 1)]),
+        (2, 12, 8, &[(6, 4), (5, 2)]),
+    ];
+    for (n, h, w, spec) in cases {
+        let ci: usize = spec.iter().map(|p| p.0).sum();
         let co = 10;
         let mut layer = Conv2dConfig::new([ci, co], [1, 1]).with_bias(true).init(&device);
         layer.weight = burn::module::Param::from_tensor(tensor4([co, ci, 1, 1], 51, &device));
-        // the first part is the second half of a wider map, as C2f's bottlenecks read theirs
-        let wide = tensor4([n, 2 * channels[0], h, w], 52, &device);
-        let mut parts = vec![wide.narrow(1, channels[0], channels[0])];
-        parts.extend(channels[1..].iter().enumerate().map(|(i, &c)| tensor4([n, c, h, w], 53 + i as u64, &device)));
+        let parts: Vec<(Tensor<4>, usize)> = spec
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, s))| {
+                let shape = [n, c, h / s, w / s];
+                // the last full-size part is the second half of a wider map, as C2f's bottlenecks read theirs
+                let x = if i + 1 == spec.len() && s == 1 { tensor4([n, 2 * c, h, w], 52, &device).narrow(1, c, c) } else { tensor4(shape, 53 + i as u64, &device) };
+                (x, s)
+            })
+            .collect();
         let c = case(n, ci, h, w, co, 1, 1, 0);
         for with_silu in [true, false] {
             let ours = two_threads(|| kernels::conv2d_cat_layer_act(&layer, &parts, with_silu)).expect("a 1×1 convolution inferring on the CPU");
-            let y = layer.forward(Tensor::cat(parts.clone(), 1));
+            let y = layer.forward(Tensor::cat(parts.iter().map(|(x, s)| upsampled(x.clone(), *s)).collect(), 1));
             let reference = vec(if with_silu { burn::tensor::activation::silu(y) } else { y });
-            assert_close(&format!("1×1 convolution of {channels:?} (silu {with_silu})"), c, &vec(ours), &reference);
+            assert_close(&format!("1×1 convolution of {spec:?} (silu {with_silu})"), c, &vec(ours), &reference);
         }
         let autodiff = burn::tensor::Device::flex().autodiff();
-        let parts: Vec<Tensor<4>> = parts.iter().map(|p| Tensor::from_data(p.to_data(), &autodiff)).collect();
+        let parts: Vec<(Tensor<4>, usize)> = parts.iter().map(|(p, s)| (Tensor::from_data(p.to_data(), &autodiff), *s)).collect();
         assert!(kernels::conv2d_cat_layer_act(&layer.clone().to_device(&autodiff), &parts, true).is_none(), "ran under autodiff");
     }
 }

@@ -161,22 +161,14 @@ pub(super) fn dispatch_of(t: FlexTensor) -> DispatchTensor {
     DispatchTensor { kind: DispatchTensorKind::Flex(BackendTensor::Float(t)), autodiff: DispatchAutodiffContext::Disabled }
 }
 
-/// [`pointwise::forward`] on Flex tensors: `act(conv1x1(cat(xs)) + bias)` in one pass, each of
-/// `xs` read in place.
-pub(super) fn pointwise_parts(xs: &[FlexTensor], weight: &FlexTensor, bias: &FlexTensor, spec: ConvSpec, silu: bool) -> FlexTensor {
-    let values: Vec<F32s> = xs.iter().map(f32s).collect();
-    let parts: Vec<(&[f32], usize)> = values.iter().zip(xs).map(|(v, x)| (&v[..], x.shape()[1])).collect();
-    let g = spec.geom(&cat_shape(xs.iter().map(|x| x.shape())), &weight.shape());
+/// [`pointwise::forward`] on Flex tensors: `act(conv1x1(cat(xs upsampled by their scales)) + bias)`
+/// in one pass, each of `xs` read in place; `cat` the concatenation's shape.
+pub(super) fn pointwise_parts(xs: &[(FlexTensor, usize)], cat: &Shape, weight: &FlexTensor, bias: &FlexTensor, spec: ConvSpec, silu: bool) -> FlexTensor {
+    let values: Vec<F32s> = xs.iter().map(|(x, _)| f32s(x)).collect();
+    let parts: Vec<pointwise::Part> = values.iter().zip(xs).map(|(v, (x, scale))| pointwise::Part { x: v, c: x.shape()[1], scale: *scale }).collect();
+    let g = spec.geom(cat, &weight.shape());
     let y = pointwise::forward(&g, &parts, &f32s(weight), Some(&f32s(bias)), silu);
     tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
-}
-
-/// The shape of NCHW maps concatenated along their channels (the first one's N, H, W).
-pub(super) fn cat_shape(shapes: impl Iterator<Item = Shape>) -> Shape {
-    let mut shapes = shapes.peekable();
-    let first = shapes.peek().cloned().expect("at least one map");
-    let c = shapes.map(|s| s[1]).sum::<usize>();
-    Shape::new([first[0], c, first[2], first[3]])
 }
 
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {

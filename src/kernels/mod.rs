@@ -216,29 +216,32 @@ pub fn conv2d_layer_act(layer: &Conv2d, x: Tensor<4>, with_silu: bool) -> Tensor
     act(conv2d(x, weight, layer.bias.as_ref().map(|b| b.val()), spec), with_silu)
 }
 
-/// `act(layer(cat(xs)))`, the channels of `xs` concatenated, without making the concatenation
+/// `act(layer(cat(xs)))`, the channels of the maps `xs` concatenated, each `(map, scale)` first
+/// upsampled (nearest) by its scale, without making the concatenation or the upsampled maps
 /// ([`pointwise`]) where `layer` is a 1×1 convolution (stride 1, one group, no padding) run in f32
-/// inference on the CPU; `None` elsewhere, for the caller to concatenate.
-pub fn conv2d_cat_layer_act(layer: &Conv2d, xs: &[Tensor<4>], with_silu: bool) -> Option<Tensor<4>> {
+/// inference on the CPU; `None` elsewhere, for the caller to upsample and concatenate.
+pub fn conv2d_cat_layer_act(layer: &Conv2d, xs: &[(Tensor<4>, usize)], with_silu: bool) -> Option<Tensor<4>> {
     let weight = layer.weight.val();
     let [_, _, kh, kw] = weight.dims();
-    let [n, _, h, w] = xs.first()?.dims();
+    let ([n, _, h, w], s) = xs.first().map(|(x, s)| (x.dims(), *s))?;
+    let (h, w) = (h * s, w * s);
     let unpadded = matches!(layer.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
     let pointwise = kh == 1 && kw == 1 && layer.stride == [1, 1] && layer.groups == 1 && unpadded;
-    let same_maps = xs.iter().all(|x| inferring_on_cpu(x) && matches!(x.dims(), [m, _, a, b] if [m, a, b] == [n, h, w]));
+    let same_maps = xs.iter().all(|(x, s)| inferring_on_cpu(x) && matches!(x.dims(), [m, _, a, b] if [m, a * s, b * s] == [n, h, w]));
     if !pointwise || !same_maps || bf16::current() != Arithmetic::F32 || !inferring_on_cpu(&weight) {
         return None;
     }
     let flex = |t: Tensor<4>| extension::flex_of(t.into_dispatch());
-    let parts = xs.iter().map(|x| flex(x.clone())).collect::<Option<Vec<_>>>()?;
+    let parts = xs.iter().map(|(x, s)| flex(x.clone()).map(|f| (f, *s))).collect::<Option<Vec<_>>>()?;
     let bias = match &layer.bias {
         Some(b) => b.val(),
         None => Tensor::zeros([weight.dims()[0]], &weight.device()),
     };
     let (weight_flex, bias_flex) = (flex(weight.clone())?, extension::flex_of(bias.into_dispatch())?);
     let spec = ConvSpec { stride: [1, 1], pad: [0; 4], dilation: layer.dilation, groups: 1, arith: Arithmetic::F32 };
-    record(&extension::cat_shape(xs.iter().map(|x| x.shape())), &weight.shape(), spec);
-    let y = extension::pointwise_parts(&parts, &weight_flex, &bias_flex, spec, with_silu);
+    let cat = Shape::new([n, xs.iter().map(|(x, _)| x.dims()[1]).sum(), h, w]);
+    record(&cat, &weight.shape(), spec);
+    let y = extension::pointwise_parts(&parts, &cat, &weight_flex, &bias_flex, spec, with_silu);
     Some(Tensor::from_dispatch(extension::dispatch_of(y)))
 }
 

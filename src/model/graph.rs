@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Device, Tensor};
 
 use super::layers::attention::{A2C2f, C2Psa};
@@ -70,10 +68,7 @@ impl Layer {
             Layer::C2Psa(m) => m.forward(x),
             Layer::A2C2f(m) => m.forward(x),
             Layer::SCDown(m) => m.forward(x),
-            Layer::Upsample(s) => {
-                let [_, _, h, w] = x.dims();
-                interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
-            }
+            Layer::Upsample(s) => super::layers::blocks::upsample_nearest(x, *s),
             Layer::Concat(_) | Layer::Detect(_) => unreachable!("multi-input layers are joined by the graph walk"),
         }
     }
@@ -265,19 +260,33 @@ impl DetectionModel {
     fn trunk_until(&self, x: Tensor<4>, taps: &[usize], last: usize) -> (Vec<Tensor<4>>, Vec<Tensor<4>>) {
         let x = if x.dtype() == self.dtype { x } else { x.cast(self.dtype) };
         // A concatenation that only the next layer, a C2f, reads goes to it as parts, which its
-        // first convolution reads in place (`Conv::forward_cat`); the concatenation is never made.
+        // first convolution reads in place (`Conv::forward_parts`); the concatenation is never
+        // made. An upsampling that only such a concatenation reads (as its previous layer) stays
+        // at its size: the convolution applies its weights first, at a quarter of the products.
+        let unread = |i: usize| !self.spec.save.contains(&i) && !taps.contains(&i);
         let only_for_c2f = |i: usize| {
             let next = (self.layers.get(i + 1), self.spec.layers.get(i + 1));
-            !self.spec.save.contains(&i) && !taps.contains(&i) && matches!(next, (Some(Layer::C2f(_)), Some(s)) if s.from == [-1])
+            unread(i) && matches!(next, (Some(Layer::C2f(_)), Some(s)) if s.from == [-1])
         };
-        let mut parts = None;
+        let only_for_parts = |i: usize| {
+            let next = (self.layers.get(i + 1), self.spec.layers.get(i + 1));
+            let read_once = |from: &[i64]| from.iter().filter(|&&f| f == -1 || f == i as i64).count() == 1 && from.contains(&-1);
+            unread(i) && only_for_c2f(i + 1) && matches!(next, (Some(Layer::Concat(1)), Some(s)) if read_once(&s.from))
+        };
+        let (mut parts, mut scale) = (None, 1);
         let step = |i: usize, layer: &Layer, mut xs: Vec<Tensor<4>>| {
             Ok(match layer {
                 _ if i > last => xs.swap_remove(0),
+                Layer::Upsample(s) if only_for_parts(i) => {
+                    // stands for the upsampled map: the concatenation below takes it as a part
+                    scale = *s;
+                    xs.swap_remove(0)
+                }
                 Layer::Concat(1) if only_for_c2f(i) => {
                     // stands for the concatenation, which nothing reads
                     let first = xs[0].clone();
-                    parts = Some(xs);
+                    let from = &self.spec.layers[i].from;
+                    parts = Some(xs.into_iter().zip(from).map(|(x, &f)| (x, if f == -1 { std::mem::replace(&mut scale, 1) } else { 1 })).collect::<Vec<_>>());
                     first
                 }
                 Layer::Concat(1) => crate::model::layers::blocks::cat_channels(xs),

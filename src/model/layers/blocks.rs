@@ -1,6 +1,8 @@
 //! CSP-style blocks: Bottleneck, C2f, C3/C3k, C3k2, SPPF.
 
 use burn::module::Module;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::attention::PsaBlock;
@@ -52,6 +54,15 @@ pub fn cat_channels(xs: Vec<Tensor<4>>) -> Tensor<4> {
         x.reshape([c, h, w])
     });
     Tensor::<3>::cat(blocks.collect(), 0).unsqueeze()
+}
+
+/// `x` upsampled by `s` (nearest), as Ultralytics' `nn.Upsample(None, s, "nearest")`.
+pub fn upsample_nearest(x: Tensor<4>, s: usize) -> Tensor<4> {
+    if s == 1 {
+        return x;
+    }
+    let [_, _, h, w] = x.dims();
+    interpolate(x, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([h * s, w * s]))
 }
 
 /// C3 (and C3k, which only changes the bottleneck kernels).
@@ -188,13 +199,13 @@ impl C2f {
     /// `cv2(cat(y₀, y₁, m₁(y₁), m₂(m₁(y₁)), …))` with `(y₀, y₁)` the halves of `y = cv1(x)`, so the
     /// concatenation's first part is `y` itself.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_parts(vec![x])
+        self.forward_parts(vec![(x, 1)])
     }
 
-    /// [`forward`](Self::forward) of the channel concatenation of `xs` (the neck's), which `cv1`
-    /// reads in place.
-    pub fn forward_parts(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
-        let y = self.cv1.forward_cat(xs);
+    /// [`forward`](Self::forward) of the channel concatenation of `(map, scale)` parts, each map
+    /// upsampled by its scale (the neck's `Upsample → Concat`), which `cv1` reads in place.
+    pub fn forward_parts(&self, xs: Vec<(Tensor<4>, usize)>) -> Tensor<4> {
+        let y = self.cv1.forward_parts(xs);
         let c = y.dims()[1] / 2;
         let mut last = y.clone().narrow(1, c, c);
         let mut parts = vec![y];

@@ -89,15 +89,21 @@ impl Conv {
 
     /// `forward(cat_channels(xs))`; a folded 1×1 convolution in CPU inference reads the parts in
     /// place instead of concatenating them (`kernels::conv2d_cat_layer_act`).
-    pub fn forward_cat(&self, mut xs: Vec<Tensor<4>>) -> Tensor<4> {
-        if xs.len() == 1 {
-            return self.forward(xs.remove(0));
+    pub fn forward_cat(&self, xs: Vec<Tensor<4>>) -> Tensor<4> {
+        self.forward_parts(xs.into_iter().map(|x| (x, 1)).collect())
+    }
+
+    /// [`forward_cat`](Self::forward_cat) of `(map, scale)` parts, each map first upsampled
+    /// (nearest) by its scale; the folded 1×1 convolution in CPU inference makes neither.
+    pub fn forward_parts(&self, mut parts: Vec<(Tensor<4>, usize)>) -> Tensor<4> {
+        if let [(_, 1)] = parts[..] {
+            return self.forward(parts.remove(0).0);
         }
         let fused = match &self.bn {
-            None => kernels::conv2d_cat_layer_act(&self.conv, &xs, self.act),
+            None => kernels::conv2d_cat_layer_act(&self.conv, &parts, self.act),
             Some(_) => None,
         };
-        fused.unwrap_or_else(|| self.forward(super::blocks::cat_channels(xs)))
+        fused.unwrap_or_else(|| self.forward(super::blocks::cat_channels(parts.into_iter().map(|(x, s)| super::blocks::upsample_nearest(x, s)).collect())))
     }
 
     /// Folds the BatchNorm (running statistics) into the convolution:
