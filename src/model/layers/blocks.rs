@@ -204,16 +204,17 @@ impl C2f {
 
     /// [`forward`](Self::forward) of the channel concatenation of `(map, scale)` parts, each map
     /// upsampled by its scale (the neck's `Upsample → Concat`), which `cv1` reads in place.
+    /// `cv2` reads `cv1`'s halves as two parts, as the concatenation had them: a graph that
+    /// passed `cv1`'s output whole changed training's roundings from the first epoch on (its
+    /// backward through burn's `chunk` and `cat`), and so its chaotic runs.
     pub fn forward_parts(&self, xs: Vec<(Tensor<4>, usize)>) -> Tensor<4> {
         let y = self.cv1.forward_parts(xs);
-        let c = y.dims()[1] / 2;
-        let mut last = y.clone().narrow(1, c, c);
-        let mut parts = vec![y];
+        let mut ys = y.chunk(2, 1);
         for m in &self.m {
-            last = m.forward(last);
-            parts.push(last.clone());
+            let last = ys.last().expect("two halves").clone();
+            ys.push(m.forward(last));
         }
-        self.cv2.forward_cat(parts)
+        self.cv2.forward_cat(ys)
     }
 }
 
