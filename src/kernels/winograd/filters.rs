@@ -8,7 +8,9 @@
 use std::sync::{Arc, Mutex};
 
 /// Most floats the entries hold, weights and transforms together: 16 Mi floats = 64 MiB (yolov8n
-/// needs 4 Mi). Older entries are dropped first to make room.
+/// needs about 6.5 Mi). A transform that does not fit is not kept: dropping older entries for it
+/// would, for a model larger than the cache (yolov8s needs about 26 Mi), evict each entry before
+/// its next use, where keeping the first ones serves them in every forward.
 const MAX_FLOATS: usize = 16 << 20;
 
 struct Entry {
@@ -26,7 +28,7 @@ impl Entry {
 static CACHE: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
 /// The transform of `weight` with `elems` elements per kernel: an entry's for bit-identical
-/// weights, else `make()`'s, which is then kept (if it fits at all).
+/// weights, else `make()`'s, which is then kept if it fits.
 pub(super) fn transformed(weight: &[f32], elems: usize, make: impl FnOnce() -> Vec<f32>) -> Arc<Vec<f32>> {
     // a panic elsewhere while holding the lock leaves a list that is still valid
     let lock = || CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -34,13 +36,10 @@ pub(super) fn transformed(weight: &[f32], elems: usize, make: impl FnOnce() -> V
         return e.u.clone();
     }
     let u = Arc::new(make());
-    let entry = Entry { elems, weight: weight.to_vec(), u: u.clone() };
-    if entry.floats() <= MAX_FLOATS {
-        let mut cache = lock();
-        while cache.iter().map(Entry::floats).sum::<usize>() + entry.floats() > MAX_FLOATS {
-            cache.remove(0);
-        }
-        cache.push(entry);
+    let mut cache = lock();
+    let held: usize = cache.iter().map(Entry::floats).sum();
+    if held + weight.len() + u.len() <= MAX_FLOATS {
+        cache.push(Entry { elems, weight: weight.to_vec(), u: u.clone() });
     }
     u
 }
