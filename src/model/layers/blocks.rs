@@ -196,8 +196,7 @@ impl C2f {
             }
         })
     }
-    /// `cv2(cat(y₀, y₁, m₁(y₁), m₂(m₁(y₁)), …))` with `(y₀, y₁)` the halves of `y = cv1(x)`, so the
-    /// concatenation's first part is `y` itself.
+    /// `cv2(cat(y₀, y₁, m₁(y₁), m₂(m₁(y₁)), …))` with `(y₀, y₁)` the halves of `y = cv1(x)`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.forward_parts(vec![(x, 1)])
     }
