@@ -373,13 +373,21 @@ fn max_pooling_and_head_decoding_match_burn() {
     use burn::tensor::activation::{sigmoid, softmax};
     use burn::tensor::ops::MaxPoolOptions;
     let device = burn::tensor::Device::flex();
-    for (shape, k) in [([1, 3, 7, 5], 5), ([2, 4, 20, 20], 5), ([1, 2, 1, 9], 3), ([1, 1, 6, 6], 9), ([1, 2, 5, 5], 4)] {
+    // SPPF's chain: each pooling of the previous one's result, the results side by side along
+    // the channels; 1200 planes of 20×20 take several tasks, whose planes straddle images
+    for (shape, k, n) in [([1, 3, 7, 5], 5, 3), ([2, 600, 20, 20], 5, 3), ([1, 2, 1, 9], 3, 2), ([1, 1, 6, 6], 9, 1), ([3, 5, 4, 6], 3, 4)] {
         let x = tensor4(shape, 61, &device).mul_scalar(4.0);
-        let ours = vec(two_threads(|| kernels::max_pool_same(x.clone(), k)));
+        let ours = vec(two_threads(|| kernels::max_pool_chain(x.clone(), k, n).expect("flex f32 without autodiff, odd k")));
         let opts = MaxPoolOptions::new([k, k]).with_stride([1, 1]).with_padding([k / 2, k / 2]);
-        let reference = vec(burn::tensor::module::max_pool2d(x, opts));
-        assert_eq!(ours, reference, "max pool {k}x{k} of {shape:?}");
+        let mut pooled = vec![burn::tensor::module::max_pool2d(x, opts.clone())];
+        for _ in 1..n {
+            pooled.push(burn::tensor::module::max_pool2d(pooled.last().unwrap().clone(), opts.clone()));
+        }
+        let reference = vec(Tensor::cat(pooled, 1));
+        assert_eq!(ours, reference, "{n} max pools {k}x{k} of {shape:?}");
     }
+    let x = tensor4([1, 2, 5, 5], 61, &device);
+    assert!(kernels::max_pool_chain(x, 4, 1).is_none(), "an even k grows the map: burn's op");
     let c = case(1, 0, 0, 0, 0, 0, 0, 0);
     let logits = tensor4([2, 3, 5, 7], 62, &device).mul_scalar(20.0);
     let v = |t: Tensor<4>| vec(t);

@@ -5,31 +5,56 @@
 use rayon::prelude::*;
 
 use super::simd::{self, multiversion};
+use super::SharedMut;
 
-/// `k×k` max pooling, stride 1, padding `k / 2` that never wins (as burn's), over planes of
-/// `h × w`; rows first, then columns, so each element costs about 2k comparisons.
-pub fn max_pool_same(x: &[f32], (h, w): (usize, usize), k: usize) -> Vec<f32> {
-    let r = k / 2;
+/// SPPF's `n` chained `k×k` max poolings (stride 1, padding `k / 2` that never wins, as burn's),
+/// each of the previous one's result: `[b, c, h, w]` planes in, `[b, n·c, h, w]` out, the n
+/// results side by side along the channels as SPPF concatenates them. One task runs all n on a
+/// group of planes while they are in L1 (a pass per pooling over 20×20 planes cost more in task
+/// scheduling than in comparisons); each pooling takes rows first, then columns.
+pub fn max_pool_chain(x: &[f32], (b, c, h, w): (usize, usize, usize, usize), k: usize, n: usize) -> Vec<f32> {
     let plane = h * w;
-    let mut y = vec![0.0f32; x.len()];
-    if plane == 0 {
+    let mut y: Vec<f32> = vec![0.0; n * x.len()];
+    if plane == 0 || n == 0 {
         return y;
     }
-    // `rows`: the row maxima of one plane, a buffer per worker.
-    y.par_chunks_mut(plane).zip(x.par_chunks(plane)).for_each_init(|| vec![0.0f32; plane], |rows, (out, src)| {
-        for (dst, row) in rows.chunks_mut(w).zip(src.chunks(w)) {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = row[i.saturating_sub(r)..(i + r + 1).min(w)].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            }
-        }
-        for (i, dst) in out.chunks_mut(w).enumerate() {
-            dst.copy_from_slice(&rows[i.saturating_sub(r) * w..][..w]);
-            for j in i.saturating_sub(r) + 1..(i + r + 1).min(h) {
-                dst.iter_mut().zip(&rows[j * w..][..w]).for_each(|(d, &v)| *d = d.max(v));
+    let yp = SharedMut(y.as_mut_ptr());
+    let per_task = (POOL_TASK_FLOATS / plane).max(1);
+    (0..b * c).step_by(per_task).collect::<Vec<_>>().into_par_iter().for_each(|first| {
+        let (mut rows, mut padded) = (vec![0.0f32; plane], vec![f32::NEG_INFINITY; w + k - 1]);
+        for i in first..(first + per_task).min(b * c) {
+            let (bi, ci) = (i / c, i % c);
+            let mut src = &x[i * plane..][..plane];
+            for j in 0..n {
+                // SAFETY: plane (bi, j, ci) of y is this task's alone, and within y.
+                let dst = unsafe { std::slice::from_raw_parts_mut(yp.at(((bi * n + j) * c + ci) * plane), plane) };
+                max_pool_plane(src, dst, (h, w), k, (&mut rows, &mut padded));
+                src = dst;
             }
         }
     });
     y
+}
+
+/// Planes per task of [`max_pool_chain`], in floats.
+const POOL_TASK_FLOATS: usize = 16 * 1024;
+
+/// One `k×k` pooling of an `h × w` plane; `padded` holds `w + k − 1` floats whose ends stay −∞.
+fn max_pool_plane(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), k: usize, (rows, padded): (&mut [f32], &mut [f32])) {
+    let r = k / 2;
+    for (out, row) in rows.chunks_mut(w).zip(src.chunks(w)) {
+        padded[r..r + w].copy_from_slice(row);
+        out.copy_from_slice(&padded[..w]);
+        for j in 1..k {
+            out.iter_mut().zip(&padded[j..j + w]).for_each(|(o, &v)| *o = o.max(v));
+        }
+    }
+    for (i, out) in dst.chunks_mut(w).enumerate() {
+        out.copy_from_slice(&rows[i.saturating_sub(r) * w..][..w]);
+        for j in i.saturating_sub(r) + 1..(i + r + 1).min(h) {
+            out.iter_mut().zip(&rows[j * w..][..w]).for_each(|(o, &v)| *o = o.max(v));
+        }
+    }
 }
 
 /// `1 / (1 + e^−x)` elementwise, in chunks over the threads (the head's 80 × 8400 scores at 640).

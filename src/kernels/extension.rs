@@ -95,8 +95,9 @@ pub trait CpuInfer: Backend {
         spec: ConvSpec,
         silu: bool,
     ) -> FloatTensor<Self>;
-    /// `k×k` max pooling, stride 1, padding `k / 2`, of an NCHW tensor.
-    fn max_pool_same(x: FloatTensor<Self>, k: usize) -> FloatTensor<Self>;
+    /// `n` chained `k×k` max poolings (stride 1, padding `k / 2`) of an NCHW tensor, side by side
+    /// along the channels.
+    fn max_pool_chain(x: FloatTensor<Self>, k: usize, n: usize) -> FloatTensor<Self>;
     /// Elementwise `1 / (1 + e^−x)`.
     fn sigmoid(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// DFL expectation of `[b, 4·bins, a]` box logits: `[b, 4, a]`.
@@ -210,9 +211,9 @@ impl CpuInfer for Flex {
         tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
     }
 
-    fn max_pool_same(x: FlexTensor, k: usize) -> FlexTensor {
-        let shape = x.shape();
-        tensor(decode::max_pool_same(&f32s(&x), (shape[2], shape[3]), k), shape)
+    fn max_pool_chain(x: FlexTensor, k: usize, n: usize) -> FlexTensor {
+        let s = x.shape();
+        tensor(decode::max_pool_chain(&f32s(&x), (s[0], s[1], s[2], s[3]), k, n), Shape::new([s[0], n * s[1], s[2], s[3]]))
     }
 
     fn sigmoid(x: FlexTensor) -> FlexTensor {

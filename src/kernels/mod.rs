@@ -24,7 +24,6 @@ use burn::backend::Dispatch;
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
-use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{DType, Shape};
 use burn::tensor::Tensor;
 
@@ -99,14 +98,11 @@ fn inferring_on_cpu<const D: usize>(x: &Tensor<D>) -> bool {
     on_cpu(x) && !x.device().is_autodiff()
 }
 
-/// `k×k` max pooling, stride 1, padding `k / 2` (SPPF's), with our kernel when inferring on the
-/// CPU and `k` is odd (an even `k` grows the map by one, as burn's does).
-pub fn max_pool_same(x: Tensor<4>, k: usize) -> Tensor<4> {
-    if !inferring_on_cpu(&x) || k % 2 == 0 {
-        let opts = MaxPoolOptions::new([k, k]).with_stride([1, 1]).with_padding([k / 2, k / 2]);
-        return burn::tensor::module::max_pool2d(x, opts);
-    }
-    Tensor::from_dispatch(<Dispatch as CpuInfer>::max_pool_same(x.into_dispatch(), k))
+/// SPPF's `n` chained `k×k` max poolings (stride 1, padding `k / 2`, each of the previous
+/// result) side by side along the channels, `[b, n·c, h, w]`, by our kernel when inferring on the
+/// CPU with an odd `k`; `None` elsewhere (the caller pools with burn's op).
+pub fn max_pool_chain(x: Tensor<4>, k: usize, n: usize) -> Option<Tensor<4>> {
+    (inferring_on_cpu(&x) && k % 2 == 1).then(|| Tensor::from_dispatch(<Dispatch as CpuInfer>::max_pool_chain(x.into_dispatch(), k, n)))
 }
 
 /// Elementwise sigmoid, with our vectorised kernel when inferring on the CPU.

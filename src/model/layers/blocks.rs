@@ -1,8 +1,8 @@
 //! CSP-style blocks: Bottleneck, C2f, C3/C3k, C3k2, SPPF.
 
 use burn::module::Module;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::attention::PsaBlock;
@@ -241,11 +241,19 @@ impl Sppf {
         }
     }
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut ys = vec![self.cv1.forward(x.clone())];
-        for _ in 0..self.n {
-            let last = ys.last().expect("one map").clone();
-            ys.push(crate::kernels::max_pool_same(last, self.k));
-        }
+        let y = self.cv1.forward(x.clone());
+        let ys = match crate::kernels::max_pool_chain(y.clone(), self.k, self.n) {
+            Some(pooled) => vec![y, pooled],
+            None => {
+                let opts = MaxPoolOptions::new([self.k, self.k]).with_stride([1, 1]).with_padding([self.k / 2, self.k / 2]);
+                let mut ys = vec![y];
+                for _ in 0..self.n {
+                    let last = ys.last().expect("one map").clone();
+                    ys.push(max_pool2d(last, opts.clone()));
+                }
+                ys
+            }
+        };
         let y = self.cv2.forward_cat(ys);
         residual(self.add, x, y)
     }
