@@ -389,16 +389,33 @@ fn max_pooling_and_head_decoding_match_burn() {
     let x = tensor4([1, 2, 5, 5], 61, &device);
     assert!(kernels::max_pool_chain(x, 4, 1).is_none(), "an even k grows the map: burn's op");
     let c = case(1, 0, 0, 0, 0, 0, 0, 0);
-    let logits = tensor4([2, 3, 5, 7], 62, &device).mul_scalar(20.0);
-    let v = |t: Tensor<4>| vec(t);
-    assert_close("sigmoid", c, &v(kernels::sigmoid(logits.clone())), &v(sigmoid(logits)));
+    let v3 = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+    // the decoded output against the head's tensor ops: two levels' anchors, 16 bins and one
+    // (distances as they are), xywh and xyxy
+    let (points, strides) = yolodistill::model::layers::head::anchor_points(&[(3, 4), (2, 2)], &[8.0, 16.0]);
+    let a = points.len();
+    let (anc, st) = yolodistill::model::layers::head::anchor_tensors(&[(3, 4), (2, 2)], &[8.0, 16.0], &device);
+    for (b, bins, nc, xywh) in [(2, 16, 3, true), (1, 16, 5, false), (2, 1, 2, true)] {
+        let boxes = Tensor::<3>::from_data(TensorData::new(noise(b * 4 * bins * a, 64), [b, 4 * bins, a]), &device).mul_scalar(8.0);
+        let scores = Tensor::<3>::from_data(TensorData::new(noise(b * nc * a, 65), [b, nc, a]), &device).mul_scalar(20.0);
+        let ours = kernels::decode_head(&boxes, &scores, bins, (&points, &strides), xywh).expect("flex f32 without autodiff takes our kernel");
+        let d = if bins == 1 { boxes.clone() } else {
+            let p = softmax(boxes.reshape([b, 4, bins, a]), 2);
+            let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &device);
+            (p * proj).sum_dim(2).reshape([b, 4, a])
+        };
+        let (x1y1, x2y2) = (anc.clone() - d.clone().narrow(1, 0, 2), anc.clone() + d.narrow(1, 2, 2));
+        let xyxy = if xywh { Tensor::cat(vec![(x1y1.clone() + x2y2.clone()).div_scalar(2.0), x2y2 - x1y1], 1) } else { Tensor::cat(vec![x1y1, x2y2], 1) };
+        let reference = Tensor::cat(vec![xyxy * st.clone(), sigmoid(scores)], 1);
+        assert_eq!(ours.dims(), [b, 4 + nc, a]);
+        assert_close(&format!("decode (b {b}, bins {bins}, nc {nc}, xywh {xywh})"), c, &v3(ours), &v3(reference));
+    }
     for (b, bins, a) in [(1, 16, 37), (2, 4, 5)] {
         let boxes = Tensor::<3>::from_data(TensorData::new(noise(b * 4 * bins * a, 63), [b, 4 * bins, a]), &device).mul_scalar(8.0);
         let ours = kernels::dfl(boxes.clone(), bins).expect("flex f32 without autodiff takes our kernel");
         let p = softmax(boxes.reshape([b, 4, bins, a]), 2);
         let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &device);
         let reference = (p * proj).sum_dim(2).reshape([b, 4, a]);
-        let v3 = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
         assert_close(&format!("dfl ({b}, {bins}, {a})"), c, &v3(ours), &v3(reference));
     }
 }

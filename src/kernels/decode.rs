@@ -57,15 +57,48 @@ fn max_pool_plane(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), k: usize
     }
 }
 
-/// `1 / (1 + e^−x)` elementwise, in chunks over the threads (the head's 80 × 8400 scores at 640).
-pub fn sigmoid(x: &[f32]) -> Vec<f32> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(SIGMOID_CHUNK).for_each(sigmoid_in_place_best);
-    y
+/// The head's decoded inference output `[b, 4 + nc, a]` in one pass: rows 0–3 the boxes (DFL
+/// expectation of `boxes` `[b, 4·bins, a]`, or the distances themselves with one bin, about the
+/// anchor centres `anchors`, in pixels by `strides`; xywh or xyxy), rows 4 on the sigmoid of
+/// `scores` `[b, nc, a]`. The same arithmetic as the head's tensor ops, without their
+/// intermediate tensors and final concatenation.
+pub fn decode(boxes: &[f32], scores: &[f32], (b, bins, nc, a): (usize, usize, usize, usize), (anchors, strides): (&[[f32; 2]], &[f32]), xywh: bool) -> Vec<f32> {
+    let rows = 4 + nc;
+    let mut out = vec![0.0f32; b * rows * a];
+    if a == 0 {
+        return out;
+    }
+    // a task per output row: a side's distances or a class's scores
+    out.par_chunks_mut(a).enumerate().for_each(|(i, dst)| {
+        let (image, row) = (i / rows, i % rows);
+        match row {
+            0..4 if bins == 1 => dst.copy_from_slice(&boxes[(image * 4 + row) * a..][..a]),
+            0..4 => dfl_side_best(&boxes[(image * 4 + row) * bins * a..][..bins * a], dst),
+            _ => {
+                dst.copy_from_slice(&scores[(image * nc + row - 4) * a..][..a]);
+                sigmoid_in_place_best(dst);
+            }
+        }
+    });
+    for image in out.chunks_mut(rows * a) {
+        to_boxes(&mut image[..4 * a], (anchors, strides), xywh);
+    }
+    out
 }
 
-/// Floats per task of [`sigmoid`].
-const SIGMOID_CHUNK: usize = 32 * 1024;
+/// Distances (l, t, r, b) rows `[4, a]` in grid units → boxes in pixels, in place.
+fn to_boxes(d: &mut [f32], (anchors, strides): (&[[f32; 2]], &[f32]), xywh: bool) {
+    let a = d.len() / 4;
+    let (l, rest) = d.split_at_mut(a);
+    let (t, rest) = rest.split_at_mut(a);
+    let (r, bottom) = rest.split_at_mut(a);
+    for i in 0..a {
+        let ([ax, ay], s) = (anchors[i], strides[i]);
+        let (x1, y1, x2, y2) = (ax - l[i], ay - t[i], ax + r[i], ay + bottom[i]);
+        let v = if xywh { [(x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1] } else { [x1, y1, x2, y2] };
+        (l[i], t[i], r[i], bottom[i]) = (v[0] * s, v[1] * s, v[2] * s, v[3] * s);
+    }
+}
 
 #[inline(always)]
 fn sigmoid_in_place(v: &mut [f32]) {

@@ -98,8 +98,6 @@ pub trait CpuInfer: Backend {
     /// `n` chained `k×k` max poolings (stride 1, padding `k / 2`) of an NCHW tensor, side by side
     /// along the channels.
     fn max_pool_chain(x: FloatTensor<Self>, k: usize, n: usize) -> FloatTensor<Self>;
-    /// Elementwise `1 / (1 + e^−x)`.
-    fn sigmoid(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// DFL expectation of `[b, 4·bins, a]` box logits: `[b, 4, a]`.
     fn dfl(boxes: FloatTensor<Self>, bins: usize) -> FloatTensor<Self>;
 }
@@ -172,6 +170,13 @@ pub(super) fn pointwise_parts(xs: &[(FlexTensor, usize)], cat: &Shape, weight: &
     tensor(y, Shape::new([g.n, g.co, g.ho(), g.wo()]))
 }
 
+/// [`decode::decode`] on Flex tensors: the head's maps `[b, 4·bins, a]` and `[b, nc, a]` to
+/// `[b, 4 + nc, a]`.
+pub(super) fn decode_head(boxes: &FlexTensor, scores: &FlexTensor, bins: usize, anchors: (&[[f32; 2]], &[f32]), xywh: bool) -> FlexTensor {
+    let (b, nc, a) = (scores.shape()[0], scores.shape()[1], scores.shape()[2]);
+    tensor(decode::decode(&f32s(boxes), &f32s(scores), (b, bins, nc, a), anchors, xywh), Shape::new([b, 4 + nc, a]))
+}
+
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
@@ -214,11 +219,6 @@ impl CpuInfer for Flex {
     fn max_pool_chain(x: FlexTensor, k: usize, n: usize) -> FlexTensor {
         let s = x.shape();
         tensor(decode::max_pool_chain(&f32s(&x), (s[0], s[1], s[2], s[3]), k, n), Shape::new([s[0], n * s[1], s[2], s[3]]))
-    }
-
-    fn sigmoid(x: FlexTensor) -> FlexTensor {
-        let shape = x.shape();
-        tensor(decode::sigmoid(&f32s(&x)), shape)
     }
 
     fn dfl(boxes: FlexTensor, bins: usize) -> FlexTensor {

@@ -105,12 +105,18 @@ pub fn max_pool_chain(x: Tensor<4>, k: usize, n: usize) -> Option<Tensor<4>> {
     (inferring_on_cpu(&x) && k % 2 == 1).then(|| Tensor::from_dispatch(<Dispatch as CpuInfer>::max_pool_chain(x.into_dispatch(), k, n)))
 }
 
-/// Elementwise sigmoid, with our vectorised kernel when inferring on the CPU.
-pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !inferring_on_cpu(&x) {
-        return burn::tensor::activation::sigmoid(x);
+/// The head's decoded inference output `[b, 4 + nc, a]` (boxes about the anchor centres, in
+/// pixels by their strides, xywh or xyxy; sigmoid scores) from its maps `[b, 4·bins, a]` and
+/// `[b, nc, a]` in one pass, when inferring on the CPU in f32; `None` elsewhere (the caller
+/// composes it from tensor ops).
+pub fn decode_head(boxes: &Tensor<3>, scores: &Tensor<3>, bins: usize, anchors: (&[[f32; 2]], &[f32]), xywh: bool) -> Option<Tensor<3>> {
+    let f32_on_cpu = |t: &Tensor<3>| inferring_on_cpu(t) && t.dtype() == DType::F32;
+    if !f32_on_cpu(boxes) || !f32_on_cpu(scores) {
+        return None;
     }
-    Tensor::from_dispatch(<Dispatch as CpuInfer>::sigmoid(x.into_dispatch()))
+    let flex = |t: &Tensor<3>| extension::flex_of(t.clone().into_dispatch());
+    let y = extension::decode_head(&flex(boxes)?, &flex(scores)?, bins, anchors, xywh);
+    Some(Tensor::from_dispatch(extension::dispatch_of(y)))
 }
 
 /// DFL expectation `[b, 4·bins, a]` → `[b, 4, a]` in one pass when inferring on the CPU; `None`

@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::conv::{conv2d_bias, Conv, ConvCfg};
@@ -264,10 +264,14 @@ impl Detect {
     }
 
     fn decode_maps(&self, maps: &HeadMaps, shapes: &[(usize, usize)], xywh: bool) -> Tensor<3> {
-        let device = maps.boxes.device();
-        let (anc, st) = self.anchors(shapes, &device);
         // in f32 whatever the layers ran in (half-precision inference)
         let HeadMaps { boxes, scores } = maps.to_f32();
+        let (points, strides) = anchor_points(shapes, &self.strides);
+        if let Some(out) = crate::kernels::decode_head(&boxes, &scores, self.reg_max, (&points, &strides), xywh) {
+            return out;
+        }
+        let device = boxes.device();
+        let (anc, st) = self.anchors(shapes, &device);
         // expected distances (l, t, r, b) in grid units: [B, 4, A]
         let d = dfl_expectation(boxes, self.reg_max);
         let lt = d.clone().narrow(1, 0, 2);
@@ -280,7 +284,7 @@ impl Detect {
         } else {
             Tensor::cat(vec![x1y1, x2y2], 1)
         };
-        Tensor::cat(vec![boxes * st, crate::kernels::sigmoid(scores)], 1)
+        Tensor::cat(vec![boxes * st, sigmoid(scores)], 1)
     }
 }
 
