@@ -249,7 +249,7 @@ fn scatter_add(dst: &mut [f32], src: &[f32], stride: usize) {
 
 // The row loops of im2col and col2im compiled for this CPU's SIMD: inside their callers' closures
 // they ran at the baseline (SSE2), four floats at a time or one.
-multiversion! { fn gather_strided_best(out: &mut [f32], src: &[f32], stride: usize) = gather_strided; }
+multiversion! { pub(super) fn gather_strided_best(out: &mut [f32], src: &[f32], stride: usize) = gather_strided; }
 multiversion! { fn add_into_best(dst: &mut [f32], src: &[f32]) = add_into; }
 multiversion! { fn scatter_add_best(dst: &mut [f32], src: &[f32], stride: usize) = scatter_add; }
 multiversion! { fn silu_row_best(row: &mut [f32], bias: f32) = silu_row; }

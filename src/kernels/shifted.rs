@@ -94,7 +94,7 @@ pub(super) fn phase_row(src: &[f32], pad: usize, stride: usize, phase: usize, ds
     if stride == 1 {
         dst[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
     } else {
-        dst[lo..hi].iter_mut().zip(src[first..].iter().step_by(stride)).for_each(|(d, v)| *d = *v);
+        super::conv::gather_strided_best(&mut dst[lo..hi], &src[first..], stride);
     }
 }
 
