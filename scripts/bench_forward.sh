@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Forward latency of one model (default yolov8n, batch 1, 640, CPU) on this machine: our forward,
-# our ONNX export under onnxruntime, and Ultralytics/PyTorch; BatchNorm folded and all cores
-# everywhere. The three take turns for ROUNDS rounds of RUNS timed passes each (after warm-up), so
+# our ONNX export under onnxruntime, and Ultralytics/PyTorch; BatchNorm folded and all the cores
+# this process may use (`taskset`) everywhere. The three take turns for ROUNDS rounds of RUNS timed passes each (after warm-up), so
 # that a slow spell of a shared machine falls on all of them; each figure is the median over its
 # rounds of the per-round medians, and the ratio is printed per round too. PyTorch is also timed
 # under bf16 autocast where the CPU has bf16 arithmetic (AVX512-BF16 or AMX), or with BF16=1
 # (emulated elsewhere, several times slower than fp32), and so is our forward with bf16 products
 # (`benchmark --amp bf16`, as a distillation's teacher runs under --amp).
-# Usage: [BF16=1] scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
+# NO_BUILD=1 times target/debug/yolodistill as it is; PY names the Python with PyTorch, Ultralytics
+# and onnxruntime (default: ../shared/tools/ref-env.sh's).
+# Usage: [BF16=1] [NO_BUILD=1] [PY=python3] scripts/bench_forward.sh [MODEL_YAML] [IMGSZ] [RUNS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-yolov8n.yaml}
@@ -18,9 +20,9 @@ for pair in "IMGSZ=$IMGSZ" "RUNS=$RUNS" "ROUNDS=$ROUNDS"; do
     [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "bench_forward.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
 done
 [[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
-cargo build --quiet
+[ -n "${NO_BUILD:-}" ] || cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
-PY=$(../shared/tools/ref-env.sh | tail -n 1)
+PY=${PY:-$(../shared/tools/ref-env.sh | tail -n 1)}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cat > "$WORK/time_pytorch.py" <<'PYEOF'
@@ -28,7 +30,7 @@ import json, os, statistics, sys, time
 import torch
 from ultralytics import YOLO
 name, imgsz, runs, bf16 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-torch.set_num_threads(os.cpu_count())
+torch.set_num_threads(len(os.sched_getaffinity(0)))
 m = YOLO(name).model.fuse(verbose=False).eval()
 x = torch.rand(1, 3, imgsz, imgsz)
 def times(autocast):
@@ -52,7 +54,7 @@ import numpy as np
 import onnxruntime as ort
 path, imgsz, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 so = ort.SessionOptions()
-so.intra_op_num_threads = os.cpu_count()
+so.intra_op_num_threads = len(os.sched_getaffinity(0))
 sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
 for _ in range(3):
@@ -88,6 +90,10 @@ for i, (a, b, c) in enumerate(rounds, 1):
 a, b, c = (statistics.median(r[i]["median_ms"] for r in rounds) for i in range(3))
 print(f"median latency over {len(rounds)} rounds: yolodistill {a:.1f} ms, onnxruntime {c:.1f} ms, pytorch {b:.1f} ms")
 print(f"ratios: ours/pytorch = {a / b:.2f}, onnxruntime/pytorch = {c / b:.2f}, ours/onnxruntime = {a / c:.2f}")
+# paired: each round's two medians were taken minutes apart at most, so a slow spell falls on both
+paired = statistics.median(r[0]["median_ms"] / r[2]["median_ms"] for r in rounds)
+print(f"median of the per-round ratios ours/onnxruntime = {paired:.2f}; fastest passes ours {min(r[0]['min_ms'] for r in rounds):.1f} ms, "
+      f"onnxruntime {min(r[2]['min_ms'] for r in rounds):.1f} ms")
 if "bf16_median_ms" in rounds[0][1]:
     d = statistics.median(r[1]["bf16_median_ms"] for r in rounds)
     print(f"pytorch under bf16 autocast: {d:.1f} ms, ours (fp32)/pytorch bf16 = {a / d:.2f}")

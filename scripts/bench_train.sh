@@ -9,7 +9,9 @@
 # lacks bf16 arithmetic (AVX512-BF16 or AMX) the bf16 step is emulated, about 5x slower than fp32,
 # and is timed only with BF16=1. Under the same condition our step is also timed with --amp bf16
 # (bf16 products, f32 sums: native on AVX512-BF16, emulated elsewhere).
-# Usage: [BF16=1] [DATA_BATCHES=36] scripts/bench_train.sh [MODEL_YAML] [IMGSZ] [BATCH] [ITERS]
+# NO_BUILD=1 times target/debug/yolodistill as it is; PY names the Python with PyTorch and
+# Ultralytics (default: ../shared/tools/ref-env.sh's). Threads: the cores this process may use.
+# Usage: [BF16=1] [DATA_BATCHES=36] [NO_BUILD=1] [PY=python3] scripts/bench_train.sh [MODEL_YAML] [IMGSZ] [BATCH] [ITERS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-yolov8n.yaml}
@@ -22,7 +24,7 @@ for pair in "IMGSZ=$IMGSZ" "BATCH=$BATCH" "ITERS=$ITERS" "DATA_BATCHES=$DATA_BAT
 done
 DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
 [[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
-cargo build --quiet
+[ -n "${NO_BUILD:-}" ] || cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 # the JPEG decoder's SIMD is built only when nasm was on the PATH (1.7x faster decoding, same pixels)
 # (grep reads all of nm's output: with -q it would stop early, and pipefail would count nm's SIGPIPE)
@@ -38,7 +40,7 @@ if [[ $TIME_BF16 == 1 ]]; then
         --iters "$ITERS" --data-batches 1 --amp bf16 --json 2>/dev/null | tail -n 1)
     echo "yolodistill --amp bf16: $ours_bf16"
 fi
-PY=$(../shared/tools/ref-env.sh | tail -n 1)
+PY=${PY:-$(../shared/tools/ref-env.sh | tail -n 1)}
 TMP=$(mktemp -d)
 theirs=$("$PY" - "$MODEL" "$DATA" "$IMGSZ" "$BATCH" "$ITERS" "$TMP" "$TIME_BF16" "$DATA_BATCHES" <<'PYEOF' 2>/dev/null | tail -n 1
 import json, os, sys, time
@@ -46,7 +48,7 @@ import torch
 from ultralytics import YOLO
 name, data, imgsz, batch, iters, tmp = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 time_bf16, data_batches = sys.argv[7] == "1", int(sys.argv[8])
-torch.set_num_threads(os.cpu_count())
+torch.set_num_threads(len(os.sched_getaffinity(0)))
 res, stamps = {}, []
 class Stop(Exception):
     pass
