@@ -368,9 +368,18 @@ fn cwd_matches_burns_composed_loss_and_both_gradients() {
     }
 }
 
+/// DFL expectation `[b, 4·bins, a]` → `[b, 4, a]` by burn's tensor ops: softmax over the bins, then
+/// their mean index.
+fn dfl_by_tensor_ops(boxes: Tensor<3>, bins: usize) -> Tensor<3> {
+    let [b, _, a] = boxes.dims();
+    let p = burn::tensor::activation::softmax(boxes.reshape([b, 4, bins, a]), 2);
+    let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &p.device());
+    (p * proj).sum_dim(2).reshape([b, 4, a])
+}
+
 #[test]
 fn max_pooling_and_head_decoding_match_burn() {
-    use burn::tensor::activation::{sigmoid, softmax};
+    use burn::tensor::activation::sigmoid;
     use burn::tensor::ops::MaxPoolOptions;
     let device = burn::tensor::Device::flex();
     // SPPF's chain: each pooling of the previous one's result, the results side by side along
@@ -399,11 +408,7 @@ fn max_pooling_and_head_decoding_match_burn() {
         let boxes = Tensor::<3>::from_data(TensorData::new(noise(b * 4 * bins * a, 64), [b, 4 * bins, a]), &device).mul_scalar(8.0);
         let scores = Tensor::<3>::from_data(TensorData::new(noise(b * nc * a, 65), [b, nc, a]), &device).mul_scalar(20.0);
         let ours = kernels::decode_head(&boxes, &scores, bins, (&points, &strides), xywh).expect("flex f32 without autodiff takes our kernel");
-        let d = if bins == 1 { boxes.clone() } else {
-            let p = softmax(boxes.reshape([b, 4, bins, a]), 2);
-            let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &device);
-            (p * proj).sum_dim(2).reshape([b, 4, a])
-        };
+        let d = if bins == 1 { boxes.clone() } else { dfl_by_tensor_ops(boxes.clone(), bins) };
         let (x1y1, x2y2) = (anc.clone() - d.clone().narrow(1, 0, 2), anc.clone() + d.narrow(1, 2, 2));
         let xyxy = if xywh { Tensor::cat(vec![(x1y1.clone() + x2y2.clone()).div_scalar(2.0), x2y2 - x1y1], 1) } else { Tensor::cat(vec![x1y1, x2y2], 1) };
         let reference = Tensor::cat(vec![xyxy * st.clone(), sigmoid(scores)], 1);
@@ -413,9 +418,7 @@ fn max_pooling_and_head_decoding_match_burn() {
     for (b, bins, a) in [(1, 16, 37), (2, 4, 5)] {
         let boxes = Tensor::<3>::from_data(TensorData::new(noise(b * 4 * bins * a, 63), [b, 4 * bins, a]), &device).mul_scalar(8.0);
         let ours = kernels::dfl(boxes.clone(), bins).expect("flex f32 without autodiff takes our kernel");
-        let p = softmax(boxes.reshape([b, 4, bins, a]), 2);
-        let proj = Tensor::<4>::from_data(TensorData::new((0..bins).map(|i| i as f32).collect::<Vec<_>>(), [1, 1, bins, 1]), &device);
-        let reference = (p * proj).sum_dim(2).reshape([b, 4, a]);
+        let reference = dfl_by_tensor_ops(boxes, bins);
         assert_close(&format!("dfl ({b}, {bins}, {a})"), c, &v3(ours), &v3(reference));
     }
 }
