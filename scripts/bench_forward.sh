@@ -20,7 +20,8 @@ for pair in "IMGSZ=$IMGSZ" "RUNS=$RUNS" "ROUNDS=$ROUNDS"; do
     [[ ${pair#*=} =~ ^[1-9][0-9]*$ ]] || { echo "bench_forward.sh: ${pair%%=*} must be a positive integer, not '${pair#*=}'" >&2; exit 2; }
 done
 [[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
-[ -n "${NO_BUILD:-}" ] || cargo build --quiet
+[[ ${NO_BUILD:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): NO_BUILD must be 0 or 1, not '$NO_BUILD'" >&2; exit 2; }
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 PY=${PY:-$(../shared/tools/ref-env.sh | tail -n 1)}
 WORK=$(mktemp -d)

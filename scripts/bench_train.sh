@@ -24,7 +24,8 @@ for pair in "IMGSZ=$IMGSZ" "BATCH=$BATCH" "ITERS=$ITERS" "DATA_BATCHES=$DATA_BAT
 done
 DATA=$(cd ../shared/data/bccd && pwd)/data.yaml
 [[ ${BF16:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): BF16 must be 0 or 1, not '$BF16'" >&2; exit 2; }
-[ -n "${NO_BUILD:-}" ] || cargo build --quiet
+[[ ${NO_BUILD:-0} =~ ^[01]$ ]] || { echo "$(basename "$0"): NO_BUILD must be 0 or 1, not '$NO_BUILD'" >&2; exit 2; }
+[[ ${NO_BUILD:-0} == 1 ]] || cargo build --quiet
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
 # the JPEG decoder's SIMD is built only when nasm was on the PATH (1.7x faster decoding, same pixels)
 # (grep reads all of nm's output: with -q it would stop early, and pipefail would count nm's SIGPIPE)

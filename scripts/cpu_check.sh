@@ -57,6 +57,9 @@ DEADLINE=$((SECONDS + BUDGET))
 # a check's limit: its own, or what is left of the budget (at least 5 s)
 lim() { local left=$((DEADLINE - SECONDS)); ((left < $1)) && echo $((left > 5 ? left : 5)) || echo "$1"; }
 OUT=${OUT:-$(mktemp -d)}
+# another run's results are never written over
+[ -e "$OUT/results.jsonl" ] && { echo "cpu_check.sh: OUT=$OUT already holds results.jsonl (another run's); name an empty folder" >&2; exit 2; }
+mkdir -p "$OUT"
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 RESULTS=$OUT/results.jsonl # written as each check ends: a run stopped at its limit still tells
